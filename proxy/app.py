@@ -1,0 +1,60 @@
+"""`create_app(settings)`: the application, read top to bottom like a table of contents."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from proxy import passthrough, status
+from proxy.auth import routes as auth_routes
+from proxy.auth.authenticator import Authenticator
+from proxy.auth.tokens import TokenService
+from proxy.auth.users import UserInfoCache
+from proxy.couch.client import CouchClient, new_session
+from proxy.couch.security_cache import SecurityCache
+from proxy.errors import error_middleware
+from proxy.keys import AUTHENTICATOR, COUCH, SECURITY, SETTINGS, TOKENS, USERS
+from proxy.logs import request_id_middleware
+from proxy.middlewares import auth_middleware, cors_middleware, on_prepare_cors
+from proxy.settings import Settings
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        # Outermost first: every response gets a request id and a CouchDB-shaped error body.
+        middlewares=[request_id_middleware, error_middleware, cors_middleware, auth_middleware],
+        # Bodies are streamed by the handlers and limited there; this bounds what aiohttp buffers.
+        client_max_size=settings.max_json_bytes,
+    )
+    app[SETTINGS] = settings
+    app[TOKENS] = TokenService(settings)
+    app.cleanup_ctx.append(upstream_ctx)
+    app.on_response_prepare.append(on_prepare_cors)
+    add_routes(app)
+    return app
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/_couchgate/health", status.health, name="health", allow_head=False)
+    r.add_get("/_couchgate/ready", status.ready, name="ready", allow_head=False)
+    r.add_post("/_couchgate/token", auth_routes.issue_token, name="issue_token")
+    r.add_route("*", "/_session", auth_routes.session, name="session")
+    # Everything else is CouchDB's: forwarded for the callers couchgate lets through.
+    r.add_route("*", "/{path:.*}", passthrough.proxy_handler, name="couchdb_proxy")
+
+
+async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One upstream session for the server's life, and what depends on it."""
+    settings = app[SETTINGS]
+    session = new_session(settings)
+    couch = CouchClient(session, settings)
+    app[COUCH] = couch
+    app[USERS] = UserInfoCache(couch, settings.db, settings.auth_cache_seconds)
+    app[SECURITY] = SecurityCache(couch)
+    app[AUTHENTICATOR] = Authenticator(couch, app[USERS], app[TOKENS], settings.auth_cache_seconds)
+    try:
+        yield
+    finally:
+        await session.close()

@@ -1,0 +1,4 @@
+"""Who the caller is: basic, CouchDB cookie session or JWT bearer -> a `Principal`.
+
+Authentication only; what a principal may do is decided in `proxy.access`.
+"""

@@ -1,0 +1,66 @@
+"""Facility and contact of a user, from its `_users` doc and its `user-settings` doc."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from proxy.auth.principal import as_tuple
+from proxy.couch.client import CouchClient
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    facility_ids: tuple[str, ...] = ()
+    contact_id: str | None = None
+    roles: tuple[str, ...] = ()
+
+
+class UserInfoCache:
+    """Reads both docs with the service account; cached for a short time."""
+
+    def __init__(self, couch: CouchClient, db: str, ttl: float) -> None:
+        self.couch = couch
+        self.db = db
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, UserInfo]] = {}
+
+    def invalidate(self, name: str | None = None) -> None:
+        if name is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(name, None)
+
+    async def get(self, name: str) -> UserInfo:
+        now = time.monotonic()
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        doc_id = quote(f"org.couchdb.user:{name}", safe="")
+        user_doc = await self.couch.json("GET", f"/_users/{doc_id}")
+        settings_doc = await self.couch.json("GET", f"/{quote(self.db, safe='')}/{doc_id}")
+        info = merge_user_docs(
+            user_doc.body if user_doc.ok else None, settings_doc.body if settings_doc.ok else None
+        )
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[name] = (now + self.ttl, info)
+        return info
+
+
+def merge_user_docs(user_doc: object, settings_doc: object) -> UserInfo:
+    """The `_users` doc wins; the `user-settings` doc fills what it lacks."""
+    facility: tuple[str, ...] = ()
+    contact: str | None = None
+    roles: tuple[str, ...] = ()
+    for doc in (user_doc, settings_doc):
+        if not isinstance(doc, dict):
+            continue
+        if not facility:
+            facility = as_tuple(doc.get("facility_id"))
+        if contact is None and isinstance(doc.get("contact_id"), str) and doc["contact_id"]:
+            contact = doc["contact_id"]
+        if not roles and doc is user_doc:
+            roles = as_tuple(doc.get("roles"))
+    return UserInfo(facility_ids=facility, contact_id=contact, roles=roles)

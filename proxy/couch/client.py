@@ -1,0 +1,158 @@
+"""One upstream `ClientSession`, the service account, and the mapping of client errors.
+
+Every low-level failure talking to CouchDB leaves this module as an `UpstreamError`:
+
+    aiohttp.ClientConnectorError, ServerDisconnectedError,
+    ClientOSError, ConnectionError            -> UpstreamUnavailable (503)
+    asyncio.TimeoutError, ServerTimeoutError  -> UpstreamTimeout (504)
+    ClientPayloadError, ClientResponseError,
+    other aiohttp.ClientError                 -> UpstreamError (502)
+    an upstream body that is not JSON         -> UpstreamError (502)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from proxy.settings import Settings
+
+JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
+
+
+def basic_auth_header(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def quote_id(doc_id: str) -> str:
+    """A doc id as a path part; `_design/x` and `_local/x` keep their slash as CouchDB expects."""
+    for prefix in ("_design/", "_local/"):
+        if doc_id.startswith(prefix):
+            return prefix + quote(doc_id[len(prefix) :], safe="")
+    return quote(doc_id, safe="")
+
+
+def map_client_error(exc: BaseException) -> UpstreamError:
+    """The public error for a low-level one; never carries upstream URLs or exception text."""
+    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError | TimeoutError):
+        return UpstreamTimeout("CouchDB did not answer in time")
+    if isinstance(
+        exc,
+        aiohttp.ClientConnectorError
+        | aiohttp.ServerDisconnectedError
+        | aiohttp.ClientOSError
+        | ConnectionError,
+    ):
+        return UpstreamUnavailable("CouchDB is not reachable")
+    return UpstreamError("CouchDB sent an answer couchgate could not read")
+
+
+MAPPED_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientError,
+    asyncio.TimeoutError,
+    ConnectionError,
+)
+
+
+@dataclass(frozen=True)
+class JsonResult:
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+class CouchClient:
+    """Requests to CouchDB, as the service account unless told otherwise."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: Settings) -> None:
+        self.session = session
+        self.base = settings.upstream
+        self.db = settings.db
+        self.service_auth = basic_auth_header(settings.couch_user, settings.couch_password.get_secret_value())
+        self.json_timeout = aiohttp.ClientTimeout(
+            total=settings.request_timeout, connect=settings.connect_timeout
+        )
+        self.stream_timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout)
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    async def json(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object | None = None,
+        params: Mapping[str, str] | None = None,
+        auth: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        use_service: bool = True,
+    ) -> JsonResult:
+        """A JSON request; the whole (bounded) answer is read and parsed."""
+        hdrs = {**JSON_HEADERS, "Accept-Encoding": "identity", **(headers or {})}
+        if auth is not None:
+            hdrs["Authorization"] = auth
+        elif use_service:
+            hdrs["Authorization"] = self.service_auth
+        data = None if body is None else orjson.dumps(body)
+        try:
+            async with self.session.request(
+                method, self.url(path), data=data, params=params, headers=hdrs, timeout=self.json_timeout
+            ) as resp:
+                raw = await resp.read()
+                parsed = orjson.loads(raw) if raw else None
+                return JsonResult(resp.status, parsed, resp.headers)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError("CouchDB sent an answer couchgate could not read") from exc
+        except MAPPED_ERRORS as exc:
+            raise map_client_error(exc) from exc
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path_and_query: str,
+        *,
+        headers: Mapping[str, str],
+        data: Any = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A streamed request: the caller reads the body as it arrives."""
+        try:
+            async with self.session.request(
+                method,
+                self.url(path_and_query),
+                headers=headers,
+                data=data,
+                timeout=self.stream_timeout,
+                allow_redirects=False,
+                skip_auto_headers=("Content-Type", "Accept-Encoding"),
+            ) as resp:
+                yield resp
+        except ConnectionResetError:
+            raise  # the downstream client went away while we streamed to it
+        except MAPPED_ERRORS as exc:
+            raise map_client_error(exc) from exc
+
+
+def new_session(settings: Settings) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=settings.upstream_pool_size, enable_cleanup_closed=True)
+    # DummyCookieJar: CouchDB's AuthSession cookie must never be replayed for another user.
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        json_serialize=lambda obj: orjson.dumps(obj).decode(),
+    )

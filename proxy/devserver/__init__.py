@@ -1,0 +1,1 @@
+"""Development helpers: the embedded CouchDB-compatible backend and `couchgate dev`."""

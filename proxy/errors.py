@@ -1,0 +1,135 @@
+"""One error tree, one middleware, CouchDB-shaped bodies.
+
+    CouchgateError                     status  error
+     ├── BadRequest                    400     bad_request
+     ├── Unauthorized                  401     unauthorized   (+ WWW-Authenticate)
+     ├── Forbidden                     403     forbidden
+     ├── NotFound                      404     not_found
+     ├── MethodNotAllowed              405     method_not_allowed
+     ├── Conflict                      409     conflict
+     ├── PayloadTooLarge               413     too_large
+     ├── NotImplementedHere            501     not_implemented
+     └── UpstreamError                 502     bad_gateway
+          ├── UpstreamUnavailable      503     service_unavailable
+          └── UpstreamTimeout          504     gateway_timeout
+
+Low-level client errors are mapped to `UpstreamError`s in `proxy.couch.client`; anything
+else that escapes a handler becomes a 500 whose body never carries exception text.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+import orjson
+from aiohttp import web
+
+log = logging.getLogger("couchgate.errors")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class CouchgateError(Exception):
+    status = 500
+    error = "internal_server_error"
+
+    def __init__(self, reason: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.headers = dict(headers or {})
+
+
+class BadRequest(CouchgateError):
+    status, error = 400, "bad_request"
+
+
+class Unauthorized(CouchgateError):
+    status, error = 401, "unauthorized"
+
+
+class Forbidden(CouchgateError):
+    status, error = 403, "forbidden"
+
+
+class NotFound(CouchgateError):
+    status, error = 404, "not_found"
+
+
+class MethodNotAllowed(CouchgateError):
+    status, error = 405, "method_not_allowed"
+
+
+class Conflict(CouchgateError):
+    status, error = 409, "conflict"
+
+
+class PayloadTooLarge(CouchgateError):
+    status, error = 413, "too_large"
+
+
+class NotImplementedHere(CouchgateError):
+    status, error = 501, "not_implemented"
+
+
+class UpstreamError(CouchgateError):
+    status, error = 502, "bad_gateway"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status, error = 503, "service_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status, error = 504, "gateway_timeout"
+
+
+def json_response(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(
+    status: int, error: str, reason: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return json_response({"error": error, "reason": reason}, status=status, headers=headers)
+
+
+_HTTP_ERRORS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    412: "precondition_failed",
+    413: "too_large",
+    415: "bad_content_type",
+    416: "requested_range_not_satisfiable",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except CouchgateError as exc:
+        if exc.status >= 500:
+            log.warning("upstream problem: %s", exc.reason, extra={"error": exc.error})
+        return error_response(exc.status, exc.error, exc.reason, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = _HTTP_ERRORS.get(exc.status, "error")
+        reason = exc.reason if exc.status != 404 else "missing"
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "www-authenticate"}}
+        return error_response(exc.status, error, reason, headers)
+    except ConnectionResetError:
+        # The client went away while we were streaming to it: nothing left to answer.
+        log.info("client connection lost")
+        raise
+    except Exception:
+        log.exception("unhandled error")
+        return error_response(500, "internal_server_error", "couchgate could not complete the request")

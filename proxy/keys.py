@@ -1,0 +1,22 @@
+"""Typed keys for everything kept on the application and on a request."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.auth.authenticator import Authenticator
+from proxy.auth.principal import Principal
+from proxy.auth.tokens import TokenService
+from proxy.auth.users import UserInfoCache
+from proxy.couch.client import CouchClient
+from proxy.couch.security_cache import SecurityCache
+from proxy.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+COUCH = web.AppKey("couch", CouchClient)
+USERS = web.AppKey("users", UserInfoCache)
+TOKENS = web.AppKey("tokens", TokenService)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+SECURITY = web.AppKey("security", SecurityCache)
+
+PRINCIPAL = web.RequestKey("principal", Principal)

@@ -1,0 +1,77 @@
+"""The request pipeline, outermost first (see `create_app`): request id, errors, CORS, auth."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from proxy.auth.principal import ANONYMOUS
+from proxy.keys import AUTHENTICATOR, PRINCIPAL, SETTINGS
+from proxy.logs import USER_NAME_KEY
+
+CORS_ORIGIN = web.RequestKey("cors_origin", str)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ALLOWED_METHODS = "GET, HEAD, POST, PUT, DELETE, COPY, OPTIONS"
+ALLOWED_HEADERS = (
+    "Accept, Authorization, Content-Type, Origin, Referer, X-Requested-With, X-Request-ID, If-Match"
+)
+EXPOSED_HEADERS = "Cache-Control, Content-Type, Server, ETag, X-Couch-Request-ID, X-Request-ID, Location"
+
+
+def _allowed_origin(request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    origins = request.app[SETTINGS].cors_origins
+    if origin is None or not origins:
+        return None
+    return origin if ("*" in origins or origin in origins) else None
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    origin = _allowed_origin(request)
+    if request.method == "OPTIONS" and origin and "Access-Control-Request-Method" in request.headers:
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Credentials": "true",
+                "Access-Control-Allow-Methods": ALLOWED_METHODS,
+                "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+                "Access-Control-Max-Age": "600",
+                "Vary": "Origin",
+            },
+        )
+    if origin is not None:
+        # Headers must be on the response before a streamed body starts.
+        request[CORS_ORIGIN] = origin
+    return await handler(request)
+
+
+async def on_prepare_cors(request: web.Request, response: web.StreamResponse) -> None:
+    origin = request.get(CORS_ORIGIN)
+    if origin:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+        response.headers.add("Vary", "Origin")
+
+
+# Routes that answer without looking at credentials (probes must not depend on CouchDB auth).
+UNAUTHENTICATED_ROUTES = {"health", "ready"}
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route = request.match_info.route
+    if route is not None and route.name in UNAUTHENTICATED_ROUTES:
+        request[PRINCIPAL] = ANONYMOUS
+        return await handler(request)
+    principal = await request.app[AUTHENTICATOR].authenticate(
+        request.headers.get("Authorization"), request.headers.get("Cookie")
+    )
+    request[PRINCIPAL] = principal
+    if principal.name is not None:
+        request[USER_NAME_KEY] = principal.name
+    return await handler(request)

@@ -1,0 +1,161 @@
+"""The transparent reverse proxy for callers couchgate lets through to CouchDB.
+
+Methods, query strings, bodies and status codes are preserved; bodies stream both ways
+(attachments and endless `_changes` feeds are never buffered); hop-by-hop headers are
+dropped; `Location` is rewritten to couchgate's address.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.access import couch_security
+from proxy.access.paths import BadPath, CouchPath
+from proxy.auth.authenticator import CHALLENGE
+from proxy.auth.principal import Principal
+from proxy.couch.client import MAPPED_ERRORS
+from proxy.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
+from proxy.keys import COUCH, PRINCIPAL, SECURITY, SETTINGS
+from proxy.logs import stamp_request_id
+
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+}
+# Credentials are never copied from the client blindly: each principal gets its own.
+CREDENTIAL_HEADERS = {"authorization", "cookie"}
+LIVE_FEEDS = {"longpoll", "continuous", "eventsource"}
+CHUNK = 64 * 1024
+log = logging.getLogger("couchgate.proxy")
+
+
+def parse_path(request: web.Request) -> CouchPath:
+    try:
+        return CouchPath.parse(request.rel_url.raw_path)
+    except BadPath as exc:
+        raise BadRequest(str(exc)) from exc
+
+
+def upstream_request_headers(request: web.Request, credentials: dict[str, str]) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for key, value in request.headers.items():
+        lower = key.lower()
+        if (
+            lower in HOP_BY_HOP
+            or lower in CREDENTIAL_HEADERS
+            or lower.startswith("x-forwarded-")
+            or lower == "origin"
+        ):
+            continue
+        headers.add(key, value)
+    headers.update(credentials)
+    if request.query.get("feed") in LIVE_FEEDS:
+        # Compressed live feeds stall heartbeats behind the compressor's buffer.
+        headers["Accept-Encoding"] = "identity"
+    if request.remote:
+        headers["X-Forwarded-For"] = request.remote
+    headers["X-Forwarded-Proto"] = request.scheme
+    headers["X-Forwarded-Host"] = request.host
+    return headers
+
+
+async def limited_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    seen = 0
+    async for chunk in request.content.iter_chunked(CHUNK):
+        seen += len(chunk)
+        if seen > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        yield chunk
+
+
+def public_base(request: web.Request) -> str:
+    configured = request.app[SETTINGS].public_url
+    if configured is not None:
+        return str(configured).rstrip("/")
+    return f"{request.scheme}://{request.host}"
+
+
+async def credentials_for(request: web.Request, principal: Principal, path: CouchPath) -> dict[str, str]:
+    """The upstream credentials of this request, or an error if CouchDB's rules deny it."""
+    if path.segments[:1] == ("_session",) or not principal.authenticated:
+        # CouchDB's own session protocol: the client's credentials, exactly as sent.
+        return {k: v for k, v in request.headers.items() if k.lower() in CREDENTIAL_HEADERS}
+    if principal.upstream_headers:
+        return dict(principal.upstream_headers)
+    # A token caller: couchgate applies CouchDB's rules, then acts as the service account.
+    verdict = couch_security.decide(request.method, path, principal.name, principal.roles)
+    if verdict.needs_security and path.db is not None:
+        security = await request.app[SECURITY].get(path.db)
+        verdict = couch_security.decide(request.method, path, principal.name, principal.roles, security)
+    if not verdict.allowed:
+        raise Forbidden(verdict.reason)
+    return {"Authorization": request.app[COUCH].service_auth}
+
+
+async def proxy_handler(request: web.Request) -> web.StreamResponse:
+    """Forward the request to CouchDB and stream the answer back."""
+    principal = request[PRINCIPAL]
+    path = parse_path(request)
+    if not principal.authenticated and not is_public(request.method, path):
+        raise Unauthorized("You are not authorized to access this resource.", headers=CHALLENGE)
+    return await forward(request, path, await credentials_for(request, principal, path))
+
+
+async def forward(request: web.Request, path: CouchPath, credentials: dict[str, str]) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    couch = request.app[COUCH]
+    declared = request.content_length
+    if declared is not None and declared > settings.max_body_bytes:
+        raise PayloadTooLarge(f"request body is larger than {settings.max_body_bytes} bytes")
+    target = path.encoded()
+    if request.rel_url.raw_query_string:
+        target += "?" + request.rel_url.raw_query_string
+    data = limited_body(request, settings.max_body_bytes) if request.body_exists else None
+    headers = upstream_request_headers(request, credentials)
+    own_credentials = credentials.get("Authorization") != couch.service_auth
+    async with couch.stream(request.method, target, headers=headers, data=data) as upstream:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for key, value in upstream.headers.items():
+            lower = key.lower()
+            if lower in HOP_BY_HOP or lower.startswith("access-control-"):
+                continue  # CORS is couchgate's own (see middlewares), never CouchDB's
+            if lower == "set-cookie" and not own_credentials:
+                continue
+            if lower == "location" and value.startswith(couch.base):
+                value = public_base(request) + value[len(couch.base) :]
+            response.headers.add(key, value)
+        if upstream.content_length is None and request.method != "HEAD":
+            response.enable_chunked_encoding()
+        stamp_request_id(request, response)
+        await response.prepare(request)
+        if request.method != "HEAD":
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+            except MAPPED_ERRORS:
+                # Headers are sent: all a proxy can do is cut the client off, as upstream did.
+                log.warning("upstream broke off a streamed response", extra={"path": target})
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+        await response.write_eof()
+        return response
+
+
+def is_public(method: str, path: CouchPath) -> bool:
+    """What anonymous callers may reach: the welcome document and CouchDB sessions."""
+    if not path.segments:
+        return method in {"GET", "HEAD"}
+    return path.segments[0] == "_session"

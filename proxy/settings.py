@@ -1,0 +1,100 @@
+"""couchgate's settings, read once from the environment (prefix `COUCHGATE_`).
+
+Invalid settings fail at start with one line naming the variable (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COUCHGATE_", frozen=True, extra="ignore")
+
+    # Upstream CouchDB and the service account couchgate uses there.
+    couch_url: AnyHttpUrl = Field(default=AnyHttpUrl("http://127.0.0.1:5984"))
+    couch_user: str = "admin"
+    couch_password: SecretStr = SecretStr("")
+    db: str = Field(default="medic", pattern=r"^[a-z][a-z0-9_$()+/-]*$")
+    audit_db: str = Field(default="medic-audit", pattern=r"^[a-z][a-z0-9_$()+/-]*$")
+
+    # Where couchgate listens, and the address clients use (for rewritten Location headers).
+    host: str = "127.0.0.1"
+    port: int = Field(default=5988, ge=1, le=65535)
+    public_url: AnyHttpUrl | None = None
+
+    # Bearer tokens issued by POST /_couchgate/token and accepted on every request.
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwt_private_key: SecretStr | None = None
+    jwt_algorithms: tuple[JwtAlgorithm, ...] = ("HS256",)
+    jwt_issue_algorithm: JwtAlgorithm = "HS256"
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_ttl_seconds: int = Field(default=900, ge=10, le=86400)
+
+    # How long a verified basic/cookie credential is trusted before asking CouchDB again.
+    auth_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
+
+    # Limits and timeouts.
+    # CouchDB 3 accepts request bodies up to 4 GiB (max_http_request_size); so do we, streamed.
+    max_body_bytes: int = Field(default=4 * 1024**3, ge=1024)
+    max_json_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    request_timeout: float = Field(default=300.0, gt=0)
+    upstream_pool_size: int = Field(default=100, ge=1)
+
+    # Browser PouchDB: origins allowed to call couchgate with credentials ("*" echoes any origin).
+    cors_origins: tuple[str, ...] = ()
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+
+    @field_validator("couch_url")
+    @classmethod
+    def _no_credentials_in_url(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        if value.username or value.password:
+            raise ValueError("put credentials in COUCHGATE_COUCH_USER/COUCHGATE_COUCH_PASSWORD, not the URL")
+        return value
+
+    @model_validator(mode="after")
+    def _jwt_keys_match_algorithms(self) -> Settings:
+        wants_hmac = any(a.startswith("HS") for a in (*self.jwt_algorithms, self.jwt_issue_algorithm))
+        if self.jwt_issue_algorithm.startswith("HS") and self.jwt_secret is not None:
+            if len(self.jwt_secret.get_secret_value()) < 32:
+                raise ValueError("jwt_secret: must be at least 32 characters")
+        elif not self.jwt_issue_algorithm.startswith("HS") and self.jwt_private_key is None:
+            raise ValueError("jwt_private_key: required when jwt_issue_algorithm is not HS*")
+        if not wants_hmac and self.jwt_public_key is None:
+            raise ValueError("jwt_public_key: required for the configured jwt_algorithms")
+        return self
+
+    @property
+    def upstream(self) -> str:
+        return str(self.couch_url).rstrip("/")
+
+
+class SettingsError(Exception):
+    """Raised with a one-line message naming the offending variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first.get("loc") or ()
+        field = str(loc[0]) if loc else _field_from_message(str(first.get("msg", "")))
+        var = f"COUCHGATE_{field.upper()}" if field else "COUCHGATE_*"
+        raise SettingsError(f"invalid setting {var}: {first.get('msg', 'invalid value')}") from None
+
+
+def _field_from_message(msg: str) -> str:
+    # Model-level validators name the field before a colon: "Value error, jwt_secret: ...".
+    head = msg.removeprefix("Value error, ").split(":", 1)[0]
+    return head if head.isidentifier() else ""

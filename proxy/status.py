@@ -1,0 +1,30 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from aiohttp import web
+
+from proxy import __version__
+from proxy.errors import UpstreamError, error_response, json_response
+from proxy.keys import COUCH, SETTINGS
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return json_response({"status": "ok", "version": __version__})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: CouchDB answers the service account and the main database exists."""
+    db = request.app[SETTINGS].db
+    try:
+        result = await request.app[COUCH].json("GET", f"/{quote(db, safe='')}")
+    except UpstreamError as exc:
+        return error_response(503, "service_unavailable", exc.reason)
+    if result.status == 404:
+        return error_response(503, "service_unavailable", f"database {db} does not exist")
+    if not result.ok:
+        return error_response(503, "service_unavailable", f"CouchDB answered {result.status} for {db}")
+    return json_response({"status": "ready", "db": db, "checks": {"upstream": "ok", "db": "ok"}})

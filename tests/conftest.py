@@ -1,0 +1,57 @@
+"""Fixtures shared by every test: a real pouchdb-server and couchgate on real ports."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from support import MEMBER_ROLE, Gateway, TestUser, gateway_settings, start_gateway, stop_gateway
+
+from proxy.devserver.backend import PouchServer
+
+
+@pytest.fixture(scope="session")
+def backend() -> Iterator[PouchServer]:
+    """One pouchdb-server for the session; each test uses databases of its own."""
+    with PouchServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def users(backend: PouchServer) -> dict[str, TestUser]:
+    """`alice` is a member of every test database, `mallory` of none."""
+    made = {
+        "alice": TestUser("alice", "alice-pass", (MEMBER_ROLE,)),
+        "mallory": TestUser("mallory", "mallory-pass", ("stranger",)),
+    }
+    for user in made.values():
+        status, body = backend.request(
+            "PUT",
+            f"/_users/org.couchdb.user:{user.name}",
+            {"_id": f"org.couchdb.user:{user.name}", "name": user.name, "password": user.password,
+             "roles": list(user.roles), "type": "user"},
+        )  # fmt: skip
+        assert status in (201, 409), body
+    return made
+
+
+@pytest.fixture
+def db(backend: PouchServer, users: dict[str, TestUser]) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    status, body = backend.request("PUT", f"/{name}")
+    assert status == 201, body
+    security = {"admins": {"names": [], "roles": []}, "members": {"names": [], "roles": [MEMBER_ROLE]}}
+    status, body = backend.request("PUT", f"/{name}/_security", security)
+    assert status == 200, body
+    yield name
+    backend.request("DELETE", f"/{name}")
+
+
+@pytest.fixture
+async def gateway(backend: PouchServer, db: str) -> AsyncIterator[Gateway]:
+    gw = await start_gateway(gateway_settings(backend, db))
+    try:
+        yield gw
+    finally:
+        await stop_gateway(gw)

@@ -1,0 +1,80 @@
+"""Every low-level upstream failure maps to a public, CouchDB-shaped error."""
+
+from __future__ import annotations
+
+import inspect
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from proxy import errors
+from proxy.couch.client import MAPPED_ERRORS, map_client_error
+
+
+def all_subclasses(cls: type) -> set[type]:
+    found = set()
+    for sub in cls.__subclasses__():
+        found.add(sub)
+        found |= all_subclasses(sub)
+    return found
+
+
+CLIENT_ERRORS = sorted(
+    (c for c in all_subclasses(aiohttp.ClientError) if c.__module__.startswith("aiohttp")),
+    key=lambda c: c.__name__,
+)
+
+
+@pytest.mark.parametrize("exc_type", CLIENT_ERRORS, ids=lambda c: c.__name__)
+def test_every_aiohttp_client_error_is_mapped(exc_type: type[BaseException]) -> None:
+    assert issubclass(exc_type, MAPPED_ERRORS)
+    exc = exc_type.__new__(exc_type)  # constructors differ; the mapping looks at the type only
+    mapped = map_client_error(exc)
+    assert isinstance(mapped, errors.UpstreamError)
+    assert mapped.status in (502, 503, 504)
+    assert mapped.reason and "http" not in mapped.reason
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "error"),
+    [
+        (aiohttp.ServerDisconnectedError(), 503, "service_unavailable"),
+        (ConnectionRefusedError(), 503, "service_unavailable"),
+        (TimeoutError(), 504, "gateway_timeout"),
+        (aiohttp.ClientPayloadError("cut"), 502, "bad_gateway"),
+    ],
+)
+def test_mapping_targets(exc: BaseException, status: int, error: str) -> None:
+    mapped = map_client_error(exc)
+    assert (mapped.status, mapped.error) == (status, error)
+
+
+ERROR_CLASSES = [
+    c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.CouchgateError)
+]
+
+
+@pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
+async def test_every_error_class_renders_couchdb_shaped(cls: type[errors.CouchgateError]) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        raise cls("some reason")
+
+    response = await errors.error_middleware(make_mocked_request("GET", "/x"), handler)
+    assert isinstance(response, web.Response)
+    assert response.status == cls.status
+    assert response.content_type == "application/json"
+    assert response.body is not None
+    import orjson
+
+    assert orjson.loads(response.body) == {"error": cls.error, "reason": "some reason"}
+
+
+async def test_unexpected_exception_is_500_without_details() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        raise RuntimeError("secret http://admin:pw@couch:5984 detail")
+
+    response = await errors.error_middleware(make_mocked_request("GET", "/x"), handler)
+    assert isinstance(response, web.Response) and response.status == 500
+    assert response.body is not None and b"secret" not in bytes(response.body)

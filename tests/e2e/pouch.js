@@ -1,0 +1,61 @@
+// A real PouchDB 9 client, driven by the e2e tests. Commands read JSON from argv[2]:
+//   {"op": "sync", "url", "auth": {"basic": [name, pw]} | {"bearer": token}, "push": [docs]}
+// pushes `push` from a fresh in-memory db to `url`, pulls everything back into a second
+// in-memory db, and prints a JSON summary on stdout.
+'use strict';
+const PouchDB = require('pouchdb-core')
+  .plugin(require('pouchdb-adapter-http'))
+  .plugin(require('pouchdb-adapter-memory'))
+  .plugin(require('pouchdb-replication'));
+
+function remote(url, auth) {
+  const opts = {skip_setup: true};
+  if (auth && auth.basic) {
+    opts.auth = {username: auth.basic[0], password: auth.basic[1]};
+  }
+  if (auth && auth.bearer) {
+    opts.fetch = (u, o) => {
+      o.headers.set('Authorization', 'Bearer ' + auth.bearer);
+      return PouchDB.fetch(u, o);
+    };
+  }
+  return new PouchDB(url, opts);
+}
+
+async function allDocs(db) {
+  const res = await db.allDocs({include_docs: true});
+  return res.rows.map((r) => r.doc);
+}
+
+async function sync(cmd) {
+  const target = remote(cmd.url, cmd.auth);
+  const local = new PouchDB('push-' + Math.random(), {adapter: 'memory'});
+  if (cmd.push && cmd.push.length) {
+    await local.bulkDocs(cmd.push);
+  }
+  const pushed = await local.replicate.to(target);
+  const pulledDb = new PouchDB('pull-' + Math.random(), {adapter: 'memory'});
+  const pulled = await pulledDb.replicate.from(target);
+  // A second pull must find nothing new: checkpoints were written through couchgate.
+  const again = await pulledDb.replicate.from(target);
+  const docs = await allDocs(pulledDb);
+  return {
+    push: {ok: pushed.ok, docs_written: pushed.docs_written, errors: pushed.errors.length},
+    pull: {ok: pulled.ok, docs_written: pulled.docs_written, errors: pulled.errors.length},
+    again: {docs_read: again.docs_read},
+    ids: docs.map((d) => d._id).sort(),
+    docs,
+  };
+}
+
+async function main() {
+  const cmd = JSON.parse(process.argv[2]);
+  const ops = {sync};
+  const result = await ops[cmd.op](cmd);
+  process.stdout.write(JSON.stringify(result) + '\n');
+}
+
+main().catch((err) => {
+  process.stdout.write(JSON.stringify({error: String(err && (err.message || err)), status: err && err.status}) + '\n');
+  process.exit(1);
+});

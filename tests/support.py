@@ -1,0 +1,110 @@
+"""Helpers for tests: couchgate on a real port and the CouchDB error-shape check."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+import yarl
+from aiohttp.test_utils import TestServer
+
+from proxy.app import create_app
+from proxy.devserver.backend import PouchServer
+from proxy.settings import Settings, load_settings
+
+JWT_SECRET = "test-secret-" + "x" * 40
+MEMBER_ROLE = "member"
+
+
+def basic(name: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()
+
+
+@dataclass(frozen=True)
+class TestUser:
+    __test__ = False
+    name: str
+    password: str
+    roles: tuple[str, ...]
+
+    @property
+    def auth(self) -> str:
+        return basic(self.name, self.password)
+
+
+def gateway_settings(backend: PouchServer, db: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "couch_url": backend.url,
+        "couch_user": backend.admin_user,
+        "couch_password": backend.admin_password,
+        "db": db,
+        "jwt_secret": JWT_SECRET,
+        "auth_cache_seconds": 2.0,
+        "log_json": False,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@dataclass
+class Gateway:
+    """couchgate on a real port, and a client session that talks to it."""
+
+    url: str
+    settings: Settings
+    http: aiohttp.ClientSession
+    server: TestServer
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        auth: str | None = None,
+        json: Any = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        raw_path: bool = False,
+    ) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+        """One request; `raw_path` sends the path exactly as written (no client normalising)."""
+        hdrs = {"Accept": "application/json", **(headers or {})}
+        if auth is not None:
+            hdrs["Authorization"] = auth
+        if json is not None:
+            data = orjson.dumps(json)
+            hdrs.setdefault("Content-Type", "application/json")
+        url = yarl.URL(self.url + path, encoded=True) if raw_path else self.url + path
+        async with self.http.request(method, url, data=data, headers=hdrs) as resp:
+            raw = await resp.read()
+            try:
+                body = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
+                body = raw
+            return resp.status, body, resp.headers
+
+
+async def start_gateway(settings: Settings) -> Gateway:
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+    return Gateway(f"http://127.0.0.1:{server.port}", settings, http, server)
+
+
+async def stop_gateway(gw: Gateway) -> None:
+    await gw.http.close()
+    await gw.server.close()
+
+
+def assert_couch_error(status: int, body: Any, expected_status: int, error: str | None = None) -> None:
+    """Every error couchgate answers is CouchDB-shaped: {"error", "reason"}."""
+    assert status == expected_status, (status, body)
+    assert isinstance(body, dict), body
+    assert isinstance(body.get("error"), str) and body["error"], body
+    assert isinstance(body.get("reason"), str), body
+    if error is not None:
+        assert body["error"] == error, body
+    text = orjson.dumps(body).decode()
+    assert "Traceback" not in text and "http://127.0.0.1" not in text, body
