@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from proxy import passthrough, status
+from proxy.audit.api import NullAudit
 from proxy.auth import routes as auth_routes
 from proxy.auth.authenticator import Authenticator
 from proxy.auth.tokens import TokenService
@@ -14,7 +15,7 @@ from proxy.auth.users import UserInfoCache
 from proxy.couch.client import CouchClient, new_session
 from proxy.couch.security_cache import SecurityCache
 from proxy.errors import error_middleware
-from proxy.keys import AUTHENTICATOR, COUCH, SECURITY, SETTINGS, TOKENS, USERS
+from proxy.keys import AUDIT, AUTHENTICATOR, COUCH, SECURITY, SETTINGS, TOKENS, USERS
 from proxy.logs import request_id_middleware
 from proxy.middlewares import auth_middleware, cors_middleware, on_prepare_cors
 from proxy.settings import Settings
@@ -29,6 +30,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[TOKENS] = TokenService(settings)
+    app[AUDIT] = NullAudit()
     app.cleanup_ctx.append(upstream_ctx)
     app.on_response_prepare.append(on_prepare_cors)
     add_routes(app)

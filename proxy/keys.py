@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxy.audit.api import AuditSink
 from proxy.auth.authenticator import Authenticator
 from proxy.auth.principal import Principal
 from proxy.auth.tokens import TokenService
@@ -18,5 +19,6 @@ USERS = web.AppKey("users", UserInfoCache)
 TOKENS = web.AppKey("tokens", TokenService)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 SECURITY = web.AppKey("security", SecurityCache)
+AUDIT = web.AppKey("audit", AuditSink)
 
 PRINCIPAL = web.RequestKey("principal", Principal)

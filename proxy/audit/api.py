@@ -1,0 +1,43 @@
+"""What writers hand to the audit log, and the sink they hand it to.
+
+Writers (passthrough, offline-user writes, import, conflicts, auth) build an `AuditEntry`
+and call `request.app[AUDIT].record(entry)`, which never blocks and never raises: entries
+are written in batches off the request path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Outcome = Literal["written", "forbidden", "conflict", "invalid", "success", "failure", "denied", "error"]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    action: str  # create | update | delete | bulk_docs | attachment | import | resolve | split | login | ...
+    outcome: Outcome
+    user: str | None = None
+    roles: tuple[str, ...] = ()
+    db: str | None = None
+    doc_id: str | None = None
+    rev_before: str | None = None
+    rev_after: str | None = None
+    doc_type: str | None = None
+    request_id: str | None = None
+    client: str | None = None
+    user_agent: str | None = None
+    reason: str | None = None
+    path: str | None = None
+    details: dict[str, object] = field(default_factory=dict)
+
+
+class AuditSink(Protocol):
+    def record(self, entry: AuditEntry) -> None: ...
+
+
+class NullAudit:
+    """Used when auditing is off."""
+
+    def record(self, entry: AuditEntry) -> None:
+        return None
