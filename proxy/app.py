@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import secrets
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy import passthrough, status
+from proxy import dispatch, status
 from proxy.audit.api import NullAudit
 from proxy.auth import routes as auth_routes
 from proxy.auth.authenticator import Authenticator
@@ -15,9 +18,12 @@ from proxy.auth.users import UserInfoCache
 from proxy.couch.client import CouchClient, new_session
 from proxy.couch.security_cache import SecurityCache
 from proxy.errors import error_middleware
-from proxy.keys import AUDIT, AUTHENTICATOR, COUCH, SECURITY, SETTINGS, TOKENS, USERS
+from proxy.keys import AUDIT, AUTHENTICATOR, COUCH, INDEX, SECURITY, SETTINGS, SINCE_CODEC, TOKENS, USERS
 from proxy.logs import request_id_middleware
 from proxy.middlewares import auth_middleware, cors_middleware, on_prepare_cors
+from proxy.offline import scope
+from proxy.offline.since import SinceCodec
+from proxy.offline.sync import IndexSync
 from proxy.settings import Settings
 
 
@@ -31,7 +37,10 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[TOKENS] = TokenService(settings)
     app[AUDIT] = NullAudit()
+    secret = settings.since_secret or settings.jwt_secret
+    app[SINCE_CODEC] = SinceCodec(secret.get_secret_value().encode() if secret else secrets.token_bytes(32))
     app.cleanup_ctx.append(upstream_ctx)
+    app.cleanup_ctx.append(index_ctx)
     app.on_response_prepare.append(on_prepare_cors)
     add_routes(app)
     return app
@@ -43,8 +52,9 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/_couchgate/ready", status.ready, name="ready", allow_head=False)
     r.add_post("/_couchgate/token", auth_routes.issue_token, name="issue_token")
     r.add_route("*", "/_session", auth_routes.session, name="session")
+    r.add_get("/_couchgate/users/{name}/scope", scope.user_scope, name="user_scope", allow_head=False)
     # Everything else is CouchDB's: forwarded for the callers couchgate lets through.
-    r.add_route("*", "/{path:.*}", passthrough.proxy_handler, name="couchdb_proxy")
+    r.add_route("*", "/{path:.*}", dispatch.couchdb_handler, name="couchdb_proxy")
 
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -60,3 +70,16 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await session.close()
+
+
+async def index_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The scope index of offline users and the one follower that keeps it level with CouchDB."""
+    sync = IndexSync(app[COUCH], app[SETTINGS].db, on_user_change=app[USERS].invalidate)
+    app[INDEX] = sync
+    follower = asyncio.create_task(sync.follow(), name="index-follower")
+    try:
+        yield
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower

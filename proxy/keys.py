@@ -11,6 +11,8 @@ from proxy.auth.tokens import TokenService
 from proxy.auth.users import UserInfoCache
 from proxy.couch.client import CouchClient
 from proxy.couch.security_cache import SecurityCache
+from proxy.offline.since import SinceCodec
+from proxy.offline.sync import IndexSync
 from proxy.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -20,5 +22,7 @@ TOKENS = web.AppKey("tokens", TokenService)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 SECURITY = web.AppKey("security", SecurityCache)
 AUDIT = web.AppKey("audit", AuditSink)
+INDEX = web.AppKey("index", IndexSync)
+SINCE_CODEC = web.AppKey("since_codec", SinceCodec)
 
 PRINCIPAL = web.RequestKey("principal", Principal)

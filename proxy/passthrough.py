@@ -15,11 +15,10 @@ from multidict import CIMultiDict
 
 from proxy.access import couch_security
 from proxy.access.paths import BadPath, CouchPath
-from proxy.auth.authenticator import CHALLENGE
 from proxy.auth.principal import Principal
 from proxy.couch.client import MAPPED_ERRORS
-from proxy.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
-from proxy.keys import COUCH, PRINCIPAL, SECURITY, SETTINGS
+from proxy.errors import BadRequest, Forbidden, PayloadTooLarge
+from proxy.keys import COUCH, SECURITY, SETTINGS
 from proxy.logs import stamp_request_id
 
 HOP_BY_HOP = {
@@ -104,15 +103,6 @@ async def credentials_for(request: web.Request, principal: Principal, path: Couc
     return {"Authorization": request.app[COUCH].service_auth}
 
 
-async def proxy_handler(request: web.Request) -> web.StreamResponse:
-    """Forward the request to CouchDB and stream the answer back."""
-    principal = request[PRINCIPAL]
-    path = parse_path(request)
-    if not principal.authenticated and not is_public(request.method, path):
-        raise Unauthorized("You are not authorized to access this resource.", headers=CHALLENGE)
-    return await forward(request, path, await credentials_for(request, principal, path))
-
-
 async def forward(request: web.Request, path: CouchPath, credentials: dict[str, str]) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     couch = request.app[COUCH]
@@ -152,10 +142,3 @@ async def forward(request: web.Request, path: CouchPath, credentials: dict[str, 
                 return response
         await response.write_eof()
         return response
-
-
-def is_public(method: str, path: CouchPath) -> bool:
-    """What anonymous callers may reach: the welcome document and CouchDB sessions."""
-    if not path.segments:
-        return method in {"GET", "HEAD"}
-    return path.segments[0] == "_session"

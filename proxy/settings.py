@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     # Browser PouchDB: origins allowed to call couchgate with credentials ("*" echoes any origin).
     cors_origins: tuple[str, ...] = ()
 
+    # Offline users: how many docs a user may replicate before the scope report warns.
+    scope_warn_docs: int = Field(default=10_000, ge=1)
+    # Key for signing offline users' `since` tokens; random per process when unset.
+    since_secret: SecretStr | None = None
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
 

@@ -6,9 +6,10 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from support import MEMBER_ROLE, Gateway, TestUser, gateway_settings, start_gateway, stop_gateway
 
 from proxy.devserver.backend import PouchServer
+
+from support import MEMBER_ROLE, Gateway, TestUser, gateway_settings, start_gateway, stop_gateway
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ class UserInfo:
     facility_ids: tuple[str, ...] = ()
     contact_id: str | None = None
     roles: tuple[str, ...] = ()
+    exists: bool = False
 
 
 class UserInfoCache:
@@ -63,4 +64,5 @@ def merge_user_docs(user_doc: object, settings_doc: object) -> UserInfo:
             contact = doc["contact_id"]
         if not roles and doc is user_doc:
             roles = as_tuple(doc.get("roles"))
-    return UserInfo(facility_ids=facility, contact_id=contact, roles=roles)
+    exists = isinstance(user_doc, dict) or isinstance(settings_doc, dict)
+    return UserInfo(facility_ids=facility, contact_id=contact, roles=roles, exists=exists)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from e2e_support import run_pouch
 from support import Gateway, TestUser
 

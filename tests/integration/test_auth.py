@@ -11,6 +11,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
+
+from proxy.devserver.backend import PouchServer
+
 from support import (
     JWT_SECRET,
     Gateway,
@@ -20,8 +23,6 @@ from support import (
     start_gateway,
     stop_gateway,
 )
-
-from proxy.devserver.backend import PouchServer
 
 
 def b64url(data: bytes) -> str:

@@ -6,6 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+
+from proxy.devserver.backend import PouchServer
+
 from support import (
     Gateway,
     TestUser,
@@ -15,8 +18,6 @@ from support import (
     start_gateway,
     stop_gateway,
 )
-
-from proxy.devserver.backend import PouchServer
 
 
 async def test_request_id_is_echoed_or_generated(

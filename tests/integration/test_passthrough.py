@@ -6,6 +6,7 @@ import asyncio
 import base64
 
 import orjson
+
 from support import Gateway, TestUser, assert_couch_error
 
 

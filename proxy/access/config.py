@@ -1,0 +1,128 @@
+"""The CHT `settings` doc and the user, as the access rules see them (pure, no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ADMIN_ROLE = "_admin"
+ONLINE_ROLE = "mm-online"
+
+
+@dataclass(frozen=True)
+class DepthRule:
+    role: str
+    depth: int | None  # None: unlimited (-1 in the settings doc)
+    report_depth: int | None
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """The parts of `settings.settings` the rules use. Malformed parts count as absent."""
+
+    offline_roles: frozenset[str] = frozenset()
+    permissions: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    depth_rules: tuple[DepthRule, ...] = ()
+    unallocated_access: bool = False
+    person_types: frozenset[str] = frozenset({"person"})
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any] | None) -> AppSettings:
+        inner = doc.get("settings") if isinstance(doc, Mapping) else None
+        if not isinstance(inner, Mapping):
+            return cls()
+        roles = inner.get("roles")
+        offline = frozenset(
+            name
+            for name, conf in (roles.items() if isinstance(roles, Mapping) else [])
+            if isinstance(name, str) and isinstance(conf, Mapping) and conf.get("offline") is True
+        )
+        perms_raw = inner.get("permissions")
+        permissions = {
+            name: frozenset(r for r in holders if isinstance(r, str))
+            for name, holders in (perms_raw.items() if isinstance(perms_raw, Mapping) else [])
+            if isinstance(name, str) and isinstance(holders, list)
+        }
+        rules: list[DepthRule] = []
+        depth_raw = inner.get("replication_depth")
+        for entry in depth_raw if isinstance(depth_raw, list) else []:
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("role"), str):
+                continue
+            rules.append(
+                DepthRule(entry["role"], _depth(entry.get("depth")), _depth(entry.get("report_depth")))
+            )
+        types_raw = inner.get("contact_types")
+        person_types = frozenset(
+            t["id"]
+            for t in (types_raw if isinstance(types_raw, list) else [])
+            if isinstance(t, Mapping) and isinstance(t.get("id"), str) and t.get("person") is True
+        ) or frozenset({"person"})
+        return cls(
+            person_types=person_types,
+            offline_roles=offline,
+            permissions=permissions,
+            depth_rules=tuple(rules),
+            unallocated_access=inner.get("district_admins_access_unallocated_messages") is True,
+        )
+
+    def scope_fingerprint(self, user: UserCtx) -> tuple[object, ...]:
+        """The settings-derived inputs of a user's read scope (for since-token checks)."""
+        return (
+            is_offline(user, self),
+            replication_depths(user, self),
+            self.unallocated_access and has_permission(user, self, "can_view_unallocated_data_records"),
+        )
+
+
+def _depth(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class UserCtx:
+    name: str
+    roles: tuple[str, ...] = ()
+    facility_ids: tuple[str, ...] = ()
+    contact_id: str | None = None
+    is_admin: bool = False
+
+    @property
+    def user_doc_id(self) -> str:
+        return f"org.couchdb.user:{self.name}"
+
+
+def is_offline(user: UserCtx, settings: AppSettings) -> bool:
+    """Offline: a role configured `offline: true`, not a CouchDB admin, no `mm-online` role."""
+    if user.is_admin or ADMIN_ROLE in user.roles or ONLINE_ROLE in user.roles:
+        return False
+    return any(role in settings.offline_roles for role in user.roles)
+
+
+def has_permission(user: UserCtx, settings: AppSettings, permission: str) -> bool:
+    """CHT semantics: a `!` prefix means the user must not hold it; admins hold everything."""
+    negate = permission.startswith("!")
+    name = permission[1:] if negate else permission
+    if user.is_admin or ADMIN_ROLE in user.roles:
+        return not negate
+    holds = any(role in settings.permissions.get(name, frozenset()) for role in user.roles)
+    return holds != negate
+
+
+def replication_depths(user: UserCtx, settings: AppSettings) -> tuple[int | None, int | None]:
+    """(depth, report_depth); None is unlimited. The largest depth among the user's roles'
+    entries wins (-1 unlimited; no entry at all: unlimited); report_depth comes from the
+    winning entry, and on a tie in depth the largest report_depth (None counting largest)."""
+    rules = [r for r in settings.depth_rules if r.role in user.roles]
+    if not rules:
+        return None, None
+
+    def rank(rule: DepthRule) -> tuple[int, int]:
+        depth = 1 << 30 if rule.depth is None else rule.depth
+        report = 1 << 30 if rule.report_depth is None else rule.report_depth
+        return depth, report
+
+    best = max(rules, key=rank)
+    return best.depth, best.report_depth

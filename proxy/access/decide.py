@@ -1,0 +1,244 @@
+"""Who may read and write what (DESIGN.md 2 and 3): pure functions over a contact graph.
+
+Reading, in order: global docs are readable; `_design/*` others are not; the user's own
+user-settings doc is; otherwise one of the doc's replication keys must be a subject of
+the user, except that a private report about the user's own facility or contact whose
+submitter is not a subject never is, and with a `report_depth` a report keyed only deeper
+than it is readable only if the user's own contact submitted it (`_unassigned` is not
+depth limited).
+
+Writing, in order: admins may; never global docs, `_design/*`, form/translations, the
+user's own facility doc, or docs with a `purged` field; then `can_edit`; then the
+permission for the kind and operation; then the new version and the stored winner must
+both be readable. A batch is judged with its own permitted contacts applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from proxy.access.config import AppSettings, UserCtx, has_permission, replication_depths
+from proxy.access.kinds import (
+    CONTACT_KINDS,
+    DESIGN,
+    GLOBAL,
+    PERSON,
+    PLACE,
+    REPORT,
+    UNASSIGNED,
+    ReportFacts,
+    contact_is_person,
+    kind_of,
+    parent_id,
+    replication_keys,
+    report_facts,
+    shortcode,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ContactNode:
+    id: str
+    parent: str | None
+    shortcode: str | None
+
+
+class ContactGraph(Protocol):
+    def contact(self, contact_id: str) -> ContactNode | None: ...
+    def children(self, contact_id: str) -> Iterable[str]: ...
+
+
+def subjects(user: UserCtx, settings: AppSettings, graph: ContactGraph) -> dict[str, int]:
+    """Every subject key of the user (contact ids and shortcodes) with its distance below
+    the nearest facility; plus the user's own doc id and, when allowed, `_unassigned`."""
+    depth_limit, _ = replication_depths(user, settings)
+    found: dict[str, int] = {}
+    frontier = [(facility, 0) for facility in user.facility_ids]
+    while frontier:
+        next_frontier: list[tuple[str, int]] = []
+        for contact_id, depth in frontier:
+            if found.get(contact_id, depth + 1) <= depth:
+                continue
+            found[contact_id] = depth
+            node = graph.contact(contact_id)
+            if node is not None and node.shortcode:
+                found[node.shortcode] = min(found.get(node.shortcode, depth), depth)
+            if depth_limit is None or depth < depth_limit:
+                next_frontier += [(child, depth + 1) for child in graph.children(contact_id)]
+        frontier = next_frontier
+    found[user.user_doc_id] = 0
+    if settings.unallocated_access and has_permission(user, settings, "can_view_unallocated_data_records"):
+        found[UNASSIGNED] = 0
+    return found
+
+
+def _own_subject(subject: str, user: UserCtx, graph: ContactGraph) -> bool:
+    own = [*user.facility_ids, *([user.contact_id] if user.contact_id else [])]
+    if subject in own:
+        return True
+    return any((node := graph.contact(c)) is not None and node.shortcode == subject for c in own)
+
+
+def entry_readable(
+    doc_id: str,
+    kind: str,
+    keys: Sequence[str],
+    facts: ReportFacts | None,
+    user: UserCtx,
+    settings: AppSettings,
+    subject_depths: Mapping[str, int],
+    graph: ContactGraph,
+) -> bool:
+    if kind == GLOBAL:
+        return True
+    if kind == DESIGN:
+        return False
+    if doc_id == user.user_doc_id:
+        return True
+    in_scope = [k for k in keys if k in subject_depths]
+    if not in_scope:
+        return False
+    if kind == REPORT and facts is not None:
+        if (
+            facts.private
+            and _own_subject(facts.subject, user, graph)
+            and facts.submitter not in subject_depths
+        ):
+            return False
+        _, report_depth = replication_depths(user, settings)
+        if report_depth is not None and UNASSIGNED not in in_scope:
+            too_deep = all(subject_depths[k] > report_depth for k in in_scope)
+            if too_deep and (facts.submitter is None or facts.submitter != user.contact_id):
+                return False
+    return True
+
+
+def is_readable(
+    doc: Mapping[str, Any],
+    user: UserCtx,
+    settings: AppSettings,
+    graph: ContactGraph,
+    subject_depths: Mapping[str, int] | None = None,
+) -> bool:
+    kind = kind_of(doc)
+    depths = subjects(user, settings, graph) if subject_depths is None else subject_depths
+    facts = report_facts(doc) if kind == REPORT else None
+    return entry_readable(
+        str(doc.get("_id")), kind, replication_keys(doc, kind), facts, user, settings, depths, graph
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str = ""
+
+
+ALLOWED = Decision(True)
+PERMISSIONS = {
+    REPORT: ("can_create_records", "can_update_reports", "can_delete_reports"),
+    PERSON: ("can_create_people", "can_update_people", "can_delete_contacts"),
+    PLACE: ("can_create_places", "can_update_places", "can_delete_contacts"),
+}
+
+
+def _kind_for_permission(doc: Mapping[str, Any], settings: AppSettings) -> str:
+    kind = kind_of(doc)
+    if kind in CONTACT_KINDS:
+        return PERSON if contact_is_person(doc, settings.person_types) else PLACE
+    return kind
+
+
+def authorize_write(
+    user: UserCtx,
+    settings: AppSettings,
+    graph: ContactGraph,
+    new_doc: Mapping[str, Any],
+    stored: Mapping[str, Any] | None,
+    subject_depths: Mapping[str, int] | None = None,
+) -> Decision:
+    if user.is_admin:
+        return ALLOWED
+    depths = subjects(user, settings, graph) if subject_depths is None else subject_depths
+    deleting = new_doc.get("_deleted") is True
+    body = stored if deleting and stored is not None else new_doc
+    doc_id = str(new_doc.get("_id", ""))
+    kinds = {kind_of(body), kind_of(new_doc)} | ({kind_of(stored)} if stored is not None else set())
+    if doc_id.startswith("_design/") or kinds & {GLOBAL, DESIGN}:
+        return Decision(False, "global and design documents cannot be written by offline users")
+    if doc_id in user.facility_ids:
+        return Decision(False, "you cannot edit your own facility")
+    if "purged" in new_doc or (stored is not None and "purged" in stored):
+        return Decision(False, "purged documents cannot be written")
+    if not has_permission(user, settings, "can_edit"):
+        return Decision(False, "missing permission can_edit")
+    operation = 2 if deleting else (1 if stored is not None else 0)
+    needed = PERMISSIONS.get(_kind_for_permission(body, settings))
+    if needed is not None and not has_permission(user, settings, needed[operation]):
+        return Decision(False, f"missing permission {needed[operation]}")
+    if not deleting and not is_readable(new_doc, user, settings, graph, depths):
+        return Decision(False, "the new version is outside your replication scope")
+    if stored is not None and not is_readable(stored, user, settings, graph, depths):
+        return Decision(False, "the stored document is outside your replication scope")
+    return ALLOWED
+
+
+class OverlayGraph:
+    """A graph with some contacts of a request applied on top (None: deleted)."""
+
+    def __init__(self, base: ContactGraph, contacts: Mapping[str, ContactNode | None]) -> None:
+        self.base = base
+        self.nodes = dict(contacts)
+        self.extra: dict[str, set[str]] = {}
+        for node in self.nodes.values():
+            if node is not None and node.parent is not None:
+                self.extra.setdefault(node.parent, set()).add(node.id)
+
+    def contact(self, contact_id: str) -> ContactNode | None:
+        if contact_id in self.nodes:
+            return self.nodes[contact_id]
+        return self.base.contact(contact_id)
+
+    def children(self, contact_id: str) -> Iterable[str]:
+        kept = [c for c in self.base.children(contact_id) if c not in self.nodes]
+        return [*kept, *self.extra.get(contact_id, ())]
+
+
+def contact_node(doc: Mapping[str, Any]) -> ContactNode:
+    return ContactNode(str(doc["_id"]), parent_id(doc), shortcode(doc))
+
+
+def authorize_batch(
+    user: UserCtx,
+    settings: AppSettings,
+    graph: ContactGraph,
+    docs: Sequence[Mapping[str, Any]],
+    stored: Mapping[str, Mapping[str, Any] | None],
+) -> list[Decision]:
+    """Each doc judged with the batch's permitted contacts applied, in request order. A
+    contact the user may not write never lends its place in the tree to the others."""
+    contact_ids = [
+        i
+        for i, d in enumerate(docs)
+        if isinstance(d.get("_id"), str) and (kind_of(d) in CONTACT_KINDS or d.get("_deleted") is True)
+    ]
+    candidates = set(contact_ids)
+    while True:
+        overlay: dict[str, ContactNode | None] = {}
+        for i in sorted(candidates):
+            doc = docs[i]
+            if doc.get("_deleted") is True:
+                overlay[str(doc["_id"])] = None
+            elif kind_of(doc) in CONTACT_KINDS:
+                overlay[str(doc["_id"])] = contact_node(doc)
+        view = OverlayGraph(graph, overlay) if overlay else graph
+        depths = subjects(user, settings, view)
+        decisions = [
+            authorize_write(user, settings, view, d, stored.get(str(d.get("_id"))), depths) for d in docs
+        ]
+        still = {i for i in candidates if decisions[i].allowed}
+        if still == candidates:
+            return decisions
+        candidates = still

@@ -1,0 +1,149 @@
+"""What a doc is and under which replication keys it is filed (DESIGN.md 1 and 2.2).
+
+Contacts are keyed by their own `_id`; tasks by `user`; targets by `owner`; user-settings
+docs by their own `_id`; a report by its subject: the first present of
+`fields.patient_id`, `patient_id`, `fields.place_id`, `place_id`, `fields.patient_uuid`,
+`contact._id`, else `_unassigned`, and with `fields.needs_signoff` also by its submitter
+and every ancestor in the submitter's lineage. Shortcode keys (`patient_id`, `place_id`)
+stay as written: a user's subjects hold contacts' shortcodes too, which resolves them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+GLOBAL_IDS = frozenset(
+    {
+        "settings",
+        "resources",
+        "branding",
+        "partners",
+        "service-worker-meta",
+        "zscore-charts",
+        "privacy-policies",
+        "_design/medic-client",
+    }
+)
+GLOBAL_TYPES = frozenset({"form", "translations"})
+PLACE_TYPES = frozenset({"district_hospital", "health_center", "clinic"})
+UNASSIGNED = "_unassigned"
+
+PLACE, PERSON, CONTACT, REPORT, TASK, TARGET, USER_SETTINGS, GLOBAL, DESIGN, OTHER = (
+    "place",
+    "person",
+    "contact",
+    "report",
+    "task",
+    "target",
+    "user_settings",
+    "global",
+    "design",
+    "other",
+)
+CONTACT_KINDS = frozenset({PLACE, PERSON, CONTACT})
+
+
+def kind_of(doc: Mapping[str, Any]) -> str:
+    """The doc's kind. `type: "contact"` stays `contact`: whether it is a person or a place
+    depends on the settings' `contact_types` (see `contact_is_person`)."""
+    doc_id = doc.get("_id")
+    doc_type = doc.get("type")
+    if doc_id in GLOBAL_IDS or doc_type in GLOBAL_TYPES:
+        return GLOBAL
+    if isinstance(doc_id, str) and doc_id.startswith("_design/"):
+        return DESIGN
+    if doc_type == "data_record":
+        return REPORT
+    if doc_type == "person":
+        return PERSON
+    if doc_type in PLACE_TYPES:
+        return PLACE
+    if doc_type == "contact" and isinstance(doc.get("contact_type"), str):
+        return CONTACT
+    return {"task": TASK, "target": TARGET, "user-settings": USER_SETTINGS}.get(str(doc_type), OTHER)
+
+
+def contact_is_person(doc: Mapping[str, Any], person_types: frozenset[str]) -> bool:
+    kind = kind_of(doc)
+    if kind == CONTACT:
+        return doc.get("contact_type") in person_types
+    return kind == PERSON
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def lineage_ids(node: object) -> list[str]:
+    """Ids of a lineage `{"_id": a, "parent": {"_id": b, ...}}`, nearest first."""
+    ids: list[str] = []
+    seen = 0
+    while isinstance(node, Mapping) and seen < 64:
+        doc_id = _str(node.get("_id"))
+        if doc_id is not None:
+            ids.append(doc_id)
+        node = node.get("parent")
+        seen += 1
+    return ids
+
+
+def parent_id(doc: Mapping[str, Any]) -> str | None:
+    parent = doc.get("parent")
+    return _str(parent.get("_id")) if isinstance(parent, Mapping) else None
+
+
+def shortcode(doc: Mapping[str, Any]) -> str | None:
+    return _str(doc.get("patient_id")) or _str(doc.get("place_id"))
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFacts:
+    subject: str
+    submitter: str | None
+    private: bool
+
+
+def report_subject(doc: Mapping[str, Any]) -> str:
+    fields = doc.get("fields")
+    fields = fields if isinstance(fields, Mapping) else {}
+    contact = doc.get("contact")
+    for value in (
+        fields.get("patient_id"),
+        doc.get("patient_id"),
+        fields.get("place_id"),
+        doc.get("place_id"),
+        fields.get("patient_uuid"),
+        contact.get("_id") if isinstance(contact, Mapping) else None,
+    ):
+        if _str(value):
+            return str(value)
+    return UNASSIGNED
+
+
+def report_facts(doc: Mapping[str, Any]) -> ReportFacts:
+    fields = doc.get("fields")
+    private = bool(fields.get("private")) if isinstance(fields, Mapping) else False
+    submitter = lineage_ids(doc.get("contact"))
+    return ReportFacts(report_subject(doc), submitter[0] if submitter else None, private)
+
+
+def replication_keys(doc: Mapping[str, Any], kind: str | None = None) -> tuple[str, ...]:
+    kind = kind or kind_of(doc)
+    if kind in CONTACT_KINDS or kind == USER_SETTINGS:
+        doc_id = _str(doc.get("_id"))
+        return (doc_id,) if doc_id else ()
+    if kind == TASK:
+        user = _str(doc.get("user"))
+        return (user,) if user else ()
+    if kind == TARGET:
+        owner = _str(doc.get("owner"))
+        return (owner,) if owner else ()
+    if kind == REPORT:
+        keys = [report_subject(doc)]
+        fields = doc.get("fields")
+        if isinstance(fields, Mapping) and fields.get("needs_signoff"):
+            keys += lineage_ids(doc.get("contact"))
+        return tuple(dict.fromkeys(keys))
+    return ()

@@ -1,0 +1,223 @@
+"""The scope index: from which one user's readable docs and changes are found in time
+proportional to that user's docs, never the database's (pure, no I/O).
+
+Fed one upstream change at a time (`apply`). It keeps:
+- per doc an `Entry` (id, winning rev, leaves, deleted, kind, keys, report facts) and an
+  ordinal, the index's own change counter (upstream seqs are opaque and never compared);
+- postings: replication key -> doc ids, and per key the highest ordinal filed under it,
+  so a user's incremental feed skips untouched keys;
+- the contact tree (parent pointers, children, shortcodes), which is the `ContactGraph`
+  the rules walk.
+A contact that is created or moves re-sequences every doc keyed on it or on any contact
+below it: for users who gain those docs they arrive as changes, without a full backfill.
+A deleted doc keeps the keys of its last live version, and a deleted contact its place in
+the tree, so a tombstone reaches the users who could read the doc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.access.config import AppSettings, UserCtx
+from proxy.access.decide import ContactNode, entry_readable, subjects
+from proxy.access.kinds import (
+    CONTACT_KINDS,
+    GLOBAL,
+    REPORT,
+    ReportFacts,
+    contact_is_person,
+    kind_of,
+    parent_id,
+    replication_keys,
+    report_facts,
+    shortcode,
+)
+
+
+@dataclass(slots=True)
+class Entry:
+    id: str
+    rev: str
+    deleted: bool
+    ordinal: int
+    leaves: tuple[str, ...]
+    kind: str
+    keys: tuple[str, ...]
+    facts: ReportFacts | None
+    person: bool | None = None  # for contacts: person (True) or place (False)
+
+
+class ScopeIndex:
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+        self.postings: dict[str, set[str]] = {}
+        self.key_max: dict[str, int] = {}
+        self.globals: set[str] = set()
+        self.nodes: dict[str, ContactNode] = {}
+        self.kids: dict[str, set[str]] = {}
+        self.ordinal = 0
+        self.person_types: frozenset[str] = frozenset({"person"})
+
+    # -- ContactGraph -----------------------------------------------------------------------
+
+    def contact(self, contact_id: str) -> ContactNode | None:
+        return self.nodes.get(contact_id)
+
+    def children(self, contact_id: str) -> Iterable[str]:
+        return self.kids.get(contact_id, ())
+
+    # -- feeding ----------------------------------------------------------------------------
+
+    def _next(self) -> int:
+        self.ordinal += 1
+        return self.ordinal
+
+    def apply(self, doc: Mapping[str, Any], seq: object = None, leaves: tuple[str, ...] = ()) -> None:
+        """One upstream change: the doc's winning revision (a deleted doc: its tombstone)."""
+        doc_id = doc.get("_id")
+        if not isinstance(doc_id, str):
+            return
+        rev = str(doc.get("_rev", ""))
+        old = self.entries.get(doc_id)
+        deleted = doc.get("_deleted") is True
+        if deleted:
+            kind = old.kind if old else "other"
+            keys = old.keys if old else ()
+            facts = old.facts if old else None
+            person = old.person if old else None
+        else:
+            kind = kind_of(doc)
+            keys = replication_keys(doc, kind)
+            facts = report_facts(doc) if kind == REPORT else None
+            person = contact_is_person(doc, self.person_types) if kind in CONTACT_KINDS else None
+        entry = Entry(doc_id, rev, deleted, self._next(), leaves or (rev,), kind, keys, facts, person)
+        if old is not None:
+            for key in old.keys:
+                if key not in keys:
+                    self._unfile(key, doc_id)
+        self.entries[doc_id] = entry
+        for key in keys:
+            self.postings.setdefault(key, set()).add(doc_id)
+            self.key_max[key] = entry.ordinal
+        if kind == GLOBAL:
+            self.globals.add(doc_id)  # a deleted global doc's tombstone reaches everyone
+        else:
+            self.globals.discard(doc_id)
+        if kind in CONTACT_KINDS and not deleted:
+            self._update_contact(doc_id, doc)
+        elif old is not None and old.kind in CONTACT_KINDS and kind not in CONTACT_KINDS:
+            self._update_contact(doc_id, None)
+        # A deleted contact keeps its place in the tree, so its tombstone (and the docs
+        # keyed on it, which its users already hold) stay with the users who could read it.
+
+    def _unfile(self, key: str, doc_id: str) -> None:
+        ids = self.postings.get(key)
+        if ids is not None:
+            ids.discard(doc_id)
+            if not ids:
+                del self.postings[key]
+
+    def _update_contact(self, contact_id: str, doc: Mapping[str, Any] | None) -> None:
+        old = self.nodes.get(contact_id)
+        new = ContactNode(contact_id, parent_id(doc), shortcode(doc)) if doc is not None else None
+        if old == new:
+            return
+        if old is not None and old.parent is not None:
+            siblings = self.kids.get(old.parent)
+            if siblings is not None:
+                siblings.discard(contact_id)
+                if not siblings:
+                    del self.kids[old.parent]
+        if new is None:
+            del self.nodes[contact_id]
+            return
+        self.nodes[contact_id] = new
+        if new.parent is not None:
+            self.kids.setdefault(new.parent, set()).add(contact_id)
+        if old is None or old.parent != new.parent or old.shortcode != new.shortcode:
+            self._resequence_below(contact_id)
+
+    def _resequence_below(self, contact_id: str) -> None:
+        """Docs keyed on this contact or any below it become changes again."""
+        stack, seen = [contact_id], set()
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            stack.extend(self.kids.get(current, ()))
+            node = self.nodes.get(current)
+            for key in (current, node.shortcode if node else None):
+                if key is None:
+                    continue
+                for doc_id in self.postings.get(key, ()):
+                    entry = self.entries[doc_id]
+                    if entry.id != contact_id or entry.ordinal != self.ordinal:
+                        entry.ordinal = self._next()
+                self.key_max[key] = self.ordinal
+
+    def set_person_types(self, person_types: frozenset[str]) -> None:
+        """From the settings' `contact_types`; contacts filed before keep their kind until
+        their next change (the rules re-derive person/place from bodies on writes)."""
+        self.person_types = person_types
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def _candidates(self, depths: Mapping[str, int], after: int) -> Iterator[str]:
+        for key in depths:
+            if self.key_max.get(key, 0) > after:
+                yield from self.postings.get(key, ())
+        yield from self.globals
+
+    def _readable(
+        self, entry: Entry, user: UserCtx, settings: AppSettings, depths: Mapping[str, int]
+    ) -> bool:
+        return entry_readable(entry.id, entry.kind, entry.keys, entry.facts, user, settings, depths, self)
+
+    def changes_since(self, user: UserCtx, settings: AppSettings, ordinal: int) -> list[Entry]:
+        """Readable entries (tombstones included) with an ordinal above `ordinal`, in order."""
+        depths = subjects(user, settings, self)
+        found: dict[str, Entry] = {}
+        for doc_id in self._candidates(depths, ordinal):
+            entry = self.entries.get(doc_id)
+            if entry is None or entry.ordinal <= ordinal or doc_id in found:
+                continue
+            if self._readable(entry, user, settings, depths):
+                found[doc_id] = entry
+        own = self.entries.get(user.user_doc_id)
+        if own is not None and own.ordinal > ordinal:
+            found[own.id] = own
+        return sorted(found.values(), key=lambda e: e.ordinal)
+
+    def readable_entries(self, user: UserCtx, settings: AppSettings) -> list[Entry]:
+        return self.changes_since(user, settings, 0)
+
+    def is_readable_id(self, doc_id: str, user: UserCtx, settings: AppSettings) -> bool:
+        entry = self.entries.get(doc_id)
+        if entry is None:
+            return False
+        if entry.id == user.user_doc_id:
+            return True
+        return self._readable(entry, user, settings, subjects(user, settings, self))
+
+    def readable_ids(self, ids: Iterable[str], user: UserCtx, settings: AppSettings) -> set[str]:
+        depths = subjects(user, settings, self)
+        found = set()
+        for doc_id in ids:
+            entry = self.entries.get(doc_id)
+            if entry is not None and (
+                entry.id == user.user_doc_id or self._readable(entry, user, settings, depths)
+            ):
+                found.add(doc_id)
+        return found
+
+    def count_by_kind(self, user: UserCtx, settings: AppSettings) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for entry in self.readable_entries(user, settings):
+            if entry.deleted:
+                continue
+            kind = ("person" if entry.person else "place") if entry.person is not None else entry.kind
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts

@@ -1,0 +1,54 @@
+"""`_local` docs (replication checkpoints) of offline users, kept apart per user.
+
+`_local/X` of user U is stored upstream as `_local/couchgate~<hash of U>~X`, so no user can
+read or overwrite another's checkpoint, and ids are rewritten back in every answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+from aiohttp import web
+
+from proxy.couch.client import quote_id
+from proxy.errors import BadRequest, MethodNotAllowed, json_response
+from proxy.keys import COUCH
+
+LOCAL = "_local/"
+MAX_LOCAL_BODY = 1024 * 1024
+
+
+def private_id(user: str, local_id: str) -> str:
+    digest = hashlib.sha256(user.encode()).hexdigest()[:24]
+    return f"{LOCAL}couchgate~{digest}~{local_id[len(LOCAL) :]}"
+
+
+async def local_doc(request: web.Request, db_path: str, user: str, local_id: str) -> web.Response:
+    couch = request.app[COUCH]
+    upstream_id = private_id(user, local_id)
+    path = f"{db_path}/{quote_id(upstream_id)}"
+    if request.method in {"GET", "HEAD"}:
+        result = await couch.json("GET", path, params=dict(request.query))
+    elif request.method == "PUT":
+        raw = await request.content.read(MAX_LOCAL_BODY + 1)
+        if len(raw) > MAX_LOCAL_BODY:
+            raise BadRequest("_local document too large")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest("invalid UTF-8 JSON") from exc
+        if not isinstance(body, dict):
+            raise BadRequest("Document must be a JSON object")
+        body["_id"] = upstream_id
+        result = await couch.json("PUT", path, body=body)
+    elif request.method == "DELETE":
+        result = await couch.json("DELETE", path, params=dict(request.query))
+    else:
+        raise MethodNotAllowed("Only GET, HEAD, PUT and DELETE are allowed for _local documents.")
+    body = result.body
+    if isinstance(body, dict):
+        for key in ("_id", "id"):
+            if body.get(key) == upstream_id:
+                body[key] = local_id
+    return json_response(body, status=result.status)

@@ -1,0 +1,257 @@
+"""Reads for offline users: docs, attachments, `_all_docs`, `_bulk_get`, `_revs_diff`.
+
+A doc outside the user's scope looks exactly like a missing doc: same status, same body.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.access.paths import CouchPath
+from proxy.couch.client import quote_id
+from proxy.errors import BadRequest, NotFound, json_response
+from proxy.keys import COUCH
+from proxy.offline.changes import read_json
+from proxy.offline.view import UserView
+from proxy.passthrough import forward
+
+MISSING = "missing"
+REV = re.compile(r"^[0-9]{1,10}-[0-9a-zA-Z]{1,64}$")
+MAX_BODY = 32 * 1024 * 1024
+
+
+def not_found() -> NotFound:
+    return NotFound(MISSING)
+
+
+def service(request: web.Request) -> dict[str, str]:
+    return {"Authorization": request.app[COUCH].service_auth}
+
+
+def _parse_revs(value: str) -> list[str] | str:
+    if value == "all":
+        return "all"
+    try:
+        revs = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("open_revs must be `all` or a JSON array of revisions") from exc
+    if not isinstance(revs, list) or not all(isinstance(r, str) and REV.match(r) for r in revs):
+        raise BadRequest("open_revs must be `all` or a JSON array of revisions")
+    return revs
+
+
+async def missing_revs(request: web.Request, db_path: str, doc_id: str, revs: list[str]) -> set[str]:
+    """Which of these revs CouchDB does not have (asked before `latest=true`, which
+    pouchdb-server cannot answer for a rev it lacks)."""
+    result = await request.app[COUCH].json("POST", f"{db_path}/_revs_diff", body={doc_id: revs})
+    body = result.body if result.ok and isinstance(result.body, dict) else {}
+    entry = body.get(doc_id) or {}
+    return set(entry.get("missing") or [])
+
+
+async def get_doc(request: web.Request, view: UserView, path: CouchPath, db_path: str) -> web.StreamResponse:
+    doc_id = path.doc_id or ""
+    if not view.can_read(doc_id):
+        raise not_found()
+    open_revs = request.query.get("open_revs")
+    if open_revs is not None:
+        revs = _parse_revs(open_revs)
+        if isinstance(revs, list) and revs:
+            missing = await missing_revs(request, db_path, doc_id, revs)
+            if missing:
+                return await _open_revs_with_missing(request, db_path, doc_id, revs, missing)
+    return await forward(request, path, service(request))
+
+
+async def _open_revs_with_missing(
+    request: web.Request, db_path: str, doc_id: str, revs: list[str], missing: set[str]
+) -> web.Response:
+    present = [r for r in revs if r not in missing]
+    found: list[Any] = []
+    if present:
+        params = {k: v for k, v in request.query.items() if k != "open_revs"}
+        params["open_revs"] = orjson.dumps(present).decode()
+        result = await request.app[COUCH].json("GET", f"{db_path}/{quote_id(doc_id)}", params=params)
+        if isinstance(result.body, list):
+            found = result.body
+    return json_response(found + [{"missing": r} for r in revs if r in missing])
+
+
+async def get_attachment(request: web.Request, view: UserView, path: CouchPath) -> web.StreamResponse:
+    if not view.can_read(path.doc_id or ""):
+        raise not_found()
+    return await forward(request, path, service(request))
+
+
+async def revs_diff(request: web.Request, view: UserView, db_path: str) -> web.Response:
+    body = await read_json(request, MAX_BODY)
+    if not isinstance(body, dict) or not all(
+        isinstance(v, list) and all(isinstance(r, str) for r in v) for v in body.values()
+    ):
+        raise BadRequest("_revs_diff needs an object of doc ids to arrays of revisions")
+    readable = view.readable_ids(body)
+    answer: dict[str, Any] = {
+        doc_id: {"missing": revs} for doc_id, revs in body.items() if doc_id not in readable
+    }
+    asked = {doc_id: revs for doc_id, revs in body.items() if doc_id in readable}
+    if asked:
+        result = await request.app[COUCH].json("POST", f"{db_path}/_revs_diff", body=asked)
+        if isinstance(result.body, dict):
+            answer.update(result.body)
+    return json_response({k: answer[k] for k in body if k in answer})
+
+
+def _missing_row(doc_id: object, rev: object) -> dict[str, Any]:
+    error = {
+        "id": doc_id,
+        "rev": rev if isinstance(rev, str) else "undefined",
+        "error": "not_found",
+        "reason": MISSING,
+    }
+    return {"id": doc_id, "docs": [{"error": error}]}
+
+
+async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Response:
+    body = await read_json(request, MAX_BODY)
+    docs = body.get("docs") if isinstance(body, dict) else None
+    if not isinstance(docs, list) or not all(
+        isinstance(d, dict) and isinstance(d.get("id"), str) for d in docs
+    ):
+        raise BadRequest('_bulk_get needs {"docs": [{"id": ..., "rev": ...}, ...]}')
+    for d in docs:
+        if "rev" in d and not (isinstance(d["rev"], str) and REV.match(d["rev"])):
+            raise BadRequest("each rev must be a revision string")
+    readable = view.readable_ids(d["id"] for d in docs)
+    latest = request.query.get("latest") == "true"
+    wanted: list[dict[str, Any]] = []
+    missing_pairs: set[tuple[str, str]] = set()
+    if latest:
+        by_id: dict[str, list[str]] = {}
+        for d in docs:
+            if d["id"] in readable and isinstance(d.get("rev"), str):
+                by_id.setdefault(d["id"], []).append(d["rev"])
+        if by_id:
+            result = await request.app[COUCH].json("POST", f"{db_path}/_revs_diff", body=by_id)
+            diff = result.body if isinstance(result.body, dict) else {}
+            for doc_id, entry in diff.items():
+                for rev in (entry or {}).get("missing") or []:
+                    missing_pairs.add((doc_id, rev))
+    asked_at: set[int] = set()
+    for i, d in enumerate(docs):
+        if d["id"] in readable and (d["id"], d.get("rev")) not in missing_pairs:
+            wanted.append(d)
+            asked_at.add(i)
+    upstream_rows: list[Any] = []
+    if wanted:
+        result = await request.app[COUCH].json(
+            "POST", f"{db_path}/_bulk_get", body={"docs": wanted}, params=dict(request.query)
+        )
+        if isinstance(result.body, dict):
+            upstream_rows = list(result.body.get("results") or [])
+    # Upstream answers one row per requested doc, in order; put ours in between.
+    rows: list[Any] = []
+    upstream_iter = iter(upstream_rows)
+    for i, d in enumerate(docs):
+        if i in asked_at:
+            rows.append(next(upstream_iter, _missing_row(d["id"], d.get("rev"))))
+        else:
+            rows.append(_missing_row(d["id"], d.get("rev")))
+    return json_response({"results": rows})
+
+
+async def all_docs(request: web.Request, view: UserView, db_path: str) -> web.Response:
+    q = request.query
+    body = await read_json(request, MAX_BODY) if request.method == "POST" else {}
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    keys = body.get("keys")
+    if keys is None and "keys" in q:
+        keys = _json_param(q["keys"], "keys")
+    include_docs = q.get("include_docs") == "true"
+    params = {k: v for k, v in q.items() if k in {"include_docs", "conflicts", "attachments", "update_seq"}}
+    couch = request.app[COUCH]
+    if keys is not None:
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise BadRequest("keys must be an array of strings")
+        readable = view.readable_ids(keys)
+        found: dict[str, Any] = {}
+        asked = [k for k in dict.fromkeys(keys) if k in readable]
+        if asked:
+            result = await couch.json("POST", f"{db_path}/_all_docs", body={"keys": asked}, params=params)
+            for row in (result.body or {}).get("rows", []) if isinstance(result.body, dict) else []:
+                if isinstance(row, dict) and "key" in row:
+                    found[row["key"]] = row
+        rows = [found.get(k) or {"key": k, "error": "not_found"} for k in keys]
+        total = view.live_count()
+        return json_response({"total_rows": total, "offset": 0, "rows": rows})
+    ids = sorted(view.live_ids())
+    total = len(ids)
+    descending = q.get("descending") == "true"
+    start = _key(q, body, "startkey", "start_key")
+    end = _key(q, body, "endkey", "end_key")
+    inclusive_end = q.get("inclusive_end", "true") != "false"
+    if descending:
+        ids.reverse()
+        selected = [
+            i for i in ids
+            if (start is None or i <= start) and (end is None or (i >= end if inclusive_end else i > end))
+        ]  # fmt: skip
+    else:
+        selected = [
+            i for i in ids
+            if (start is None or i >= start) and (end is None or (i <= end if inclusive_end else i < end))
+        ]  # fmt: skip
+    skip = _nonneg(q.get("skip"), "skip") or 0
+    limit = _nonneg(q.get("limit"), "limit")
+    offset = ids.index(selected[0]) + skip if selected else total
+    page = selected[skip:] if limit is None else selected[skip : skip + limit]
+    rows = []
+    if page:
+        result = await couch.json("POST", f"{db_path}/_all_docs", body={"keys": page}, params=params)
+        by_key = {
+            row["key"]: row
+            for row in ((result.body or {}).get("rows", []) if isinstance(result.body, dict) else [])
+            if isinstance(row, dict) and "key" in row and "error" not in row
+        }
+        rows = [by_key[i] for i in page if i in by_key and not (by_key[i].get("value") or {}).get("deleted")]
+        if not include_docs:
+            for row in rows:
+                row.pop("doc", None)
+    return json_response({"total_rows": total, "offset": offset, "rows": rows})
+
+
+def _json_param(raw: str, name: str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"{name} must be JSON") from exc
+
+
+def _key(q: Any, body: dict[str, Any], *names: str) -> str | None:
+    for name in names:
+        if name in body:
+            value = body[name]
+        elif name in q:
+            value = _json_param(q[name], name)
+        else:
+            continue
+        if not isinstance(value, str):
+            raise BadRequest(f"{name} must be a string doc id")
+        return value
+    return None
+
+
+def _nonneg(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be a non-negative integer") from exc
+    if number < 0:
+        raise BadRequest(f"{name} must be a non-negative integer")
+    return number

@@ -1,0 +1,91 @@
+"""Which endpoints an offline user may reach, decided on the decoded, normalised path.
+
+Offline users are never proxied raw to CouchDB for the main database: each endpoint a
+PouchDB client needs is answered here with the service account after the rules apply, and
+everything else is 403.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from aiohttp import web
+
+from proxy.access.paths import CouchPath
+from proxy.auth.principal import Principal
+from proxy.errors import Forbidden, MethodNotAllowed, json_response
+from proxy.keys import COUCH, INDEX, SINCE_CODEC
+from proxy.offline import changes, local_docs, reads, writes
+from proxy.offline.view import UserView
+from proxy.passthrough import credentials_for, forward
+
+READ = {"GET", "HEAD"}
+GLOBAL_DESIGN = "_design/medic-client"
+
+
+def refuse() -> Forbidden:
+    return Forbidden("Offline users may not access this endpoint.")
+
+
+async def serve_offline(request: web.Request, path: CouchPath, principal: Principal) -> web.StreamResponse:
+    db = request.app[INDEX].db
+    if path.db == "_users":
+        own = f"org.couchdb.user:{principal.name}"
+        if path.doc_id == own and not path.rest and request.method in READ | {"PUT"}:
+            return await forward(request, path, await credentials_for(request, principal, path))
+        raise refuse()
+    if path.db != db or path.is_server:
+        raise refuse()
+    sync = request.app[INDEX]
+    db_path = "/" + quote(db, safe="")
+    name = principal.name or ""
+    method = request.method
+    second = path.segments[1] if len(path.segments) > 1 else None
+    if second is None:
+        if method in READ:
+            return await forward(request, path, {"Authorization": request.app[COUCH].service_auth})
+        if method == "POST":
+            await sync.sync()
+            return await writes.write_doc(request, UserView.of(sync, principal), path, db, db_path)
+        raise refuse()
+    doc_id = path.doc_id
+    if doc_id is not None and doc_id.startswith(local_docs.LOCAL):
+        if path.rest:
+            raise refuse()
+        return await local_docs.local_doc(request, db_path, name, doc_id)
+    await sync.sync()  # read-your-writes: the index is at least as new as CouchDB was now
+    view = UserView.of(sync, principal)
+    if doc_id is None:
+        return await _db_endpoint(request, view, second, db, db_path)
+    if doc_id.startswith("_design/") and doc_id != GLOBAL_DESIGN:
+        raise refuse()
+    if path.rest:
+        if method in READ:
+            return await reads.get_attachment(request, view, path)
+        if method in {"PUT", "DELETE"}:
+            return await writes.write_attachment(request, view, path, db, db_path)
+        raise MethodNotAllowed("Only GET, HEAD, PUT and DELETE are allowed for attachments.")
+    if method in READ:
+        return await reads.get_doc(request, view, path, db_path)
+    if method in {"PUT", "DELETE"}:
+        return await writes.write_doc(request, view, path, db, db_path)
+    raise refuse()
+
+
+async def _db_endpoint(
+    request: web.Request, view: UserView, endpoint: str, db: str, db_path: str
+) -> web.StreamResponse:
+    method = request.method
+    if endpoint == "_changes" and method in {"GET", "POST"}:
+        return await changes.changes(request, view, request.app[SINCE_CODEC], db_path)
+    if endpoint == "_all_docs" and method in {"GET", "POST"}:
+        return await reads.all_docs(request, view, db_path)
+    if endpoint == "_bulk_get" and method == "POST":
+        return await reads.bulk_get(request, view, db_path)
+    if endpoint == "_revs_diff" and method == "POST":
+        return await reads.revs_diff(request, view, db_path)
+    if endpoint == "_bulk_docs" and method == "POST":
+        return await writes.bulk_docs(request, view, db, db_path)
+    if endpoint == "_ensure_full_commit" and method == "POST":
+        return json_response({"ok": True, "instance_start_time": "0"}, status=201)
+    raise refuse()

@@ -1,0 +1,86 @@
+"""One offline user's view of the scope index, for the duration of one request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from proxy.access.config import AppSettings, UserCtx, replication_depths
+from proxy.auth.principal import Principal
+from proxy.offline.since import fingerprint
+from proxy.offline.sync import IndexSync
+
+
+class Entry(Protocol):
+    """What the index knows of one doc's current winning revision."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def rev(self) -> str: ...
+    @property
+    def deleted(self) -> bool: ...
+    @property
+    def ordinal(self) -> int: ...
+    @property
+    def leaves(self) -> Sequence[str]: ...
+
+
+def user_ctx(principal: Principal) -> UserCtx:
+    return UserCtx(
+        name=principal.name or "",
+        roles=principal.roles,
+        facility_ids=principal.facility_ids,
+        contact_id=principal.contact_id,
+        is_admin=principal.is_admin,
+    )
+
+
+@dataclass
+class UserView:
+    sync: IndexSync
+    user: UserCtx
+    settings: AppSettings
+
+    @classmethod
+    def of(cls, sync: IndexSync, principal: Principal) -> UserView:
+        return cls(sync, user_ctx(principal), sync.settings)
+
+    @property
+    def epoch(self) -> str:
+        return self.sync.epoch
+
+    @property
+    def fingerprint(self) -> str:
+        """Everything but the contact tree that decides what this user may read."""
+        depth, report_depth = replication_depths(self.user, self.settings)
+        return fingerprint(
+            sorted(self.user.facility_ids),
+            sorted(self.user.roles),
+            self.user.contact_id,
+            depth,
+            report_depth,
+            self.settings.scope_fingerprint(self.user),
+        )
+
+    @property
+    def current_ordinal(self) -> int:
+        return self.sync.index.ordinal
+
+    def entries_after(self, ordinal: int) -> list[Entry]:
+        """Readable docs (tombstones included) changed after `ordinal`, oldest first."""
+        return list(self.sync.index.changes_since(self.user, self.settings, ordinal))
+
+    def readable_ids(self, ids: Iterable[str]) -> set[str]:
+        return self.sync.index.readable_ids(ids, self.user, self.settings)
+
+    def live_ids(self) -> list[str]:
+        """Readable docs that are not deleted (what `_all_docs` lists)."""
+        return [e.id for e in self.sync.index.readable_entries(self.user, self.settings) if not e.deleted]
+
+    def live_count(self) -> int:
+        return len(self.live_ids())
+
+    def can_read(self, doc_id: str) -> bool:
+        return self.sync.index.is_readable_id(doc_id, self.user, self.settings)

@@ -1,0 +1,196 @@
+"""Writes for offline users: `_bulk_docs`, doc PUT/POST/DELETE, attachment PUT/DELETE.
+
+Every doc is judged by `proxy.access.rules.authorize_batch` with the other docs of the same
+request applied (a new household, its people and their reports may arrive together).
+Permitted docs are written with the service account; refused ones are answered per doc as
+`{"id", "error": "forbidden", "reason"}` in request order, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict, deque
+from typing import Any
+
+from aiohttp import web
+
+from proxy.access.decide import Decision, authorize_batch
+from proxy.access.paths import CouchPath
+from proxy.audit.api import AuditEntry
+from proxy.couch.client import quote_id
+from proxy.errors import BadRequest, Forbidden, json_response
+from proxy.keys import AUDIT, COUCH, SETTINGS
+from proxy.logs import REQUEST_ID_KEY
+from proxy.offline.changes import read_json
+from proxy.offline.view import UserView
+from proxy.passthrough import forward
+
+
+async def stored_winners(
+    request: web.Request, db_path: str, ids: list[str]
+) -> dict[str, dict[str, Any] | None]:
+    """The current winning revision of each doc (None: missing or deleted)."""
+    stored: dict[str, dict[str, Any] | None] = dict.fromkeys(ids)
+    unique = list(dict.fromkeys(ids))
+    if not unique:
+        return stored
+    result = await request.app[COUCH].json(
+        "POST", f"{db_path}/_all_docs", body={"keys": unique}, params={"include_docs": "true"}
+    )
+    rows = result.body.get("rows", []) if result.ok and isinstance(result.body, dict) else []
+    for row in rows:
+        if isinstance(row, dict) and isinstance(row.get("doc"), dict):
+            stored[row["key"]] = row["doc"]
+    return stored
+
+
+def _audit(request: web.Request, view: UserView, db: str, doc: dict[str, Any], stored: Any, outcome: str,
+           rev_after: str | None, reason: str | None, action: str) -> None:  # fmt: skip
+    request.app[AUDIT].record(
+        AuditEntry(
+            action=action,
+            outcome=outcome,  # type: ignore[arg-type]
+            user=view.user.name,
+            roles=view.user.roles,
+            db=db,
+            doc_id=doc.get("_id"),
+            rev_before=stored.get("_rev") if isinstance(stored, dict) else None,
+            rev_after=rev_after,
+            doc_type=doc.get("type") if isinstance(doc.get("type"), str) else None,
+            request_id=request.get(REQUEST_ID_KEY),
+            client=request.remote,
+            user_agent=request.headers.get("User-Agent"),
+            reason=reason,
+        )
+    )
+
+
+def _action(doc: dict[str, Any], stored: Any) -> str:
+    if doc.get("_deleted"):
+        return "delete"
+    return "update" if stored is not None else "create"
+
+
+async def judge(
+    request: web.Request, view: UserView, db_path: str, docs: list[dict[str, Any]]
+) -> tuple[list[Decision], dict[str, Any]]:
+    stored = await stored_winners(request, db_path, [d["_id"] for d in docs])
+    decisions = authorize_batch(view.user, view.settings, view.sync.index, docs, stored)
+    return decisions, stored
+
+
+async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str) -> web.Response:
+    body = await read_json(request, request.app[SETTINGS].max_json_bytes)
+    if not isinstance(body, dict) or not isinstance(body.get("docs"), list):
+        raise BadRequest("POST body must include `docs` parameter.")
+    new_edits = body.get("new_edits", True) is not False
+    docs: list[dict[str, Any]] = []
+    for doc in body["docs"]:
+        if not isinstance(doc, dict):
+            raise BadRequest("Document must be a JSON object")
+        if "_id" not in doc and new_edits:
+            doc["_id"] = uuid.uuid4().hex
+        if not isinstance(doc.get("_id"), str) or not doc["_id"]:
+            raise BadRequest("every document needs a string _id")
+        docs.append(doc)
+    decisions, stored = await judge(request, view, db_path, docs)
+    allowed = [d for d, ok in zip(docs, decisions, strict=True) if ok.allowed]
+    upstream: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
+    if allowed:
+        result = await request.app[COUCH].json(
+            "POST", f"{db_path}/_bulk_docs", body={"docs": allowed, "new_edits": new_edits}
+        )
+        if not isinstance(result.body, list):
+            return json_response(result.body, status=result.status)
+        for written in result.body:  # pouchdb-server does not keep request order: match by id
+            if isinstance(written, dict) and isinstance(written.get("id"), str):
+                upstream[written["id"]].append(written)
+    answer: list[dict[str, Any]] = []
+    row: dict[str, Any]
+    for doc, decision in zip(docs, decisions, strict=True):
+        doc_id = doc["_id"]
+        action = _action(doc, stored.get(doc_id))
+        if not decision.allowed:
+            row = {"id": doc_id, "error": "forbidden", "reason": decision.reason}
+            _audit(request, view, db, doc, stored.get(doc_id), "forbidden", None, decision.reason, action)
+        elif upstream[doc_id]:
+            row = upstream[doc_id].popleft()
+            if "error" in row:
+                outcome = "conflict" if row["error"] == "conflict" else "invalid"
+                _audit(
+                    request, view, db, doc, stored.get(doc_id), outcome, None, str(row.get("reason")), action
+                )
+            else:
+                _audit(request, view, db, doc, stored.get(doc_id), "written", row.get("rev"), None, action)
+        else:
+            # CouchDB answers nothing for a doc written with new_edits:false.
+            _audit(request, view, db, doc, stored.get(doc_id), "written", doc.get("_rev"), None, action)
+            continue
+        if new_edits or "error" in row:
+            answer.append(row)
+    return json_response(answer, status=201)
+
+
+async def write_doc(
+    request: web.Request, view: UserView, path: CouchPath, db: str, db_path: str
+) -> web.Response:
+    """PUT /{db}/{id}, DELETE /{db}/{id}?rev=, POST /{db}."""
+    if request.method == "DELETE":
+        doc: dict[str, Any] = {"_id": path.doc_id, "_deleted": True}
+        rev = request.query.get("rev") or request.headers.get("If-Match")
+        if rev:
+            doc["_rev"] = rev
+    else:
+        body = await read_json(request, request.app[SETTINGS].max_json_bytes)
+        if not isinstance(body, dict):
+            raise BadRequest("Document must be a JSON object")
+        doc = body
+        if path.doc_id is not None:
+            doc["_id"] = path.doc_id
+        elif not isinstance(doc.get("_id"), str):
+            doc["_id"] = uuid.uuid4().hex
+        if "rev" in request.query and "_rev" not in doc:
+            doc["_rev"] = request.query["rev"]
+    decisions, stored = await judge(request, view, db_path, [doc])
+    action = _action(doc, stored.get(doc["_id"]))
+    if not decisions[0].allowed:
+        _audit(request, view, db, doc, stored.get(doc["_id"]), "forbidden", None, decisions[0].reason, action)
+        raise Forbidden(decisions[0].reason)
+    couch = request.app[COUCH]
+    target = f"{db_path}/{quote_id(doc['_id'])}"
+    params = {k: v for k, v in request.query.items() if k in {"rev", "batch", "new_edits"}}
+    if request.method == "DELETE":
+        result = await couch.json("DELETE", target, params=params)
+    else:
+        result = await couch.json("PUT", target, body=doc, params=params)
+    outcome = "written" if result.ok else ("conflict" if result.status == 409 else "invalid")
+    rev_after = result.body.get("rev") if isinstance(result.body, dict) else None
+    _audit(request, view, db, doc, stored.get(doc["_id"]), outcome, rev_after, None, action)
+    return json_response(result.body, status=result.status)
+
+
+async def write_attachment(
+    request: web.Request, view: UserView, path: CouchPath, db: str, db_path: str
+) -> web.StreamResponse:
+    """An attachment write changes no field the rules look at: judged as an update of its doc."""
+    doc_id = path.doc_id or ""
+    stored = (await stored_winners(request, db_path, [doc_id]))[doc_id]
+    if stored is None:
+        raise Forbidden("attachments can only be added to existing documents you may edit")
+    decision = authorize_batch(view.user, view.settings, view.sync.index, [dict(stored)], {doc_id: stored})[0]
+    if not decision.allowed:
+        _audit(request, view, db, stored, stored, "forbidden", None, decision.reason, "attachment")
+        raise Forbidden(decision.reason)
+    response = await forward(request, path, {"Authorization": request.app[COUCH].service_auth})
+    _audit(
+        request,
+        view,
+        db,
+        stored,
+        stored,
+        "written" if response.status < 300 else "invalid",
+        None,
+        None,
+        "attachment",
+    )
+    return response
