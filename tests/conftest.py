@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
 from proxy.devserver.backend import PouchServer
 
+from offline_data import DOCS, PASSWORD, USERS, auth
 from support import MEMBER_ROLE, Gateway, TestUser, gateway_settings, start_gateway, stop_gateway
 
 
@@ -56,3 +58,52 @@ async def gateway(backend: PouchServer, db: str) -> AsyncIterator[Gateway]:
         yield gw
     finally:
         await stop_gateway(gw)
+
+
+# -- offline users: the hand-made CHT tree of tests/offline_data.py ----------------------
+
+
+@pytest.fixture(scope="session")
+def offline_users(backend: PouchServer) -> dict[str, str]:
+    for name, fields in USERS.items():
+        status, body = backend.request(
+            "PUT",
+            f"/_users/org.couchdb.user:{name}",
+            {
+                "_id": f"org.couchdb.user:{name}",
+                "name": name,
+                "password": PASSWORD.format(name),
+                "type": "user",
+                **fields,
+            },
+        )
+        assert status in (201, 409), body
+    return {name: auth(name) for name in USERS}
+
+
+def load(backend: PouchServer, db: str, docs: list[dict[str, Any]]) -> None:
+    status, body = backend.request("POST", f"/{db}/_bulk_docs", {"docs": docs})
+    assert status == 201 and all("error" not in r for r in body), body
+
+
+@pytest.fixture
+def medic(backend: PouchServer, offline_users: dict[str, str]) -> Iterator[str]:
+    name = f"medic-{uuid.uuid4().hex[:10]}"
+    assert backend.request("PUT", f"/{name}")[0] == 201
+    security = {
+        "admins": {"names": [], "roles": []},
+        "members": {"names": [], "roles": ["chw", "chw_supervisor", "data_entry"]},
+    }
+    assert backend.request("PUT", f"/{name}/_security", security)[0] == 200
+    load(backend, name, [dict(d) for d in DOCS])
+    yield name
+    backend.request("DELETE", f"/{name}")
+
+
+@pytest.fixture
+async def gw(backend: PouchServer, medic: str) -> AsyncIterator[Gateway]:
+    gateway = await start_gateway(gateway_settings(backend, medic, auth_cache_seconds=0.5))
+    try:
+        yield gateway
+    finally:
+        await stop_gateway(gateway)

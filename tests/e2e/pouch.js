@@ -48,9 +48,46 @@ async function sync(cmd) {
   };
 }
 
+// {"op": "pull_push", "url", "auth", "push": [docs]}: an offline user's first sync: pull
+// everything, then create `push` locally and push it; prints the pulled ids and push stats.
+async function pullPush(cmd) {
+  const target = remote(cmd.url, cmd.auth);
+  const local = new PouchDB('user-' + Math.random(), {adapter: 'memory'});
+  const pulled = await local.replicate.from(target);
+  const ids = (await allDocs(local)).map((d) => d._id).sort();
+  let pushed = null;
+  if (cmd.push && cmd.push.length) {
+    await local.bulkDocs(cmd.push);
+    const res = await local.replicate.to(target);
+    pushed = {ok: res.ok, docs_written: res.docs_written, doc_write_failures: res.doc_write_failures,
+      errors: res.errors.map((e) => ({id: e.id, name: e.name, status: e.status}))};
+  }
+  return {pull: {ok: pulled.ok, docs_written: pulled.docs_written}, ids, pushed};
+}
+
+// {"op": "live", "url", "auth"}: a live pull; prints one JSON line per change batch
+// ({"ids": [...], "deleted": [...]}) until killed. The first line says it is listening.
+async function live(cmd) {
+  const target = remote(cmd.url, cmd.auth);
+  const local = new PouchDB('live-' + Math.random(), {adapter: 'memory'});
+  const first = await local.replicate.from(target);
+  const ids = (await allDocs(local)).map((d) => d._id).sort();
+  process.stdout.write(JSON.stringify({ready: true, ids, docs_written: first.docs_written}) + '\n');
+  const rep = local.replicate.from(target, {live: true, retry: true, heartbeat: 2000});
+  rep.on('change', (info) => {
+    const docs = info.docs || [];
+    process.stdout.write(JSON.stringify({
+      ids: docs.filter((d) => !d._deleted).map((d) => d._id),
+      deleted: docs.filter((d) => d._deleted).map((d) => d._id),
+    }) + '\n');
+  });
+  rep.on('error', (err) => process.stdout.write(JSON.stringify({error: String(err)}) + '\n'));
+  await new Promise(() => {});
+}
+
 async function main() {
   const cmd = JSON.parse(process.argv[2]);
-  const ops = {sync};
+  const ops = {sync, pull_push: pullPush, live};
   const result = await ops[cmd.op](cmd);
   process.stdout.write(JSON.stringify(result) + '\n');
 }
