@@ -74,6 +74,21 @@ def subjects(user: UserCtx, settings: AppSettings, graph: ContactGraph) -> dict[
     return found
 
 
+def scope_inputs(user: UserCtx, settings: AppSettings, graph: ContactGraph) -> tuple[object, ...]:
+    """Everything besides the shape of the tree below the facilities that decides what the
+    user may read. When any of it changes, a client's feed must start over (backfill)."""
+    own = [*user.facility_ids, *([user.contact_id] if user.contact_id else [])]
+    codes = [(node.shortcode if (node := graph.contact(c)) is not None else None) for c in own]
+    return (
+        sorted(user.facility_ids),
+        sorted(user.roles),
+        user.contact_id,
+        replication_depths(user, settings),
+        settings.scope_fingerprint(user),
+        codes,
+    )
+
+
 def _own_subject(subject: str, user: UserCtx, graph: ContactGraph) -> bool:
     own = [*user.facility_ids, *([user.contact_id] if user.contact_id else [])]
     if subject in own:
@@ -157,11 +172,13 @@ def authorize_write(
     graph: ContactGraph,
     new_doc: Mapping[str, Any],
     stored: Mapping[str, Any] | None,
-    subject_depths: Mapping[str, int] | None = None,
+    batch: BatchScope | None = None,
 ) -> Decision:
+    """May the user write `new_doc` over `stored` (the current winner, or None)? The new
+    version is judged in the tree with the write applied (`batch`: with the request's other
+    permitted contacts too); the stored version in the tree as it is."""
     if user.is_admin:
         return ALLOWED
-    depths = subjects(user, settings, graph) if subject_depths is None else subject_depths
     deleting = new_doc.get("_deleted") is True
     body = stored if deleting and stored is not None else new_doc
     doc_id = str(new_doc.get("_id", ""))
@@ -178,9 +195,11 @@ def authorize_write(
     needed = PERMISSIONS.get(_kind_for_permission(body, settings))
     if needed is not None and not has_permission(user, settings, needed[operation]):
         return Decision(False, f"missing permission {needed[operation]}")
-    if not deleting and not is_readable(new_doc, user, settings, graph, depths):
+    if batch is None:
+        batch = BatchScope.of(user, settings, graph, [] if deleting else [new_doc])
+    if not deleting and not is_readable(new_doc, user, settings, batch.graph, batch.depths):
         return Decision(False, "the new version is outside your replication scope")
-    if stored is not None and not is_readable(stored, user, settings, graph, depths):
+    if stored is not None and not is_readable(stored, user, settings, graph, batch.current_depths()):
         return Decision(False, "the stored document is outside your replication scope")
     return ALLOWED
 
@@ -210,6 +229,44 @@ def contact_node(doc: Mapping[str, Any]) -> ContactNode:
     return ContactNode(str(doc["_id"]), parent_id(doc), shortcode(doc))
 
 
+class BatchScope:
+    """The user's subjects with some writes applied, and (computed once, on demand) without."""
+
+    def __init__(
+        self,
+        user: UserCtx,
+        settings: AppSettings,
+        base: ContactGraph,
+        graph: ContactGraph,
+        current: Mapping[str, int] | None = None,
+    ) -> None:
+        self.user, self.settings, self.base, self.graph = user, settings, base, graph
+        self.depths = subjects(user, settings, graph)
+        self._current = self.depths if graph is base else current
+
+    @classmethod
+    def of(
+        cls,
+        user: UserCtx,
+        settings: AppSettings,
+        base: ContactGraph,
+        docs: Sequence[Mapping[str, Any]],
+        current: Mapping[str, int] | None = None,
+    ) -> BatchScope:
+        overlay: dict[str, ContactNode | None] = {}
+        for doc in docs:
+            if doc.get("_deleted") is True:
+                overlay[str(doc["_id"])] = None
+            elif kind_of(doc) in CONTACT_KINDS and isinstance(doc.get("_id"), str):
+                overlay[str(doc["_id"])] = contact_node(doc)
+        return cls(user, settings, base, OverlayGraph(base, overlay) if overlay else base, current)
+
+    def current_depths(self) -> Mapping[str, int]:
+        if self._current is None:
+            self._current = subjects(self.user, self.settings, self.base)
+        return self._current
+
+
 def authorize_batch(
     user: UserCtx,
     settings: AppSettings,
@@ -219,25 +276,19 @@ def authorize_batch(
 ) -> list[Decision]:
     """Each doc judged with the batch's permitted contacts applied, in request order. A
     contact the user may not write never lends its place in the tree to the others."""
-    contact_ids = [
-        i
-        for i, d in enumerate(docs)
+    contact_at = [
+        i for i, d in enumerate(docs)
         if isinstance(d.get("_id"), str) and (kind_of(d) in CONTACT_KINDS or d.get("_deleted") is True)
-    ]
-    candidates = set(contact_ids)
+    ]  # fmt: skip
+    candidates = set(contact_at)
+    current: Mapping[str, int] | None = None
     while True:
-        overlay: dict[str, ContactNode | None] = {}
-        for i in sorted(candidates):
-            doc = docs[i]
-            if doc.get("_deleted") is True:
-                overlay[str(doc["_id"])] = None
-            elif kind_of(doc) in CONTACT_KINDS:
-                overlay[str(doc["_id"])] = contact_node(doc)
-        view = OverlayGraph(graph, overlay) if overlay else graph
-        depths = subjects(user, settings, view)
+        scope = BatchScope.of(user, settings, graph, [docs[i] for i in sorted(candidates)], current)
         decisions = [
-            authorize_write(user, settings, view, d, stored.get(str(d.get("_id"))), depths) for d in docs
+            authorize_write(user, settings, graph, doc, stored.get(str(doc.get("_id"))), scope)
+            for doc in docs
         ]
+        current = scope.current_depths()
         still = {i for i in candidates if decisions[i].allowed}
         if still == candidates:
             return decisions

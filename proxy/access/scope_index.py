@@ -57,6 +57,9 @@ class ScopeIndex:
         self.globals: set[str] = set()
         self.nodes: dict[str, ContactNode] = {}
         self.kids: dict[str, set[str]] = {}
+        # Private reports by submitter: whether one is readable depends on where its
+        # submitter sits, so a submitter's move re-sequences them too.
+        self.private_by_submitter: dict[str, set[str]] = {}
         self.ordinal = 0
         self.person_types: frozenset[str] = frozenset({"person"})
 
@@ -97,6 +100,10 @@ class ScopeIndex:
             for key in old.keys:
                 if key not in keys:
                     self._unfile(key, doc_id)
+            if old.facts is not None and old.facts.private and old.facts.submitter:
+                self._unwatch(old.facts.submitter, doc_id)
+        if facts is not None and facts.private and facts.submitter:
+            self.private_by_submitter.setdefault(facts.submitter, set()).add(doc_id)
         self.entries[doc_id] = entry
         for key in keys:
             self.postings.setdefault(key, set()).add(doc_id)
@@ -118,6 +125,13 @@ class ScopeIndex:
             ids.discard(doc_id)
             if not ids:
                 del self.postings[key]
+
+    def _unwatch(self, submitter: str, doc_id: str) -> None:
+        ids = self.private_by_submitter.get(submitter)
+        if ids is not None:
+            ids.discard(doc_id)
+            if not ids:
+                del self.private_by_submitter[submitter]
 
     def _update_contact(self, contact_id: str, doc: Mapping[str, Any] | None) -> None:
         old = self.nodes.get(contact_id)
@@ -153,10 +167,17 @@ class ScopeIndex:
                 if key is None:
                     continue
                 for doc_id in self.postings.get(key, ()):
-                    entry = self.entries[doc_id]
-                    if entry.id != contact_id or entry.ordinal != self.ordinal:
-                        entry.ordinal = self._next()
+                    self._bump(doc_id, contact_id)
                 self.key_max[key] = self.ordinal
+            for doc_id in self.private_by_submitter.get(current, ()):
+                self._bump(doc_id, contact_id)
+                for key in self.entries[doc_id].keys:
+                    self.key_max[key] = self.ordinal
+
+    def _bump(self, doc_id: str, moved: str) -> None:
+        entry = self.entries[doc_id]
+        if entry.id != moved or entry.ordinal != self.ordinal:  # the moved doc itself is fresh
+            entry.ordinal = self._next()
 
     def set_person_types(self, person_types: frozenset[str]) -> None:
         """From the settings' `contact_types`; contacts filed before keep their kind until

@@ -6,7 +6,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from proxy.access.config import AppSettings, UserCtx, replication_depths
+from proxy.access.config import AppSettings, UserCtx
+from proxy.access.decide import scope_inputs
 from proxy.auth.principal import Principal
 from proxy.offline.since import fingerprint
 from proxy.offline.sync import IndexSync
@@ -54,15 +55,7 @@ class UserView:
     @property
     def fingerprint(self) -> str:
         """Everything but the contact tree that decides what this user may read."""
-        depth, report_depth = replication_depths(self.user, self.settings)
-        return fingerprint(
-            sorted(self.user.facility_ids),
-            sorted(self.user.roles),
-            self.user.contact_id,
-            depth,
-            report_depth,
-            self.settings.scope_fingerprint(self.user),
-        )
+        return fingerprint(*scope_inputs(self.user, self.settings, self.sync.index))
 
     @property
     def current_ordinal(self) -> int:

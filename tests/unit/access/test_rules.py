@@ -1,0 +1,327 @@
+"""DESIGN.md sections 1-3, rule by rule, each with allow and deny cases (pure, no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+from proxy.access.config import AppSettings, UserCtx, has_permission, is_offline, replication_depths
+from proxy.access.decide import ContactNode, authorize_batch, authorize_write, is_readable, subjects
+from proxy.access.kinds import UNASSIGNED, kind_of, replication_keys
+
+
+class Graph:
+    """A contact graph from a plain list of docs: the naive oracle's view of the tree."""
+
+    def __init__(self, docs: Iterable[dict[str, Any]]) -> None:
+        self.nodes: dict[str, ContactNode] = {}
+        for d in docs:
+            if kind_of(d) in {"place", "person", "contact"}:
+                parent = (d.get("parent") or {}).get("_id")
+                self.nodes[d["_id"]] = ContactNode(d["_id"], parent, d.get("patient_id") or d.get("place_id"))
+
+    def contact(self, contact_id: str) -> ContactNode | None:
+        return self.nodes.get(contact_id)
+
+    def children(self, contact_id: str) -> list[str]:
+        return [n.id for n in self.nodes.values() if n.parent == contact_id]
+
+
+def lineage(*ids: str) -> dict[str, Any] | None:
+    node: dict[str, Any] | None = None
+    for i in reversed(ids):
+        node = {"_id": i, **({"parent": node} if node else {})}
+    return node
+
+
+def contact(doc_id: str, *parents: str, type_: str = "clinic", **extra: Any) -> dict[str, Any]:
+    return {"_id": doc_id, "type": type_, "parent": lineage(*parents), **extra}
+
+
+TREE = [
+    contact("d", type_="district_hospital"),
+    contact("hc", "d", type_="health_center", place_id="HC01"),
+    contact("a1", "hc", "d"),
+    contact("a2", "hc", "d"),
+    contact("chw", "a1", "hc", "d", type_="person", patient_id="C001"),
+    contact("h1", "a1", "hc", "d"),
+    contact("p1", "h1", "a1", "hc", "d", type_="person", patient_id="P001"),
+    contact("gc", "p1", "h1", "a1", type_="person"),
+    contact("h2", "a2", "hc", "d"),
+    contact("p2", "h2", "a2", "hc", "d", type_="person", patient_id="P002"),
+    {"_id": "typed_hh", "type": "contact", "contact_type": "household", "parent": lineage("a1", "hc", "d")},
+    {"_id": "typed_p", "type": "contact", "contact_type": "patient", "parent": lineage("typed_hh", "a1")},
+]
+G = Graph(TREE)
+
+ALL_PERMS = [
+    "can_edit", "can_create_records", "can_update_reports", "can_create_people", "can_create_places",
+    "can_update_people", "can_update_places", "can_delete_reports", "can_delete_contacts",
+]  # fmt: skip
+
+
+def settings(depth: int | None = None, report_depth: int | None = None, unallocated: bool = False,
+             perms: list[str] | None = None, **extra: Any) -> AppSettings:  # fmt: skip
+    rule: dict[str, Any] = {"role": "chw"}
+    if depth is not None:
+        rule["depth"] = depth
+    if report_depth is not None:
+        rule["report_depth"] = report_depth
+    permissions = {p: ["chw"] for p in (ALL_PERMS if perms is None else perms)}
+    permissions["can_view_unallocated_data_records"] = ["chw"]
+    return AppSettings.from_doc(
+        {"settings": {"roles": {"chw": {"offline": True}, "boss": {}}, "permissions": permissions,
+                      "replication_depth": [rule] if depth is not None or report_depth is not None else [],
+                      "district_admins_access_unallocated_messages": unallocated, **extra}}
+    )  # fmt: skip
+
+
+CHW = UserCtx("u", ("chw",), ("a1",), "chw")
+
+
+def report(
+    doc_id: str = "r", submitter: tuple[str, ...] = ("chw", "a1", "hc", "d"), **fields: Any
+) -> dict[str, Any]:
+    return {
+        "_id": doc_id,
+        "type": "data_record",
+        "form": "f",
+        "contact": lineage(*submitter),
+        "fields": fields,
+    }
+
+
+def readable(doc: dict[str, Any], s: AppSettings | None = None, user: UserCtx = CHW) -> bool:
+    return is_readable(doc, user, s or settings(), G)
+
+
+# -- section 1: users --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("roles", "admin", "offline"),
+    [(("chw",), False, True), (("boss",), False, False), (("chw", "mm-online"), False, False),
+     (("chw", "_admin"), False, False), (("chw",), True, False), ((), False, False)],
+)  # fmt: skip
+def test_offline_users(roles: tuple[str, ...], admin: bool, offline: bool) -> None:
+    assert is_offline(UserCtx("x", roles, is_admin=admin), settings()) is offline
+
+
+def test_permissions_with_negation_and_admins() -> None:
+    s = settings(perms=["can_edit"])
+    assert has_permission(CHW, s, "can_edit") and not has_permission(CHW, s, "can_delete_reports")
+    assert has_permission(CHW, s, "!can_delete_reports") and not has_permission(CHW, s, "!can_edit")
+    assert has_permission(UserCtx("a", ("_admin",)), s, "anything")
+
+
+def test_depth_rules() -> None:
+    doc = {"settings": {"replication_depth": [
+        {"role": "chw", "depth": 1, "report_depth": 0}, {"role": "sup", "depth": 2},
+        {"role": "x", "depth": 2, "report_depth": 1}, {"role": "all", "depth": -1}]}}  # fmt: skip
+    s = AppSettings.from_doc(doc)
+    assert replication_depths(UserCtx("a", ("chw",)), s) == (1, 0)
+    assert replication_depths(UserCtx("a", ("chw", "sup")), s) == (2, None)  # tie: largest report_depth
+    assert replication_depths(UserCtx("a", ("chw", "x")), s) == (2, 1)
+    assert replication_depths(UserCtx("a", ("chw", "all")), s) == (None, None)
+    assert replication_depths(UserCtx("a", ("nobody",)), s) == (None, None)
+
+
+def test_malformed_settings_count_as_absent() -> None:
+    for doc in (
+        None,
+        {},
+        {"settings": []},
+        {"settings": {"roles": [], "permissions": "x", "replication_depth": {}}},
+    ):
+        s = AppSettings.from_doc(doc)
+        assert not is_offline(CHW, s) and replication_depths(CHW, s) == (None, None)
+
+
+# -- section 2: reading -------------------------------------------------------------------
+
+
+def test_subjects_walk_down_to_depth_with_shortcodes() -> None:
+    assert set(subjects(CHW, settings(depth=1), G)) == {
+        "a1",
+        "chw",
+        "C001",
+        "h1",
+        "typed_hh",
+        "org.couchdb.user:u",
+    }
+    deep = subjects(CHW, settings(), G)
+    assert deep["gc"] == 3 and deep["P001"] == 2 and "p2" not in deep
+
+
+def test_multiple_facilities_and_unallocated() -> None:
+    user = UserCtx("u", ("chw",), ("a1", "a2"), "chw")
+    assert {"p1", "p2"} <= set(subjects(user, settings(), G))
+    assert UNASSIGNED in subjects(CHW, settings(unallocated=True), G)
+    assert UNASSIGNED not in subjects(CHW, settings(unallocated=False), G)
+    no_permission = AppSettings.from_doc(
+        {"settings": {"district_admins_access_unallocated_messages": True, "permissions": {}}}
+    )
+    assert UNASSIGNED not in subjects(CHW, no_permission, G)
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        (contact("h1", "a1"), True),
+        (contact("p2", "h2", "a2"), False),
+        ({"_id": "t", "type": "task", "user": "org.couchdb.user:u"}, True),
+        ({"_id": "t", "type": "task", "user": "org.couchdb.user:other"}, False),
+        ({"_id": "g", "type": "target", "owner": "chw"}, True),
+        ({"_id": "g", "type": "target", "owner": "p2"}, False),
+        ({"_id": "org.couchdb.user:u", "type": "user-settings"}, True),
+        ({"_id": "org.couchdb.user:v", "type": "user-settings"}, False),
+        ({"_id": "settings"}, True), ({"_id": "branding"}, True), ({"_id": "_design/medic-client"}, True),
+        ({"_id": "form:x", "type": "form"}, True), ({"_id": "t1", "type": "translations"}, True),
+        ({"_id": "_design/medic"}, False), ({"_id": "loose"}, False),
+    ],
+)  # fmt: skip
+def test_readable_by_kind(doc: dict[str, Any], expected: bool) -> None:
+    assert readable(doc) is expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "top", "expected_key"),
+    [
+        ({"patient_id": "P001", "place_id": "x"}, {}, "P001"),
+        ({}, {"patient_id": "P002"}, "P002"),
+        ({"place_id": "HC01", "patient_uuid": "p2"}, {}, "HC01"),
+        ({}, {"place_id": "h1"}, "h1"),
+        ({"patient_uuid": "p2"}, {}, "p2"),
+        ({}, {}, "chw"),
+    ],
+)  # fmt: skip
+def test_report_subject_priority(fields: dict[str, Any], top: dict[str, Any], expected_key: str) -> None:
+    doc = {**report(**fields), **top}
+    assert replication_keys(doc)[0] == expected_key
+
+
+def test_report_subjects_resolve_shortcodes() -> None:
+    assert readable(report(patient_id="P001")) and not readable(report(patient_id="P002"))
+    assert readable(report(place_id="HC01"), user=UserCtx("s", ("chw",), ("hc",)))
+    assert not readable(report(place_id="HC01"))
+
+
+def test_unallocated_reports() -> None:
+    doc = {"_id": "sms", "type": "data_record", "from": "+1", "fields": {}}
+    assert replication_keys(doc) == (UNASSIGNED,)
+    assert readable(doc, settings(unallocated=True)) and not readable(doc, settings(unallocated=False))
+
+
+def test_needs_signoff_keys_the_submitter_lineage() -> None:
+    doc = report(submitter=("p2", "h2", "a2", "hc", "d"), patient_uuid="p2", needs_signoff=True)
+    assert set(replication_keys(doc)) == {"p2", "h2", "a2", "hc", "d"}
+    supervisor = UserCtx("s", ("chw",), ("hc",))
+    assert readable(doc, user=supervisor)
+    plain = report(submitter=("p2", "h2", "a2", "hc", "d"), patient_uuid="p9")
+    assert not readable(plain, user=supervisor)
+    assert readable({**plain, "fields": {"patient_uuid": "p9", "needs_signoff": True}}, user=supervisor)
+
+
+def test_report_depth() -> None:
+    s = settings(report_depth=1)
+    assert readable(report(patient_uuid="h1", submitter=("p2",)), s)  # depth 1
+    assert not readable(report(patient_uuid="p1", submitter=("p2",)), s)  # depth 2 > 1
+    assert readable(report(patient_uuid="p1"), s)  # submitted by the user's own contact
+    sms = {"_id": "sms", "type": "data_record", "fields": {}}
+    assert readable(sms, settings(report_depth=0, unallocated=True))  # _unassigned: no depth limit
+    assert readable(report(patient_uuid="p1", submitter=("p2",)), settings())  # no report_depth
+
+
+def test_private_reports() -> None:
+    foreign = ("p2", "h2", "a2")
+    assert not readable(report(patient_uuid="a1", submitter=foreign, private=True))
+    assert not readable(report(patient_id="C001", submitter=foreign, private=True))
+    assert readable(report(patient_uuid="a1", submitter=("h1",), private=True))  # submitter in scope
+    assert readable(report(patient_uuid="h1", submitter=foreign, private=True))  # not the user's own
+    assert readable(report(patient_uuid="a1", submitter=foreign))  # not private
+
+
+# -- section 3: writing -------------------------------------------------------------------
+
+
+def write(new: dict[str, Any], stored: dict[str, Any] | None = None, s: AppSettings | None = None,
+          user: UserCtx = CHW) -> tuple[bool, str]:  # fmt: skip
+    d = authorize_write(user, s or settings(), G, new, stored)
+    return d.allowed, d.reason
+
+
+@pytest.mark.parametrize(
+    ("new", "stored", "permission"),
+    [
+        (report(patient_uuid="p1"), None, "can_create_records"),
+        (report(patient_uuid="p1", x=2), report(patient_uuid="p1"), "can_update_reports"),
+        ({"_id": "r", "_deleted": True}, report(patient_uuid="p1"), "can_delete_reports"),
+        (contact("new", "h1", "a1", type_="person"), None, "can_create_people"),
+        (contact("p1", "h1", "a1", type_="person", x=1), contact("p1", "h1", "a1", type_="person"), "can_update_people"),
+        (contact("hx", "a1"), None, "can_create_places"),
+        (contact("h1", "a1", x=1), contact("h1", "a1"), "can_update_places"),
+        ({"_id": "p1", "_deleted": True}, contact("p1", "h1", "a1", type_="person"), "can_delete_contacts"),
+        ({"_id": "tp", "type": "contact", "contact_type": "patient", "parent": lineage("typed_hh")}, None, "can_create_people"),
+        ({"_id": "th", "type": "contact", "contact_type": "household", "parent": lineage("a1")}, None, "can_create_places"),
+    ],
+)  # fmt: skip
+def test_each_kind_needs_its_permission(
+    new: dict[str, Any], stored: dict[str, Any] | None, permission: str
+) -> None:
+    person_types = {"contact_types": [{"id": "patient", "person": True}, {"id": "household"}]}
+    assert write(new, stored, settings(**person_types)) == (True, "")
+    allowed, reason = write(
+        new, stored, settings(perms=[p for p in ALL_PERMS if p != permission], **person_types)
+    )
+    assert not allowed and permission in reason
+
+
+def test_can_edit_is_required() -> None:
+    allowed, reason = write(
+        report(patient_uuid="p1"), None, settings(perms=[p for p in ALL_PERMS if p != "can_edit"])
+    )
+    assert not allowed and "can_edit" in reason
+
+
+@pytest.mark.parametrize(
+    "new",
+    [{"_id": "settings", "x": 1}, {"_id": "_design/medic-client"}, {"_id": "_design/x"},
+     {"_id": "form:x", "type": "form"}, {"_id": "tr", "type": "translations"}, contact("a1", "hc", "d", x=1),
+     {**report(patient_uuid="p1"), "purged": True}],
+)  # fmt: skip
+def test_never_allowed(new: dict[str, Any]) -> None:
+    assert write(new)[0] is False
+
+
+def test_stored_purged_and_scope_of_both_versions() -> None:
+    assert not write(report(patient_uuid="p1"), {**report(patient_uuid="p1"), "purged": True})[0]
+    assert not write(report(patient_uuid="p2"))[0]  # new version outside
+    ok, reason = write(report(patient_uuid="p1"), report(patient_uuid="p2"))  # stored outside
+    assert not ok and "stored" in reason
+    assert not write(contact("p2", "h1", "a1", type_="person"), contact("p2", "h2", "a2", type_="person"))[0]
+    assert write({"_id": "ghost", "_deleted": True}, None)[0]  # deleting nothing exposes nothing
+
+
+def test_admins_may_write_anything() -> None:
+    assert write({"_id": "settings"}, None, user=UserCtx("root", ("_admin",), is_admin=True))[0]
+
+
+def test_same_request_rule_household_people_reports() -> None:
+    docs = [
+        contact("hn", "a1", "hc"),
+        contact("pn", "hn", "a1", type_="person", patient_id="PN1"),
+        report("rn", patient_id="PN1"),
+        report("rx", patient_uuid="p2"),
+    ]
+    decisions = authorize_batch(CHW, settings(), G, docs, {})
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert [authorize_write(CHW, settings(), G, d, None).allowed for d in docs] == [True, False, False, False]
+
+
+def test_a_refused_contact_lends_no_scope_to_the_batch() -> None:
+    # Moving a foreign household into one's area is refused, and so is a report relying on it.
+    docs = [contact("h2", "a1", "hc"), report("r2", patient_uuid="h2")]
+    stored = {"h2": contact("h2", "a2", "hc")}
+    assert [d.allowed for d in authorize_batch(CHW, settings(), G, docs, stored)] == [False, False]
