@@ -18,7 +18,7 @@ install: $(PY_STAMP) $(NODE_STAMP)
 $(PY_STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 # pouchdb-server and the PouchDB clients, pinned in node/package-lock.json, installed into
