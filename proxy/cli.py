@@ -1,4 +1,4 @@
-"""The `couchgate` command: `serve`, and the tools later features add."""
+"""The `couchgate` command: `serve`, `dev`, and the tools later features add."""
 
 from __future__ import annotations
 
@@ -31,10 +31,23 @@ def serve(_: argparse.Namespace) -> int:
     return 0
 
 
+def dev(args: argparse.Namespace) -> int:
+    from proxy.devserver.run import run_dev
+
+    code: int = run_dev(args.preset, args.port, args.backend_port, args.seed)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="couchgate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run couchgate against COUCHGATE_COUCH_URL").set_defaults(func=serve)
+    p = sub.add_parser("dev", help="embedded backend + demo data + couchgate, for trying it out")
+    p.add_argument("--preset", default="small", help="demo data size: tiny, small, 100k, 1m, or a doc count")
+    p.add_argument("--port", type=int, default=5988)
+    p.add_argument("--backend-port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=dev)
     return parser
 
 

@@ -1,0 +1,73 @@
+"""`couchgate dev` (what `make run` calls): an embedded pouchdb-server with the demo data
+set, and couchgate in front of it on 127.0.0.1:5988. Ctrl-C stops both."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+
+from aiohttp import web
+
+from proxy.app import create_app
+from proxy.devserver.backend import PROJECT_ROOT, PouchServer
+from proxy.logs import AccessLogger, configure_logging
+from proxy.seed.generator import DemoUser, preset
+from proxy.seed.loader import load
+from proxy.settings import load_settings
+
+DB = "medic"
+
+
+def banner(url: str, backend: PouchServer, users: list[DemoUser], docs: int) -> str:
+    lines = [
+        "",
+        f"couchgate      {url}   (PouchDB: new PouchDB('{url}/{DB}', {{auth: ...}}))",
+        f"backend        {backend.url}   (pouchdb-server)",
+        f"demo data      {docs} docs in '{DB}'",
+        f"health         {url}/_couchgate/health   ready: {url}/_couchgate/ready",
+        "",
+        "demo users (name / password, roles, facility):",
+        f"  {backend.admin_user} / {backend.admin_password}   CouchDB server admin",
+    ]
+    for user in users:
+        facility = ", ".join(user.facility_ids) if user.facility_ids else "-"
+        lines.append(f"  {user.name} / {user.password}   {', '.join(user.roles)}   {facility}")
+    lines += ["", "Ctrl-C stops couchgate and the backend.", ""]
+    return "\n".join(lines)
+
+
+def run_dev(preset_name: str = "small", port: int = 5988, backend_port: int = 0, seed: int = 1) -> int:
+    backend = PouchServer(port=backend_port, data_dir=PROJECT_ROOT / ".couchgate" / "backend")
+    try:
+        backend.start()
+        data = preset(preset_name, seed=seed)
+        report = asyncio.run(load(backend.url, backend.admin_user, backend.admin_password, DB, data))
+        settings = load_settings(
+            couch_url=backend.url,
+            couch_user=backend.admin_user,
+            couch_password=backend.admin_password,
+            db=DB,
+            port=port,
+            jwt_secret=secrets.token_urlsafe(32),
+            log_json=False,
+        )
+        configure_logging(settings.log_level, settings.log_json)
+        url = f"http://{settings.host}:{settings.port}"
+        print(banner(url, backend, data.users, report.docs_total), flush=True)
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            access_log_class=AccessLogger,
+            print=None,
+            shutdown_timeout=5,
+        )
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"couchgate dev: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        backend.stop()
+    return 0
