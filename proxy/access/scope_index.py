@@ -16,8 +16,10 @@ the tree, so a tombstone reaches the users who could read the doc.
 
 from __future__ import annotations
 
+import bisect
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.access.config import AppSettings, UserCtx
@@ -49,6 +51,20 @@ class Entry:
     person: bool | None = None  # for contacts: person (True) or place (False)
 
 
+@dataclass
+class _UserFeed:
+    """One user's readable entries in ordinal order, as of index ordinal `at`."""
+
+    settings: AppSettings
+    tree_version: int
+    at: int
+    entries: list[Entry] = field(default_factory=list)
+    ordinals: list[int] = field(default_factory=list)
+
+
+CACHED_USERS = 512
+
+
 class ScopeIndex:
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {}
@@ -61,6 +77,11 @@ class ScopeIndex:
         # submitter sits, so a submitter's move re-sequences them too.
         self.private_by_submitter: dict[str, set[str]] = {}
         self.ordinal = 0
+        # Bumped on every change to the contact tree: subjects and feeds computed for an
+        # older tree are recomputed, others are refreshed with just the newer changes.
+        self.tree_version = 0
+        self._subjects: OrderedDict[UserCtx, tuple[AppSettings, int, dict[str, int]]] = OrderedDict()
+        self._feeds: OrderedDict[UserCtx, _UserFeed] = OrderedDict()
         self.person_types: frozenset[str] = frozenset({"person"})
 
     # -- ContactGraph -----------------------------------------------------------------------
@@ -138,6 +159,7 @@ class ScopeIndex:
         new = ContactNode(contact_id, parent_id(doc), shortcode(doc)) if doc is not None else None
         if old == new:
             return
+        self.tree_version += 1
         if old is not None and old.parent is not None:
             siblings = self.kids.get(old.parent)
             if siblings is not None:
@@ -186,6 +208,18 @@ class ScopeIndex:
 
     # -- queries ----------------------------------------------------------------------------
 
+    def subjects_of(self, user: UserCtx, settings: AppSettings) -> dict[str, int]:
+        """The user's subjects, cached until the tree or the settings change."""
+        hit = self._subjects.get(user)
+        if hit is not None and hit[0] is settings and hit[1] == self.tree_version:
+            self._subjects.move_to_end(user)
+            return hit[2]
+        depths = subjects(user, settings, self)
+        self._subjects[user] = (settings, self.tree_version, depths)
+        if len(self._subjects) > CACHED_USERS:
+            self._subjects.popitem(last=False)
+        return depths
+
     def _candidates(self, depths: Mapping[str, int], after: int) -> Iterator[str]:
         for key in depths:
             if self.key_max.get(key, 0) > after:
@@ -197,9 +231,9 @@ class ScopeIndex:
     ) -> bool:
         return entry_readable(entry.id, entry.kind, entry.keys, entry.facts, user, settings, depths, self)
 
-    def changes_since(self, user: UserCtx, settings: AppSettings, ordinal: int) -> list[Entry]:
-        """Readable entries (tombstones included) with an ordinal above `ordinal`, in order."""
-        depths = subjects(user, settings, self)
+    def _scan(self, user: UserCtx, settings: AppSettings, ordinal: int) -> list[Entry]:
+        """Readable entries above `ordinal`, found through the user's keys only."""
+        depths = self.subjects_of(user, settings)
         found: dict[str, Entry] = {}
         for doc_id in self._candidates(depths, ordinal):
             entry = self.entries.get(doc_id)
@@ -212,6 +246,33 @@ class ScopeIndex:
             found[own.id] = own
         return sorted(found.values(), key=lambda e: e.ordinal)
 
+    def _feed(self, user: UserCtx, settings: AppSettings) -> _UserFeed:
+        feed = self._feeds.get(user)
+        if feed is None or feed.settings is not settings or feed.tree_version != self.tree_version:
+            feed = _UserFeed(settings, self.tree_version, self.ordinal, self._scan(user, settings, 0))
+        elif feed.at < self.ordinal:
+            # Only what changed since: entries touched since `at` leave their old place
+            # (and come back in `newer` if still readable).
+            newer = self._scan(user, settings, feed.at)
+            kept = [e for e in feed.entries if e.ordinal <= feed.at and self.entries.get(e.id) is e]
+            fresh = {e.id for e in newer}
+            feed.entries = [e for e in kept if e.id not in fresh] + newer
+            feed.at = self.ordinal
+        else:
+            self._feeds.move_to_end(user)
+            return feed
+        feed.ordinals = [e.ordinal for e in feed.entries]
+        self._feeds[user] = feed
+        self._feeds.move_to_end(user)
+        if len(self._feeds) > CACHED_USERS:
+            self._feeds.popitem(last=False)
+        return feed
+
+    def changes_since(self, user: UserCtx, settings: AppSettings, ordinal: int) -> list[Entry]:
+        """Readable entries (tombstones included) with an ordinal above `ordinal`, in order."""
+        feed = self._feed(user, settings)
+        return feed.entries[bisect.bisect_right(feed.ordinals, ordinal) :]
+
     def readable_entries(self, user: UserCtx, settings: AppSettings) -> list[Entry]:
         return self.changes_since(user, settings, 0)
 
@@ -221,10 +282,10 @@ class ScopeIndex:
             return False
         if entry.id == user.user_doc_id:
             return True
-        return self._readable(entry, user, settings, subjects(user, settings, self))
+        return self._readable(entry, user, settings, self.subjects_of(user, settings))
 
     def readable_ids(self, ids: Iterable[str], user: UserCtx, settings: AppSettings) -> set[str]:
-        depths = subjects(user, settings, self)
+        depths = self.subjects_of(user, settings)
         found = set()
         for doc_id in ids:
             entry = self.entries.get(doc_id)

@@ -127,6 +127,7 @@ class Feed:
         self.codec = codec
         self.params = params
         self.user = view.user.name
+        self.fingerprint = view.fingerprint
         self.ordinal = self._start_ordinal(params.since)
 
     def _start_ordinal(self, raw: str | None) -> int:
@@ -135,12 +136,12 @@ class Feed:
         if raw in (None, "", "0"):
             return 0
         since = self.codec.decode(self.user, raw)
-        if since is None or since.epoch != self.view.epoch or since.fingerprint != self.view.fingerprint:
+        if since is None or since.epoch != self.view.epoch or since.fingerprint != self.fingerprint:
             return 0  # unknown, foreign, or the scope changed: backfill everything readable
         return since.ordinal
 
     def token(self, ordinal: int) -> str:
-        return self.codec.encode(self.user, Since(self.view.epoch, ordinal, self.view.fingerprint))
+        return self.codec.encode(self.user, Since(self.view.epoch, ordinal, self.fingerprint))
 
     def page(self) -> tuple[list[Entry], str]:
         """The next rows and the `last_seq` that follows them; advances the feed."""

@@ -21,6 +21,11 @@ from proxy.passthrough import credentials_for, forward
 
 READ = {"GET", "HEAD"}
 GLOBAL_DESIGN = "_design/medic-client"
+# Endpoints answered from the index's view of what exists: they wait for it to be level
+# with CouchDB. Reads of given ids (`_bulk_get`, docs) sync only when an id is not readable
+# yet; `_revs_diff` never needs to (an id it cannot see is reported missing, and a second
+# push of a doc CouchDB already has is a no-op).
+SYNCED_ENDPOINTS = {"_changes", "_all_docs", "_bulk_docs"}
 
 
 def refuse() -> Forbidden:
@@ -53,10 +58,13 @@ async def serve_offline(request: web.Request, path: CouchPath, principal: Princi
         if path.rest:
             raise refuse()
         return await local_docs.local_doc(request, db_path, name, doc_id)
-    await sync.sync()  # read-your-writes: the index is at least as new as CouchDB was now
-    view = UserView.of(sync, principal)
     if doc_id is None:
-        return await _db_endpoint(request, view, second, db, db_path)
+        if second in SYNCED_ENDPOINTS:
+            await sync.sync()  # read-your-writes: the index is at least as new as CouchDB was now
+        return await _db_endpoint(request, UserView.of(sync, principal), second, db, db_path)
+    if request.method not in READ:
+        await sync.sync()
+    view = UserView.of(sync, principal)
     if doc_id.startswith("_design/") and doc_id != GLOBAL_DESIGN:
         raise refuse()
     if path.rest:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 from proxy.access.config import AppSettings, UserCtx
@@ -52,7 +53,7 @@ class UserView:
     def epoch(self) -> str:
         return self.sync.epoch
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """Everything but the contact tree that decides what this user may read."""
         return fingerprint(*scope_inputs(self.user, self.settings, self.sync.index))
@@ -75,5 +76,20 @@ class UserView:
     def live_count(self) -> int:
         return len(self.live_ids())
 
+    def is_leaf(self, doc_id: str, rev: str) -> bool:
+        entry = self.sync.index.entries.get(doc_id)
+        return entry is not None and rev in entry.leaves
+
     def can_read(self, doc_id: str) -> bool:
         return self.sync.index.is_readable_id(doc_id, self.user, self.settings)
+
+    async def readable_now(self, ids: Iterable[str]) -> set[str]:
+        """Readable ids, syncing the index first only if some id is not (yet) readable:
+        the docs themselves are always read from CouchDB, the index only decides access."""
+        wanted = set(ids)
+        readable = self.readable_ids(wanted)
+        if readable != wanted:
+            await self.sync.sync()
+            self.settings = self.sync.settings
+            readable = self.readable_ids(wanted)
+        return readable

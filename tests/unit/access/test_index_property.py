@@ -54,6 +54,14 @@ class IndexMachine(RuleBasedStateMachine):
         self.prints: dict[str, object] = {}
 
     def app_settings(self) -> AppSettings:
+        """The same object until the settings change, as the service keeps it (the index
+        caches per settings object, and that cache must be exercised too)."""
+        if getattr(self, "_app_for", None) != self.app:
+            self._app_for = dict(self.app)
+            self._app_obj = self._build_settings()
+        return self._app_obj
+
+    def _build_settings(self) -> AppSettings:
         rule: dict[str, Any] = {"role": "chw"}
         if self.app["depth"] is not None:
             rule["depth"] = self.app["depth"]
