@@ -85,9 +85,23 @@ async function live(cmd) {
   await new Promise(() => {});
 }
 
+// {"op": "pull_timed", "url", "auth"}: (benchmarks) a first pull into an empty db, then a
+// no-op pull from its checkpoint; prints both durations in ms.
+async function pullTimed(cmd) {
+  const target = remote(cmd.url, cmd.auth);
+  const local = new PouchDB('bench-' + Math.random(), {adapter: 'memory'});
+  let t = process.hrtime.bigint();
+  const first = await local.replicate.from(target, {batch_size: cmd.batch_size || 100});
+  const firstMs = Number(process.hrtime.bigint() - t) / 1e6;
+  t = process.hrtime.bigint();
+  const again = await local.replicate.from(target, {batch_size: cmd.batch_size || 100});
+  const noopMs = Number(process.hrtime.bigint() - t) / 1e6;
+  return {first_ms: firstMs, docs: first.docs_written, noop_ms: noopMs, noop_docs: again.docs_written};
+}
+
 async function main() {
   const cmd = JSON.parse(process.argv[2]);
-  const ops = {sync, pull_push: pullPush, live};
+  const ops = {sync, pull_push: pullPush, live, pull_timed: pullTimed};
   const result = await ops[cmd.op](cmd);
   process.stdout.write(JSON.stringify(result) + '\n');
 }

@@ -1,0 +1,170 @@
+"""Offline replication through couchgate versus direct replication, in one run.
+
+    .venv/bin/python -m bench.replication --preset 100k [--preset 1m]
+
+For each data size: loads the demo data set into an in-memory pouchdb-server, starts
+couchgate, and measures (real PouchDB 9 in Node, from tests/e2e/pouch.js):
+- the initial pull of a CHW and of a supervisor through couchgate, versus a direct pull
+  of a database that holds exactly the docs they may read;
+- a no-op pull from the checkpoint (nothing changed), both ways;
+- upstream write -> arrival on a longpolling client (p50, p99);
+- the scope index's build time from scratch and its memory (RSS against an empty db).
+Results go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import urllib.request
+from typing import Any
+
+import aiohttp
+import orjson
+
+from bench.common import couchgate, median, percentile, rss_mb, run_pouch, write_section
+from proxy.couch.client import basic_auth_header
+from proxy.devserver.backend import PouchServer
+from proxy.seed.generator import preset
+from proxy.seed.loader import load
+
+USERS = ("chw1", "supervisor")
+
+
+def get(url: str, auth: str) -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": auth, "Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as resp:
+        return orjson.loads(resp.read())
+
+
+async def copy_readable(gateway: str, backend: PouchServer, user: str, target: str) -> int:
+    """A database holding exactly what `user` may read, for the direct baseline."""
+    backend.request("PUT", f"/{target}")
+    auth = basic_auth_header(user, f"{user}-pass")
+    headers = {"Authorization": auth, "Accept": "application/json"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as http,
+        http.get(f"{gateway}/medic/_all_docs?include_docs=true") as resp,
+    ):
+        rows = orjson.loads(await resp.read())["rows"]
+    docs = [r["doc"] for r in rows]
+    for i in range(0, len(docs), 2000):
+        status, body = backend.request(
+            "POST", f"/{target}/_bulk_docs", {"docs": docs[i : i + 2000], "new_edits": False}
+        )
+        assert status == 201, body
+    return len(docs)
+
+
+async def longpoll_latency(gateway: str, backend: PouchServer, rounds: int) -> list[float]:
+    auth = basic_auth_header("chw1", "chw1-pass")
+    admin = basic_auth_header(backend.admin_user, backend.admin_password)
+    samples: list[float] = []
+    async with aiohttp.ClientSession(headers={"Accept": "application/json"}) as http:
+        async with http.get(f"{gateway}/medic/_changes?since=now", headers={"Authorization": auth}) as resp:
+            since = (await resp.json())["last_seq"]
+        for i in range(rounds):
+            url = f"{gateway}/medic/_changes?feed=longpoll&since={since}&timeout=30000&heartbeat=10000"
+            poll = asyncio.create_task(http.get(url, headers={"Authorization": auth}))
+            await asyncio.sleep(0.05)
+            doc = {"type": "data_record", "form": "bench", "fields": {"patient_uuid": "d0-hc0-a0-h0-p0"},
+                   "contact": {"_id": "d0-hc0-a0-chw"}}  # fmt: skip
+            started = time.perf_counter()
+            async with http.put(f"{backend.url}/medic/bench-latency-{i}", data=orjson.dumps(doc),
+                                headers={"Authorization": admin, "Content-Type": "application/json"}):  # fmt: skip
+                pass
+            resp = await poll
+            body = await resp.json()
+            samples.append((time.perf_counter() - started) * 1000)
+            assert [r["id"] for r in body["results"]] == [f"bench-latency-{i}"], body
+            since = body["last_seq"]
+    return samples
+
+
+def measure(preset_name: str, rounds: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"preset": preset_name}
+    with PouchServer() as backend:
+        data = preset(preset_name)
+        t = time.perf_counter()
+        report = asyncio.run(load(backend.url, backend.admin_user, backend.admin_password, "medic", data))
+        result["docs"] = report.docs_total
+        result["load_s"] = time.perf_counter() - t
+        backend.request("PUT", "/empty")
+        with couchgate(backend, "empty") as (_, proc):
+            result["rss_empty_mb"] = rss_mb(proc.pid)
+        with couchgate(backend, "medic") as (gateway, proc):
+            admin = basic_auth_header(backend.admin_user, backend.admin_password)
+            t = time.perf_counter()
+            scopes = {u: get(f"{gateway}/_couchgate/users/{u}/scope", admin) for u in USERS}
+            result["build_s"] = time.perf_counter() - t
+            result["rss_full_mb"] = rss_mb(proc.pid)
+            for user in USERS:
+                direct_db = f"direct-{user}"
+                count = asyncio.run(copy_readable(gateway, backend, user, direct_db))
+                via, direct = [], []
+                for _ in range(rounds):
+                    via.append(run_pouch({"op": "pull_timed", "url": f"{gateway}/medic",
+                                          "auth": {"basic": [user, f"{user}-pass"]}}))  # fmt: skip
+                    direct.append(run_pouch({"op": "pull_timed", "url": f"{backend.url}/{direct_db}",
+                                             "auth": {"basic": [backend.admin_user, backend.admin_password]}}))  # fmt: skip
+                assert all(r["docs"] >= count for r in via), (via, count)
+                result[user] = {
+                    "readable": scopes[user]["total"],
+                    "pulled": via[0]["docs"],
+                    "via_first_s": median([r["first_ms"] for r in via]) / 1000,
+                    "direct_first_s": median([r["first_ms"] for r in direct]) / 1000,
+                    "via_noop_ms": median([r["noop_ms"] for r in via]),
+                    "direct_noop_ms": median([r["noop_ms"] for r in direct]),
+                }
+            samples = asyncio.run(longpoll_latency(gateway, backend, 50))
+            result["latency_p50_ms"] = percentile(samples, 50)
+            result["latency_p99_ms"] = percentile(samples, 99)
+    return result
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| data | user | docs pulled | direct pull | via couchgate | ratio | direct no-op | couchgate no-op | ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for user in USERS:
+            u = r[user]
+            lines.append(
+                f"| {r['docs']:,} | {user} | {u['pulled']:,} | {u['direct_first_s']:.2f} s | {u['via_first_s']:.2f} s "
+                f"| {u['via_first_s'] / u['direct_first_s']:.2f}x | {u['direct_noop_ms']:.0f} ms "
+                f"| {u['via_noop_ms']:.0f} ms | {u['via_noop_ms'] / u['direct_noop_ms']:.2f}x |"
+            )
+    lines += ["", "| data | index build from scratch | index memory (RSS over an empty db) | longpoll arrival p50 | p99 |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for r in results:
+        memory = r["rss_full_mb"] - r["rss_empty_mb"]
+        lines.append(
+            f"| {r['docs']:,} | {r['build_s']:.1f} s | {memory:.0f} MB ({memory / r['docs'] * 1e6:.0f} MB per million docs) "
+            f"| {r['latency_p50_ms']:.0f} ms | {r['latency_p99_ms']:.0f} ms |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", action="append", help="demo data size (repeatable): 100k, 1m, ...")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    presets = args.preset or ["100k"]
+    results = [measure(p, args.rounds) for p in presets]
+    body = "\n".join([
+        f"Command: `.venv/bin/python -m bench.replication {' '.join('--preset ' + p for p in presets)}"
+        f" --rounds {args.rounds}` (medians of {args.rounds} rounds; PouchDB 9 in Node, in-memory",
+        "pouchdb-server 4.2.0, both on this 2-core machine; 'direct' pulls a database holding exactly",
+        "the user's readable docs, as the admin, straight from the backend).",
+        "",
+        table(results),
+    ])  # fmt: skip
+    write_section("Offline replication", body)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
