@@ -6,10 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
-from proxy.app import create_app
-from proxy.logs import AccessLogger, configure_logging
+from proxy.server import run_server
 from proxy.settings import SettingsError, load_settings
 
 
@@ -19,15 +16,7 @@ def serve(_: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"couchgate: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_json)
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log_class=AccessLogger,
-        print=None,
-        shutdown_timeout=10,
-    )
+    run_server(settings)
     return 0
 
 

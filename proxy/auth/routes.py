@@ -4,31 +4,23 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
-import orjson
 from aiohttp import web
 
 from proxy.auth.authenticator import CHALLENGE, check_password
 from proxy.errors import BadRequest, NotImplementedHere, Unauthorized, json_response
 from proxy.keys import COUCH, PRINCIPAL, TOKENS
+from proxy.params import read_json
 from proxy.passthrough import credentials_for, forward, parse_path
 
 MAX_LOGIN_BODY = 64 * 1024
 
 
 async def read_login(request: web.Request) -> tuple[str, str]:
-    if request.content_length is not None and request.content_length > MAX_LOGIN_BODY:
-        raise BadRequest("login body too large")
-    raw = await request.content.read(MAX_LOGIN_BODY + 1)
-    if len(raw) > MAX_LOGIN_BODY:
-        raise BadRequest("login body too large")
     if request.content_type == "application/x-www-form-urlencoded":
-        form = parse_qs(raw.decode("utf-8", "replace"))
+        form = parse_qs((await request.content.read(MAX_LOGIN_BODY)).decode("utf-8", "replace"))
         body: object = {k: v[0] for k, v in form.items()}
     else:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest("request body must be JSON with name and password") from exc
+        body = await read_json(request, MAX_LOGIN_BODY)
     if not isinstance(body, dict):
         raise BadRequest("request body must be an object with name and password")
     name, password = body.get("name"), body.get("password")

@@ -7,13 +7,10 @@ import asyncio
 import secrets
 import sys
 
-from aiohttp import web
-
-from proxy.app import create_app
 from proxy.devserver.backend import PROJECT_ROOT, PouchServer
-from proxy.logs import AccessLogger, configure_logging
 from proxy.seed.generator import DemoUser, preset
 from proxy.seed.loader import load
+from proxy.server import run_server
 from proxy.settings import load_settings
 
 DB = "medic"
@@ -52,17 +49,9 @@ def run_dev(preset_name: str = "small", port: int = 5988, backend_port: int = 0,
             jwt_secret=secrets.token_urlsafe(32),
             log_json=False,
         )
-        configure_logging(settings.log_level, settings.log_json)
         url = f"http://{settings.host}:{settings.port}"
         print(banner(url, backend, data.users, report.docs_total), flush=True)
-        web.run_app(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            access_log_class=AccessLogger,
-            print=None,
-            shutdown_timeout=5,
-        )
+        run_server(settings, shutdown_timeout=5)
     except KeyboardInterrupt:
         pass
     except OSError as exc:

@@ -22,6 +22,7 @@ from proxy.keys import COUCH
 from proxy.logs import stamp_request_id
 from proxy.offline.since import Since, SinceCodec
 from proxy.offline.view import Entry, UserView
+from proxy.params import nonneg_int, read_json, true
 
 MAX_TIMEOUT_MS = 5 * 60 * 1000
 DEFAULT_TIMEOUT_MS = 60 * 1000
@@ -42,23 +43,6 @@ class FeedParams:
     doc_ids: set[str] | None
 
 
-def _bool(value: str | None) -> bool:
-    return value is not None and value.lower() == "true"
-
-
-def _int(query: Any, name: str) -> int | None:
-    value = query.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        number = int(value)
-    except ValueError as exc:
-        raise BadRequest(f"{name} must be a non-negative integer") from exc
-    if number < 0:
-        raise BadRequest(f"{name} must be a non-negative integer")
-    return number
-
-
 async def parse_params(request: web.Request) -> FeedParams:
     q = request.query
     feed = q.get("feed", "normal")
@@ -74,7 +58,7 @@ async def parse_params(request: web.Request) -> FeedParams:
     if filter_name == "_doc_ids":
         raw: Any = q.get("doc_ids")
         if request.method == "POST":
-            body = await read_json(request, 16 * 1024 * 1024)
+            body = await read_json(request, 16 * 1024 * 1024, empty={})
             raw = body.get("doc_ids") if isinstance(body, dict) else None
         elif raw is not None:
             try:
@@ -87,36 +71,22 @@ async def parse_params(request: web.Request) -> FeedParams:
     heartbeat = q.get("heartbeat")
     heartbeat_ms = None
     if heartbeat is not None:
-        heartbeat_ms = 60_000 if heartbeat == "true" else _int(q, "heartbeat")
+        heartbeat_ms = 60_000 if heartbeat == "true" else nonneg_int(heartbeat, "heartbeat")
         if heartbeat_ms is not None:
             heartbeat_ms = max(heartbeat_ms, 100)
-    timeout = _int(q, "timeout")
+    timeout = nonneg_int(q.get("timeout"), "timeout")
     return FeedParams(
         since=q.get("since"),
-        limit=_int(q, "limit"),
+        limit=nonneg_int(q.get("limit"), "limit"),
         all_docs=style == "all_docs",
-        include_docs=_bool(q.get("include_docs")),
-        conflicts=_bool(q.get("conflicts")),
-        descending=_bool(q.get("descending")),
+        include_docs=true(q.get("include_docs")),
+        conflicts=true(q.get("conflicts")),
+        descending=true(q.get("descending")),
         feed=feed,
         heartbeat_ms=heartbeat_ms,
         timeout_ms=min(timeout if timeout is not None else DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS),
         doc_ids=doc_ids,
     )
-
-
-async def read_json(request: web.Request, limit: int) -> Any:
-    if request.content_length is not None and request.content_length > limit:
-        raise BadRequest("request body too large")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise BadRequest("request body too large")
-    if not raw.strip():
-        return {}
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest("invalid UTF-8 JSON") from exc
 
 
 class Feed:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 
-import orjson
 from aiohttp import web
 
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, MethodNotAllowed, json_response
 from proxy.keys import COUCH
+from proxy.params import read_json
 
 LOCAL = "_local/"
 MAX_LOCAL_BODY = 1024 * 1024
@@ -31,13 +31,7 @@ async def local_doc(request: web.Request, db_path: str, user: str, local_id: str
     if request.method in {"GET", "HEAD"}:
         result = await couch.json("GET", path, params=dict(request.query))
     elif request.method == "PUT":
-        raw = await request.content.read(MAX_LOCAL_BODY + 1)
-        if len(raw) > MAX_LOCAL_BODY:
-            raise BadRequest("_local document too large")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest("invalid UTF-8 JSON") from exc
+        body = await read_json(request, MAX_LOCAL_BODY)
         if not isinstance(body, dict):
             raise BadRequest("Document must be a JSON object")
         body["_id"] = upstream_id

@@ -15,8 +15,8 @@ from proxy.access.paths import CouchPath
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, NotFound, json_response
 from proxy.keys import COUCH
-from proxy.offline.changes import read_json
 from proxy.offline.view import UserView
+from proxy.params import nonneg_int, read_json
 from proxy.passthrough import forward
 
 MISSING = "missing"
@@ -166,7 +166,7 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Re
 
 async def all_docs(request: web.Request, view: UserView, db_path: str) -> web.Response:
     q = request.query
-    body = await read_json(request, MAX_BODY) if request.method == "POST" else {}
+    body = await read_json(request, MAX_BODY, empty={}) if request.method == "POST" else {}
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     keys = body.get("keys")
@@ -206,8 +206,8 @@ async def all_docs(request: web.Request, view: UserView, db_path: str) -> web.Re
             i for i in ids
             if (start is None or i >= start) and (end is None or (i <= end if inclusive_end else i < end))
         ]  # fmt: skip
-    skip = _nonneg(q.get("skip"), "skip") or 0
-    limit = _nonneg(q.get("limit"), "limit")
+    skip = nonneg_int(q.get("skip"), "skip") or 0
+    limit = nonneg_int(q.get("limit"), "limit")
     offset = ids.index(selected[0]) + skip if selected else total
     page = selected[skip:] if limit is None else selected[skip : skip + limit]
     rows = []
@@ -244,15 +244,3 @@ def _key(q: Any, body: dict[str, Any], *names: str) -> str | None:
             raise BadRequest(f"{name} must be a string doc id")
         return value
     return None
-
-
-def _nonneg(value: str | None, name: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except ValueError as exc:
-        raise BadRequest(f"{name} must be a non-negative integer") from exc
-    if number < 0:
-        raise BadRequest(f"{name} must be a non-negative integer")
-    return number

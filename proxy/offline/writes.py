@@ -21,8 +21,8 @@ from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, Forbidden, json_response
 from proxy.keys import AUDIT, COUCH, SETTINGS
 from proxy.logs import REQUEST_ID_KEY
-from proxy.offline.changes import read_json
 from proxy.offline.view import UserView
+from proxy.params import read_json
 from proxy.passthrough import forward
 
 

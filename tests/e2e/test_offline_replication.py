@@ -120,13 +120,13 @@ async def test_live_replication_follows_moves_depth_and_deletes(
     put(backend, medic, place("house2", "clinic", "area1", "hc1", "district1"))
     put(backend, medic, person("p3", "house2", "area1", "hc1", "district1", shortcode="3003"))
     await live_chw.wait_for({"house2", "p3", "r_p3"})
-    # chw1's depth is lowered to 1: nothing new, then raised to unlimited with a new deep doc.
+    # A doc deeper than chw1's depth (2) is invisible until the depth is raised: then the
+    # feed backfills and it arrives without having changed.
+    put(backend, medic, person("deep", "p1", "house1", "area1", "hc1", "district1"))
     _, settings = backend.request("GET", f"/{medic}/settings")
     settings["settings"]["replication_depth"] = [{"role": "chw", "depth": 3}]
     put(backend, medic, settings)
-    await live_chw.wait_for({"settings"})
-    put(backend, medic, person("deep", "p1", "house1", "area1", "hc1", "district1"))
-    await live_chw.wait_for({"deep"})
+    await live_chw.wait_for({"settings", "deep"})
     # A person in scope is deleted: the tombstone arrives.
     _, p2 = backend.request("GET", f"/{medic}/p2")
     backend.request("DELETE", f"/{medic}/p2?rev={p2['_rev']}")

@@ -11,7 +11,7 @@ import pytest
 from proxy.devserver.backend import PouchServer
 
 from offline_data import CHW1_READS, SUPERVISOR_READS, auth, lineage
-from support import Gateway, assert_couch_error
+from support import Gateway, assert_couch_error, gateway_settings, start_gateway, stop_gateway
 
 
 async def changes(gw: Gateway, db: str, user: str, query: str = "") -> dict[str, Any]:
@@ -184,3 +184,16 @@ async def test_bad_feed_parameters_are_400(gw: Gateway, medic: str) -> None:
     ):
         status, body, _ = await gw.call("GET", f"/{medic}/_changes?{query}", auth=auth("chw1"))
         assert_couch_error(status, body, 400, "bad_request")
+
+
+async def test_a_restarted_couchgate_backfills_rather_than_skipping(
+    gw: Gateway, medic: str, backend: PouchServer
+) -> None:
+    token = (await changes(gw, medic, "chw1"))["last_seq"]
+    backend.request("PUT", f"/{medic}/r_after", {"type": "data_record", "fields": {"patient_id": "1001"}})
+    restarted = await start_gateway(gateway_settings(backend, medic))
+    try:
+        body = await changes(restarted, medic, "chw1", f"&since={token}")
+    finally:
+        await stop_gateway(restarted)
+    assert {r["id"] for r in body["results"]} == CHW1_READS | {"r_after"}
