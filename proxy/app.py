@@ -10,7 +10,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from proxy import dispatch, status
+from proxy.audit import routes as audit_routes
 from proxy.audit.api import NullAudit
+from proxy.audit.events import audit_middleware
+from proxy.audit.log import AuditLog
+from proxy.audit.retention import Retention
 from proxy.auth import routes as auth_routes
 from proxy.auth.authenticator import Authenticator
 from proxy.auth.tokens import TokenService
@@ -30,7 +34,13 @@ from proxy.settings import Settings
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         # Outermost first: every response gets a request id and a CouchDB-shaped error body.
-        middlewares=[request_id_middleware, error_middleware, cors_middleware, auth_middleware],
+        middlewares=[
+            request_id_middleware,
+            error_middleware,
+            cors_middleware,
+            audit_middleware,
+            auth_middleware,
+        ],
         # Bodies are streamed by the handlers and limited there; this bounds what aiohttp buffers.
         client_max_size=settings.max_json_bytes,
     )
@@ -41,6 +51,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SINCE_CODEC] = SinceCodec(secret.get_secret_value().encode() if secret else secrets.token_bytes(32))
     app.cleanup_ctx.append(upstream_ctx)
     app.cleanup_ctx.append(index_ctx)
+    app.cleanup_ctx.append(audit_ctx)
     app.on_response_prepare.append(on_prepare_cors)
     add_routes(app)
     return app
@@ -52,6 +63,10 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/_couchgate/ready", status.ready, name="ready", allow_head=False)
     r.add_post("/_couchgate/token", auth_routes.issue_token, name="issue_token")
     r.add_route("*", "/_session", auth_routes.session, name="session")
+    r.add_get("/_couchgate/audit", audit_routes.list_entries, name="audit_list", allow_head=False)
+    r.add_get(
+        "/_couchgate/audit/docs/{doc_id:.+}", audit_routes.doc_history, name="audit_doc", allow_head=False
+    )
     r.add_get("/_couchgate/users/{name}/scope", scope.user_scope, name="user_scope", allow_head=False)
     # Everything else is CouchDB's: forwarded for the callers couchgate lets through.
     r.add_route("*", "/{path:.*}", dispatch.couchdb_handler, name="couchdb_proxy")
@@ -83,3 +98,31 @@ async def index_ctx(app: web.Application) -> AsyncIterator[None]:
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
+
+
+async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The audit log writer; on shutdown it flushes what is still queued."""
+    settings = app[SETTINGS]
+    if not settings.audit_enabled:
+        yield
+        return
+    log = AuditLog(
+        app[COUCH], settings.audit_db, batch_size=settings.audit_batch_size,
+        flush_interval=settings.audit_flush_interval, queue_max=settings.audit_queue_max,
+    )  # fmt: skip
+    app[AUDIT] = log
+    tasks = [asyncio.create_task(log.run(), name="audit-writer")]
+    if settings.audit_retention_days:
+        retention = Retention(log, settings.audit_retention_days)
+        tasks.append(
+            asyncio.create_task(retention.run(settings.audit_retention_interval), name="audit-retention")
+        )
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await log.close()

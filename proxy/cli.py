@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from proxy.audit import cli as audit_cli
 from proxy.server import run_server
 from proxy.settings import SettingsError, load_settings
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=dev)
+    audit_cli.add_parser(sub)
     return parser
 
 

@@ -11,11 +11,13 @@ from aiohttp import web
 
 from proxy.access.config import UserCtx, is_offline
 from proxy.access.paths import CouchPath
+from proxy.audit import capture
 from proxy.auth.authenticator import CHALLENGE
 from proxy.auth.principal import Principal
 from proxy.errors import Unauthorized
-from proxy.keys import INDEX, PRINCIPAL
+from proxy.keys import INDEX, PRINCIPAL, SETTINGS
 from proxy.offline.routes import serve_offline
+from proxy.params import read_body
 from proxy.passthrough import credentials_for, forward, parse_path
 
 
@@ -44,4 +46,17 @@ async def couchdb_handler(request: web.Request) -> web.StreamResponse:
             raise Unauthorized("You are not authorized to access this resource.", headers=CHALLENGE)
     elif not is_public(request.method, path) and await offline(request, principal):
         return await serve_offline(request, path, principal)
-    return await forward(request, path, await credentials_for(request, principal, path))
+    credentials = await credentials_for(request, principal, path)
+    kind = capture.write_kind(request.method, path)
+    if kind is None:
+        return await forward(request, path, credentials)
+    # A write: recorded in the audit log with CouchDB's answer. JSON bodies are read (they
+    # are bounded) so each doc of a `_bulk_docs` gets its entry; attachments stay streamed.
+    body = None
+    if kind != "attachment" and request.content_type != "multipart/related":
+        body = await read_body(request, request.app[SETTINGS].max_json_bytes)
+
+    def answered(status: int, raw: bytes) -> None:
+        capture.record_write(request, path, kind, status, body, raw)
+
+    return await forward(request, path, credentials, body=body, on_answer=answered)

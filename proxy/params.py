@@ -26,13 +26,21 @@ def true(value: str | None) -> bool:
     return value is not None and value.lower() == "true"
 
 
-async def read_json(request: web.Request, limit: int, *, empty: Any = None) -> Any:
-    """The request body parsed as JSON, refused past `limit` bytes; `empty` for no body."""
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body, refused past `limit` bytes."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    raw = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        raw += chunk
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    return bytes(raw)
+
+
+async def read_json(request: web.Request, limit: int, *, empty: Any = None) -> Any:
+    """The request body parsed as JSON, refused past `limit` bytes; `empty` for no body."""
+    raw = await read_body(request, limit)
     if not raw.strip():
         if empty is not None:
             return empty

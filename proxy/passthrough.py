@@ -8,7 +8,8 @@ dropped; `Location` is rewritten to couchgate's address.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -103,7 +104,21 @@ async def credentials_for(request: web.Request, principal: Principal, path: Couc
     return {"Authorization": request.app[COUCH].service_auth}
 
 
-async def forward(request: web.Request, path: CouchPath, credentials: dict[str, str]) -> web.StreamResponse:
+AnswerHook = Callable[[int, bytes], None]
+CAPTURE_LIMIT = 1024 * 1024
+
+
+async def forward(
+    request: web.Request,
+    path: CouchPath,
+    credentials: dict[str, str],
+    *,
+    body: bytes | None = None,
+    on_answer: AnswerHook | None = None,
+) -> web.StreamResponse:
+    """Stream the request to CouchDB and its answer back. `body`: send these bytes instead
+    of the request's own (already read by the caller); `on_answer`: called at the end with
+    the status and the first MiB of the answer (for the audit log)."""
     settings = request.app[SETTINGS]
     couch = request.app[COUCH]
     declared = request.content_length
@@ -112,7 +127,10 @@ async def forward(request: web.Request, path: CouchPath, credentials: dict[str, 
     target = path.encoded()
     if request.rel_url.raw_query_string:
         target += "?" + request.rel_url.raw_query_string
-    data = limited_body(request, settings.max_body_bytes) if request.body_exists else None
+    if body is not None:
+        data: Any = body
+    else:
+        data = limited_body(request, settings.max_body_bytes) if request.body_exists else None
     headers = upstream_request_headers(request, credentials)
     own_credentials = credentials.get("Authorization") != couch.service_auth
     async with couch.stream(request.method, target, headers=headers, data=data) as upstream:
@@ -130,10 +148,13 @@ async def forward(request: web.Request, path: CouchPath, credentials: dict[str, 
             response.enable_chunked_encoding()
         stamp_request_id(request, response)
         await response.prepare(request)
+        captured = bytearray()
         if request.method != "HEAD":
             try:
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
+                    if on_answer is not None and len(captured) < CAPTURE_LIMIT:
+                        captured += chunk
             except MAPPED_ERRORS:
                 # Headers are sent: all a proxy can do is cut the client off, as upstream did.
                 log.warning("upstream broke off a streamed response", extra={"path": target})
@@ -141,4 +162,6 @@ async def forward(request: web.Request, path: CouchPath, credentials: dict[str, 
                     request.transport.close()
                 return response
         await response.write_eof()
+        if on_answer is not None:
+            on_answer(upstream.status, bytes(captured))
         return response

@@ -22,6 +22,13 @@ class Settings(BaseSettings):
     couch_password: SecretStr = SecretStr("")
     db: str = Field(default="medic", pattern=r"^[a-z][a-z0-9_$()+/-]*$")
     audit_db: str = Field(default="medic-audit", pattern=r"^[a-z][a-z0-9_$()+/-]*$")
+    # The audit log: written in batches off the request path (see proxy/audit/log.py).
+    audit_enabled: bool = True
+    audit_batch_size: int = Field(default=200, ge=1, le=10_000)
+    audit_flush_interval: float = Field(default=0.5, gt=0)
+    audit_queue_max: int = Field(default=100_000, ge=1)
+    audit_retention_days: int = Field(default=0, ge=0)  # 0 keeps entries forever
+    audit_retention_interval: float = Field(default=3600.0, gt=0)
 
     # Where couchgate listens, and the address clients use (for rewritten Location headers).
     host: str = "127.0.0.1"

@@ -7,8 +7,9 @@ from urllib.parse import quote
 from aiohttp import web
 
 from proxy import __version__
+from proxy.audit.log import AuditLog
 from proxy.errors import UpstreamError, error_response, json_response
-from proxy.keys import COUCH, SETTINGS
+from proxy.keys import AUDIT, COUCH, SETTINGS
 
 
 async def health(request: web.Request) -> web.Response:
@@ -27,4 +28,15 @@ async def ready(request: web.Request) -> web.Response:
         return error_response(503, "service_unavailable", f"database {db} does not exist")
     if not result.ok:
         return error_response(503, "service_unavailable", f"CouchDB answered {result.status} for {db}")
-    return json_response({"status": "ready", "db": db, "checks": {"upstream": "ok", "db": "ok"}})
+    checks: dict[str, object] = {"upstream": "ok", "db": "ok"}
+    sink = request.app[AUDIT]
+    if isinstance(sink, AuditLog):
+        audit = sink.health()
+        checks["audit"] = audit
+        if audit["error"] is not None:
+            # Writes would go unrecorded for now (they queue): not ready, and say why.
+            reason = f"audit log cannot be written: {audit['queued']} entries queued ({audit['error']})"
+            return json_response(
+                {"error": "service_unavailable", "reason": reason, "checks": checks}, status=503
+            )
+    return json_response({"status": "ready", "db": db, "checks": checks})

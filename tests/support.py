@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,15 @@ async def start_gateway(settings: Settings) -> Gateway:
 async def stop_gateway(gw: Gateway) -> None:
     await gw.http.close()
     await gw.server.close()
+
+
+async def eventually(check: Any, within: float = 10.0, step: float = 0.05) -> bool:
+    """Poll an async predicate until it holds or the time is up (no fixed sleeps in tests)."""
+    for _ in range(max(1, int(within / step))):
+        if await check():
+            return True
+        await asyncio.sleep(step)
+    return bool(await check())
 
 
 def assert_couch_error(status: int, body: Any, expected_status: int, error: str | None = None) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
+import orjson
 from aiohttp import web
 
+from proxy.audit.api import Outcome
+from proxy.audit.capture import record
 from proxy.auth.authenticator import CHALLENGE, check_password
 from proxy.errors import BadRequest, NotImplementedHere, Unauthorized, json_response
 from proxy.keys import COUCH, PRINCIPAL, TOKENS
-from proxy.params import read_json
+from proxy.params import read_body, read_json
 from proxy.passthrough import credentials_for, forward, parse_path
 
 MAX_LOGIN_BODY = 64 * 1024
@@ -17,7 +20,7 @@ MAX_LOGIN_BODY = 64 * 1024
 
 async def read_login(request: web.Request) -> tuple[str, str]:
     if request.content_type == "application/x-www-form-urlencoded":
-        form = parse_qs((await request.content.read(MAX_LOGIN_BODY)).decode("utf-8", "replace"))
+        form = parse_qs((await read_body(request, MAX_LOGIN_BODY)).decode("utf-8", "replace"))
         body: object = {k: v[0] for k, v in form.items()}
     else:
         body = await read_json(request, MAX_LOGIN_BODY)
@@ -37,8 +40,10 @@ async def issue_token(request: web.Request) -> web.Response:
     name, password = await read_login(request)
     user, roles = await check_password(request.app[COUCH], name, password)
     if user is None:
+        record(request, "token", "failure", user=name, reason="name or password incorrect")
         raise Unauthorized("Name or password is incorrect.", headers=CHALLENGE)
     token, ttl = tokens.issue(user, roles)
+    record(request, "token", "success", user=user)
     return json_response(
         {
             "ok": True,
@@ -63,4 +68,26 @@ async def session(request: web.Request) -> web.StreamResponse:
             }
         )
     path = parse_path(request)
-    return await forward(request, path, await credentials_for(request, principal, path))
+    credentials = await credentials_for(request, principal, path)
+    if request.method != "POST":
+        return await forward(request, path, credentials)
+    body = await read_body(request, MAX_LOGIN_BODY)
+
+    def answered(status: int, _: bytes) -> None:
+        # Never the password: only who tried and whether CouchDB accepted it.
+        outcome: Outcome = "success" if status < 300 else "failure"
+        record(request, "login", outcome, user=login_name(request.content_type, body))
+
+    return await forward(request, path, credentials, body=body, on_answer=answered)
+
+
+def login_name(content_type: str, body: bytes) -> str | None:
+    if content_type == "application/x-www-form-urlencoded":
+        names = parse_qs(body.decode("utf-8", "replace")).get("name")
+        return names[0] if names else None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    name = parsed.get("name") if isinstance(parsed, dict) else None
+    return name if isinstance(name, str) else None

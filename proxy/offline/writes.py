@@ -17,6 +17,7 @@ from aiohttp import web
 from proxy.access.decide import Decision, authorize_batch
 from proxy.access.paths import CouchPath
 from proxy.audit.api import AuditEntry
+from proxy.audit.events import RECORDED
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, Forbidden, json_response
 from proxy.keys import AUDIT, COUCH, SETTINGS
@@ -155,6 +156,7 @@ async def write_doc(
     action = _action(doc, stored.get(doc["_id"]))
     if not decisions[0].allowed:
         _audit(request, view, db, doc, stored.get(doc["_id"]), "forbidden", None, decisions[0].reason, action)
+        request[RECORDED] = True
         raise Forbidden(decisions[0].reason)
     couch = request.app[COUCH]
     target = f"{db_path}/{quote_id(doc['_id'])}"
@@ -180,6 +182,7 @@ async def write_attachment(
     decision = authorize_batch(view.user, view.settings, view.sync.index, [dict(stored)], {doc_id: stored})[0]
     if not decision.allowed:
         _audit(request, view, db, stored, stored, "forbidden", None, decision.reason, "attachment")
+        request[RECORDED] = True
         raise Forbidden(decision.reason)
     response = await forward(request, path, {"Authorization": request.app[COUCH].service_auth})
     _audit(

@@ -20,7 +20,9 @@ from proxy.seed.loader import SECURITY, load
 from support import basic
 
 
-async def test_load_is_complete_and_idempotent(backend: PouchServer) -> None:
+async def test_load_is_complete_and_idempotent() -> None:
+    # A backend of its own: the demo users must not collide with other tests' users.
+    backend = PouchServer().start()
     db = f"demo-{uuid.uuid4().hex[:8]}"
     data = preset("tiny", seed=3)
     expected = sum(1 for _ in data.docs())
@@ -35,12 +37,12 @@ async def test_load_is_complete_and_idempotent(backend: PouchServer) -> None:
         async with (
             aiohttp.ClientSession() as http,
             http.get(
-                f"{backend.url}/_session", headers={"Authorization": basic("chw1", "chw1-pass")}
+                f"{backend.url}/_session", headers={"Authorization": basic("chw3", "chw3-pass")}
             ) as resp,
         ):
-            assert b'"chw1"' in await resp.read()
+            assert b'"chw3"' in await resp.read()
     finally:
-        backend.request("DELETE", f"/{db}")
+        backend.stop()
 
 
 def listening(port: int) -> bool:
@@ -60,10 +62,10 @@ def test_couchgate_dev_serves_demo_data_and_ctrl_c_stops_everything() -> None:
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.2)
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/medic/_all_docs", headers={"Authorization": basic("chw1", "chw1-pass")}
+            f"http://127.0.0.1:{port}/medic/_all_docs", headers={"Authorization": basic("chw3", "chw3-pass")}
         )
         with urllib.request.urlopen(request, timeout=30) as resp:
-            assert resp.status == 200 and b"d0-hc0-a0" in resp.read()
+            assert resp.status == 200 and b"d0-hc0-a2" in resp.read()
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)

@@ -1,0 +1,97 @@
+"""`GET /_couchgate/audit` (admins) and `GET /_couchgate/audit/docs/{id}` (anyone who may
+read that doc)."""
+
+from __future__ import annotations
+
+import calendar
+import time
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from proxy.access.config import UserCtx, is_offline
+from proxy.audit.log import AuditLog
+from proxy.audit.query import MAX_LIMIT, AuditQuery, search
+from proxy.couch.client import quote_id
+from proxy.errors import BadRequest, Forbidden, NotFound, NotImplementedHere, json_response
+from proxy.keys import AUDIT, COUCH, INDEX, PRINCIPAL, SETTINGS
+from proxy.params import nonneg_int
+
+
+def audit_log(request: web.Request) -> AuditLog:
+    sink = request.app[AUDIT]
+    if not isinstance(sink, AuditLog):
+        raise NotImplementedHere("the audit log is off (COUCHGATE_AUDIT_ENABLED)")
+    return sink
+
+
+def parse_time(value: str | None, name: str) -> int | None:
+    """Milliseconds since the epoch, from an ISO-8601 UTC time or a number of ms."""
+    if value is None or value == "":
+        return None
+    if value.isdigit():
+        return int(value)
+    base, _, fraction = value.rstrip("Z").partition(".")
+    for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
+        try:
+            parsed = time.strptime(base, fmt)
+        except ValueError:
+            continue
+        millis = int((fraction + "000")[:3]) if fraction.isdigit() else 0
+        return calendar.timegm(parsed) * 1000 + millis
+    raise BadRequest(f"{name} must be an ISO-8601 UTC time or milliseconds since the epoch")
+
+
+def query_from(params: Mapping[str, str], **fixed: str) -> AuditQuery:
+    limit = nonneg_int(params.get("limit"), "limit") or 100
+    return AuditQuery(
+        doc_id=fixed.get("doc_id", params.get("doc")),
+        user=params.get("user"),
+        action=params.get("action"),
+        outcome=params.get("outcome"),
+        since_ms=parse_time(params.get("since"), "since"),
+        until_ms=parse_time(params.get("until"), "until"),
+        limit=min(max(limit, 1), MAX_LIMIT),
+        bookmark=params.get("next"),
+    )
+
+
+async def list_entries(request: web.Request) -> web.Response:
+    """Audit entries, newest first, filtered by doc, user, action, outcome and time."""
+    if not request[PRINCIPAL].is_admin:
+        raise Forbidden("You are not a server admin.")
+    log = audit_log(request)
+    await log.flush()  # what was recorded before this request is visible to it
+    return json_response(await search(request.app[COUCH], log.db, query_from(request.query)))
+
+
+async def may_read_doc(request: web.Request, doc_id: str) -> bool:
+    principal = request[PRINCIPAL]
+    if principal.is_admin:
+        return True
+    if principal.name is None:
+        return False
+    sync = request.app[INDEX]
+    settings = await sync.current_settings()
+    user = UserCtx(principal.name, principal.roles, principal.facility_ids, principal.contact_id)
+    if is_offline(user, settings):
+        await sync.sync()
+        return sync.index.is_readable_id(doc_id, user, sync.settings)
+    if not principal.upstream_headers:
+        return False
+    # Online users: whatever CouchDB lets them read with their own credentials.
+    db = request.app[SETTINGS].db
+    result = await request.app[COUCH].json(
+        "GET", f"/{db}/{quote_id(doc_id)}", headers=dict(principal.upstream_headers), use_service=False
+    )
+    return result.ok
+
+
+async def doc_history(request: web.Request) -> web.Response:
+    """Every recorded write of one doc, newest first."""
+    doc_id = request.match_info["doc_id"]
+    if not await may_read_doc(request, doc_id):
+        raise NotFound("missing")  # like any read of a doc outside one's scope
+    log = audit_log(request)
+    await log.flush()
+    return json_response(await search(request.app[COUCH], log.db, query_from(request.query, doc_id=doc_id)))
