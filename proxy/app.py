@@ -22,6 +22,7 @@ from proxy.auth.users import UserInfoCache
 from proxy.couch.client import CouchClient, new_session
 from proxy.couch.security_cache import SecurityCache
 from proxy.errors import error_middleware
+from proxy.importer import routes as importer
 from proxy.keys import AUDIT, AUTHENTICATOR, COUCH, INDEX, SECURITY, SETTINGS, SINCE_CODEC, TOKENS, USERS
 from proxy.logs import request_id_middleware
 from proxy.middlewares import auth_middleware, cors_middleware, on_prepare_cors
@@ -68,6 +69,8 @@ def add_routes(app: web.Application) -> None:
         "/_couchgate/audit/docs/{doc_id:.+}", audit_routes.doc_history, name="audit_doc", allow_head=False
     )
     r.add_get("/_couchgate/users/{name}/scope", scope.user_scope, name="user_scope", allow_head=False)
+    r.add_post("/import", importer.import_default, name="import_default")
+    r.add_post("/{db}/_couchgate/import", importer.import_db, name="import_db")
     # Everything else is CouchDB's: forwarded for the callers couchgate lets through.
     r.add_route("*", "/{path:.*}", dispatch.couchdb_handler, name="couchdb_proxy")
 
