@@ -117,15 +117,20 @@ class Importer:
     async def _import(self, docs: list[Prepared], attempt: int = 0) -> dict[int, dict[str, Any]]:
         stored = await stored_winners(self.couch, self.plan.db_path, [d.id for d in docs])
         answers: dict[int, dict[str, Any]] = {}
-        allowed = await self._judge(docs, stored, answers)
+        changed = []
+        for doc in docs:
+            current = stored.get(doc.id)
+            if same_content(doc.doc, current):  # nothing to write, so nothing to permit
+                answers[doc.index] = result(doc.index, doc.id, "unchanged", rev=(current or {}).get("_rev"))
+            else:
+                changed.append(doc)
+        allowed = await self._judge(changed, stored, answers)
         writes: list[tuple[Prepared, dict[str, Any], str]] = []  # (doc, body, status if written)
         branches: list[tuple[Prepared, dict[str, Any]]] = []
         for doc in allowed:
             current = stored.get(doc.id)
             if current is None:
                 writes.append((doc, doc.doc, "created"))
-            elif same_content(doc.doc, current):
-                answers[doc.index] = result(doc.index, doc.id, "unchanged", rev=current.get("_rev"))
             elif self.plan.mode == "skip":
                 answers[doc.index] = result(
                     doc.index,
@@ -190,7 +195,7 @@ class Importer:
         answers: dict[int, dict[str, Any]],
     ) -> list[Prepared]:
         """Offline users: the access rules, with this chunk's permitted contacts applied."""
-        if self.plan.user is None:
+        if self.plan.user is None or not docs:
             return docs
         sync = self.request.app[INDEX]
         await sync.sync()  # contacts written by earlier chunks are in the tree now
