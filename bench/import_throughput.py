@@ -1,0 +1,112 @@
+"""Import through couchgate versus plain `_bulk_docs` straight to the backend, in one run.
+
+    .venv/bin/python -m bench.import_throughput [--sizes 10000 100000]
+
+For each size: half the docs already exist (identical content, so `unchanged`), half are
+new. couchgate runs as a subprocess against an in-memory pouchdb-server; the direct
+baseline writes the same docs with `_bulk_docs` in batches of 500 to a fresh database.
+Also reports couchgate's peak RSS during the NDJSON import. Results: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import threading
+import time
+
+import aiohttp
+import orjson
+
+from bench.common import couchgate, rss_mb, write_section
+from proxy.couch.client import basic_auth_header
+from proxy.devserver.backend import PouchServer
+
+
+def make_docs(n: int, prefix: str) -> list[dict[str, object]]:
+    return [{"_id": f"{prefix}-{i:07d}", "type": "data_record", "form": "visit",
+             "fields": {"patient_id": str(100000 + i), "temperature": 36.6}} for i in range(n)]  # fmt: skip
+
+
+async def direct(backend: PouchServer, db: str, docs: list[dict[str, object]]) -> float:
+    headers = {"Authorization": backend.auth_header, "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        started = time.perf_counter()
+        for i in range(0, len(docs), 500):
+            async with http.post(
+                f"{backend.url}/{db}/_bulk_docs", data=orjson.dumps({"docs": docs[i : i + 500]})
+            ) as r:
+                assert r.status == 201
+        return time.perf_counter() - started
+
+
+async def via_import(
+    url: str, db: str, auth: str, docs: list[dict[str, object]]
+) -> tuple[float, dict[str, int]]:
+    async def body():
+        for i in range(0, len(docs), 1000):
+            yield b"".join(orjson.dumps(d) + b"\n" for d in docs[i : i + 1000])
+
+    headers = {"Authorization": auth, "Content-Type": "application/x-ndjson"}
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
+        started = time.perf_counter()
+        summary: dict[str, int] = {}
+        async with http.post(f"{url}/{db}/_couchgate/import", data=body()) as resp:
+            async for line in resp.content:
+                if line.startswith(b'{"summary"'):
+                    summary = orjson.loads(line)["summary"]
+        return time.perf_counter() - started, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    args = parser.parse_args()
+    rows = []
+    with PouchServer() as backend:
+        auth = basic_auth_header(backend.admin_user, backend.admin_password)
+        backend.request("PUT", "/unused")
+        with couchgate(backend, "unused", COUCHGATE_AUDIT_ENABLED="true") as (url, proc):
+            for n in args.sizes:
+                docs = make_docs(n, f"n{n}")
+                for db in (f"direct-{n}", f"import-{n}"):
+                    backend.request("PUT", f"/{db}")
+                existing = docs[: n // 2]
+                asyncio.run(direct(backend, f"direct-{n}", existing))
+                asyncio.run(direct(backend, f"import-{n}", existing))
+                direct_s = asyncio.run(direct(backend, f"direct-{n}", docs[n // 2 :]))  # the new half
+                peak = [rss_mb(proc.pid)]
+                stop = threading.Event()
+
+                def sample() -> None:
+                    while not stop.wait(0.05):
+                        peak.append(rss_mb(proc.pid))
+
+                sampler = threading.Thread(target=sample)
+                sampler.start()
+                import_s, summary = asyncio.run(via_import(url, f"import-{n}", auth, docs))
+                stop.set()
+                sampler.join()
+                assert summary == {"unchanged": n // 2, "created": n - n // 2}, summary
+                rows.append((n, direct_s, import_s, summary, peak[0], max(peak)))
+    lines = [
+        f"Command: `.venv/bin/python -m bench.import_throughput --sizes {' '.join(map(str, args.sizes))}`",
+        "(half of each input exists already with the same content; the direct baseline writes only the",
+        "new half with plain `_bulk_docs` of 500, while the import also checks, compares and answers for",
+        "every doc; in-memory pouchdb-server, couchgate as a subprocess with the audit log on).",
+        "",
+        "| docs | direct `_bulk_docs` (new half) | `/import` (all, NDJSON) | import docs/s | import / direct throughput | couchgate RSS before -> peak |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n, direct_s, import_s, _, before, top in rows:
+        lines.append(
+            f"| {n:,} | {direct_s:.2f} s ({(n - n // 2) / direct_s:,.0f} docs/s) | {import_s:.2f} s | {n / import_s:,.0f} "
+            f"| {(n / import_s) / ((n - n // 2) / direct_s):.2f}x | {before:.0f} -> {top:.0f} MB |"
+        )
+    write_section("Import throughput", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
