@@ -59,6 +59,11 @@ async def via_import(
         return time.perf_counter() - started, summary
 
 
+def sample_rss(pid: int, samples: list[float], stop: threading.Event) -> None:
+    while not stop.wait(0.05):
+        samples.append(rss_mb(pid))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -78,12 +83,7 @@ def main() -> None:
                 direct_s = asyncio.run(direct(backend, f"direct-{n}", docs[n // 2 :]))  # the new half
                 peak = [rss_mb(proc.pid)]
                 stop = threading.Event()
-
-                def sample() -> None:
-                    while not stop.wait(0.05):
-                        peak.append(rss_mb(proc.pid))
-
-                sampler = threading.Thread(target=sample)
+                sampler = threading.Thread(target=sample_rss, args=(proc.pid, peak, stop))
                 sampler.start()
                 import_s, summary = asyncio.run(via_import(url, f"import-{n}", auth, docs))
                 stop.set()
