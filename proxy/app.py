@@ -19,6 +19,7 @@ from proxy.auth import routes as auth_routes
 from proxy.auth.authenticator import Authenticator
 from proxy.auth.tokens import TokenService
 from proxy.auth.users import UserInfoCache
+from proxy.conflicts import routes as conflicts
 from proxy.couch.client import CouchClient, new_session
 from proxy.couch.security_cache import SecurityCache
 from proxy.errors import error_middleware
@@ -69,6 +70,19 @@ def add_routes(app: web.Application) -> None:
         "/_couchgate/audit/docs/{doc_id:.+}", audit_routes.doc_history, name="audit_doc", allow_head=False
     )
     r.add_get("/_couchgate/users/{name}/scope", scope.user_scope, name="user_scope", allow_head=False)
+    r.add_get("/{db}/_couchgate/conflicts", conflicts.list_conflicts, name="conflicts_list", allow_head=False)
+    r.add_post(
+        "/{db}/_couchgate/conflicts/{doc_id:.+}/resolve", conflicts.resolve_conflict, name="conflict_resolve"
+    )
+    r.add_post(
+        "/{db}/_couchgate/conflicts/{doc_id:.+}/split", conflicts.split_collision, name="conflict_split"
+    )
+    r.add_get(
+        "/{db}/_couchgate/conflicts/{doc_id:.+}",
+        conflicts.show_conflict,
+        name="conflict_show",
+        allow_head=False,
+    )
     r.add_post("/import", importer.import_default, name="import_default")
     r.add_post("/{db}/_couchgate/import", importer.import_db, name="import_db")
     # Everything else is CouchDB's: forwarded for the callers couchgate lets through.

@@ -1,0 +1,1 @@
+"""Finding, explaining and resolving CouchDB conflicts, UUID collisions included."""

@@ -1,0 +1,150 @@
+"""Conflicts as data (pure, no I/O): revision histories, classification, field diffs, the
+three-way merge, and references to a doc id anywhere in other docs.
+
+A leaf is `{"_rev", "_revisions": {"start", "ids"}, ...}` as `open_revs=all&revs=true`
+returns it. Classification: `delete_vs_edit` when a leaf is a deletion the resolver did not
+write, `concurrent_edit` when the leaves share an ancestor, `uuid_collision` when they do
+not (different first revisions: two docs that happen to have the same id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+META = {"_rev", "_revisions", "_conflicts", "_deleted_conflicts", "_id", "_attachments"}
+RESOLVED_MARK = "couchgate_resolved"
+MAX_DEPTH = 32
+
+
+def history(leaf: Mapping[str, Any]) -> list[str]:
+    """The leaf's revision path, newest first."""
+    revisions = leaf.get("_revisions")
+    if not isinstance(revisions, Mapping):
+        return [str(leaf.get("_rev"))]
+    start = int(revisions.get("start", 0))
+    return [f"{start - i}-{rev_id}" for i, rev_id in enumerate(revisions.get("ids") or [])]
+
+
+def common_ancestor(leaves: Sequence[Mapping[str, Any]]) -> str | None:
+    """The newest revision every leaf descends from, or None (a UUID collision)."""
+    if not leaves:
+        return None
+    shared = set(history(leaves[0]))
+    for leaf in leaves[1:]:
+        shared &= set(history(leaf))
+    for rev in history(leaves[0]):
+        if rev in shared:
+            return rev
+    return None
+
+
+def is_user_deletion(leaf: Mapping[str, Any]) -> bool:
+    return leaf.get("_deleted") is True and not leaf.get(RESOLVED_MARK)
+
+
+def classify(leaves: Sequence[Mapping[str, Any]]) -> str:
+    if any(is_user_deletion(leaf) for leaf in leaves):
+        return "delete_vs_edit"
+    live = [leaf for leaf in leaves if not leaf.get("_deleted")]
+    return "concurrent_edit" if common_ancestor(live) is not None else "uuid_collision"
+
+
+def body(doc: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (doc or {}).items() if k not in META}
+
+
+def diff(before: Any, after: Any, path: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Field-level differences, as `{"path": [...], "op": added|removed|changed, ...}`."""
+    if isinstance(before, Mapping) and isinstance(after, Mapping):
+        ops: list[dict[str, Any]] = []
+        for key in sorted(set(before) | set(after), key=str):
+            if key in META and not path:
+                continue
+            if key not in after:
+                ops.append({"path": [*path, key], "op": "removed", "before": before[key]})
+            elif key not in before:
+                ops.append({"path": [*path, key], "op": "added", "after": after[key]})
+            else:
+                ops += diff(before[key], after[key], (*path, key))
+        return ops
+    if before == after:
+        return []
+    return [{"path": list(path), "op": "changed", "before": before, "after": after}]
+
+
+class MergeConflict(Exception):
+    def __init__(self, paths: list[list[Any]]) -> None:
+        super().__init__(f"{len(paths)} fields changed differently on both sides")
+        self.paths = paths
+
+
+def _grown(base: list[Any], side: list[Any]) -> bool:
+    return all(item in side for item in base)
+
+
+def merge3(base: Any, left: Any, right: Any, path: tuple[Any, ...] = ()) -> Any:
+    """Combine two edits of `base`. A field changed on one side only takes that change;
+    arrays that only grew on both sides are unioned (base order, then left's additions,
+    then right's); anything else changed differently on both sides is a conflict."""
+    conflicts: list[list[Any]] = []
+    merged = _merge(base, left, right, path, conflicts)
+    if conflicts:
+        raise MergeConflict(conflicts)
+    return merged
+
+
+_ABSENT = object()
+
+
+def _merge(base: Any, left: Any, right: Any, path: tuple[Any, ...], conflicts: list[list[Any]]) -> Any:
+    if left == right:
+        return left
+    if left == base:
+        return right
+    if right == base:
+        return left
+    if isinstance(left, Mapping) and isinstance(right, Mapping):
+        base_map = base if isinstance(base, Mapping) else {}
+        out: dict[str, Any] = {}
+        for key in list(dict.fromkeys([*left, *right])):
+            value = _merge(base_map.get(key, _ABSENT), left.get(key, _ABSENT), right.get(key, _ABSENT),
+                           (*path, key), conflicts)  # fmt: skip
+            if value is not _ABSENT:
+                out[key] = value
+        return out
+    if isinstance(left, list) and isinstance(right, list):
+        base_list = base if isinstance(base, list) else []
+        if _grown(base_list, left) and _grown(base_list, right):
+            union = list(base_list)
+            for item in [*left, *right]:
+                if item not in union:
+                    union.append(item)
+            return union
+    conflicts.append(list(path))
+    return left
+
+
+def references(doc: Any, target: str, path: tuple[Any, ...] = (), depth: int = 0) -> list[list[Any]]:
+    """Every path in `doc` whose value is the string `target` (at any depth)."""
+    if depth > MAX_DEPTH:
+        return []
+    if isinstance(doc, str):
+        return [list(path)] if doc == target and path and path[0] != "_id" else []
+    if isinstance(doc, Mapping):
+        return [
+            p
+            for k, v in doc.items()
+            if k not in ("_rev", "_revisions")
+            for p in references(v, target, (*path, k), depth + 1)
+        ]
+    if isinstance(doc, list):
+        return [p for i, v in enumerate(doc) for p in references(v, target, (*path, i), depth + 1)]
+    return []
+
+
+def set_path(doc: dict[str, Any], path: Sequence[Any], value: Any) -> None:
+    node: Any = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
