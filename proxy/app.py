@@ -20,12 +20,15 @@ from proxy.auth.authenticator import Authenticator
 from proxy.auth.tokens import TokenService
 from proxy.auth.users import UserInfoCache
 from proxy.conflicts import routes as conflicts
+from proxy.conflicts.monitor import ConflictMonitor
+from proxy.conflicts.store import ConflictStore
 from proxy.couch.client import CouchClient, new_session
 from proxy.couch.security_cache import SecurityCache
 from proxy.errors import error_middleware
 from proxy.importer import routes as importer
 from proxy.keys import AUDIT, AUTHENTICATOR, COUCH, INDEX, SECURITY, SETTINGS, SINCE_CODEC, TOKENS, USERS
 from proxy.logs import request_id_middleware
+from proxy.metrics import METRICS, Metrics, metrics
 from proxy.middlewares import auth_middleware, cors_middleware, on_prepare_cors
 from proxy.offline import scope
 from proxy.offline.since import SinceCodec
@@ -54,6 +57,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(upstream_ctx)
     app.cleanup_ctx.append(index_ctx)
     app.cleanup_ctx.append(audit_ctx)
+    app.cleanup_ctx.append(conflicts_ctx)
+    app[METRICS] = Metrics()
     app.on_response_prepare.append(on_prepare_cors)
     add_routes(app)
     return app
@@ -70,6 +75,7 @@ def add_routes(app: web.Application) -> None:
         "/_couchgate/audit/docs/{doc_id:.+}", audit_routes.doc_history, name="audit_doc", allow_head=False
     )
     r.add_get("/_couchgate/users/{name}/scope", scope.user_scope, name="user_scope", allow_head=False)
+    r.add_get("/_couchgate/metrics", metrics, name="metrics", allow_head=False)
     r.add_get("/{db}/_couchgate/conflicts", conflicts.list_conflicts, name="conflicts_list", allow_head=False)
     r.add_post(
         "/{db}/_couchgate/conflicts/{doc_id:.+}/resolve", conflicts.resolve_conflict, name="conflict_resolve"
@@ -143,3 +149,20 @@ async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await log.close()
+
+
+async def conflicts_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The conflict monitor: metrics, the webhook, the optional background resolver."""
+    settings = app[SETTINGS]
+    store = ConflictStore(app[COUCH], settings.db)
+    webhook = str(settings.conflicts_webhook_url) if settings.conflicts_webhook_url else None
+    monitor = ConflictMonitor(
+        store, app[METRICS], app[AUDIT], app[COUCH].session, webhook, settings.conflicts_auto_resolve
+    )
+    task = asyncio.create_task(monitor.run(settings.conflicts_interval), name="conflict-monitor")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

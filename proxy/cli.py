@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from proxy.audit import cli as audit_cli
+from proxy.conflicts import cli as conflicts_cli
 from proxy.importer import cli as import_cli
 from proxy.server import run_server
 from proxy.settings import SettingsError, load_settings
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=dev)
     audit_cli.add_parser(sub)
     import_cli.add_parser(sub)
+    conflicts_cli.add_parser(sub)
     return parser
 
 

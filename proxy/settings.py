@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     # Browser PouchDB: origins allowed to call couchgate with credentials ("*" echoes any origin).
     cors_origins: tuple[str, ...] = ()
 
+    # Conflicts: how often the monitor counts them (metrics), where it announces new ones,
+    # and whether it resolves the ones whose three-way merge is clean.
+    conflicts_interval: float = Field(default=60.0, gt=0)
+    conflicts_webhook_url: AnyHttpUrl | None = None
+    conflicts_auto_resolve: bool = False
+    metrics_public: bool = False
+
     # Offline users: how many docs a user may replicate before the scope report warns.
     scope_warn_docs: int = Field(default=10_000, ge=1)
     # Key for signing offline users' `since` tokens; random per process when unset.

@@ -99,9 +99,28 @@ async function pullTimed(cmd) {
   return {first_ms: firstMs, docs: first.docs_written, noop_ms: noopMs, noop_docs: again.docs_written};
 }
 
+// {"op": "conflict", "url", "auth", "id"}: two offline devices pull `id`, edit it
+// differently (one grows its `read` list, the other changes `v`), then both push.
+async function conflict(cmd) {
+  const target = remote(cmd.url, cmd.auth);
+  const devices = [0, 1].map((i) => new PouchDB(`device${i}-` + Math.random(), {adapter: 'memory'}));
+  for (const device of devices) {
+    await device.replicate.from(target);
+  }
+  const [a, b] = await Promise.all(devices.map((d) => d.get(cmd.id)));
+  await devices[0].put({...a, read: [...a.read, 'device_a_user']});
+  await devices[1].put({...b, v: b.v + 1});
+  const pushes = [];
+  for (const device of devices) {
+    const res = await device.replicate.to(target);
+    pushes.push(res.docs_written);
+  }
+  return {pushes};
+}
+
 async function main() {
   const cmd = JSON.parse(process.argv[2]);
-  const ops = {sync, pull_push: pullPush, live, pull_timed: pullTimed};
+  const ops = {sync, pull_push: pullPush, live, pull_timed: pullTimed, conflict};
   const result = await ops[cmd.op](cmd);
   process.stdout.write(JSON.stringify(result) + '\n');
 }
