@@ -53,8 +53,12 @@ async def couchdb_handler(request: web.Request) -> web.StreamResponse:
     # A write: recorded in the audit log with CouchDB's answer. JSON bodies are read (they
     # are bounded) so each doc of a `_bulk_docs` gets its entry; attachments stay streamed.
     body = None
-    if kind != "attachment" and request.content_type != "multipart/related":
+    declared = request.content_length
+    bounded = declared is not None and declared <= request.app[SETTINGS].max_json_bytes
+    if kind != "attachment" and request.content_type != "multipart/related" and bounded:
         body = await read_body(request, request.app[SETTINGS].max_json_bytes)
+    # Larger or unsized bodies stream through untouched; their entries then come from
+    # CouchDB's answer alone (ids and revs, without the doc types).
 
     def answered(status: int, raw: bytes) -> None:
         capture.record_write(request, path, kind, status, body, raw)

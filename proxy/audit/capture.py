@@ -74,6 +74,12 @@ ERROR_OUTCOMES: dict[str, Outcome] = {
 def _record_bulk(request: web.Request, db: str | None, status: int, body: Any, answer: Any) -> None:
     docs = body.get("docs") if isinstance(body, dict) else None
     if not isinstance(docs, list):
+        # The request streamed through unread: one entry per row CouchDB answered.
+        for row in answer if isinstance(answer, list) else []:
+            if isinstance(row, dict):
+                outcome = ERROR_OUTCOMES.get(row["error"], "invalid") if "error" in row else "written"
+                record(request, "bulk_docs", outcome, db=db, doc_id=row.get("id"), rev_after=row.get("rev"),
+                       reason=row.get("reason"))  # fmt: skip
         return
     new_edits = body.get("new_edits", True) is not False
     rows: dict[str | None, deque[dict[str, Any]]] = defaultdict(deque)

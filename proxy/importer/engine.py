@@ -3,6 +3,8 @@ every doc answered in input order; nothing stops at the first problem."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,6 +29,7 @@ AUDIT_OUTCOMES: dict[str, Outcome] = {
     "invalid": "invalid",
 }
 CHUNK = 500
+IN_FLIGHT = 3
 RETRIES = 3
 
 
@@ -53,6 +56,11 @@ def result(
     return row
 
 
+def branched(doc: Prepared, body: dict[str, Any], reason: str) -> dict[str, Any]:
+    """keep_both's answer: `conflict`, with the rev of the branch holding the import."""
+    return result(doc.index, doc.id, "conflict", rev=body["_rev"], reason=reason)
+
+
 async def stored_winners(
     couch: CouchClient, db_path: str, ids: list[str]
 ) -> dict[str, dict[str, Any] | None]:
@@ -75,19 +83,31 @@ class Importer:
         self.plan = plan
 
     async def run(self, items: AsyncIterator[Any]) -> AsyncIterator[dict[str, Any]]:
-        """Results in input order, chunk by chunk, as they are known."""
+        """Results in input order, chunk by chunk, as they are known. For admins and online
+        users a few chunks are in flight at once; an offline user's chunks go one after the
+        other, so contacts created by one are in the tree when the next is judged."""
+        in_flight = 1 if self.plan.user is not None else IN_FLIGHT
+        pending: deque[asyncio.Task[list[dict[str, Any]]]] = deque()
         chunk: list[tuple[int, Any]] = []
         index = 0
-        async for item in items:
-            chunk.append((index, item))
-            index += 1
-            if len(chunk) == CHUNK:
-                for row in await self.chunk(chunk):
+        try:
+            async for item in items:
+                chunk.append((index, item))
+                index += 1
+                if len(chunk) == CHUNK:
+                    pending.append(asyncio.create_task(self.chunk(chunk)))
+                    chunk = []
+                    while len(pending) >= in_flight:
+                        for row in await pending.popleft():
+                            yield row
+            if chunk:
+                pending.append(asyncio.create_task(self.chunk(chunk)))
+            while pending:
+                for row in await pending.popleft():
                     yield row
-                chunk = []
-        if chunk:
-            for row in await self.chunk(chunk):
-                yield row
+        finally:
+            for task in pending:
+                task.cancel()
 
     async def chunk(self, items: list[tuple[int, Any]]) -> list[dict[str, Any]]:
         answers: dict[int, dict[str, Any]] = {}
@@ -147,13 +167,7 @@ class Importer:
             for doc, _, status in writes:
                 answers[doc.index] = result(doc.index, doc.id, status)
             for doc, body in branches:
-                answers[doc.index] = result(
-                    doc.index,
-                    doc.id,
-                    "conflict",
-                    rev=body["_rev"],
-                    reason="would be stored as a conflicting branch",
-                )
+                answers[doc.index] = branched(doc, body, "would be stored as a conflicting branch")
             return answers
         retry: list[Prepared] = []
         if writes:
@@ -173,17 +187,12 @@ class Importer:
             for doc, body in branches:
                 branch_row = rows.get(doc.id)
                 if branch_row is None or "error" not in branch_row:
-                    answers[doc.index] = result(
-                        doc.index,
-                        doc.id,
-                        "conflict",
-                        rev=body["_rev"],
-                        reason="stored as a conflicting branch (on_conflict=keep_both)",
+                    answers[doc.index] = branched(
+                        doc, body, "stored as a conflicting branch (on_conflict=keep_both)"
                     )
                 else:
-                    answers[doc.index] = result(
-                        doc.index, doc.id, _status(row["error"]), reason=str(row.get("reason"))
-                    )
+                    error, why = branch_row["error"], str(branch_row.get("reason"))
+                    answers[doc.index] = result(doc.index, doc.id, _status(error), reason=why)
         if retry:
             answers.update(await self._import(retry, attempt + 1))
         return answers

@@ -245,12 +245,16 @@ async def test_stopping_couchgate_flushes_pending_entries(
         backend.request("DELETE", f"/{gw.settings.audit_db}")
 
 
+def cli_env(backend: PouchServer, audit_db: str) -> dict[str, str]:
+    """The environment `couchgate audit ...` reads its settings from."""
+    return {**os.environ, "COUCHGATE_COUCH_URL": backend.url, "COUCHGATE_COUCH_USER": backend.admin_user,
+            "COUCHGATE_COUCH_PASSWORD": backend.admin_password, "COUCHGATE_AUDIT_DB": audit_db, "COLUMNS": "200"}  # fmt: skip
+
+
 def verify_cli(backend: PouchServer, audit_db: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COUCHGATE_COUCH_URL": backend.url, "COUCHGATE_COUCH_USER": backend.admin_user,
-           "COUCHGATE_COUCH_PASSWORD": backend.admin_password, "COUCHGATE_AUDIT_DB": audit_db, "COLUMNS": "200"}  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "proxy", "audit", "verify"],
-        env=env,
+        env=cli_env(backend, audit_db),
         capture_output=True,
         text=True,
         timeout=60,
@@ -278,8 +282,7 @@ async def test_verify_finds_edited_and_deleted_entries(
 
 def test_tail_cli_prints_newest_entries(backend: PouchServer) -> None:
     audit_db = f"audit-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "COUCHGATE_COUCH_URL": backend.url, "COUCHGATE_COUCH_USER": backend.admin_user,
-           "COUCHGATE_COUCH_PASSWORD": backend.admin_password, "COUCHGATE_AUDIT_DB": audit_db, "COLUMNS": "200"}  # fmt: skip
+    env = cli_env(backend, audit_db)
     asyncio.run(_seed_audit(backend, audit_db))
     try:
         out = subprocess.run([sys.executable, "-m", "proxy", "audit", "tail", "--doc", "tail-doc"], env=env,
@@ -318,3 +321,24 @@ async def test_retention_removes_old_entries_and_verify_still_holds(
     assert removed >= 3 and len(remaining) == 6 - removed
     assert verify(remaining, markers) == []
     assert verify(remaining) != []  # without the marker the cut would look like tampering
+
+
+async def test_unsized_bulk_docs_stream_through_and_are_recorded_from_the_answer(
+    agw: Gateway, backend: PouchServer, db: str, users: dict[str, TestUser]
+) -> None:
+    import orjson
+
+    payload = orjson.dumps({"docs": [{"_id": "s1"}, {"_id": "s2"}]})
+
+    async def chunked():  # no Content-Length: couchgate cannot know the size in advance
+        yield payload[:10]
+        yield payload[10:]
+
+    async with agw.http.post(f"{agw.url}/{db}/_bulk_docs", data=chunked(),
+                             headers={"Authorization": users["alice"].auth, "Content-Type": "application/json",
+                                      "Accept": "application/json"}) as resp:  # fmt: skip
+        assert resp.status == 201
+        rows = orjson.loads(await resp.read())
+    recorded = {e["doc_id"]: e for e in await entries(agw, backend, "&action=bulk_docs")}
+    assert set(recorded) == {"s1", "s2"}
+    assert recorded["s1"]["rev_after"] == next(r["rev"] for r in rows if r["id"] == "s1")
