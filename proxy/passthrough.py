@@ -132,6 +132,8 @@ async def forward(
     else:
         data = limited_body(request, settings.max_body_bytes) if request.body_exists else None
     headers = upstream_request_headers(request, credentials)
+    if on_answer is not None:
+        headers["Accept-Encoding"] = "identity"  # the audit log reads this answer
     own_credentials = credentials.get("Authorization") != couch.service_auth
     async with couch.stream(request.method, target, headers=headers, data=data) as upstream:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -147,21 +149,47 @@ async def forward(
         if upstream.content_length is None and request.method != "HEAD":
             response.enable_chunked_encoding()
         stamp_request_id(request, response)
-        await response.prepare(request)
         captured = bytearray()
-        if request.method != "HEAD":
-            try:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-                    if on_answer is not None and len(captured) < CAPTURE_LIMIT:
-                        captured += chunk
-            except MAPPED_ERRORS:
-                # Headers are sent: all a proxy can do is cut the client off, as upstream did.
-                log.warning("upstream broke off a streamed response", extra={"path": target})
-                if request.transport is not None:
-                    request.transport.close()
-                return response
-        await response.write_eof()
-        if on_answer is not None:
-            on_answer(upstream.status, bytes(captured))
+        client_gone = False
+        try:
+            await response.prepare(request)
+        except ConnectionResetError:
+            client_gone = True
+        try:
+            if request.method != "HEAD":
+                client_gone = await _relay(upstream, response, captured if on_answer else None, client_gone)
+            if not client_gone:
+                await response.write_eof()
+        except MAPPED_ERRORS:
+            # Headers are sent: all a proxy can do is cut the client off, as upstream did.
+            log.warning("upstream broke off a streamed response", extra={"path": target})
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        except ConnectionResetError:
+            client_gone = True
+        finally:
+            # A write happened upstream whether or not its caller stayed to hear the answer.
+            if on_answer is not None:
+                on_answer(upstream.status, bytes(captured))
+        if client_gone:
+            raise ConnectionResetError("the client went away")
         return response
+
+
+async def _relay(
+    upstream: Any, response: web.StreamResponse, captured: bytearray | None, client_gone: bool
+) -> bool:
+    """Copy the answer to the client; with `captured`, keep (the first MiB of) it too, and
+    read it to the end even if the client leaves, so the audit log sees the outcome."""
+    async for chunk in upstream.content.iter_any():
+        if captured is not None and len(captured) < CAPTURE_LIMIT:
+            captured += chunk
+        if not client_gone:
+            try:
+                await response.write(chunk)
+            except ConnectionResetError:
+                client_gone = True
+                if captured is None:
+                    return True
+    return client_gone

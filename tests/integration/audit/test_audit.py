@@ -342,3 +342,26 @@ async def test_unsized_bulk_docs_stream_through_and_are_recorded_from_the_answer
     recorded = {e["doc_id"]: e for e in await entries(agw, backend, "&action=bulk_docs")}
     assert set(recorded) == {"s1", "s2"}
     assert recorded["s1"]["rev_after"] == next(r["rev"] for r in rows if r["id"] == "s1")
+
+
+async def test_writes_are_recorded_even_when_the_client_does_not_wait_for_the_answer(
+    agw: Gateway, backend: PouchServer, db: str, users: dict[str, TestUser]
+) -> None:
+    import orjson
+
+    headers = {
+        "Authorization": users["alice"].auth,
+        "Content-Type": "application/json",
+        "Accept-Encoding": "gzip",
+    }
+    for n in range(10):
+        batch = orjson.dumps({"docs": [{"_id": f"hasty-{n}-{i}"} for i in range(20)]})
+        async with agw.http.post(f"{agw.url}/{db}/_bulk_docs", data=batch, headers=headers) as resp:
+            assert resp.status == 201  # and leave without reading the body
+    _, info = backend.request("GET", f"/{db}")
+    assert info["doc_count"] == 200
+
+    async def all_recorded() -> bool:
+        return len([e for e in await entries(agw, backend) if str(e["doc_id"]).startswith("hasty-")]) == 200
+
+    assert await eventually(all_recorded)
