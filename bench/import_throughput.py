@@ -3,9 +3,10 @@
     .venv/bin/python -m bench.import_throughput [--sizes 10000 100000]
 
 For each size: half the docs already exist (identical content, so `unchanged`), half are
-new. couchgate runs as a subprocess against an in-memory pouchdb-server; the direct
-baseline writes the same docs with `_bulk_docs` in batches of 500 to a fresh database.
-Also reports couchgate's peak RSS during the NDJSON import. Results: docs/benchmarks.md.
+new. couchgate runs as a subprocess against an in-memory pouchdb-server, with the audit
+log off and then on; the direct baseline sends the same docs with `_bulk_docs` in batches
+of 500 to a database in the same state. Also reports couchgate's peak RSS during the
+NDJSON import. Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -72,37 +73,40 @@ def main() -> None:
     with PouchServer() as backend:
         auth = basic_auth_header(backend.admin_user, backend.admin_password)
         backend.request("PUT", "/unused")
-        with couchgate(backend, "unused", COUCHGATE_AUDIT_ENABLED="true") as (url, proc):
-            for n in args.sizes:
-                docs = make_docs(n, f"n{n}")
-                for db in (f"direct-{n}", f"import-{n}"):
-                    backend.request("PUT", f"/{db}")
-                existing = docs[: n // 2]
-                asyncio.run(direct(backend, f"direct-{n}", existing))
-                asyncio.run(direct(backend, f"import-{n}", existing))
-                direct_s = asyncio.run(direct(backend, f"direct-{n}", docs))  # the existing half: 409 rows
-                peak = [rss_mb(proc.pid)]
-                stop = threading.Event()
-                sampler = threading.Thread(target=sample_rss, args=(proc.pid, peak, stop))
-                sampler.start()
-                import_s, summary = asyncio.run(via_import(url, f"import-{n}", auth, docs))
-                stop.set()
-                sampler.join()
-                assert summary == {"unchanged": n // 2, "created": n - n // 2}, summary
-                rows.append((n, direct_s, import_s, summary, peak[0], max(peak)))
+        for audit in ("off", "on"):
+            env = {"COUCHGATE_AUDIT_ENABLED": "true" if audit == "on" else "false"}
+            with couchgate(backend, "unused", **env) as (url, proc):
+                for n in args.sizes:
+                    docs = make_docs(n, f"n{n}")
+                    for db in (f"direct-{audit}-{n}", f"import-{audit}-{n}"):
+                        backend.request("PUT", f"/{db}")
+                        asyncio.run(direct(backend, db, docs[: n // 2]))  # half exists already
+                    direct_s = asyncio.run(
+                        direct(backend, f"direct-{audit}-{n}", docs)
+                    )  # that half: 409 rows
+                    peak = [rss_mb(proc.pid)]
+                    stop = threading.Event()
+                    sampler = threading.Thread(target=sample_rss, args=(proc.pid, peak, stop))
+                    sampler.start()
+                    import_s, summary = asyncio.run(via_import(url, f"import-{audit}-{n}", auth, docs))
+                    stop.set()
+                    sampler.join()
+                    assert summary == {"unchanged": n // 2, "created": n - n // 2}, summary
+                    rows.append((audit, n, direct_s, import_s, peak[0], max(peak)))
     lines = [
         f"Command: `.venv/bin/python -m bench.import_throughput --sizes {' '.join(map(str, args.sizes))}`",
         "(half of each input exists already with the same content; the direct baseline sends the same",
         "docs with plain `_bulk_docs` of 500 (the existing half comes back as conflicts), while the import",
         "also checks, compares and answers for every doc; in-memory pouchdb-server, couchgate as a",
-        "subprocess with the audit log on).",
+        "subprocess, once with the audit log off and once on: with it on, every created doc costs the",
+        "same single-threaded backend a second write, its audit entry).",
         "",
-        "| docs | direct `_bulk_docs` | `/import` (NDJSON) | import docs/s | import / direct throughput | couchgate RSS before -> peak |",
-        "|---|---|---|---|---|---|",
+        "| audit log | docs | direct `_bulk_docs` | `/import` (NDJSON) | import docs/s | import / direct throughput | couchgate RSS before -> peak |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for n, direct_s, import_s, _, before, top in rows:
+    for audit, n, direct_s, import_s, before, top in rows:
         lines.append(
-            f"| {n:,} | {direct_s:.2f} s ({n / direct_s:,.0f} docs/s) | {import_s:.2f} s | {n / import_s:,.0f} "
+            f"| {audit} | {n:,} | {direct_s:.2f} s ({n / direct_s:,.0f} docs/s) | {import_s:.2f} s | {n / import_s:,.0f} "
             f"| {direct_s / import_s:.2f}x | {before:.0f} -> {top:.0f} MB |"
         )
     write_section("Import throughput", "\n".join(lines))
