@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     rows = []
-    with PouchServer() as backend:
+    with PouchServer(heap_mb=12_288) as backend:
         backend.request("PUT", "/_users/org.couchdb.user:writer",
                         {"name": "writer", "password": "writer-pass", "roles": ["member"], "type": "user"})  # fmt: skip
         backend.request("PUT", "/bench")

@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     args = parser.parse_args()
     rows = []
-    with PouchServer() as backend:
+    with PouchServer(heap_mb=12_288) as backend:
         auth = basic_auth_header(backend.admin_user, backend.admin_password)
         backend.request("PUT", "/unused")
         for audit in ("off", "on"):

@@ -84,7 +84,7 @@ async def longpoll_latency(gateway: str, backend: PouchServer, rounds: int) -> l
 
 def measure(preset_name: str, rounds: int) -> dict[str, Any]:
     result: dict[str, Any] = {"preset": preset_name}
-    with PouchServer() as backend:
+    with PouchServer(heap_mb=12_288) as backend:
         data = preset(preset_name)
         t = time.perf_counter()
         report = asyncio.run(load(backend.url, backend.admin_user, backend.admin_password, "medic", data))

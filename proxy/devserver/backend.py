@@ -53,6 +53,9 @@ class PouchServer:
     in_memory: bool = True
     data_dir: Path | None = None
     node_dir: Path = NODE_DIR
+    # Node's old-space limit in MB (None: node's default). A million docs in memory need more
+    # than the default, or the backend spends its time collecting garbage.
+    heap_mb: int | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _tmp: str | None = field(default=None, init=False, repr=False)
 
@@ -76,7 +79,8 @@ class PouchServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "config.json"
         config.write_text(json.dumps({"admins": {self.admin_user: self.admin_password}}))
-        cmd = ["node", str(pouchdb_server_bin(self.node_dir))]
+        cmd = ["node", *([f"--max-old-space-size={self.heap_mb}"] if self.heap_mb else []),
+               str(pouchdb_server_bin(self.node_dir))]  # fmt: skip
         if self.in_memory:
             cmd.append("--in-memory")
         cmd += [
