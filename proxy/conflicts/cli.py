@@ -61,23 +61,51 @@ def show_table(console: Console, described: dict[str, Any]) -> None:
     console.print(table)
 
 
-async def run(args: argparse.Namespace, console: Console) -> int:
-    if args.conflicts_command == "list":
-        status, body = await call(args, "GET", base(args) + f"?limit={args.limit}")
+async def list_all(args: argparse.Namespace, console: Console) -> int:
+    """Every conflicted doc: follows `next` page after page (`--limit` docs a request)."""
+    table = Table("id", "type", "classification", "winner", "conflicting revs")
+    bookmark: str | None = None
+    while True:
+        query = f"?limit={args.limit}" + (f"&next={quote(bookmark, safe='')}" if bookmark else "")
+        status, body = await call(args, "GET", base(args) + query)
         if status != 200:
             console.print(f"[red]{status}[/red] {body}")
             return 1
-        table = Table("id", "type", "classification", "winner", "conflicting revs")
         for c in body["conflicts"]:
-            table.add_row(
-                c["id"],
-                str(c["type"]),
-                c["classification"],
-                str(c["winner"]),
-                ", ".join(c["conflicts"] + c["deleted"]),
-            )
-        console.print(table)
-        return 0
+            revs = ", ".join(c["conflicts"] + c["deleted"])
+            table.add_row(c["id"], str(c["type"]), c["classification"], str(c["winner"]), revs)
+        bookmark = body.get("next")
+        if not bookmark:
+            break
+    console.print(table)
+    return 0
+
+
+def show_split(console: Console, plan: dict[str, Any]) -> None:
+    """The new doc of each leaf group, then every reference and the id it gets."""
+    docs = Table("leaf revs", "type", "new id", "body from", title=f"split of {plan['id']}")
+    for group in plan["leaves"]:
+        revs = ", ".join(group.get("revs") or [group["rev"]])
+        docs.add_row(revs, str(group["type"]), group["new_id"], str(group.get("from", "leaf")))
+    refs = Table("doc", "path", "suggested", "chosen", title="references")
+    for ref in plan["references"]:
+        chosen = ref["chosen"] or "[red]choose with --ref DOC:PATH=NEWID[/red]"
+        refs.add_row(ref["doc_id"], ".".join(map(str, ref["path"])), str(ref["suggested"]), chosen)
+    console.print(docs)
+    console.print(refs)
+    if plan.get("already_split"):
+        console.print("already split: nothing to do")
+    elif plan.get("dry_run"):
+        console.print(
+            f"dry run: nothing written ({plan['unresolved']} references unresolved); --apply writes"
+        )
+    else:
+        console.print("split written")
+
+
+async def run(args: argparse.Namespace, console: Console) -> int:
+    if args.conflicts_command == "list":
+        return await list_all(args, console)
     doc = quote(args.id, safe="")
     if args.conflicts_command == "show":
         status, body = await call(args, "GET", f"{base(args)}/{doc}")
@@ -101,7 +129,12 @@ async def run(args: argparse.Namespace, console: Console) -> int:
             target, _, new = choice.partition("=")
             ref_doc, _, path = target.partition(":")
             refs.setdefault(ref_doc, {})[path] = new
-        status, body = await call(args, "POST", f"{base(args)}/{doc}/split{query}", {"references": refs})
+        keep = dict(choice.partition("=")[::2] for choice in args.keep or [])  # ROOT=REV
+        payload = {"references": refs, **({"keep": keep} if keep else {})}
+        status, body = await call(args, "POST", f"{base(args)}/{doc}/split{query}", payload)
+        if status == 200:
+            show_split(console, body)
+            return 0
     console.print_json(orjson.dumps(body).decode())
     return 0 if status == 200 else 1
 
@@ -114,7 +147,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--db", default=os.environ.get("COUCHGATE_DB", "medic"))
     commands = p.add_subparsers(dest="conflicts_command", required=True)
     listing = commands.add_parser("list")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=int, default=50, help="docs per request (every page is listed)")
     show = commands.add_parser("show")
     show.add_argument("id")
     resolve = commands.add_parser("resolve")
@@ -127,6 +160,7 @@ def add_parser(sub: Any) -> None:
     split.add_argument("id")
     split.add_argument("--apply", action="store_true", help="write (the default only shows the plan)")
     split.add_argument("--ref", action="append", help="DOC:PATH=NEWID to choose a reference's new id")
+    split.add_argument("--keep", action="append", help="ROOT=REV: the leaf a group of concurrent edits keeps")
     p.set_defaults(func=main)
 
 

@@ -2,9 +2,15 @@
 three-way merge, and references to a doc id anywhere in other docs.
 
 A leaf is `{"_rev", "_revisions": {"start", "ids"}, ...}` as `open_revs=all&revs=true`
-returns it. Classification: `delete_vs_edit` when a leaf is a deletion the resolver did not
-write, `concurrent_edit` when the leaves share an ancestor, `uuid_collision` when they do
-not (different first revisions: two docs that happen to have the same id).
+returns it. The leaves that *count* (`conflicting`) are the live ones and the deletions a
+person made; the tombstones couchgate writes when it resolves carry `couchgate_resolved`
+and never count, so a resolved doc is not a conflict any more. Classification:
+`delete_vs_edit` when a counting leaf is a deletion, `concurrent_edit` when the live leaves
+share an ancestor, `uuid_collision` when they do not (different first revisions: two docs
+that happen to have the same id).
+
+JSON values are compared with their type (`same`): in Python `1 == True`, in JSON a change
+from 1 to true is a change.
 """
 
 from __future__ import annotations
@@ -39,12 +45,38 @@ def common_ancestor(leaves: Sequence[Mapping[str, Any]]) -> str | None:
     return None
 
 
+def root(leaf: Mapping[str, Any]) -> str:
+    """The oldest revision the leaf's history still names (its first one, unless pruned)."""
+    return history(leaf)[-1]
+
+
 def is_user_deletion(leaf: Mapping[str, Any]) -> bool:
     return leaf.get("_deleted") is True and not leaf.get(RESOLVED_MARK)
 
 
+def conflicting(leaves: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The leaves a person has to reconcile: live leaves and unmarked deletions. None when
+    no leaf is live (the doc is deleted whichever deletion wins)."""
+    live = [leaf for leaf in leaves if not leaf.get("_deleted")]
+    return [*live, *(leaf for leaf in leaves if is_user_deletion(leaf))] if live else []
+
+
+def winner(leaves: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """CouchDB's winning leaf: live before deleted, then the longest history, then the
+    highest revision id."""
+    if not leaves:
+        return None
+    return max(leaves, key=lambda leaf: (not leaf.get("_deleted"), generation(leaf["_rev"]), leaf["_rev"]))
+
+
+def generation(rev: str) -> int:
+    head, _, _ = rev.partition("-")
+    return int(head) if head.isdigit() else 0
+
+
 def classify(leaves: Sequence[Mapping[str, Any]]) -> str:
-    if any(is_user_deletion(leaf) for leaf in leaves):
+    counting = conflicting(leaves)
+    if any(leaf.get("_deleted") for leaf in counting):
         return "delete_vs_edit"
     live = [leaf for leaf in leaves if not leaf.get("_deleted")]
     return "concurrent_edit" if common_ancestor(live) is not None else "uuid_collision"
@@ -68,7 +100,7 @@ def diff(before: Any, after: Any, path: tuple[Any, ...] = ()) -> list[dict[str, 
             else:
                 ops += diff(before[key], after[key], (*path, key))
         return ops
-    if before == after:
+    if same(before, after):
         return []
     return [{"path": list(path), "op": "changed", "before": before, "after": after}]
 
@@ -79,8 +111,27 @@ class MergeConflict(Exception):
         self.paths = paths
 
 
+def same(a: Any, b: Any) -> bool:
+    """JSON equality: booleans are not numbers, and 1 and 1.0 are one JSON number."""
+    if a is b:
+        return True
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def _contains(items: list[Any], item: Any) -> bool:
+    return any(same(item, other) for other in items)
+
+
 def _grown(base: list[Any], side: list[Any]) -> bool:
-    return all(item in side for item in base)
+    return all(_contains(side, item) for item in base)
 
 
 def merge3(base: Any, left: Any, right: Any, path: tuple[Any, ...] = ()) -> Any:
@@ -98,11 +149,11 @@ _ABSENT = object()
 
 
 def _merge(base: Any, left: Any, right: Any, path: tuple[Any, ...], conflicts: list[list[Any]]) -> Any:
-    if left == right:
+    if same(left, right):
         return left
-    if left == base:
+    if same(left, base):
         return right
-    if right == base:
+    if same(right, base):
         return left
     if isinstance(left, Mapping) and isinstance(right, Mapping):
         base_map = base if isinstance(base, Mapping) else {}
@@ -118,7 +169,7 @@ def _merge(base: Any, left: Any, right: Any, path: tuple[Any, ...], conflicts: l
         if _grown(base_list, left) and _grown(base_list, right):
             union = list(base_list)
             for item in [*left, *right]:
-                if item not in union:
+                if not _contains(union, item):
                     union.append(item)
             return union
     conflicts.append(list(path))

@@ -1,99 +1,120 @@
-"""`/{db}/_couchgate/conflicts[...]`: admins, and users holding `can_resolve_conflicts`."""
+"""`/{db}/_couchgate/conflicts[...]`: admins, and online users holding `can_resolve_conflicts`.
+
+These endpoints read and write with couchgate's service account, so who may use them on
+which database is decided here:
+- server admins: the main database, or any other that exists (unknown: 404); never a
+  system database (`_users`, `_replicator`, any name starting with `_`): 403;
+- online users with `can_resolve_conflicts`: the main database only;
+- offline users are refused (403), permission or not. The leaves of one conflict can lie
+  in different scopes (a collision of someone's patient with someone else's report), a
+  split rewrites references in docs anywhere in the database, and the listing would have
+  to judge every leaf against the user's scope; an offline user resolves conflicts through
+  a supervisor who is online rather than through a partial view of them.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
 
-from proxy.access.config import UserCtx, has_permission
+from proxy.access.config import UserCtx, has_permission, is_offline
+from proxy.audit.api import Outcome
 from proxy.audit.capture import record
-from proxy.conflicts import service
-from proxy.conflicts.model import body, classify, diff
-from proxy.conflicts.store import ConflictStore, bookmark, unbookmark
-from proxy.errors import BadRequest, Forbidden, Unauthorized, json_response
-from proxy.keys import COUCH, INDEX, PRINCIPAL
+from proxy.conflicts import service, split
+from proxy.conflicts.bodies import flag, resolve_request, split_request
+from proxy.conflicts.listing import describe, list_page
+from proxy.conflicts.store import UPDATES, ConflictStore, bookmark, unbookmark
+from proxy.errors import BadRequest, Forbidden, NotFound, Unauthorized, json_response
+from proxy.keys import COUCH, INDEX, PRINCIPAL, SETTINGS
 from proxy.params import nonneg_int, read_json
+
+DB_NAME = re.compile(r"^[a-z][a-z0-9_$()+/-]*$")  # CouchDB's rule for database names
+MAX_BODY = 8 * 1024 * 1024
 
 
 async def store_for(request: web.Request) -> ConflictStore:
     principal = request[PRINCIPAL]
     if not principal.authenticated:
         raise Unauthorized("You are not authorized to access this resource.")
+    db = request.match_info["db"]
+    main = request.app[SETTINGS].db
     if not principal.is_admin:
         settings = await request.app[INDEX].current_settings()
         user = UserCtx(principal.name or "", principal.roles, principal.facility_ids, principal.contact_id)
         if not has_permission(user, settings, "can_resolve_conflicts"):
             raise Forbidden("resolving conflicts needs the permission can_resolve_conflicts")
-    return ConflictStore(request.app[COUCH], request.match_info["db"])
+        if is_offline(user, settings):
+            raise Forbidden(
+                "the conflict tools are for online users: an offline user's scope cannot cover them"
+            )
+        if db != main:
+            raise Forbidden(f"the conflict tools work on the main database only ({main})")
+        return ConflictStore(request.app[COUCH], db)
+    if db.startswith("_"):
+        raise Forbidden("the conflict tools do not work on system databases")
+    store = ConflictStore(request.app[COUCH], db)
+    if db != main and (not DB_NAME.match(db) or not await store.exists()):
+        raise NotFound("Database does not exist.")
+    return store
+
+
+def recorder(request: web.Request, db: str) -> service.Recorder:
+    def audit(action: str, outcome: Outcome, **fields: Any) -> None:
+        record(request, action, outcome, db=db, **fields)
+
+    return audit
 
 
 async def list_conflicts(request: web.Request) -> web.Response:
-    """Conflicted docs, paged, each with its leaves and a classification."""
+    """Conflicted docs, paged, each with its leaves and a classification.
+
+    `update` (CouchDB's view parameter) defaults to `true`: the answer includes every
+    conflict made so far, and costs little because the monitor keeps the index current.
+    A caller that must never wait on the index (a dashboard polling a database whose
+    index is still being built) passes `update=lazy`: CouchDB answers from the index as it
+    is and updates it afterwards, so conflicts made since may be missing, and docs resolved
+    since are dropped from the page (their leaves are read), which may make it short."""
     store = await store_for(request)
     limit = min(nonneg_int(request.query.get("limit"), "limit") or 50, 500)
-    rows, after = await store.page(limit, unbookmark(request.query.get("next")))
-    found: list[dict[str, Any]] = []
-    for row in rows:
-        leaves = await store.leaves(row["id"])
-        kind = classify(leaves)
-        live = [leaf["_rev"] for leaf in leaves if not leaf.get("_deleted")]
-        if len(live) < 2 and kind != "delete_vs_edit":
-            continue  # only the marked leftovers of a resolution: not a conflict any more
-        winner = await store.winner(row["id"])
-        found.append({
-            "id": row["id"],
-            "type": (row.get("value") or {}).get("type"),
-            "winner": (winner or {}).get("_rev"),
-            "conflicts": [rev for rev in live if rev != (winner or {}).get("_rev")],
-            "deleted": [leaf["_rev"] for leaf in leaves if leaf.get("_deleted")],
-            "classification": kind,
-        })  # fmt: skip
+    update = request.query.get("update", "true")
+    if update not in UPDATES:
+        raise BadRequest("update must be true, lazy or false")
+    found, after = await list_page(store, limit, unbookmark(request.query.get("next")), update)
     return json_response({"conflicts": found, "next": bookmark(after)})
 
 
 async def show_conflict(request: web.Request) -> web.Response:
     """Every leaf, the common ancestor when still stored, and field diffs against it."""
     store = await store_for(request)
-    described = await store.describe(request.match_info["doc_id"])
-    base_doc = described["ancestor"]["doc"]
-    winner = next((leaf for leaf in described["leaves"] if leaf["_rev"] == described["winner"]), None)
-    against = "ancestor" if base_doc is not None else "winner"
-    base = body(base_doc if base_doc is not None else winner)
-    described["diffs"] = {
-        leaf["_rev"]: {"against": against, "changes": diff(base, body(leaf))} for leaf in described["leaves"]
-    }
-    return json_response(described)
+    return json_response(await describe(store, request.match_info["doc_id"]))
 
 
 async def resolve_conflict(request: web.Request) -> web.Response:
-    """Pick a leaf, give a merged doc, or merge three-way; one `_bulk_docs` or nothing."""
+    """Pick a leaf, give a merged doc, or merge three-way (see service.resolve)."""
     store = await store_for(request)
-    payload = await read_json(request, 8 * 1024 * 1024)
-    if not isinstance(payload, dict):
-        raise BadRequest("the body must be an object with a strategy")
+    dry_run = flag(request.query.get("dry_run"), "dry_run", default=False)
     doc_id = request.match_info["doc_id"]
-    dry_run = request.query.get("dry_run") == "true"
+    resolution = resolve_request(await read_json(request, MAX_BODY), doc_id)
     try:
-        answer = await service.resolve(store, doc_id, payload, dry_run)
-    except service.Unmergeable as exc:
-        return json_response({"error": exc.error, "reason": exc.reason, "fields": exc.paths}, status=409)
-    if not dry_run:
-        record(request, "resolve", "written", db=store.db, doc_id=doc_id, rev_after=answer.get("rev"),
-               details={"strategy": payload.get("strategy")})  # fmt: skip
+        answer = await service.resolve(store, doc_id, resolution, dry_run, recorder(request, store.db))
+    except service.Detailed as exc:
+        return json_response(exc.body(), status=exc.status)
     return json_response(answer)
 
 
 async def split_collision(request: web.Request) -> web.Response:
-    """Give each leaf of a UUID collision its own id and point references at it."""
+    """Give each doc of a UUID collision its own id and point references at it."""
     store = await store_for(request)
-    payload = await read_json(request, 8 * 1024 * 1024, empty={})
-    if not isinstance(payload, dict):
-        raise BadRequest("the body must be an object")
+    dry_run = flag(request.query.get("dry_run"), "dry_run", default=True)
     doc_id = request.match_info["doc_id"]
-    dry_run = request.query.get("dry_run", "true") != "false"
+    parsed = split_request(await read_json(request, MAX_BODY, empty={}))
     settings = await request.app[INDEX].current_settings()
-    answer = await service.split(store, doc_id, payload, dry_run, settings.person_types)
+    try:
+        answer = await split.split(store, doc_id, parsed, dry_run, settings.person_types)
+    except service.Detailed as exc:
+        return json_response(exc.body(), status=exc.status)
     if not dry_run and not answer.get("already_split"):
         record(request, "split", "written", db=store.db, doc_id=doc_id,
                details={"new_ids": [leaf["new_id"] for leaf in answer["leaves"]]})  # fmt: skip

@@ -1,34 +1,72 @@
-"""Resolving a conflict and splitting a UUID collision: plans first, writes second."""
+"""Resolving a conflict: the plan first, then the winner alone, then the tombstones.
+
+CouchDB's `_bulk_docs` is not atomic: each row succeeds or fails on its own. So the merged
+winner is written first, alone, on top of its leaf: if a leaf moved since it was read, that
+write fails and nothing at all was written. Only then are the other leaves deleted, in one
+`_bulk_docs`; if one of them moved meanwhile, the winner (the merged body) is kept and the
+answer says exactly which writes were made, so a second call can finish the job.
+"""
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
+from typing import Any, Protocol
 
-from proxy.access.kinds import CONTACT_KINDS, REPORT, contact_is_person, kind_of
+from proxy.audit.api import Outcome
+from proxy.conflicts.bodies import ResolveRequest
 from proxy.conflicts.model import (
     RESOLVED_MARK,
     MergeConflict,
     body,
     classify,
     common_ancestor,
+    conflicting,
     history,
     merge3,
-    references,
-    set_path,
+    winner,
 )  # fmt: skip
-from proxy.conflicts.store import ConflictStore
-from proxy.couch.client import quote_id
-from proxy.errors import BadRequest, Conflict, CouchgateError, NotFound
-
-SPLIT_NAMESPACE = uuid.UUID("0d5e6c1a-3c7e-4f0a-8f86-6b8a51e9a2c4")
+from proxy.conflicts.store import ConflictStore, row_error
+from proxy.errors import BadRequest, Conflict, CouchgateError, NotFound, UpstreamError
 
 
-class Unmergeable(CouchgateError):
-    status, error = 409, "conflict"
+class Recorder(Protocol):
+    """Where a resolution's writes are audited (a request's caller, or the monitor)."""
 
-    def __init__(self, paths: list[list[Any]]) -> None:
-        super().__init__("fields changed differently on both sides: nothing was written")
+    def __call__(self, action: str, outcome: Outcome, **fields: Any) -> None: ...
+
+
+class Detailed(CouchgateError):
+    """An error whose body carries more than `error` and `reason` (routes render it)."""
+
+    def __init__(self, reason: str, **details: Any) -> None:
+        super().__init__(reason)
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "reason": self.reason, **self.details}
+
+
+class DetailedConflict(Detailed, Conflict):
+    pass
+
+
+class PartlyWritten(Detailed):
+    """CouchDB failed after the winner was written: the same status, and what was written."""
+
+    def __init__(self, cause: CouchgateError, written: list[dict[str, Any]]) -> None:
+        super().__init__(
+            f"{cause.reason}; the winner was written but the other leaves were not all deleted "
+            "(see `written`): resolve again",
+            written=written,
+        )
+        self.status, self.error = cause.status, cause.error
+
+
+UNMERGEABLE = "fields changed differently on both sides: nothing was written"
+
+
+class Unmergeable(DetailedConflict):
+    def __init__(self, paths: list[list[Any]], reason: str | None = None) -> None:
+        super().__init__(reason or UNMERGEABLE, fields=paths)
         self.paths = paths
 
 
@@ -37,75 +75,138 @@ def tombstone(doc_id: str, rev: str) -> dict[str, Any]:
     return {"_id": doc_id, "_rev": rev, "_deleted": True, RESOLVED_MARK: True}
 
 
-async def resolve(
-    store: ConflictStore, doc_id: str, request: dict[str, Any], dry_run: bool
-) -> dict[str, Any]:
-    leaves = await store.leaves(doc_id)  # read right before writing
-    live = [leaf for leaf in leaves if not leaf.get("_deleted")]
-    user_deletions = [leaf for leaf in leaves if leaf.get("_deleted") and not leaf.get(RESOLVED_MARK)]
-    if len(live) + len(user_deletions) < 2:
-        raise NotFound(f"{doc_id} has no conflicts")
-    expected = request.get("leaves")
-    current = sorted(leaf["_rev"] for leaf in live)
-    if expected is not None and sorted(expected) != current:
-        raise Conflict("the doc's leaves changed since they were read; nothing was written")
-    strategy = request.get("strategy")
-    if strategy == "pick":
-        rev = request.get("rev")
-        chosen = next((leaf for leaf in leaves if leaf["_rev"] == rev), None)
-        if chosen is None:
-            raise BadRequest(f"{rev} is not a leaf revision of {doc_id}")
-        new_body: dict[str, Any] | None = None if chosen.get("_deleted") else body(chosen)
-    elif strategy == "merge":
-        if not isinstance(request.get("doc"), dict):
-            raise BadRequest("strategy merge needs the merged doc as `doc`")
-        new_body = body(request["doc"])
-    elif strategy == "auto":
-        new_body = await _auto(store, doc_id, live)
-    else:
-        raise BadRequest("strategy must be pick, merge or auto")
-    winner = max(live, key=lambda leaf: (int(leaf["_rev"].split("-")[0]), leaf["_rev"])) if live else None
-    docs: list[dict[str, Any]] = []
-    if winner is not None:
-        if new_body is None:
-            docs.append(tombstone(doc_id, winner["_rev"]))
-        else:
-            docs.append({**new_body, "_id": doc_id, "_rev": winner["_rev"], **_attachments(winner)})
-    docs += [tombstone(doc_id, leaf["_rev"]) for leaf in live if leaf is not winner]
-    docs += [tombstone(doc_id, leaf["_rev"]) for leaf in user_deletions]
-    answer: dict[str, Any] = {
-        "ok": True,
-        "id": doc_id,
-        "strategy": strategy,
-        "dry_run": dry_run,
-        "docs": docs,
-    }
-    if dry_run:
-        return answer
-    rows = await store.bulk(docs)
-    failed = [row for row in rows if "error" in row]
-    if failed:
-        raise Conflict(
-            f"a leaf of {doc_id} moved while resolving ({len(failed)} of {len(docs)} writes refused)"
-        )
-    answer["rev"] = next((row.get("rev") for row in rows if "error" not in row), None)
-    return answer
-
-
-def _attachments(leaf: dict[str, Any]) -> dict[str, Any]:
+def attachments(leaf: dict[str, Any]) -> dict[str, Any]:
     atts = leaf.get("_attachments")
     return {"_attachments": atts} if isinstance(atts, dict) else {}
 
 
-async def _auto(store: ConflictStore, doc_id: str, live: list[dict[str, Any]]) -> dict[str, Any]:
+async def resolve(
+    store: ConflictStore, doc_id: str, request: ResolveRequest, dry_run: bool, audit: Recorder
+) -> dict[str, Any]:
+    leaves = await store.leaves(doc_id)  # read right before writing
+    counting = [dict(leaf) for leaf in conflicting(leaves)]
+    if len(counting) < 2:
+        raise NotFound(f"{doc_id} has no conflicts")
+    if request.leaves is not None and sorted(request.leaves) != sorted(leaf["_rev"] for leaf in counting):
+        raise Conflict("the doc's leaves changed since they were read; nothing was written")
+    live = [leaf for leaf in counting if not leaf.get("_deleted")]
+    # `base`: the leaf the winner is written on top of; None when a deletion is picked
+    # (that deletion already exists: only the other leaves are deleted).
+    base: dict[str, Any] | None
+    keep: dict[str, Any]
+    if request.strategy == "pick":
+        found = next((leaf for leaf in counting if leaf["_rev"] == request.rev), None)
+        if found is None:
+            raise BadRequest(f"{request.rev} is not a conflicting leaf revision of {doc_id}")
+        keep = found
+        base = None if found.get("_deleted") else found
+        new_body = body(found)
+    else:
+        top = winner(live) or live[0]
+        base = keep = next(leaf for leaf in counting if leaf["_rev"] == top["_rev"])
+        new_body = body(request.doc) if request.strategy == "merge" else await _auto(store, doc_id, leaves)
+    new_winner = None
+    if base is not None:
+        new_winner = {**new_body, "_id": doc_id, "_rev": base["_rev"], **attachments(base)}
+    others = [leaf["_rev"] for leaf in counting if leaf["_rev"] != keep["_rev"]]
+    tombstones = [tombstone(doc_id, rev) for rev in others]
+    answer: dict[str, Any] = {
+        "ok": True,
+        "id": doc_id,
+        "strategy": request.strategy,
+        "dry_run": dry_run,
+        "docs": [*([new_winner] if new_winner else []), *tombstones],
+    }
+    if dry_run:
+        return answer
+    written: list[dict[str, Any]] = []
+    if new_winner is not None and base is not None:
+        rows = await store.bulk([new_winner])
+        if not rows:
+            raise UpstreamError("CouchDB answered no row for the winner")
+        row = rows[0]
+        if "error" in row or not isinstance(row.get("rev"), str):
+            error = row_error(row)
+            if isinstance(error, Conflict):
+                raise Conflict(
+                    f"leaf {base['_rev']} of {doc_id} moved since it was read; nothing was written"
+                )
+            raise error
+        written.append({"kind": "winner", "on": base["_rev"], "rev": row["rev"]})
+        audit("resolve", "written", doc_id=doc_id, rev_before=base["_rev"], rev_after=row["rev"],
+              details={"strategy": request.strategy, "kind": "winner"})  # fmt: skip
+    try:
+        await _delete_others(store, doc_id, tombstones, audit, request.strategy, written)
+    except Detailed:
+        raise
+    except CouchgateError as exc:
+        if not written:
+            raise
+        raise PartlyWritten(exc, written) from exc
+    answer["rev"] = written[0]["rev"] if new_winner is not None else None
+    answer["written"] = written
+    return answer
+
+
+async def _delete_others(
+    store: ConflictStore,
+    doc_id: str,
+    tombstones: list[dict[str, Any]],
+    audit: Recorder,
+    strategy: str,
+    written: list[dict[str, Any]],
+) -> None:
+    """Delete the other leaves in one `_bulk_docs`, adding each write to `written`; a
+    refused row is a 409 that lists every write made (the winner's included)."""
+    rows = await store.bulk(tombstones)
+    new_revs = [row["rev"] for row in rows if "error" not in row and isinstance(row.get("rev"), str)]
+    # Rows of one id do not say which leaf each deleted (nor come in order on every
+    # server): each new tombstone's parent, read back, does.
+    found = await store.revisions((doc_id, rev) for rev in new_revs)
+    parents = {rev: _parent(found.get((doc_id, rev))) for rev in new_revs}
+    deleted = [{"kind": "tombstone", "on": parents[rev], "rev": rev} for rev in new_revs]
+    for entry in deleted:
+        audit("resolve", "written", doc_id=doc_id, rev_before=entry["on"], rev_after=entry["rev"],
+              details={"strategy": strategy, "kind": "tombstone"})  # fmt: skip
+    written += deleted
+    if len(new_revs) == len(tombstones):
+        return
+    gone = {entry["on"] for entry in deleted}
+    refused = [doc["_rev"] for doc in tombstones if doc["_rev"] not in gone]
+    errors = sorted({str(row.get("error")) for row in rows if "error" in row})
+    reason = (
+        f"{len(refused)} of {len(tombstones)} leaves of {doc_id} changed before they could be deleted; "
+        f"{len(written)} writes were made (listed in `written`) and the doc is still conflicted: "
+        "resolve it again"
+    )
+    audit("resolve", "conflict", doc_id=doc_id, reason=reason, details={"refused": refused, "errors": errors})
+    raise DetailedConflict(reason, written=written, refused=refused)
+
+
+def _parent(doc: dict[str, Any] | None) -> str | None:
+    path = history(doc) if doc else []
+    return path[1] if len(path) > 1 else None
+
+
+async def _auto(store: ConflictStore, doc_id: str, leaves: list[dict[str, Any]]) -> dict[str, Any]:
+    kind = classify(leaves)
+    if kind == "delete_vs_edit":
+        # Merging would quietly drop the deletion (or the edit): a person decides.
+        raise Unmergeable([["_deleted"]], "one leaf deletes the doc and another edits it: pick one")
+    if kind == "uuid_collision":
+        raise BadRequest("no common ancestor (a UUID collision?): use split, pick or merge")
+    live = [leaf for leaf in leaves if not leaf.get("_deleted")]
+    return await merge_leaves(store, doc_id, live)
+
+
+async def merge_leaves(store: ConflictStore, doc_id: str, live: list[dict[str, Any]]) -> dict[str, Any]:
+    """The three-way merge of leaves that share an ancestor, or Unmergeable."""
     ancestor_rev = common_ancestor(live)
     if ancestor_rev is None:
-        raise BadRequest("no common ancestor (a UUID collision?): use split, pick or merge")
+        raise BadRequest("these leaves share no ancestor: they cannot be merged")
     ancestor = await store.revision(doc_id, ancestor_rev)
     if ancestor is None:
-        raise Conflict(
-            f"the common ancestor {ancestor_rev} is no longer stored (compacted): use pick or merge"
-        )
+        raise Conflict(f"the common ancestor {ancestor_rev} is no longer stored (compacted): pick or merge")
     merged = body(live[0])
     try:
         for leaf in live[1:]:
@@ -113,101 +214,3 @@ async def _auto(store: ConflictStore, doc_id: str, live: list[dict[str, Any]]) -
     except MergeConflict as exc:
         raise Unmergeable(exc.paths) from exc
     return merged
-
-
-def new_id(doc_id: str, leaf: dict[str, Any]) -> str:
-    """Deterministic per leaf (from its first revision): repeating a split names it alike."""
-    return str(uuid.uuid5(SPLIT_NAMESPACE, f"{doc_id}:{history(leaf)[-1]}"))
-
-
-def suggest(path: list[Any], leaves: dict[str, dict[str, Any]], person_types: frozenset[str]) -> str | None:
-    """The new id a reference should get when the doc types make it unambiguous
-    (`leaves`: new id -> leaf): a contact or subject field points at the one person, a
-    `parent` or `place_id` at the one place, a `report` field at the one report."""
-
-    def of_kind(wanted: str) -> list[str]:
-        found = []
-        for new, leaf in leaves.items():
-            kind = kind_of(leaf)
-            if kind in CONTACT_KINDS:
-                kind = "person" if contact_is_person(leaf, person_types) else "place"
-            if kind == wanted:
-                found.append(new)
-        return found
-
-    words = {str(p) for p in path}
-    rules = (
-        ({"parent", "place_id"}, "place"),
-        ({"contact", "patient_id", "patient_uuid", "contact_id", "owner"}, "person"),
-        ({"report", "report_id"}, REPORT),
-    )
-    for triggers, kind in rules:
-        if words & triggers and len(matches := of_kind(kind)) == 1:
-            return matches[0]
-    return None
-
-
-async def split(store: ConflictStore, doc_id: str, request: dict[str, Any], dry_run: bool,
-                person_types: frozenset[str]) -> dict[str, Any]:  # fmt: skip
-    marker_path = f"_local/couchgate-split-{doc_id}"
-    done = await _marker(store, marker_path)
-    if done is not None:
-        return {**done["plan"], "already_split": True, "dry_run": dry_run}
-    leaves = [leaf for leaf in await store.leaves(doc_id) if not leaf.get("_deleted")]
-    if len(leaves) < 2:
-        raise NotFound(f"{doc_id} has no conflicting leaves to split")
-    if classify(leaves) != "uuid_collision":
-        raise BadRequest(f"{doc_id} is not a UUID collision (its leaves share history): resolve it instead")
-    by_new_id = {new_id(doc_id, leaf): leaf for leaf in leaves}
-    overrides = request.get("references") or {}
-    if not isinstance(overrides, dict):
-        raise BadRequest("references must be {doc id: {dotted path: new id}}")
-    refs: list[dict[str, Any]] = []
-    referring = await store.all_docs_with_reference(doc_id)
-    for doc in referring:
-        for path in references(doc, doc_id):
-            dotted = ".".join(str(p) for p in path)
-            chosen = (overrides.get(doc["_id"]) or {}).get(dotted)
-            suggested = suggest(path, by_new_id, person_types)
-            refs.append(
-                {"doc_id": doc["_id"], "path": path, "suggested": suggested, "chosen": chosen or suggested}
-            )
-    plan = {
-        "id": doc_id,
-        "leaves": [
-            {"rev": leaf["_rev"], "new_id": new, "type": leaf.get("type")} for new, leaf in by_new_id.items()
-        ],
-        "references": refs,
-        "unresolved": sum(1 for r in refs if r["chosen"] is None),
-    }
-    if dry_run:
-        return {**plan, "dry_run": True}
-    if plan["unresolved"]:
-        raise Conflict(
-            f"{plan['unresolved']} references need a new id chosen in `references`; nothing was written"
-        )
-    created = [{**body(leaf), "_id": i, **_attachments(leaf)} for i, leaf in by_new_id.items()]
-    await _write_new(store, created)
-    by_doc: dict[str, dict[str, Any]] = {d["_id"]: d for d in referring}
-    for ref in refs:
-        set_path(by_doc[ref["doc_id"]], ref["path"], ref["chosen"])
-    rows = await store.bulk(list(by_doc.values())) if by_doc else []
-    if any("error" in row for row in rows):
-        raise Conflict("a referring doc changed during the split: run it again (it is safe to repeat)")
-    rows = await store.bulk([tombstone(doc_id, leaf["_rev"]) for leaf in leaves])
-    if any("error" in row for row in rows):
-        raise Conflict("the colliding doc changed during the split: run it again (it is safe to repeat)")
-    await store.couch.json("PUT", f"{store.path}/{quote_id(marker_path)}", body={"plan": plan})
-    return {**plan, "dry_run": False, "already_split": False}
-
-
-async def _marker(store: ConflictStore, marker_path: str) -> dict[str, Any] | None:
-    result = await store.couch.json("GET", f"{store.path}/{quote_id(marker_path)}")
-    return result.body if result.ok and isinstance(result.body, dict) else None
-
-
-async def _write_new(store: ConflictStore, docs: list[dict[str, Any]]) -> None:
-    rows = await store.bulk(docs)
-    for row in rows:
-        if "error" in row and row["error"] != "conflict":
-            raise Conflict(f"could not create {row.get('id')}: {row.get('reason')}")

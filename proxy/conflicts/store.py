@@ -3,29 +3,52 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 
-from proxy.conflicts.model import classify, common_ancestor, references
+from proxy.conflicts.model import references
 from proxy.couch.client import CouchClient, quote_id
-from proxy.errors import BadRequest, NotFound, UpstreamError
+from proxy.errors import BadRequest, Conflict, CouchgateError, Forbidden, NotFound, UpstreamError
 
 DESIGN_ID = "_design/couchgate-conflicts"
+# Which docs the view lists: those with live `_conflicts`, as CouchDB (and CHT's
+# medic-conflicts view) define a conflicted doc. `_deleted_conflicts` alone does not list a
+# doc: every doc couchgate ever resolved keeps its resolution's tombstones there, and a map
+# function sees only their revs, not the `couchgate_resolved` mark in their bodies, so
+# counting them would keep every resolved doc listed (and the gauge up) forever. A live doc
+# whose only other leaf is a user's deletion is therefore not listed (CouchDB already shows
+# the edit); GET .../conflicts/{id} still classifies it `delete_vs_edit`. A listed doc with
+# deleted leaves too has them read and checked for the mark. The value carries what a
+# listing needs, so that a page costs one view read and one `_bulk_get`.
 DESIGN = {
     "_id": DESIGN_ID,
     "language": "javascript",
     "views": {
         # Its own design doc: creating it rebuilds no other index.
         "conflicts": {
-            "map": "function (doc) { if (doc._conflicts || doc._deleted_conflicts) { "
-                   "emit(doc._id, {type: doc.type || null, conflicts: doc._conflicts || [], "
+            "map": "function (doc) { if (doc._conflicts && doc._conflicts.length) { "
+                   "emit(doc._id, {rev: doc._rev, type: doc.type || null, conflicts: doc._conflicts, "
                    "deleted: doc._deleted_conflicts || []}); } }",
             "reduce": "_count",
         }
     },
 }  # fmt: skip
+VIEW = f"{DESIGN_ID}/_view/conflicts"
+# CouchDB's `update` view parameter: `true` waits for the index to take in every change
+# before answering; `lazy` answers from the index as it is and updates it afterwards.
+UPDATES = ("true", "lazy", "false")
+
+
+def row_revs(row: dict[str, Any]) -> list[str]:
+    """Every leaf rev a view row names (winner, live conflicts, deletions)."""
+    value = row.get("value")
+    if not isinstance(value, dict):
+        return []
+    revs = [value.get("rev"), *(value.get("conflicts") or []), *(value.get("deleted") or [])]
+    return [rev for rev in revs if isinstance(rev, str)]
 
 
 class ConflictStore:
@@ -34,6 +57,14 @@ class ConflictStore:
         self.db = db
         self.path = "/" + quote(db, safe="")
         self._ready = False
+
+    async def exists(self) -> bool:
+        result = await self.couch.json("GET", self.path)
+        if result.status == 404:
+            return False
+        if not result.ok:
+            raise UpstreamError(f"CouchDB answered {result.status} for a database")
+        return True
 
     async def ensure_view(self) -> None:
         if self._ready:
@@ -51,21 +82,23 @@ class ConflictStore:
 
     async def count(self) -> int:
         await self.ensure_view()
-        result = await self.couch.json("GET", f"{self.path}/{DESIGN_ID}/_view/conflicts")
+        result = await self.couch.json("GET", f"{self.path}/{VIEW}")
         rows = result.body.get("rows", []) if result.ok and isinstance(result.body, dict) else []
         return int(rows[0]["value"]) if rows else 0
 
-    async def page(self, limit: int, after: str | None) -> tuple[list[dict[str, Any]], str | None]:
-        """Candidate docs (live or deleted conflicting leaves), in id order."""
+    async def page(
+        self, limit: int, after: str | None, update: str = "true"
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """View rows `{id, value: {rev, type, conflicts, deleted}}`, in id order."""
         await self.ensure_view()
-        params = {"reduce": "false", "limit": str(limit + 1)}
+        params = {"reduce": "false", "limit": str(limit + 1), "update": update}
         if after is not None:
             params["startkey"] = orjson.dumps(after).decode()
             params["skip"] = "1"
-        result = await self.couch.json("GET", f"{self.path}/{DESIGN_ID}/_view/conflicts", params=params)
+        result = await self.couch.json("GET", f"{self.path}/{VIEW}", params=params)
         if not result.ok or not isinstance(result.body, dict):
             raise UpstreamError(f"the conflicts view answered {result.status}")
-        rows = result.body.get("rows", [])
+        rows = [row for row in result.body.get("rows", []) if isinstance(row, dict)]
         more = len(rows) > limit
         rows = rows[:limit]
         return rows, (rows[-1]["id"] if more and rows else None)
@@ -80,37 +113,52 @@ class ConflictStore:
             raise UpstreamError(f"CouchDB answered {result.status} for the leaves of a doc")
         return [row["ok"] for row in result.body if isinstance(row, dict) and isinstance(row.get("ok"), dict)]
 
-    async def winner(self, doc_id: str) -> dict[str, Any] | None:
-        result = await self.couch.json("GET", f"{self.path}/{quote_id(doc_id)}", params={"conflicts": "true"})
-        return result.body if result.ok and isinstance(result.body, dict) else None
+    async def revisions(self, wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """Bodies and histories of many (id, rev) pairs in one `_bulk_get`; what CouchDB no
+        longer has is left out."""
+        docs = [{"id": doc_id, "rev": rev} for doc_id, rev in dict.fromkeys(wanted)]
+        if not docs:
+            return {}
+        result = await self.couch.json(
+            "POST", f"{self.path}/_bulk_get", params={"revs": "true"}, body={"docs": docs}
+        )
+        if not result.ok or not isinstance(result.body, dict):
+            raise UpstreamError(f"CouchDB answered {result.status} to a _bulk_get")
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for entry in result.body.get("results") or []:
+            for item in entry.get("docs") or [] if isinstance(entry, dict) else []:
+                doc = item.get("ok") if isinstance(item, dict) else None
+                if isinstance(doc, dict) and isinstance(doc.get("_rev"), str):
+                    found[(str(doc.get("_id")), doc["_rev"])] = doc
+        return found
+
+    async def winners(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The current winning bodies of some docs (missing and deleted ones left out)."""
+        result = await self.couch.json(
+            "POST", f"{self.path}/_all_docs", params={"include_docs": "true"}, body={"keys": doc_ids}
+        )
+        if not result.ok or not isinstance(result.body, dict):
+            raise UpstreamError(f"CouchDB answered {result.status} to _all_docs")
+        rows = [row for row in result.body.get("rows", []) if isinstance(row, dict)]
+        return {row["id"]: row["doc"] for row in rows if isinstance(row.get("doc"), dict)}
 
     async def revision(self, doc_id: str, rev: str) -> dict[str, Any] | None:
         result = await self.couch.json("GET", f"{self.path}/{quote_id(doc_id)}", params={"rev": rev})
         return result.body if result.ok and isinstance(result.body, dict) else None
 
-    async def describe(self, doc_id: str) -> dict[str, Any]:
-        leaves = await self.leaves(doc_id)
-        if len(leaves) < 2:
-            raise NotFound(f"{doc_id} has no conflicts")
-        winner = await self.winner(doc_id)
-        live = [leaf for leaf in leaves if not leaf.get("_deleted")]
-        ancestor_rev = common_ancestor(live) if len(live) > 1 else common_ancestor(leaves)
-        ancestor = await self.revision(doc_id, ancestor_rev) if ancestor_rev else None
-        return {
-            "id": doc_id,
-            "winner": (winner or {}).get("_rev"),
-            "classification": classify(leaves),
-            "leaves": leaves,
-            "ancestor": {"rev": ancestor_rev, "available": ancestor is not None, "doc": ancestor},
-        }
-
     async def bulk(self, docs: list[dict[str, Any]], *, new_edits: bool = True) -> list[dict[str, Any]]:
+        """One `_bulk_docs`; its rows (CouchDB writes each doc on its own: some rows may
+        fail while others succeed). A refusal of the whole request is the caller's fault
+        (400) unless CouchDB says otherwise."""
         result = await self.couch.json(
             "POST", f"{self.path}/_bulk_docs", body={"docs": docs, "new_edits": new_edits}
         )
-        if not isinstance(result.body, list):
-            raise UpstreamError(f"CouchDB answered {result.status} to a resolution write")
-        return [row for row in result.body if isinstance(row, dict)]
+        if isinstance(result.body, list):
+            return [row for row in result.body if isinstance(row, dict)]
+        error = result.body.get("error") if isinstance(result.body, dict) else None
+        if result.status == 400 or error in ("bad_request", "doc_validation"):
+            raise BadRequest(f"CouchDB refused the write: {_reason(result.body)}")
+        raise UpstreamError(f"CouchDB answered {result.status} to a resolution write")
 
     async def all_docs_with_reference(self, target: str) -> list[dict[str, Any]]:
         """Every live doc that mentions `target` anywhere: a streamed scan of `_all_docs`
@@ -122,7 +170,9 @@ class ConflictStore:
             if start is not None:
                 params["startkey"] = orjson.dumps(start).decode()
             result = await self.couch.json("GET", f"{self.path}/_all_docs", params=params)
-            rows = result.body.get("rows", []) if result.ok and isinstance(result.body, dict) else []
+            if not result.ok or not isinstance(result.body, dict):
+                raise UpstreamError(f"CouchDB answered {result.status} to _all_docs")
+            rows = result.body.get("rows", [])
             for row in rows[:1000]:
                 doc = row.get("doc")
                 if (
@@ -134,6 +184,21 @@ class ConflictStore:
             if len(rows) <= 1000:
                 return found
             start = rows[1000]["id"]
+
+
+def row_error(row: dict[str, Any]) -> CouchgateError:
+    """The error a refused `_bulk_docs` row stands for."""
+    reason = _reason(row)
+    if row.get("error") == "conflict":
+        return Conflict(reason)
+    if row.get("error") in ("forbidden", "unauthorized"):
+        return Forbidden(reason)
+    return BadRequest(reason)
+
+
+def _reason(body: Any) -> str:
+    reason = body.get("reason") if isinstance(body, dict) else None
+    return reason if isinstance(reason, str) else "refused"
 
 
 def bookmark(after: str | None) -> str | None:

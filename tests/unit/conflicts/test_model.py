@@ -8,16 +8,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.conflicts.bodies import flag
 from proxy.conflicts.model import (
     MergeConflict,
     classify,
     common_ancestor,
+    conflicting,
     diff,
     history,
     merge3,
     references,
     set_path,
+    winner,
 )  # fmt: skip
+from proxy.errors import BadRequest
 
 
 def leaf(revs: list[str], **fields: Any) -> dict[str, Any]:
@@ -106,3 +110,33 @@ def test_references_at_any_depth_and_rewriting() -> None:
         set_path(doc, path, "Y")
     assert references(doc, "X") == [] and doc["list"] == ["a", "Y"]
     assert references({"_id": "X"}, "X") == []  # a doc's own id is not a reference
+
+
+def test_json_values_compare_with_their_type() -> None:
+    assert diff({"a": 1}, {"a": True}) == [{"path": ["a"], "op": "changed", "before": 1, "after": True}]
+    assert diff({"a": [0]}, {"a": [False]}) != []
+    assert diff({"a": 1}, {"a": 1.0}) == []  # one JSON number
+    assert merge3({"a": 1, "b": 0}, {"a": True, "b": 0}, {"a": 1, "b": 2}) == {"a": True, "b": 2}
+    with pytest.raises(MergeConflict):
+        merge3({"a": 1}, {"a": True}, {"a": 2})
+    assert merge3({"l": [1]}, {"l": [1, True]}, {"l": [1, 2]}) == {"l": [1, True, 2]}
+
+
+def test_leaves_that_count_and_the_winner() -> None:
+    edit, other = leaf(["2-b", "1-a"], v=1), leaf(["2-c", "1-a"], v=2)
+    mine = leaf(["3-d", "2-c", "1-a"], _deleted=True, couchgate_resolved=True)
+    theirs = leaf(["2-e", "1-a"], _deleted=True)
+    assert conflicting([edit, mine]) == [edit]  # a resolution's tombstone does not count
+    assert conflicting([edit, theirs]) == [edit, theirs]  # a person's deletion does
+    assert conflicting([mine, theirs]) == []  # deleted either way
+    assert winner([edit, other, mine]) is other  # live first, then longest, then highest rev
+    assert winner([leaf(["10-a"]), leaf(["9-z"])])["_rev"] == "10-a"
+    assert classify([edit, theirs]) == "delete_vs_edit"
+    assert classify([edit, other, mine]) == "concurrent_edit"
+
+
+def test_boolean_flags_are_true_or_false() -> None:
+    assert flag(None, "dry_run", True) is True and flag("FALSE", "dry_run", True) is False
+    for value in ("1", "yes", ""):
+        with pytest.raises(BadRequest):
+            flag(value, "dry_run", False)
