@@ -20,6 +20,7 @@ ENV PATH=/opt/couchgate/bin:$PATH \
     COUCHGATE_PORT=5988
 USER 10001
 EXPOSE 5988
+# The port couchgate really listens on: COUCHGATE_PORT may be changed at `docker run`.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:5988/_couchgate/health', timeout=2).status == 200 else 1)"]
+  CMD ["python", "-c", "import os,sys,urllib.request; port = os.environ.get('COUCHGATE_PORT', '5988'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/_couchgate/health', timeout=2).status == 200 else 1)"]
 CMD ["couchgate", "serve"]

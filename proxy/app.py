@@ -99,7 +99,8 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     """One upstream session for the server's life, and what depends on it."""
     settings = app[SETTINGS]
     session = new_session(settings)
-    couch = CouchClient(session, settings)
+    feeds = new_session(settings, feeds=True)
+    couch = CouchClient(session, settings, feeds)
     app[COUCH] = couch
     app[USERS] = UserInfoCache(couch, settings.db, settings.auth_cache_seconds)
     app[SECURITY] = SecurityCache(couch)
@@ -108,6 +109,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await session.close()
+        await feeds.close()
 
 
 async def index_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -2,6 +2,7 @@
 
     CouchgateError                     status  error
      ├── BadRequest                    400     bad_request
+     │    └── IllegalDatabaseName      400     illegal_database_name
      ├── Unauthorized                  401     unauthorized   (+ WWW-Authenticate)
      ├── Forbidden                     403     forbidden
      ├── NotFound                      404     not_found
@@ -42,6 +43,10 @@ class CouchgateError(Exception):
 
 class BadRequest(CouchgateError):
     status, error = 400, "bad_request"
+
+
+class IllegalDatabaseName(BadRequest):
+    status, error = 400, "illegal_database_name"
 
 
 class Unauthorized(CouchgateError):

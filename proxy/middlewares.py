@@ -6,7 +6,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from proxy.access.paths import BadPath, CouchPath
+from proxy.auth.authenticator import CHALLENGE
 from proxy.auth.principal import ANONYMOUS
+from proxy.errors import Unauthorized
 from proxy.keys import AUTHENTICATOR, PRINCIPAL, SETTINGS
 from proxy.logs import USER_NAME_KEY
 
@@ -60,17 +63,36 @@ async def on_prepare_cors(request: web.Request, response: web.StreamResponse) ->
 
 # Routes that answer without looking at credentials (probes must not depend on CouchDB auth).
 UNAUTHENTICATED_ROUTES = {"health", "ready"}
+# Routes anonymous callers may reach: logging in, and CouchDB's welcome (`GET /`, below).
+ANONYMOUS_ROUTES = {"health", "ready", "issue_token", "session"}
+
+
+def anonymous_allowed(request: web.Request, route_name: str | None) -> bool:
+    if route_name in ANONYMOUS_ROUTES:
+        return True
+    if route_name == "metrics":
+        return request.app[SETTINGS].metrics_public
+    if route_name == "couchdb_proxy" and request.method in {"GET", "HEAD"}:
+        try:
+            return not CouchPath.parse(request.rel_url.raw_path).segments
+        except BadPath:
+            return False
+    return False
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = request.match_info.route
-    if route is not None and route.name in UNAUTHENTICATED_ROUTES:
+    name = route.name if route is not None else None
+    if name in UNAUTHENTICATED_ROUTES:
         request[PRINCIPAL] = ANONYMOUS
         return await handler(request)
     principal = await request.app[AUTHENTICATOR].authenticate(
         request.headers.get("Authorization"), request.headers.get("Cookie")
     )
+    if not principal.authenticated and not anonymous_allowed(request, name):
+        # One answer for every route, as CouchDB gives it: 401 with a challenge, never 403.
+        raise Unauthorized("You are not authorized to access this resource.", headers=CHALLENGE)
     request[PRINCIPAL] = principal
     if principal.name is not None:
         request[USER_NAME_KEY] = principal.name

@@ -8,19 +8,21 @@ dropped; `Location` is rewritten to couchgate's address.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict
+from aiohttp.http import HttpVersion11
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.access import couch_security
 from proxy.access.paths import BadPath, CouchPath
+from proxy.auth import acting
 from proxy.auth.principal import Principal
-from proxy.couch.client import MAPPED_ERRORS
-from proxy.errors import BadRequest, Forbidden, PayloadTooLarge
-from proxy.keys import COUCH, SECURITY, SETTINGS
+from proxy.couch.client import LIVE_FEEDS, MAPPED_ERRORS
+from proxy.errors import BadRequest, PayloadTooLarge
+from proxy.keys import COUCH, SETTINGS
 from proxy.logs import stamp_request_id
+from proxy.params import read_body
 
 HOP_BY_HOP = {
     "connection",
@@ -36,9 +38,16 @@ HOP_BY_HOP = {
 }
 # Credentials are never copied from the client blindly: each principal gets its own.
 CREDENTIAL_HEADERS = {"authorization", "cookie"}
-LIVE_FEEDS = {"longpoll", "continuous", "eventsource"}
 CHUNK = 64 * 1024
 log = logging.getLogger("couchgate.proxy")
+# A check of the request body that `credentials_for` asked `forward` to make (token callers).
+BODY_CHECK: web.RequestKey[acting.BodyCheck] = web.RequestKey("body_check")
+
+
+def hop_by_hop(headers: CIMultiDictProxy[str]) -> set[str]:
+    """The fixed hop-by-hop headers and those the `Connection` header names (RFC 9110 7.6.1)."""
+    named = {part.strip().lower() for value in headers.getall("Connection", []) for part in value.split(",")}
+    return HOP_BY_HOP | (named - {""})
 
 
 def parse_path(request: web.Request) -> CouchPath:
@@ -50,10 +59,11 @@ def parse_path(request: web.Request) -> CouchPath:
 
 def upstream_request_headers(request: web.Request, credentials: dict[str, str]) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
+    dropped = hop_by_hop(request.headers)
     for key, value in request.headers.items():
         lower = key.lower()
         if (
-            lower in HOP_BY_HOP
+            lower in dropped
             or lower in CREDENTIAL_HEADERS
             or lower.startswith("x-forwarded-")
             or lower == "origin"
@@ -80,6 +90,20 @@ async def limited_body(request: web.Request, limit: int) -> AsyncIterator[bytes]
         yield chunk
 
 
+async def whole_body(request: web.Request, body: bytes | AsyncIterable[bytes] | None, limit: int) -> bytes:
+    """The request body as bytes (for a body check), refused past `limit` bytes."""
+    if isinstance(body, bytes):
+        return body
+    if body is None:
+        return await read_body(request, limit)
+    raw = bytearray()
+    async for chunk in body:
+        raw += chunk
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    return bytes(raw)
+
+
 def public_base(request: web.Request) -> str:
     configured = request.app[SETTINGS].public_url
     if configured is not None:
@@ -95,12 +119,9 @@ async def credentials_for(request: web.Request, principal: Principal, path: Couc
     if principal.upstream_headers:
         return dict(principal.upstream_headers)
     # A token caller: couchgate applies CouchDB's rules, then acts as the service account.
-    verdict = couch_security.decide(request.method, path, principal.name, principal.roles)
-    if verdict.needs_security and path.db is not None:
-        security = await request.app[SECURITY].get(path.db)
-        verdict = couch_security.decide(request.method, path, principal.name, principal.roles, security)
-    if not verdict.allowed:
-        raise Forbidden(verdict.reason)
+    check = await acting.authorize(request, principal, path)
+    if check is not None:
+        request[BODY_CHECK] = check  # made by `forward`, which reads the body
     return {"Authorization": request.app[COUCH].service_auth}
 
 
@@ -113,12 +134,13 @@ async def forward(
     path: CouchPath,
     credentials: dict[str, str],
     *,
-    body: bytes | None = None,
+    body: bytes | AsyncIterable[bytes] | None = None,
     on_answer: AnswerHook | None = None,
+    capture_limit: int = CAPTURE_LIMIT,
 ) -> web.StreamResponse:
-    """Stream the request to CouchDB and its answer back. `body`: send these bytes instead
-    of the request's own (already read by the caller); `on_answer`: called at the end with
-    the status and the first MiB of the answer (for the audit log)."""
+    """Stream the request to CouchDB and its answer back. `body`: send this instead of the
+    request's own (already read, or partly read, by the caller); `on_answer`: called at the
+    end with the status and the first `capture_limit` bytes of the answer (for the audit log)."""
     settings = request.app[SETTINGS]
     couch = request.app[COUCH]
     declared = request.content_length
@@ -127,6 +149,11 @@ async def forward(
     target = path.encoded()
     if request.rel_url.raw_query_string:
         target += "?" + request.rel_url.raw_query_string
+    check = request.get(BODY_CHECK)
+    if check is not None:
+        del request[BODY_CHECK]
+        body = await whole_body(request, body, settings.max_json_bytes)
+        await check(body)
     if body is not None:
         data: Any = body
     else:
@@ -137,9 +164,10 @@ async def forward(
     own_credentials = credentials.get("Authorization") != couch.service_auth
     async with couch.stream(request.method, target, headers=headers, data=data) as upstream:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        dropped = hop_by_hop(upstream.headers)
         for key, value in upstream.headers.items():
             lower = key.lower()
-            if lower in HOP_BY_HOP or lower.startswith("access-control-"):
+            if lower in dropped or lower.startswith("access-control-"):
                 continue  # CORS is couchgate's own (see middlewares), never CouchDB's
             if lower == "set-cookie" and not own_credentials:
                 continue
@@ -147,7 +175,11 @@ async def forward(
                 value = public_base(request) + value[len(couch.base) :]
             response.headers.add(key, value)
         if upstream.content_length is None and request.method != "HEAD":
-            response.enable_chunked_encoding()
+            if request.version >= HttpVersion11:
+                response.enable_chunked_encoding()
+            else:
+                # HTTP/1.0 has no chunked encoding: the end of the body is the connection's end.
+                response.force_close()
         stamp_request_id(request, response)
         captured = bytearray()
         client_gone = False
@@ -157,7 +189,9 @@ async def forward(
             client_gone = True
         try:
             if request.method != "HEAD":
-                client_gone = await _relay(upstream, response, captured if on_answer else None, client_gone)
+                client_gone = await _relay(
+                    upstream, response, captured if on_answer else None, client_gone, capture_limit
+                )
             if not client_gone:
                 await response.write_eof()
         except MAPPED_ERRORS:
@@ -178,12 +212,12 @@ async def forward(
 
 
 async def _relay(
-    upstream: Any, response: web.StreamResponse, captured: bytearray | None, client_gone: bool
+    upstream: Any, response: web.StreamResponse, captured: bytearray | None, client_gone: bool, limit: int
 ) -> bool:
-    """Copy the answer to the client; with `captured`, keep (the first MiB of) it too, and
+    """Copy the answer to the client; with `captured`, keep (the first `limit` bytes of) it too, and
     read it to the end even if the client leaves, so the audit log sees the outcome."""
     async for chunk in upstream.content.iter_any():
-        if captured is not None and len(captured) < CAPTURE_LIMIT:
+        if captured is not None and len(captured) < limit:
             captured += chunk
         if not client_gone:
             try:

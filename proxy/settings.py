@@ -5,10 +5,13 @@ Invalid settings fail at start with one line naming the variable (see `load_sett
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import re
+from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"]
 
@@ -39,7 +42,7 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr | None = None
     jwt_public_key: str | None = None
     jwt_private_key: SecretStr | None = None
-    jwt_algorithms: tuple[JwtAlgorithm, ...] = ("HS256",)
+    jwt_algorithms: Annotated[tuple[JwtAlgorithm, ...], NoDecode] = ("HS256",)
     jwt_issue_algorithm: JwtAlgorithm = "HS256"
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
@@ -57,7 +60,7 @@ class Settings(BaseSettings):
     upstream_pool_size: int = Field(default=100, ge=1)
 
     # Browser PouchDB: origins allowed to call couchgate with credentials ("*" echoes any origin).
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
 
     # Conflicts: how often the monitor counts them (metrics), where it announces new ones,
     # and whether it resolves the ones whose three-way merge is clean.
@@ -73,6 +76,17 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
+
+    @field_validator("jwt_algorithms", "cors_origins", mode="before")
+    @classmethod
+    def _list_from_env(cls, value: object) -> object:
+        # From the environment: a JSON list, or the plain comma list people write (`*`, `HS256,RS256`).
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)  # a JSONDecodeError is a ValueError: reported for this variable
+        return tuple(part.strip() for part in text.split(",") if part.strip())
 
     @field_validator("couch_url")
     @classmethod
@@ -91,6 +105,10 @@ class Settings(BaseSettings):
             raise ValueError("jwt_private_key: required when jwt_issue_algorithm is not HS*")
         if not wants_hmac and self.jwt_public_key is None:
             raise ValueError("jwt_public_key: required for the configured jwt_algorithms")
+        issuing = self.jwt_secret if self.jwt_issue_algorithm.startswith("HS") else self.jwt_private_key
+        if issuing is not None and self.jwt_issue_algorithm not in self.jwt_algorithms:
+            # Tokens couchgate issued would then be refused by couchgate itself.
+            raise ValueError("jwt_issue_algorithm: must be one of jwt_algorithms")
         return self
 
     @property
@@ -105,6 +123,11 @@ class SettingsError(Exception):
 def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SourceError as exc:
+        # A value the environment source could not decode (e.g. a list that is not JSON).
+        match = re.search(r'field "(\w+)"', str(exc))
+        var = f"COUCHGATE_{match.group(1).upper()}" if match else "COUCHGATE_*"
+        raise SettingsError(f"invalid setting {var}: cannot parse the value") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = first.get("loc") or ()

@@ -18,7 +18,7 @@ from proxy.auth.principal import ANONYMOUS, AuthMethod, Principal
 from proxy.auth.tokens import TokenError, TokenService
 from proxy.auth.users import UserInfoCache
 from proxy.couch.client import CouchClient, basic_auth_header
-from proxy.errors import Unauthorized
+from proxy.errors import Unauthorized, UpstreamUnavailable
 
 
 class AuthFailed(Unauthorized):
@@ -137,8 +137,11 @@ def auth_session_cookie(cookie_header: str | None) -> str | None:
 
 
 async def session_user(couch: CouchClient, headers: dict[str, str]) -> tuple[str | None, tuple[str, ...]]:
-    """Who CouchDB's `GET /_session` says these credentials belong to."""
+    """Who CouchDB's `GET /_session` says these credentials belong to; (None, ()) when
+    CouchDB refuses them. A CouchDB that cannot answer is 503, never "wrong password"."""
     result = await couch.json("GET", "/_session", headers=headers, use_service=False)
+    if result.status >= 500:
+        raise UpstreamUnavailable("CouchDB could not check the credentials")
     ctx = result.body.get("userCtx") if result.ok and isinstance(result.body, dict) else None
     if not isinstance(ctx, dict):
         return None, ()

@@ -8,6 +8,8 @@ Every low-level failure talking to CouchDB leaves this module as an `UpstreamErr
     ClientPayloadError, ClientResponseError,
     other aiohttp.ClientError                 -> UpstreamError (502)
     an upstream body that is not JSON         -> UpstreamError (502)
+    a CouchgateError from our own request
+    body iterator (wrapped by aiohttp)        -> that error itself (e.g. 413)
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import aiohttp
 import orjson
 
-from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import CouchgateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from proxy.settings import Settings
 
 JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
+LIVE_FEEDS = {"longpoll", "continuous", "eventsource"}
 
 
 def basic_auth_header(user: str, password: str) -> str:
@@ -74,18 +77,38 @@ class JsonResult:
         return 200 <= self.status < 300
 
 
-class CouchClient:
-    """Requests to CouchDB, as the service account unless told otherwise."""
+def is_live_feed(path_and_query: str) -> bool:
+    """A `_changes` feed that stays open (`feed=longpoll|continuous|eventsource`)."""
+    feeds = parse_qs(urlsplit(path_and_query).query).get("feed", [])
+    return any(feed in LIVE_FEEDS for feed in feeds)
 
-    def __init__(self, session: aiohttp.ClientSession, settings: Settings) -> None:
+
+class CouchClient:
+    """Requests to CouchDB, as the service account unless told otherwise.
+
+    Two sessions: `session` (a bounded pool) for everything that ends, and `feeds` (no
+    limit) for live `_changes` feeds, which hold a connection for as long as the client
+    listens. Sharing one pool, a hundred listening phones would starve every other
+    request, the credential checks included."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, settings: Settings, feeds: aiohttp.ClientSession | None = None
+    ) -> None:
         self.session = session
+        self.feeds = feeds if feeds is not None else session
         self.base = settings.upstream
         self.db = settings.db
         self.service_auth = basic_auth_header(settings.couch_user, settings.couch_password.get_secret_value())
         self.json_timeout = aiohttp.ClientTimeout(
             total=settings.request_timeout, connect=settings.connect_timeout
         )
-        self.stream_timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout)
+        # A streamed answer may take long in total, but not stall for longer than this.
+        self.stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.connect_timeout, sock_read=settings.request_timeout
+        )
+        # Live feeds may rightly stay silent (no heartbeat asked for) until the client's own
+        # `timeout`, which CouchDB honours; their end is the client's or CouchDB's to choose.
+        self.feed_timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout)
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -130,13 +153,15 @@ class CouchClient:
         data: Any = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A streamed request: the caller reads the body as it arrives."""
+        live = is_live_feed(path_and_query)
+        session = self.feeds if live else self.session
         try:
-            async with self.session.request(
+            async with session.request(
                 method,
                 self.url(path_and_query),
                 headers=headers,
                 data=data,
-                timeout=self.stream_timeout,
+                timeout=self.feed_timeout if live else self.stream_timeout,
                 allow_redirects=False,
                 skip_auto_headers=("Content-Type", "Accept-Encoding"),
             ) as resp:
@@ -144,11 +169,18 @@ class CouchClient:
         except ConnectionResetError:
             raise  # the downstream client went away while we streamed to it
         except MAPPED_ERRORS as exc:
+            if isinstance(exc.__cause__, CouchgateError):
+                # Raised by our own body iterator while aiohttp sent it (a body over the
+                # limit is 413): aiohttp wraps it in a connection error.
+                raise exc.__cause__ from None
             raise map_client_error(exc) from exc
 
 
-def new_session(settings: Settings) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=settings.upstream_pool_size, enable_cleanup_closed=True)
+def new_session(settings: Settings, *, feeds: bool = False) -> aiohttp.ClientSession:
+    """The upstream session; `feeds`: the one for live feeds, whose pool has no limit (each
+    feed is one caller listening, bounded by the callers couchgate has)."""
+    limit = 0 if feeds else settings.upstream_pool_size
+    connector = aiohttp.TCPConnector(limit=limit, enable_cleanup_closed=True)
     # DummyCookieJar: CouchDB's AuthSession cookie must never be replayed for another user.
     return aiohttp.ClientSession(
         connector=connector,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from urllib.parse import quote
 
 from proxy.couch.client import CouchClient
-from proxy.errors import NotFound, UpstreamError
+from proxy.errors import IllegalDatabaseName, NotFound, UpstreamError
 
 
 class SecurityCache:
@@ -24,6 +24,9 @@ class SecurityCache:
         result = await self.couch.json("GET", f"/{quote(db, safe='')}/_security")
         if result.status == 404:
             raise NotFound("Database does not exist.")
+        if result.status == 400 and isinstance(result.body, dict):
+            # A name CouchDB refuses: its own 400, not a broken upstream.
+            raise IllegalDatabaseName(str(result.body.get("reason") or "illegal database name"))
         if not result.ok or not isinstance(result.body, dict):
             # Fail closed: an unreadable `_security` must never look like a public database.
             raise UpstreamError("couchgate could not read the database's security object")

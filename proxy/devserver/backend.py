@@ -38,7 +38,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def pouchdb_server_bin(node_dir: Path = NODE_DIR) -> Path:
     path = node_dir / "node_modules" / "pouchdb-server" / "bin" / "pouchdb-server"
     if not path.exists():
-        raise BackendError(f"pouchdb-server is not installed in {node_dir}; run `make node`")
+        raise BackendError(f"pouchdb-server is not installed in {node_dir}; run `make install`")
     return path
 
 

@@ -7,7 +7,7 @@ import asyncio
 import secrets
 import sys
 
-from proxy.devserver.backend import PROJECT_ROOT, PouchServer
+from proxy.devserver.backend import PROJECT_ROOT, BackendError, PouchServer
 from proxy.seed.generator import DemoUser, preset
 from proxy.seed.loader import load
 from proxy.server import run_server
@@ -29,7 +29,8 @@ def banner(url: str, backend: PouchServer, users: list[DemoUser], docs: int) -> 
     ]
     for user in users:
         facility = ", ".join(user.facility_ids) if user.facility_ids else "-"
-        lines.append(f"  {user.name} / {user.password}   {', '.join(user.roles)}   {facility}")
+        admin = "   (CouchDB server admin)" if user.server_admin else ""
+        lines.append(f"  {user.name} / {user.password}   {', '.join(user.roles)}   {facility}{admin}")
     lines += ["", "Ctrl-C stops couchgate and the backend.", ""]
     return "\n".join(lines)
 
@@ -54,7 +55,8 @@ def run_dev(preset_name: str = "small", port: int = 5988, backend_port: int = 0,
         run_server(settings, shutdown_timeout=5)
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
+    except (OSError, BackendError) as exc:
+        # One line, no traceback: the message says what to do (e.g. `make install`).
         print(f"couchgate dev: {exc}", file=sys.stderr)
         return 1
     finally:

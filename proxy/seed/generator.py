@@ -7,9 +7,11 @@ the `settings` doc (roles, permissions, `replication_depth` as in DESIGN.md), ot
 docs, reports about people (by shortcode or uuid) and households, private reports,
 reports that need sign-off, unallocated SMS reports, tasks and targets.
 
-Users: `supervisor` (facility: the first health center), `chw1`..`chwN` (one per area of
-that health center; `chw2` has two areas, as a list), and `clerk` (an online data-entry
-user). Passwords are `<name>-pass`. Timestamps come from the seed, never the clock.
+Users: `administrator` (a CouchDB server admin, as CHT's admins are, with the CHT role
+`admin` in its docs), `supervisor` (facility: the first health center), `chw1`..`chwN`
+(one per area of that health center; `chw2` has two areas, as a list), and `clerk` (an
+online data-entry user). Passwords are `<name>-pass`. Timestamps come from the seed, never
+the clock.
 """
 
 from __future__ import annotations
@@ -85,23 +87,46 @@ PRESETS = {
 }
 
 
+def docs_per_household(shape: Shape) -> int:
+    # the place, 2 reports, a task, and its people with their reports
+    return 4 + shape.people * (1 + shape.reports)
+
+
 def docs_per_area(shape: Shape) -> int:
-    people = shape.households * shape.people
-    # area + chw person + target + per household (place, 2 reports, task) + people + their reports
-    return 3 + shape.households * 4 + people * (1 + shape.reports)
+    # area + chw person + target + households
+    return 3 + shape.households * docs_per_household(shape)
+
+
+def users_of(shape: Shape) -> int:
+    return shape.areas + 3  # a CHW per area of the first health center, supervisor, clerk, admin
 
 
 def approx_docs(shape: Shape) -> int:
+    """Exactly the number of docs `DemoData(shape).docs()` yields."""
     areas = shape.districts * shape.health_centers * shape.areas
-    return len(GLOBALS) + areas * docs_per_area(shape) + shape.districts * (1 + shape.health_centers * 2)
+    unallocated = max(3, shape.districts * 3)
+    places = shape.districts * (1 + shape.health_centers * 2)  # districts, centers, supervisors
+    return len(GLOBALS) + users_of(shape) + places + areas * docs_per_area(shape) + unallocated
+
+
+def _split(total: int, most: int) -> tuple[int, int]:
+    """`total` as about `groups * per_group`, with `per_group <= most` and as even as may be."""
+    groups = max(1, -(-total // most))
+    return groups, max(1, round(total / groups))
 
 
 def for_size(n_docs: int) -> Shape:
-    """A shape of about `n_docs` docs: areas of ~2,000 docs, ten to a health center."""
+    """A shape of about `n_docs` docs (within a few percent from ~300 to millions): areas of
+    ~2,000 docs (at least three, so `chw2` has two), ten to a health center, ten centers to a
+    district; the households per area then absorb what rounding the tree left over."""
     base = PRESETS["100k"]
-    areas = max(1, round(n_docs / docs_per_area(base)))
-    hcs = max(1, -(-areas // base.areas))
-    return Shape(1, hcs, min(areas, base.areas), base.households, base.people, base.reports)
+    wanted_areas = max(3, round(n_docs / docs_per_area(base)))
+    hcs_total, areas = _split(wanted_areas, 10)
+    districts, hcs = _split(hcs_total, 10)
+    bare = Shape(districts, hcs, areas, 0, base.people, base.reports)
+    all_areas = districts * hcs * areas
+    households = round((n_docs - approx_docs(bare)) / (all_areas * docs_per_household(bare)))
+    return Shape(districts, hcs, areas, max(1, households), base.people, base.reports)
 
 
 @dataclass(frozen=True)
@@ -111,17 +136,22 @@ class DemoUser:
     roles: tuple[str, ...]
     facility_ids: tuple[str, ...]
     contact_id: str | None
+    # A CouchDB server admin (the loader adds it to the server's `admins`): couchgate treats
+    # a user as an admin when CouchDB does (DESIGN.md 1).
+    server_admin: bool = False
 
     def user_doc(self) -> dict[str, Any]:
-        facility: Any = list(self.facility_ids) if len(self.facility_ids) > 1 else self.facility_ids[0]
-        doc = {
+        doc: dict[str, Any] = {
             "_id": f"org.couchdb.user:{self.name}",
             "name": self.name,
             "password": self.password,
             "type": "user",
             "roles": list(self.roles),
-            "facility_id": facility,
         }
+        if self.facility_ids:
+            doc["facility_id"] = (
+                list(self.facility_ids) if len(self.facility_ids) > 1 else self.facility_ids[0]
+            )
         if self.contact_id:
             doc["contact_id"] = self.contact_id
         return doc
@@ -155,10 +185,13 @@ class DemoData:
             facilities = (area, areas[i]) if i == 2 and len(areas) > 2 else (area,)
             self.users.append(DemoUser(f"chw{i}", f"chw{i}-pass", ("chw",), facilities, f"{area}-chw"))
         self.users.append(DemoUser("clerk", "clerk-pass", ("data_entry",), (hc,), None))
+        self.users.append(
+            DemoUser("administrator", "administrator-pass", ("admin",), (), None, server_admin=True)
+        )
 
     @property
     def approx_docs(self) -> int:
-        return approx_docs(self.shape) + len(self.users)
+        return approx_docs(self.shape)
 
     def docs(self) -> Iterator[dict[str, Any]]:
         """Every doc of the `medic` database, streamed (a million never sit in memory)."""

@@ -34,6 +34,19 @@ class LoadReport:
         return self.docs_written + self.docs_existing
 
 
+async def make_server_admin(http: aiohttp.ClientSession, base: str, name: str, password: str) -> None:
+    """Add `name` to the server's admins: CouchDB 3's `/_node/_local/_config`, else the
+    older `/_config` that pouchdb-server speaks. Setting it again only re-hashes it."""
+    body = orjson.dumps(password)
+    for config in ("/_node/_local/_config", "/_config"):
+        async with http.put(f"{base}{config}/admins/{quote(name, safe='')}", data=body) as resp:
+            if resp.status == 200:
+                return
+            if resp.status not in (400, 404):
+                raise RuntimeError(f"cannot make {name} a server admin: {resp.status}")
+    raise RuntimeError(f"cannot make {name} a server admin: no config endpoint")
+
+
 def batches(docs: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
     while batch := list(itertools.islice(docs, size)):
         yield batch
@@ -71,6 +84,8 @@ async def load(
                     report.users_created += 1
                 elif resp.status != 409:
                     raise RuntimeError(f"cannot create user {user.name}: {resp.status}")
+            if user.server_admin:
+                await make_server_admin(http, base, user.name, user.password)
         gate = asyncio.Semaphore(concurrency)
 
         async def write(batch: list[dict[str, Any]]) -> None:

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 
+import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
+from proxy.app import create_app
 from proxy.devserver.backend import PouchServer
+from proxy.logs import AccessLogger, JsonFormatter
+from proxy.settings import load_settings
 
 from support import (
+    JWT_SECRET,
     Gateway,
     TestUser,
     assert_couch_error,
@@ -27,10 +36,15 @@ async def test_request_id_is_echoed_or_generated(
         "GET", f"/{db}", auth=users["alice"].auth, headers={"X-Request-ID": "abc-123"}
     )
     assert headers["X-Request-ID"] == "abc-123"
-    _, _, headers = await gateway.call("GET", f"/{db}/_all_docs")  # an error answer carries one too
-    assert len(headers["X-Request-ID"]) == 32
-    _, _, headers = await gateway.call("GET", "/", headers={"X-Request-ID": "bad id with spaces\u2603"})
-    assert headers["X-Request-ID"] != "bad id with spaces"
+    generated = set()
+    for _ in range(2):  # an error answer carries one too; each request gets its own
+        _, _, headers = await gateway.call("GET", f"/{db}/_all_docs")
+        assert re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-ID"]), headers["X-Request-ID"]
+        generated.add(headers["X-Request-ID"])
+    assert len(generated) == 2
+    # An id that is not safe to log is replaced, not echoed.
+    _, _, headers = await gateway.call("GET", "/", headers={"X-Request-ID": "bad id with spaces"})
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-ID"]), headers["X-Request-ID"]
     # Streamed (proxied) answers carry it as well.
     async with gateway.http.get(
         f"{gateway.url}/{db}/_changes",
@@ -67,6 +81,18 @@ async def test_body_over_the_limit_is_413(backend: PouchServer, db: str, users: 
         assert_couch_error(status, body, 413, "too_large")
         status, body, _ = await gw.call("GET", f"/{db}/big", auth=users["alice"].auth)
         assert_couch_error(status, body, 404, "not_found")  # nothing half-written
+
+        async def chunks():  # no Content-Length: the limit is found while streaming upstream
+            for _ in range(8):
+                yield b"x" * 1024
+
+        status, body, _ = await gw.call(
+            "PUT", f"/{db}/big/att.bin", auth=users["alice"].auth, data=chunks(),
+            headers={"Content-Type": "application/octet-stream"},
+        )  # fmt: skip
+        assert_couch_error(status, body, 413, "too_large")
+        status, body, _ = await gw.call("GET", f"/{db}/big", auth=users["alice"].auth)
+        assert_couch_error(status, body, 404, "not_found")
     finally:
         await stop_gateway(gw)
 
@@ -131,6 +157,13 @@ async def test_upstream_down_is_503_and_recovers(flaky_backend: PouchServer, fla
         assert_couch_error(status, body, 503, "service_unavailable")
     status, body, _ = await flaky_gateway.call("GET", "/_couchgate/ready")
     assert_couch_error(status, body, 503, "service_unavailable")
+    # Checking credentials needs CouchDB: down is 503, never "Name or password is incorrect".
+    status, body, _ = await flaky_gateway.call("GET", "/medic", headers={"Cookie": "AuthSession=abc"})
+    assert_couch_error(status, body, 503, "service_unavailable")
+    status, body, _ = await flaky_gateway.call(
+        "POST", "/_couchgate/token", json={"name": "bob", "password": "bob-pass"}
+    )
+    assert_couch_error(status, body, 503, "service_unavailable")
     status, body, _ = await flaky_gateway.call("GET", "/_couchgate/health")
     assert status == 200  # liveness does not depend on CouchDB
     await asyncio.to_thread(flaky_backend.restart)
@@ -138,3 +171,83 @@ async def test_upstream_down_is_503_and_recovers(flaky_backend: PouchServer, fla
     assert status == 200, body
     status, body, _ = await flaky_gateway.call("PUT", "/medic/after", auth=bob, json={"ok": 1})
     assert status == 201, body
+
+
+@pytest.fixture
+async def failing_session_gateway() -> AsyncIterator[Gateway]:
+    """couchgate in front of an upstream whose `GET /_session` fails with a 500."""
+
+    async def broken(request: web.Request) -> web.Response:
+        return web.json_response({"error": "unknown_error", "reason": "function_clause"}, status=500)
+
+    upstream_app = web.Application()
+    upstream_app.router.add_route("*", "/{tail:.*}", broken)
+    upstream = TestServer(upstream_app, host="127.0.0.1")
+    await upstream.start_server()
+    settings = load_settings(
+        couch_url=f"http://127.0.0.1:{upstream.port}", couch_user="admin", couch_password="pass",
+        jwt_secret=JWT_SECRET, log_json=False, audit_enabled=False, conflicts_interval=3600,
+    )  # fmt: skip
+    gw = await start_gateway(settings)
+    try:
+        yield gw
+    finally:
+        await stop_gateway(gw)
+        await upstream.close()
+
+
+async def test_upstream_5xx_while_checking_credentials_is_503_not_401(
+    failing_session_gateway: Gateway,
+) -> None:
+    gw = failing_session_gateway
+    for headers in ({"Authorization": basic("bob", "bob-pass")}, {"Cookie": "AuthSession=abc"}):
+        status, body, _ = await gw.call("GET", "/medic", headers=headers)
+        assert_couch_error(status, body, 503, "service_unavailable")
+    status, body, _ = await gw.call("POST", "/_couchgate/token", json={"name": "bob", "password": "bob-pass"})
+    assert_couch_error(status, body, 503, "service_unavailable")
+
+
+async def test_json_log_lines_carry_the_request_id(failing_session_gateway: Gateway) -> None:
+    """Lines logged while serving a request, and its access line, name the request."""
+    lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    capture = Capture(level=logging.INFO)
+    capture.setFormatter(JsonFormatter())
+    loggers = [logging.getLogger("couchgate"), logging.getLogger("aiohttp.access")]
+    levels = [logger.level for logger in loggers]
+    gw = failing_session_gateway
+    # An app of its own, served as `couchgate serve` does, with its access log.
+    server = TestServer(create_app(gw.settings), host="127.0.0.1")
+    await server.start_server(access_log_class=AccessLogger)
+    try:
+        for logger in loggers:
+            logger.addHandler(capture)
+            logger.setLevel(logging.INFO)
+        async with gw.http.get(
+            f"http://127.0.0.1:{server.port}/medic",
+            headers={"Authorization": basic("bob", "bob-pass"), "X-Request-ID": "log-me-1"},
+        ) as resp:
+            assert resp.status == 503
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(capture)
+            logger.setLevel(level)
+        await server.close()
+    entries = [orjson.loads(line) for line in lines]
+    ours = [e for e in entries if e["request_id"] == "log-me-1"]
+    assert any(e["logger"] == "couchgate.errors" and e["level"] == "WARNING" for e in ours), entries
+    assert any(e["logger"] == "aiohttp.access" and e.get("status") == 503 for e in ours), entries
+
+
+async def test_ready_is_503_when_the_database_is_missing(backend: PouchServer) -> None:
+    gw = await start_gateway(gateway_settings(backend, "no-such-db", audit_enabled=False))
+    try:
+        status, body, _ = await gw.call("GET", "/_couchgate/ready")
+        assert_couch_error(status, body, 503, "service_unavailable")
+        assert "no-such-db" in body["reason"]
+    finally:
+        await stop_gateway(gw)

@@ -41,6 +41,19 @@ async def test_load_is_complete_and_idempotent() -> None:
             ) as resp,
         ):
             assert b'"chw3"' in await resp.read()
+        # The demo admin is an admin as couchgate sees it: CouchDB gives it `_admin`.
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"{backend.url}/_session",
+                headers={
+                    "Authorization": basic("administrator", "administrator-pass"),
+                    "Accept": "application/json",
+                },
+            ) as resp,
+        ):
+            assert "_admin" in (await resp.json())["userCtx"]["roles"]
+        assert backend.request("GET", f"/{db}/org.couchdb.user:administrator")[1]["type"] == "user-settings"
     finally:
         backend.stop()
 
@@ -71,4 +84,5 @@ def test_couchgate_dev_serves_demo_data_and_ctrl_c_stops_everything() -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "chw1 / chw1-pass" in out and f"http://127.0.0.1:{port}" in out
+    assert "administrator / administrator-pass" in out
     assert not listening(port) and not listening(backend_port)

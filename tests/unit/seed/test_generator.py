@@ -6,8 +6,10 @@ import itertools
 import tracemalloc
 from collections import Counter
 
+import pytest
+
 from proxy.access.kinds import kind_of, lineage_ids
-from proxy.seed.generator import PRESETS, for_size, preset
+from proxy.seed.generator import PRESETS, DemoData, approx_docs, for_size, preset
 
 
 def test_same_seed_same_docs_other_seed_other_docs() -> None:
@@ -70,3 +72,29 @@ def test_a_million_docs_are_streamed_not_built() -> None:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert len(first) == 5000 and peak < 20 * 1024 * 1024
+
+
+@pytest.mark.parametrize("n", [300, 500, 1_000, 2_500, 5_000, 20_000, 33_333, 100_000, 250_000, 1_000_000])
+def test_for_size_lands_near_the_request(n: int) -> None:
+    assert abs(approx_docs(for_size(n)) - n) <= 0.25 * n, (n, for_size(n))
+
+
+@pytest.mark.parametrize("shape", [PRESETS["tiny"], PRESETS["small"], for_size(300), for_size(5_000)])
+def test_approx_docs_is_the_exact_count(shape) -> None:  # type: ignore[no-untyped-def]
+    data = DemoData(shape)
+    assert data.approx_docs == sum(1 for _ in data.docs())
+
+
+def test_presets_keep_their_shape() -> None:
+    # Benchmarks compare runs over time: a preset's tree must not change under them.
+    assert approx_docs(PRESETS["100k"]) == 98_183 and approx_docs(PRESETS["1m"]) == 981_639
+
+
+def test_an_admin_user_with_both_docs() -> None:
+    data = preset("tiny")
+    admin = next(u for u in data.users if u.server_admin)
+    assert (admin.name, admin.password, admin.roles) == ("administrator", "administrator-pass", ("admin",))
+    assert "facility_id" not in admin.user_doc()
+    settings = {d["_id"]: d for d in data.docs()}[f"org.couchdb.user:{admin.name}"]
+    assert settings["type"] == "user-settings" and "password" not in settings
+    assert [u.name for u in data.users if not u.server_admin][:2] == ["supervisor", "chw1"]

@@ -1,0 +1,96 @@
+"""Token callers have no CouchDB credentials: couchgate acts for them as its service account.
+
+Before it does, it makes the checks CouchDB would have made for that user
+(`proxy.access.couch_security`, pure). Most need only the path and the database's
+`_security`; a few need the request body (the `_id`s of `POST /db` and `_bulk_docs`, a
+user's own `_users` doc), which the forwarder reads (bounded) and hands to the
+`BodyCheck` returned here before anything is sent upstream.
+
+Known limitation: upstream `validate_doc_update` functions run with the service
+account's userCtx (an admin) for these callers; see `couch_security`. CouchDB's proxy
+authentication (`X-Auth-CouchDB-*` headers) would let CouchDB see the real user instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+import orjson
+from aiohttp import web
+
+from proxy.access import couch_security
+from proxy.access.couch_security import Verdict
+from proxy.access.paths import CouchPath
+from proxy.auth.principal import Principal
+from proxy.couch.client import quote_id
+from proxy.errors import (
+    BadRequest,
+    CouchgateError,
+    Forbidden,
+    IllegalDatabaseName,
+    NotFound,
+    UpstreamError,
+)
+from proxy.keys import COUCH, SECURITY
+
+BodyCheck = Callable[[bytes], Awaitable[None]]
+
+
+def refusal(verdict: Verdict) -> CouchgateError:
+    if verdict.status == 404:
+        return NotFound(verdict.reason)
+    if verdict.status == 400:
+        return IllegalDatabaseName(verdict.reason)
+    return Forbidden(verdict.reason)
+
+
+async def authorize(request: web.Request, principal: Principal, path: CouchPath) -> BodyCheck | None:
+    """Raise unless CouchDB would let this token caller do this; a check for the body, if
+    the answer depends on it."""
+    destination = request.headers.get("Destination") if request.method == "COPY" else None
+    args = (request.method, path, principal.name, principal.roles)
+    verdict = couch_security.decide(*args, destination=destination)
+    if verdict.needs_security and path.db is not None:
+        security = await request.app[SECURITY].get(path.db)
+        verdict = couch_security.decide(*args, security, destination=destination)
+    if not verdict.allowed:
+        raise refusal(verdict)
+    if verdict.body_check == "design_ids":
+        bulk = len(path.segments) > 1  # `/db/_bulk_docs`, else `POST /db`
+        return lambda body: _no_design_docs(body, bulk=bulk)
+    if verdict.body_check == "user_doc":
+        return lambda body: _own_user_doc(request, principal, path, body)
+    return None
+
+
+def parse(body: bytes) -> object:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("invalid UTF-8 JSON") from exc
+
+
+async def _no_design_docs(body: bytes, *, bulk: bool) -> None:
+    if couch_security.design_ids_in(parse(body), bulk=bulk):
+        raise Forbidden(couch_security.NOT_DB_ADMIN)
+
+
+async def _own_user_doc(request: web.Request, principal: Principal, path: CouchPath, body: bytes) -> None:
+    doc_id = path.doc_id or ""
+    if request.query.get("new_edits") == "false":
+        raise Forbidden("Only admins may write user documents with new_edits=false.")
+    new = parse(body)
+    stored = await _stored_user_doc(request, doc_id)
+    problem = couch_security.user_doc_problem(new, stored, principal.name or "", doc_id)
+    if problem is not None:
+        raise Forbidden(problem)
+
+
+async def _stored_user_doc(request: web.Request, doc_id: str) -> Mapping[str, object] | None:
+    result = await request.app[COUCH].json("GET", f"/_users/{quote_id(doc_id)}")
+    if result.status == 404:
+        return None
+    if not result.ok or not isinstance(result.body, dict):
+        # Fail closed: without the stored roles, a roles change could not be noticed.
+        raise UpstreamError("couchgate could not read the stored user document")
+    return result.body
