@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator
+
 from aiohttp import web
 
 from proxy.access.config import UserCtx, is_offline
@@ -17,8 +19,7 @@ from proxy.auth.principal import Principal
 from proxy.errors import Unauthorized
 from proxy.keys import INDEX, PRINCIPAL, SETTINGS
 from proxy.offline.routes import serve_offline
-from proxy.params import read_body
-from proxy.passthrough import credentials_for, forward, parse_path
+from proxy.passthrough import CAPTURE_LIMIT, credentials_for, forward, limited_body, parse_path
 
 
 def is_public(method: str, path: CouchPath) -> bool:
@@ -41,26 +42,64 @@ async def couchdb_handler(request: web.Request) -> web.StreamResponse:
     """Any CouchDB path, for whoever couchgate lets through."""
     principal = request[PRINCIPAL]
     path = parse_path(request)
-    if not principal.authenticated:
-        if not is_public(request.method, path):
-            raise Unauthorized("You are not authorized to access this resource.", headers=CHALLENGE)
-    elif not is_public(request.method, path) and await offline(request, principal):
+    if not principal.authenticated and not is_public(request.method, path):
+        raise Unauthorized("You are not authorized to access this resource.", headers=CHALLENGE)
+    kind = capture.write_kind(request.method, path)
+    if kind is not None:
+        await capture.admit(request)  # the audit log's backpressure (proxy/audit/log.py)
+    if principal.authenticated and not is_public(request.method, path) and await offline(request, principal):
         return await serve_offline(request, path, principal)
     credentials = await credentials_for(request, principal, path)
-    kind = capture.write_kind(request.method, path)
     if kind is None:
         return await forward(request, path, credentials)
-    # A write: recorded in the audit log with CouchDB's answer. JSON bodies are read (they
-    # are bounded) so each doc of a `_bulk_docs` gets its entry; attachments stay streamed.
-    body = None
-    declared = request.content_length
-    bounded = declared is not None and declared <= request.app[SETTINGS].max_json_bytes
-    if kind != "attachment" and request.content_type != "multipart/related" and bounded:
-        body = await read_body(request, request.app[SETTINGS].max_json_bytes)
-    # Larger or unsized bodies stream through untouched; their entries then come from
-    # CouchDB's answer alone (ids and revs, without the doc types).
+    # A write: recorded in the audit log with CouchDB's answer. JSON bodies up to the JSON
+    # limit are read, chunked ones too, so each doc of a `_bulk_docs` gets its entry; larger
+    # ones and attachments stream through, and their entries say what could not be known.
+    settings = request.app[SETTINGS]
+    body: bytes | AsyncIterable[bytes] | None = None
+    captured: bytes | None = None
+    body_read = True
+    json_body = kind in capture.JSON_BODY_KINDS and request.content_type != "multipart/related"
+    if json_body and request.body_exists:
+        declared = request.content_length
+        if declared is None or declared <= settings.max_json_bytes:
+            prefix, complete = await read_prefix(request, settings.max_json_bytes)
+            if complete:
+                captured = prefix
+                body = prefix if len(prefix) <= CAPTURE_LIMIT else in_slices(prefix)
+            else:
+                body, body_read = rest_of_body(request, prefix, settings.max_body_bytes), False
+        else:
+            body_read = False
 
     def answered(status: int, raw: bytes) -> None:
-        capture.record_write(request, path, kind, status, body, raw)
+        capture.record_write(request, path, kind, status, captured, raw, body_read=body_read)
 
-    return await forward(request, path, credentials, body=body, on_answer=answered)
+    # A `_bulk_docs` answer has a row per doc: read as much of it as a JSON body may hold.
+    limit = settings.max_json_bytes if kind == "bulk" else CAPTURE_LIMIT
+    return await forward(request, path, credentials, body=body, on_answer=answered, capture_limit=limit)
+
+
+async def read_prefix(request: web.Request, limit: int) -> tuple[bytes, bool]:
+    """The request body if it is at most `limit` bytes (True), else what was read of it."""
+    raw = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        raw += chunk
+        if len(raw) > limit:
+            return bytes(raw), False
+    return bytes(raw), True
+
+
+async def in_slices(raw: bytes) -> AsyncIterator[bytes]:
+    """Large bytes sent a slice at a time (aiohttp warns that one big write blocks the loop)."""
+    view = memoryview(raw)
+    for start in range(0, len(raw), 64 * 1024):
+        yield bytes(view[start : start + 64 * 1024])
+
+
+async def rest_of_body(request: web.Request, prefix: bytes, limit: int) -> AsyncIterator[bytes]:
+    """`prefix`, then the rest of the request body as it arrives (refused past `limit`)."""
+    async for piece in in_slices(prefix):
+        yield piece
+    async for chunk in limited_body(request, limit - len(prefix)):
+        yield chunk

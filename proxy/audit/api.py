@@ -10,7 +10,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-Outcome = Literal["written", "forbidden", "conflict", "invalid", "success", "failure", "denied", "error"]
+Outcome = Literal[
+    "written", "forbidden", "conflict", "invalid", "success", "failure", "denied", "error", "unknown"
+]  # "unknown": CouchDB's answer (or the request) could not be read, so the outcome is not known
+
+
+def clean_text(value: str) -> str:
+    """`value` as valid UTF-8 text. aiohttp decodes header bytes that are not UTF-8 into
+    lone surrogates (`\\xff` -> `\\udcff`), which no JSON encoder accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "replace").decode("utf-8")
+    return value
 
 
 @dataclass(frozen=True)

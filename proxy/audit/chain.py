@@ -34,34 +34,91 @@ def entry_hash(entry: Mapping[str, Any]) -> str:
 class Break:
     writer: str
     seq: int
-    problem: str  # edited | missing | relinked
+    problem: str  # edited | missing | relinked | truncated
 
     def __str__(self) -> str:
         return f"writer {self.writer} seq {self.seq}: {self.problem}"
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A writer's latest seq and hash as logged by the process (`audit checkpoint` lines):
+    the only evidence against which deleting a writer's newest entries shows."""
+
+    writer: str
+    seq: int
+    hash: str
+
+
+class ChainChecker:
+    """Checks entries fed in (writer, seq) order, one at a time, holding only the previous
+    entry of the current writer: the log can be verified without loading it whole."""
+
+    def __init__(
+        self, removed_up_to: Mapping[str, int] | None = None, checkpoints: Iterable[Checkpoint] = ()
+    ) -> None:
+        self.removed_up_to = dict(removed_up_to or {})
+        self.checkpoints = {c.writer: c for c in checkpoints}
+        self.breaks: list[Break] = []
+        self.entries = 0
+        self.writers: set[str] = set()
+        self._writer: str | None = None
+        self._expected = 1
+        self._prev: str | None = GENESIS
+        self._last_seq = 0
+
+    def feed(self, entry: Mapping[str, Any]) -> None:
+        writer = str(entry.get("writer"))
+        if writer != self._writer:
+            self._end_writer()
+            self._start_writer(writer)
+        self.entries += 1
+        seq = int(entry.get("seq", 0))
+        if seq != self._expected:
+            self.breaks.append(Break(writer, self._expected, "missing"))
+            self._prev = None  # the link across a gap cannot be checked
+        if entry.get("hash") != entry_hash(entry):
+            self.breaks.append(Break(writer, seq, "edited"))
+        elif self._prev is not None and entry.get("prev_hash") != self._prev:
+            self.breaks.append(Break(writer, seq, "relinked"))
+        checkpoint = self.checkpoints.get(writer)
+        if checkpoint is not None and seq == checkpoint.seq and entry.get("hash") != checkpoint.hash:
+            self.breaks.append(Break(writer, seq, "edited"))  # rewritten, chain and all
+        self._prev = str(entry.get("hash"))
+        self._expected = seq + 1
+        self._last_seq = seq
+
+    def finish(self) -> list[Break]:
+        self._end_writer()
+        self._writer = None
+        for writer in sorted(set(self.checkpoints) - self.writers):
+            self._start_writer(writer)  # a checkpointed writer with no entry left at all
+            self._end_writer()
+        return self.breaks
+
+    def _start_writer(self, writer: str) -> None:
+        self._writer = writer
+        self.writers.add(writer)
+        self._expected = self.removed_up_to.get(writer, 0) + 1
+        self._prev = GENESIS if self._expected == 1 else None
+        self._last_seq = self._expected - 1
+
+    def _end_writer(self) -> None:
+        if self._writer is None:
+            return
+        checkpoint = self.checkpoints.get(self._writer)
+        if checkpoint is not None and self._last_seq < checkpoint.seq:
+            self.breaks.append(Break(self._writer, self._last_seq + 1, "truncated"))
+
+
 def verify(
-    entries: Iterable[Mapping[str, Any]], removed_up_to: Mapping[str, int] | None = None
+    entries: Iterable[Mapping[str, Any]],
+    removed_up_to: Mapping[str, int] | None = None,
+    checkpoints: Iterable[Checkpoint] = (),
 ) -> list[Break]:
     """Every break in every writer's chain. `removed_up_to[writer]` is the last seq that
     retention deleted on purpose; entries before it are not expected."""
-    by_writer: dict[str, list[Mapping[str, Any]]] = {}
-    for entry in entries:
-        by_writer.setdefault(str(entry.get("writer")), []).append(entry)
-    breaks: list[Break] = []
-    for writer, chain in sorted(by_writer.items()):
-        chain.sort(key=lambda e: int(e.get("seq", 0)))
-        expected_seq = (removed_up_to or {}).get(writer, 0) + 1
-        prev: str | None = GENESIS if expected_seq == 1 else None
-        for entry in chain:
-            seq = int(entry.get("seq", 0))
-            if seq != expected_seq:
-                breaks.append(Break(writer, expected_seq, "missing"))
-                prev = None  # the link across a gap cannot be checked
-            if entry.get("hash") != entry_hash(entry):
-                breaks.append(Break(writer, seq, "edited"))
-            elif prev is not None and entry.get("prev_hash") != prev:
-                breaks.append(Break(writer, seq, "relinked"))
-            prev = str(entry.get("hash"))
-            expected_seq = seq + 1
-    return breaks
+    checker = ChainChecker(removed_up_to, checkpoints)
+    for entry in sorted(entries, key=lambda e: (str(e.get("writer")), int(e.get("seq", 0)))):
+        checker.feed(entry)
+    return checker.finish()

@@ -1,22 +1,32 @@
 """`couchgate audit tail [--follow] [--user U] [--doc ID] [--limit N]` and
-`couchgate audit verify`: read the audit database directly as the service account."""
+`couchgate audit verify [--checkpoint W:SEQ:HASH ...] [--checkpoints LOGFILE]`: read the
+audit database directly as the service account.
+
+`tail --follow` reads the audit database's `_changes` feed from where the first page was
+taken, so a burst of any size is shown whole. `verify` streams each writer's chain through
+the `chain` view, one page at a time; checkpoints (the `audit checkpoint` lines couchgate
+logs) also reveal a writer's newest entries being deleted, which no chain can show alone.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 from rich.console import Console
 from rich.table import Table
 
-from proxy.audit.chain import verify
+from proxy.audit.chain import ChainChecker, Checkpoint
+from proxy.audit.log import DESIGN_ID
 from proxy.audit.query import AuditQuery, search
 from proxy.audit.retention import MARKER_PREFIX
 from proxy.couch.client import CouchClient, new_session
+from proxy.errors import UpstreamError
 from proxy.settings import Settings, SettingsError, load_settings
 
 PAGE = 2000
@@ -31,40 +41,75 @@ async def couch_client(settings: Settings) -> AsyncIterator[CouchClient]:
         await session.close()
 
 
-async def all_entries(couch: CouchClient, db: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Every entry and every retention marker, paged through `_all_docs`."""
-    entries: list[dict[str, Any]] = []
-    markers: dict[str, int] = {}
-    start: str | None = None
-    path = f"/{quote(db, safe='')}/_all_docs"
+async def retention_markers(couch: CouchClient, db: str) -> dict[str, int]:
+    """Per writer, the last seq retention removed on purpose."""
+    params = {
+        "startkey": orjson.dumps(MARKER_PREFIX).decode(),
+        "endkey": orjson.dumps(MARKER_PREFIX + "\ufff0").decode(),
+        "include_docs": "true",
+    }
+    result = await couch.json("GET", f"/{quote(db, safe='')}/_all_docs", params=params)
+    if not result.ok or not isinstance(result.body, dict):
+        raise UpstreamError(f"the audit database answered {result.status}")
+    docs = [row.get("doc") or {} for row in result.body.get("rows", [])]
+    return {str(d["writer"]): int(d["removed_up_to"]) for d in docs if "writer" in d}
+
+
+async def chain_entries(couch: CouchClient, db: str) -> AsyncIterator[dict[str, Any]]:
+    """Every entry in (writer, seq) order, a page at a time."""
+    path = f"/{quote(db, safe='')}/{DESIGN_ID}/_view/chain"
+    start: Any = None
     while True:
         params = {"include_docs": "true", "limit": str(PAGE + 1)}
         if start is not None:
-            params["startkey"] = f'"{start}"'
+            params["startkey"] = orjson.dumps(start).decode()
         result = await couch.json("GET", path, params=params)
-        rows = result.body.get("rows", []) if result.ok and isinstance(result.body, dict) else []
+        if not result.ok or not isinstance(result.body, dict):
+            hint = " (couchgate installs it when it starts)" if result.status == 404 else ""
+            raise UpstreamError(f"the audit chain index answered {result.status}{hint}")
+        rows = result.body.get("rows", [])
         for row in rows[:PAGE]:
-            doc = row.get("doc") or {}
-            if doc.get("type") == "couchgate-audit":
-                entries.append(doc)
-            elif str(doc.get("_id", "")).startswith(MARKER_PREFIX):
-                markers[str(doc["writer"])] = int(doc["removed_up_to"])
+            if isinstance(row.get("doc"), dict):
+                yield row["doc"]
         if len(rows) <= PAGE:
-            return entries, markers
-        start = rows[PAGE]["id"]
+            return
+        start = rows[PAGE]["key"]
 
 
-async def run_verify(settings: Settings, console: Console) -> int:
+def parse_checkpoint(text: str) -> Checkpoint:
+    writer, seq, digest = text.rsplit(":", 2)
+    return Checkpoint(writer, int(seq), digest)
+
+
+def checkpoints_from_log(lines: Iterable[str]) -> list[Checkpoint]:
+    """The newest `audit checkpoint` of each writer in couchgate's JSON log lines."""
+    newest: dict[str, Checkpoint] = {}
+    for line in lines:
+        if "audit_checkpoint" not in line:
+            continue
+        try:
+            mark = orjson.loads(line)["audit_checkpoint"]
+            checkpoint = Checkpoint(str(mark["writer"]), int(mark["seq"]), str(mark["hash"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        if checkpoint.seq > newest.get(checkpoint.writer, Checkpoint("", 0, "")).seq:
+            newest[checkpoint.writer] = checkpoint
+    return list(newest.values())
+
+
+async def run_verify(settings: Settings, console: Console, checkpoints: Iterable[Checkpoint] = ()) -> int:
     async with couch_client(settings) as couch:
-        entries, markers = await all_entries(couch, settings.audit_db)
-    breaks = verify(entries, markers)
-    writers = len({e.get("writer") for e in entries})
+        checker = ChainChecker(await retention_markers(couch, settings.audit_db), checkpoints)
+        async for entry in chain_entries(couch, settings.audit_db):
+            checker.feed(entry)
+    breaks = checker.finish()
+    entries, writers = checker.entries, len(checker.writers)
     if not breaks:
-        console.print(f"[green]audit log intact[/green]: {len(entries)} entries from {writers} writers")
+        console.print(f"[green]audit log intact[/green]: {entries} entries from {writers} writers")
         return 0
     for problem in breaks:
         console.print(f"[red]break[/red] {problem}")
-    console.print(f"[red]{len(breaks)} breaks[/red] in {len(entries)} entries")
+    console.print(f"[red]{len(breaks)} breaks[/red] in {entries} entries")
     return 1
 
 
@@ -86,22 +131,44 @@ def render(entries: list[dict[str, Any]]) -> Table:
 
 async def run_tail(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     query = AuditQuery(user=args.user, doc_id=args.doc, limit=args.limit)
+    db = settings.audit_db
     async with couch_client(settings) as couch:
-        answer = await search(couch, settings.audit_db, query)
+        since = await update_seq(couch, db)  # taken first: nothing written after it is missed
+        answer = await search(couch, db, query)
         entries = list(reversed(answer["entries"]))
         console.print(render(entries))
-        seen = {e["_id"] for e in entries}
+        shown = {e["_id"] for e in entries}
         while args.follow:
-            await asyncio.sleep(args.interval)
-            fresh = [
-                e
-                for e in reversed((await search(couch, settings.audit_db, query))["entries"])
-                if e["_id"] not in seen
-            ]
+            since, fresh, more = await changes_since(couch, db, since, query)
+            fresh = [e for e in fresh if e["_id"] not in shown]
             if fresh:
-                seen.update(e["_id"] for e in fresh)
                 console.print(render(fresh))
+            if not more:
+                await asyncio.sleep(args.interval)
     return 0
+
+
+async def update_seq(couch: CouchClient, db: str) -> Any:
+    result = await couch.json("GET", f"/{quote(db, safe='')}")
+    if not result.ok or not isinstance(result.body, dict):
+        raise UpstreamError(f"the audit database answered {result.status}")
+    return result.body.get("update_seq", 0)
+
+
+async def changes_since(
+    couch: CouchClient, db: str, since: Any, query: AuditQuery, batch: int = 500
+) -> tuple[Any, list[dict[str, Any]], bool]:
+    """Entries written after `since` that match `query`, the new since, and whether there is more."""
+    params = {"since": since if isinstance(since, str) else orjson.dumps(since).decode(),
+              "include_docs": "true", "limit": str(batch)}  # fmt: skip
+    result = await couch.json("GET", f"/{quote(db, safe='')}/_changes", params=params)
+    if not result.ok or not isinstance(result.body, dict):
+        raise UpstreamError(f"the audit changes feed answered {result.status}")
+    rows = result.body.get("results", [])
+    docs = [row.get("doc") for row in rows if not row.get("deleted")]
+    entries = [d for d in docs if isinstance(d, dict) and d.get("type") == "couchgate-audit"]
+    fresh = [d for d in entries if query.matches(d)]
+    return result.body.get("last_seq", since), fresh, len(rows) >= batch
 
 
 def add_parser(sub: Any) -> None:
@@ -115,6 +182,10 @@ def add_parser(sub: Any) -> None:
     tail.add_argument("--interval", type=float, default=2.0)
     tail.set_defaults(func=main)
     check = commands.add_parser("verify", help="check every writer's hash chain; exit 1 on a break")
+    check.add_argument("--checkpoint", action="append", default=[], metavar="WRITER:SEQ:HASH",
+                       help="a logged checkpoint: entries up to it must be there (repeatable)")  # fmt: skip
+    check.add_argument("--checkpoints", metavar="LOGFILE",
+                       help="couchgate's JSON log: the newest checkpoint of each writer in it")  # fmt: skip
     check.set_defaults(func=main)
 
 
@@ -127,7 +198,17 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.audit_command == "verify":
-            return asyncio.run(run_verify(settings, console))
+            checkpoints = [parse_checkpoint(c) for c in args.checkpoint]
+            if args.checkpoints:
+                with open(args.checkpoints, encoding="utf-8", errors="replace") as lines:
+                    checkpoints += checkpoints_from_log(lines)
+            return asyncio.run(run_verify(settings, console, checkpoints))
         return asyncio.run(run_tail(settings, args, console))
+    except ValueError as exc:
+        console.print(f"couchgate: a checkpoint is WRITER:SEQ:HASH ({exc})")
+        return 2
+    except UpstreamError as exc:
+        console.print(f"couchgate: {exc.reason}")
+        return 2
     except KeyboardInterrupt:
         return 130

@@ -1,10 +1,23 @@
 """The audit log writer: entries chained and numbered at `record()`, written in batches to
 a database of their own by a background task, flushed on shutdown.
 
-`record()` never blocks and never raises. While the audit database cannot be written,
-entries wait in a bounded queue and readiness says so; past the bound an entry is dropped
-but still numbered, so `couchgate audit verify` shows the gap, and the drop is counted and
-logged. Nothing is lost silently.
+`record()` never blocks and never raises: an entry it cannot build is logged loudly and
+counted, and its seq is not used, so the chain stays whole.
+
+Queue and backpressure (`queue_max`, COUCHGATE_AUDIT_QUEUE_MAX):
+- Writes are admitted with `admit()` before they are forwarded. While the queue is past
+  the high-water mark (half the bound) and the audit database is writable, a write waits
+  (bounded) for the writer to make room; entries of admitted writes are always kept, so
+  one huge `_bulk_docs` may take the queue past the bound for a while but loses nothing.
+- While the audit database cannot be written, entries queue up to the bound; past it new
+  writes are refused with 503 `service_unavailable` and readiness says so.
+- Only entries recorded while the database is down *and* the queue is at twice the bound
+  (security events from a flood, writes admitted just before) are dropped: numbered all the
+  same, so `couchgate audit verify` shows the gap, counted and logged. Nothing is lost silently.
+
+Every `checkpoint_interval` seconds (and on close) the writer logs its latest written seq
+and hash (`audit checkpoint`), the evidence against which truncation of a writer's newest
+entries can be detected (`couchgate audit verify --checkpoint`).
 """
 
 from __future__ import annotations
@@ -20,25 +33,39 @@ from dataclasses import fields
 from typing import Any
 from urllib.parse import quote
 
-from proxy.audit.api import AuditEntry
+from proxy.audit.api import AuditEntry, clean_text
 from proxy.audit.chain import GENESIS, entry_hash
 from proxy.couch.client import CouchClient
-from proxy.errors import UpstreamError
+from proxy.errors import UpstreamError, UpstreamUnavailable
 
 log = logging.getLogger("couchgate.audit")
 
 ENTRY_FIELDS = tuple(f.name for f in fields(AuditEntry))
 DESIGN_ID = "_design/couchgate-audit"
-# One view, keys prefixed by what they select on, newest last: [kind, value, ts].
+# One view, keys prefixed by what they select on, newest last: [kind, value..., ts, _id].
+# The doc id makes every key unique, so a page can start exactly at a key (no
+# `startkey_docid`, which pouchdb-server ignores).
 INDEX_MAP = """function (doc) {
   if (doc.type !== 'couchgate-audit') { return; }
-  emit(['*', '', doc.ts], null);
-  if (doc.doc_id) { emit(['doc', doc.doc_id, doc.ts], null); }
-  if (doc.user) { emit(['user', doc.user, doc.ts], null); }
-  emit(['action', doc.action, doc.ts], null);
-  emit(['outcome', doc.outcome, doc.ts], null);
+  var ts = doc.ts, id = doc._id;
+  emit(['*', '', ts, id], null);
+  if (doc.doc_id) { emit(['doc', doc.doc_id, ts, id], null); }
+  if (doc.user) { emit(['user', doc.user, ts, id], null); }
+  emit(['action', doc.action, ts, id], null);
+  emit(['outcome', doc.outcome, ts, id], null);
+  if (doc.user) { emit(['user+action', doc.user, doc.action, ts, id], null); }
+  if (doc.user) { emit(['user+outcome', doc.user, doc.outcome, ts, id], null); }
+  emit(['action+outcome', doc.action, doc.outcome, ts, id], null);
 }"""
-DESIGN = {"_id": DESIGN_ID, "language": "javascript", "views": {"index": {"map": INDEX_MAP}}}
+# Each writer's chain in order, for `verify` to stream.
+CHAIN_MAP = """function (doc) {
+  if (doc.type === 'couchgate-audit') { emit([doc.writer, doc.seq, doc._id], null); }
+}"""
+DESIGN = {
+    "_id": DESIGN_ID,
+    "language": "javascript",
+    "views": {"index": {"map": INDEX_MAP}, "chain": {"map": CHAIN_MAP}},
+}
 SECURITY = {"admins": {"names": [], "roles": []}, "members": {"names": [], "roles": ["_admin"]}}
 
 
@@ -46,10 +73,25 @@ def iso(ts_ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ms / 1000)) + f".{ts_ms % 1000:03d}Z"
 
 
+def _jsonable(value: Any) -> Any:
+    """`value` with every string valid UTF-8 and every part something JSON can carry."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return clean_text(str(value))
+
+
 class AuditLog:
     def __init__(
         self, couch: CouchClient, db: str, *, batch_size: int = 200, flush_interval: float = 0.5,
-        queue_max: int = 100_000,
+        queue_max: int = 100_000, admit_wait: float = 30.0, checkpoint_interval: float = 60.0,
     ) -> None:  # fmt: skip
         self.couch = couch
         self.db = db
@@ -58,23 +100,45 @@ class AuditLog:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.queue_max = queue_max
+        self.high_water = max(1, queue_max // 2)
+        self.admit_wait = admit_wait
+        self.checkpoint_interval = checkpoint_interval
         self.queue: deque[dict[str, Any]] = deque()
         self.seq = 0
         self.prev = GENESIS
         self.written = 0
         self.dropped = 0
+        self.failed = 0  # entries that could not be built at all (logged with their traceback)
+        self.refused = 0  # writes answered 503 because the queue was full and the db down
         self.last_error: str | None = None
         self.db_ready = False
+        self.last_written: tuple[int, str] | None = None  # (seq, hash) of the newest entry stored
+        self._checkpointed: tuple[int, str] | None = None
+        self._checkpoint_at = 0.0
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()
         self._lock = asyncio.Lock()
 
     # -- recording (request path: no I/O) -----------------------------------------------------
 
     def record(self, entry: AuditEntry) -> None:
+        """Queue one entry. Never raises: a failure is logged loudly and counted."""
+        try:
+            self._record(entry)
+        except Exception:
+            self.failed += 1
+            log.exception(
+                "audit entry could not be recorded (action %s, request %s)",
+                getattr(entry, "action", None),
+                getattr(entry, "request_id", None),
+                extra={"audit_failed": self.failed},
+            )
+
+    def _record(self, entry: AuditEntry) -> None:
         ts = int(time.time() * 1000)
-        self.seq += 1
+        seq = self.seq + 1
         doc: dict[str, Any] = {
-            "_id": f"audit-{self.writer}-{self.seq:012d}",
+            "_id": f"audit-{self.writer}-{seq:012d}",
             "type": "couchgate-audit",
             "ts": ts,
             "time": iso(ts),
@@ -84,19 +148,54 @@ class AuditLog:
                 for name in ENTRY_FIELDS
             },
             "writer": self.writer,
-            "seq": self.seq,
+            "seq": seq,
             "prev_hash": self.prev,
         }
-        doc["hash"] = entry_hash(doc)
-        self.prev = doc["hash"]
-        if len(self.queue) >= self.queue_max:
+        try:
+            digest = entry_hash(doc)
+        except TypeError:  # orjson.JSONEncodeError: text that is not UTF-8, or a value JSON lacks
+            doc = _jsonable(doc)
+            digest = entry_hash(doc)
+        # Numbered only once the entry exists, so a failure above leaves no gap in the chain.
+        doc["hash"] = digest
+        self.seq, self.prev = seq, digest
+        if self.last_error is not None and len(self.queue) >= 2 * self.queue_max:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.error("audit queue full (%d): %d entries dropped so far", self.queue_max, self.dropped)
+                log.error(
+                    "audit queue full (%d) while the audit database cannot be written: %d entries dropped",
+                    len(self.queue), self.dropped, extra={"audit_dropped": self.dropped},
+                )  # fmt: skip
             return
         self.queue.append(doc)
         if len(self.queue) >= self.batch_size:
             self._wake.set()
+
+    async def admit(self) -> None:
+        """Called before a write is forwarded: waits (bounded) while the queue is past its
+        high-water mark, and refuses the write while the audit database cannot be written
+        and the queue is full."""
+        if len(self.queue) < self.high_water:
+            return
+        self._wake.set()
+        deadline = asyncio.get_running_loop().time() + self.admit_wait
+        while self.last_error is None and len(self.queue) >= self.high_water:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break  # the writer is slow but working: its entries are kept
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), left)
+        if self.last_error is not None and len(self.queue) >= self.queue_max:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.error(
+                    "audit log cannot be written and its queue is full (%d): %d writes refused",
+                    len(self.queue), self.refused, extra={"audit_refused": self.refused},
+                )  # fmt: skip
+            raise UpstreamUnavailable(
+                "the audit log cannot be written and its queue is full; try again later"
+            )
 
     # -- writing (background) ----------------------------------------------------------------
 
@@ -105,12 +204,16 @@ class AuditLog:
         result = await self.couch.json("PUT", self.path)
         if result.status not in (201, 202, 412):
             raise UpstreamError(f"cannot create the audit database ({result.status})")
-        await self.couch.json("PUT", f"{self.path}/_security", body=SECURITY)
+        security = await self.couch.json("PUT", f"{self.path}/_security", body=SECURITY)
+        if not security.ok:
+            raise UpstreamError(f"cannot make the audit database admin-only ({security.status})")
         current = await self.couch.json("GET", f"{self.path}/{DESIGN_ID}")
         body = current.body if current.ok and isinstance(current.body, dict) else None
         if body is None or body.get("views") != DESIGN["views"]:
             doc = {**DESIGN, **({"_rev": body["_rev"]} if body else {})}
-            await self.couch.json("PUT", f"{self.path}/{DESIGN_ID}", body=doc)
+            saved = await self.couch.json("PUT", f"{self.path}/{DESIGN_ID}", body=doc)
+            if not saved.ok and saved.status != 409:  # 409: another replica saved it first
+                raise UpstreamError(f"cannot save the audit index ({saved.status})")
         self.db_ready = True
 
     async def flush(self) -> bool:
@@ -135,17 +238,36 @@ class AuditLog:
                     for _ in batch:
                         self.queue.popleft()
                     self.written += len(batch)
+                    self.last_written = (int(batch[-1]["seq"]), str(batch[-1]["hash"]))
+                    if len(self.queue) < self.high_water:
+                        self._room.set()
             except UpstreamError as exc:
                 if self.last_error is None:
                     log.error(
-                        "audit log cannot be written (%s); %d entries queued", exc.reason, len(self.queue)
-                    )
+                        "audit log cannot be written (%s); %d entries queued", exc.reason, len(self.queue),
+                        extra={"audit_error": exc.reason, "audit_queued": len(self.queue)},
+                    )  # fmt: skip
                 self.last_error = exc.reason
+                self._room.set()  # writes waiting for room learn that none is coming
                 return False
             if self.last_error is not None:
-                log.warning("audit log writable again")
+                log.warning("audit log writable again; %d entries written so far", self.written)
             self.last_error = None
             return True
+
+    def checkpoint(self, force: bool = False) -> None:
+        """Log the newest stored entry's seq and hash (a JSON log line with `audit_checkpoint`)."""
+        now = time.monotonic()
+        if self.last_written is None or self.last_written == self._checkpointed:
+            return
+        if not force and now - self._checkpoint_at < self.checkpoint_interval:
+            return
+        seq, digest = self.last_written
+        log.info(
+            "audit checkpoint: writer %s seq %d hash %s", self.writer, seq, digest,
+            extra={"audit_checkpoint": {"writer": self.writer, "seq": seq, "hash": digest}},
+        )  # fmt: skip
+        self._checkpointed, self._checkpoint_at = self.last_written, now
 
     async def run(self) -> None:
         while True:
@@ -153,10 +275,12 @@ class AuditLog:
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval)
             self._wake.clear()
             await self.flush()
+            self.checkpoint()
 
     async def close(self, attempts: int = 5) -> None:
         for _ in range(attempts):
             if await self.flush():
+                self.checkpoint(force=True)
                 return
             await asyncio.sleep(0.2)
         log.error("audit log closed with %d entries unwritten", len(self.queue))
@@ -165,11 +289,15 @@ class AuditLog:
         return {
             "writer": self.writer,
             "queued": len(self.queue),
+            "queue_max": self.queue_max,
             "written": self.written,
             "dropped": self.dropped,
+            "failed": self.failed,
+            "refusing_writes": self.last_error is not None and len(self.queue) >= self.queue_max,
+            "refused": self.refused,
             "error": self.last_error,
         }
 
     @property
     def healthy(self) -> bool:
-        return self.last_error is None and self.dropped == 0
+        return self.last_error is None and self.dropped == 0 and self.failed == 0

@@ -16,6 +16,7 @@ from proxy.errors import BadRequest, UpstreamError
 
 MAX_LIMIT = 1000
 PAGES = 20  # upstream pages scanned at most per answer when secondary filters drop rows
+SCAN_PAGE = 200  # rows per upstream page when some filter is not part of the index key
 
 
 @dataclass(frozen=True)
@@ -28,18 +29,30 @@ class AuditQuery:
     until_ms: int | None = None
     limit: int = 100
     bookmark: str | None = None
+    db: str | None = None
 
-    def selector(self) -> tuple[str, str]:
-        """The most selective filter picks the index range; the others filter rows."""
-        for kind, value in (
-            ("doc", self.doc_id),
-            ("user", self.user),
-            ("action", self.action),
-            ("outcome", self.outcome),
-        ):
-            if value is not None:
-                return kind, value
-        return "*", ""
+    def selector(self) -> tuple[list[Any], bool]:
+        """The index range to read (the key prefix) and whether that prefix covers every
+        filter; filters it does not cover are applied to the rows read."""
+        doc, user, action, outcome = self.doc_id, self.user, self.action, self.outcome
+        if doc is not None:
+            prefix: list[Any] = ["doc", doc]
+        elif user is not None and action is not None:
+            prefix = ["user+action", user, action]
+        elif user is not None and outcome is not None:
+            prefix = ["user+outcome", user, outcome]
+        elif user is not None:
+            prefix = ["user", user]
+        elif action is not None and outcome is not None:
+            prefix = ["action+outcome", action, outcome]
+        elif action is not None:
+            prefix = ["action", action]
+        elif outcome is not None:
+            prefix = ["outcome", outcome]
+        else:
+            prefix = ["*", ""]
+        filters = sum(v is not None for v in (doc, user, action, outcome, self.db))
+        return prefix, filters == (0 if prefix[0] == "*" else len(prefix) - 1)
 
     def matches(self, doc: dict[str, Any]) -> bool:
         return (
@@ -47,57 +60,73 @@ class AuditQuery:
             and (self.user is None or doc.get("user") == self.user)
             and (self.action is None or doc.get("action") == self.action)
             and (self.outcome is None or doc.get("outcome") == self.outcome)
+            and (self.db is None or doc.get("db") == self.db)
         )
 
 
-def encode_bookmark(key: Any, doc_id: str) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([key, doc_id])).decode().rstrip("=")
+def encode_bookmark(key: list[Any]) -> str:
+    """The index key the next page starts at (inclusive)."""
+    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
 
 
-def decode_bookmark(raw: str) -> tuple[Any, str]:
+NOT_OURS = "next is not a bookmark this endpoint gave for this query"
+
+
+def decode_bookmark(raw: str, q: AuditQuery) -> list[Any]:
     try:
-        key, doc_id = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        key = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
     except (ValueError, binascii.Error, orjson.JSONDecodeError, TypeError) as exc:
-        raise BadRequest("next is not a bookmark this endpoint gave") from exc
-    if not isinstance(doc_id, str) or not isinstance(key, list):
-        raise BadRequest("next is not a bookmark this endpoint gave")
-    return key, doc_id
+        raise BadRequest(NOT_OURS) from exc
+    prefix, _ = q.selector()
+    if not isinstance(key, list) or len(key) != len(prefix) + 2 or key[: len(prefix)] != prefix:
+        raise BadRequest(NOT_OURS)
+    ts, doc_id = key[-2:]
+    if not isinstance(ts, int) or isinstance(ts, bool) or not isinstance(doc_id, str):
+        raise BadRequest(NOT_OURS)
+    if (q.since_ms is not None and ts < q.since_ms) or (q.until_ms is not None and ts > q.until_ms):
+        raise BadRequest(NOT_OURS)
+    return key
 
 
 async def search(couch: CouchClient, db: str, q: AuditQuery) -> dict[str, Any]:
-    kind, value = q.selector()
-    high: list[Any] = [kind, value, q.until_ms if q.until_ms is not None else {}]
-    low: list[Any] = [kind, value, q.since_ms if q.since_ms is not None else 0]
+    """A page of entries, newest first, and the bookmark of the next page (None at the end).
+    At most PAGES upstream pages are read per answer: when filters the index key does not
+    cover drop that many rows, the page may be short (even empty) but `next` goes on."""
+    prefix, covered = q.selector()
+    high = [*prefix, q.until_ms, {}] if q.until_ms is not None else [*prefix, {}]
+    low = [*prefix, q.since_ms if q.since_ms is not None else 0]
     params: dict[str, str] = {
         "descending": "true",
         "include_docs": "true",
         "endkey": orjson.dumps(low).decode(),
     }
-    start_key: Any = high
-    start_id: str | None = None
-    if q.bookmark:
-        start_key, start_id = decode_bookmark(q.bookmark)
+    start_key: list[Any] = decode_bookmark(q.bookmark, q) if q.bookmark else high
+    page_size = q.limit if covered else max(q.limit, SCAN_PAGE)
     found: list[dict[str, Any]] = []
     next_mark: str | None = None
     path = f"/{quote(db, safe='')}/{DESIGN_ID}/_view/index"
     for _ in range(PAGES):
-        page = {**params, "startkey": orjson.dumps(start_key).decode(), "limit": str(q.limit + 1)}
-        if start_id is not None:
-            page["startkey_docid"] = start_id
-            page["skip"] = "1"
+        page = {**params, "startkey": orjson.dumps(start_key).decode(), "limit": str(page_size + 1)}
         result = await couch.json("GET", path, params=page)
         if not result.ok or not isinstance(result.body, dict):
             raise UpstreamError(f"the audit index answered {result.status}")
         rows = result.body.get("rows", [])
-        for row in rows:
+        filled_at = None
+        for i, row in enumerate(rows[:page_size]):
             doc = row.get("doc")
             if isinstance(doc, dict) and q.matches(doc):
                 found.append(doc)
                 if len(found) == q.limit:
-                    next_mark = encode_bookmark(row["key"], row["id"])
+                    filled_at = i
                     break
-        if next_mark is not None or len(rows) <= q.limit:
+        if filled_at is not None:
+            if filled_at + 1 < len(rows):
+                next_mark = encode_bookmark(rows[filled_at + 1]["key"])
             break
-        start_key, start_id = rows[-1]["key"], rows[-1]["id"]
+        if len(rows) <= page_size:
+            break  # the range is exhausted
+        start_key = rows[page_size]["key"]
+    else:
+        next_mark = encode_bookmark(start_key)  # the scan budget ran out here
     entries = [{k: v for k, v in d.items() if k not in ("_rev", "type")} for d in found]
     return {"entries": entries, "next": next_mark}

@@ -41,7 +41,7 @@ class Retention:
         while True:
             params = {
                 "startkey": orjson.dumps(["*", "", 0]).decode(),
-                "endkey": orjson.dumps(["*", "", cutoff]).decode(),
+                "endkey": orjson.dumps(["*", "", cutoff, {}]).decode(),
                 "include_docs": "true",
                 "limit": str(BATCH),
             }

@@ -25,34 +25,49 @@ def audit_log(request: web.Request) -> AuditLog:
     return sink
 
 
+MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
 def parse_time(value: str | None, name: str) -> int | None:
     """Milliseconds since the epoch, from an ISO-8601 UTC time or a number of ms."""
     if value is None or value == "":
         return None
+    problem = f"{name} must be an ISO-8601 UTC time or milliseconds since the epoch"
+    if not value.isascii():
+        raise BadRequest(problem)
     if value.isdigit():
+        if int(value) > MAX_MS:
+            raise BadRequest(f"{name} is past the year 9999")
         return int(value)
-    base, _, fraction = value.rstrip("Z").partition(".")
+    base, _, fraction = value.removesuffix("Z").partition(".")
+    if fraction and not fraction.isdigit():
+        raise BadRequest(problem)
     for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
         try:
             parsed = time.strptime(base, fmt)
         except ValueError:
             continue
-        millis = int((fraction + "000")[:3]) if fraction.isdigit() else 0
+        millis = int((fraction + "000")[:3])
         return calendar.timegm(parsed) * 1000 + millis
-    raise BadRequest(f"{name} must be an ISO-8601 UTC time or milliseconds since the epoch")
+    raise BadRequest(problem)
 
 
 def query_from(params: Mapping[str, str], **fixed: str) -> AuditQuery:
     limit = nonneg_int(params.get("limit"), "limit") or 100
+    since_ms = parse_time(params.get("since"), "since")
+    until_ms = parse_time(params.get("until"), "until")
+    if since_ms is not None and until_ms is not None and since_ms > until_ms:
+        raise BadRequest("since is later than until")
     return AuditQuery(
         doc_id=fixed.get("doc_id", params.get("doc")),
         user=params.get("user"),
         action=params.get("action"),
         outcome=params.get("outcome"),
-        since_ms=parse_time(params.get("since"), "since"),
-        until_ms=parse_time(params.get("until"), "until"),
+        since_ms=since_ms,
+        until_ms=until_ms,
         limit=min(max(limit, 1), MAX_LIMIT),
         bookmark=params.get("next"),
+        db=fixed.get("db", params.get("db")),
     )
 
 
@@ -88,10 +103,16 @@ async def may_read_doc(request: web.Request, doc_id: str) -> bool:
 
 
 async def doc_history(request: web.Request) -> web.Response:
-    """Every recorded write of one doc, newest first."""
+    """Every recorded write of one doc of one database (`db`, default the main one), newest
+    first. Only admins may ask about another database."""
     doc_id = request.match_info["doc_id"]
+    main_db = request.app[SETTINGS].db
+    db = request.query.get("db") or main_db
+    if db != main_db and not request[PRINCIPAL].is_admin:
+        raise Forbidden("only admins may read the history of docs of other databases")
     if not await may_read_doc(request, doc_id):
         raise NotFound("missing")  # like any read of a doc outside one's scope
     log = audit_log(request)
     await log.flush()
-    return json_response(await search(request.app[COUCH], log.db, query_from(request.query, doc_id=doc_id)))
+    query = query_from(request.query, doc_id=doc_id, db=db)
+    return json_response(await search(request.app[COUCH], log.db, query))
