@@ -26,6 +26,8 @@ class AppSettings:
     depth_rules: tuple[DepthRule, ...] = ()
     unallocated_access: bool = False
     person_types: frozenset[str] = frozenset({"person"})
+    # What was malformed and how it was read (fail closed), for the caller to log.
+    problems: tuple[str, ...] = ()
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any] | None) -> AppSettings:
@@ -45,13 +47,13 @@ class AppSettings:
             if isinstance(name, str) and isinstance(holders, list)
         }
         rules: list[DepthRule] = []
+        problems: list[str] = []
         depth_raw = inner.get("replication_depth")
         for entry in depth_raw if isinstance(depth_raw, list) else []:
             if not isinstance(entry, Mapping) or not isinstance(entry.get("role"), str):
                 continue
-            rules.append(
-                DepthRule(entry["role"], _depth(entry.get("depth")), _depth(entry.get("report_depth")))
-            )
+            depths = [_depth(entry, name, problems) for name in ("depth", "report_depth")]
+            rules.append(DepthRule(entry["role"], depths[0], depths[1]))
         types_raw = inner.get("contact_types")
         person_types = frozenset(
             t["id"]
@@ -64,6 +66,7 @@ class AppSettings:
             permissions=permissions,
             depth_rules=tuple(rules),
             unallocated_access=inner.get("district_admins_access_unallocated_messages") is True,
+            problems=tuple(problems),
         )
 
     def scope_fingerprint(self, user: UserCtx) -> tuple[object, ...]:
@@ -75,10 +78,18 @@ class AppSettings:
         )
 
 
-def _depth(value: object) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+def _depth(entry: Mapping[str, Any], name: str, problems: list[str]) -> int | None:
+    """A depth of a `replication_depth` entry: absent or -1 is unlimited (None), as in CHT.
+    Anything else that is not a non-negative integer ("2", 2.0, -5, null) reads as 0, the
+    narrowest scope: a typo in the settings must never widen what users replicate."""
+    if name not in entry:
         return None
-    return value
+    value = entry[name]
+    if isinstance(value, int) and not isinstance(value, bool) and value >= -1:
+        return None if value == -1 else value
+    shown = repr(value)[:40]
+    problems.append(f"replication_depth {name}={shown} for role {entry['role'][:40]!r} is invalid; read as 0")
+    return 0
 
 
 @dataclass(frozen=True)

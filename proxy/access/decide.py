@@ -5,12 +5,18 @@ user-settings doc is; otherwise one of the doc's replication keys must be a subj
 the user, except that a private report about the user's own facility or contact whose
 submitter is not a subject never is, and with a `report_depth` a report keyed only deeper
 than it is readable only if the user's own contact submitted it (`_unassigned` is not
-depth limited).
+depth limited). The user's own `org.couchdb.user:<name>` is a subject for what is filed
+under it (user-settings, tasks), never for a contact: a contact is in scope only through
+its place in the tree, whatever its id.
 
-Writing, in order: admins may; never global docs, `_design/*`, form/translations, the
-user's own facility doc, or docs with a `purged` field; then `can_edit`; then the
-permission for the kind and operation; then the new version and the stored winner must
-both be readable. A batch is judged with its own permitted contacts applied.
+Writing, in order: admins may; never `_design/*` or global docs; a stored winner the user
+cannot read, or a new version (for a delete without a stored winner: the tombstone) the
+user could not read, is refused with one reason, so the answer never tells a foreign doc
+from a missing one; never the user's own facility doc, docs with a `purged` field, or a
+change of the facility, contact or roles in the user's own user-settings doc; then
+`can_edit`; then the permission for the kind and operation. A batch is judged with its own
+permitted contacts applied. Every field is read defensively: wrong JSON types count as
+absent, so no doc can make a decision raise.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from proxy.access.kinds import (
     PLACE,
     REPORT,
     UNASSIGNED,
+    USER_SETTINGS,
     ReportFacts,
     contact_is_person,
     kind_of,
@@ -36,6 +43,10 @@ from proxy.access.kinds import (
     report_facts,
     shortcode,
 )
+
+# The depth recorded for the user's own doc id when the tree walk did not reach it: it
+# keys the user's user-settings doc and tasks, but places no contact in scope.
+OWN = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +63,8 @@ class ContactGraph(Protocol):
 
 def subjects(user: UserCtx, settings: AppSettings, graph: ContactGraph) -> dict[str, int]:
     """Every subject key of the user (contact ids and shortcodes) with its distance below
-    the nearest facility; plus the user's own doc id and, when allowed, `_unassigned`."""
+    the nearest facility; plus the user's own doc id (at `OWN` unless the walk reached it)
+    and, when allowed, `_unassigned`."""
     depth_limit, _ = replication_depths(user, settings)
     found: dict[str, int] = {}
     frontier = [(facility, 0) for facility in user.facility_ids]
@@ -68,7 +80,7 @@ def subjects(user: UserCtx, settings: AppSettings, graph: ContactGraph) -> dict[
             if depth_limit is None or depth < depth_limit:
                 next_frontier += [(child, depth + 1) for child in graph.children(contact_id)]
         frontier = next_frontier
-    found[user.user_doc_id] = 0
+    found.setdefault(user.user_doc_id, OWN)
     if settings.unallocated_access and has_permission(user, settings, "can_view_unallocated_data_records"):
         found[UNASSIGNED] = 0
     return found
@@ -110,9 +122,10 @@ def entry_readable(
         return True
     if kind == DESIGN:
         return False
-    if doc_id == user.user_doc_id:
+    if kind == USER_SETTINGS and doc_id == user.user_doc_id:
         return True
-    in_scope = [k for k in keys if k in subject_depths]
+    contact = kind in CONTACT_KINDS
+    in_scope = [k for k in keys if k in subject_depths and not (contact and subject_depths[k] == OWN)]
     if not in_scope:
         return False
     if kind == REPORT and facts is not None:
@@ -145,6 +158,25 @@ def is_readable(
     )
 
 
+def revision_readable(
+    doc: Mapping[str, Any],
+    user: UserCtx,
+    settings: AppSettings,
+    graph: ContactGraph,
+    subject_depths: Mapping[str, int],
+) -> bool:
+    """May the user see this revision (a past or conflicting one) of a doc whose current
+    winner it may read? Judged by the revision's own content: a contact at the place in
+    the tree that revision gives it, so a doc moved in does not reveal where it was, nor a
+    doc moved out where it is. A bare tombstone reveals nothing beyond its rev."""
+    if doc.get("_deleted") is True:
+        return True
+    if kind_of(doc) in CONTACT_KINDS and isinstance(doc.get("_id"), str):
+        scope = BatchScope.of(user, settings, graph, [doc])
+        return is_readable(doc, user, settings, scope.graph, scope.depths)
+    return is_readable(doc, user, settings, graph, subject_depths)
+
+
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
@@ -152,11 +184,16 @@ class Decision:
 
 
 ALLOWED = Decision(True)
+# One reason for a doc the user cannot see, whether it exists or not (no existence oracle).
+OUTSIDE = Decision(False, "the document is outside your replication scope")
 PERMISSIONS = {
     REPORT: ("can_create_records", "can_update_reports", "can_delete_reports"),
     PERSON: ("can_create_people", "can_update_people", "can_delete_contacts"),
     PLACE: ("can_create_places", "can_update_places", "can_delete_contacts"),
 }
+# Fields of the user's own user-settings doc that fill in the user's rights where the
+# `_users` doc lacks them (`proxy.auth.users.merge_user_docs`).
+OWN_RIGHTS = ("facility_id", "contact_id", "roles")
 
 
 def _kind_for_permission(doc: Mapping[str, Any], settings: AppSettings) -> str:
@@ -164,6 +201,13 @@ def _kind_for_permission(doc: Mapping[str, Any], settings: AppSettings) -> str:
     if kind in CONTACT_KINDS:
         return PERSON if contact_is_person(doc, settings.person_types) else PLACE
     return kind
+
+
+def _changes_own_rights(user: UserCtx, new_doc: Mapping[str, Any], stored: Mapping[str, Any] | None) -> bool:
+    if new_doc.get("_id") != user.user_doc_id:
+        return False
+    before = stored if stored is not None else {}
+    return any(new_doc.get(name) != before.get(name) for name in OWN_RIGHTS)
 
 
 def authorize_write(
@@ -180,27 +224,34 @@ def authorize_write(
     if user.is_admin:
         return ALLOWED
     deleting = new_doc.get("_deleted") is True
+    doc_id = new_doc.get("_id")
+    doc_id = doc_id if isinstance(doc_id, str) else ""
+    if doc_id.startswith("_design/") or kind_of(new_doc) in {GLOBAL, DESIGN}:
+        return Decision(False, "global and design documents cannot be written by offline users")
+    if batch is None:
+        batch = BatchScope.of(user, settings, graph, [] if deleting else [new_doc])
+    # Scope first: every later reason would tell an existing foreign doc from a missing one.
+    if stored is not None and not is_readable(stored, user, settings, graph, batch.current_depths()):
+        return OUTSIDE
+    if (stored is None or not deleting) and not is_readable(
+        new_doc, user, settings, batch.graph, batch.depths
+    ):
+        return OUTSIDE
     body = stored if deleting and stored is not None else new_doc
-    doc_id = str(new_doc.get("_id", ""))
-    kinds = {kind_of(body), kind_of(new_doc)} | ({kind_of(stored)} if stored is not None else set())
-    if doc_id.startswith("_design/") or kinds & {GLOBAL, DESIGN}:
+    if stored is not None and kind_of(stored) in {GLOBAL, DESIGN}:
         return Decision(False, "global and design documents cannot be written by offline users")
     if doc_id in user.facility_ids:
         return Decision(False, "you cannot edit your own facility")
     if "purged" in new_doc or (stored is not None and "purged" in stored):
         return Decision(False, "purged documents cannot be written")
+    if _changes_own_rights(user, new_doc, stored):
+        return Decision(False, "offline users cannot change their own facility, contact or roles")
     if not has_permission(user, settings, "can_edit"):
         return Decision(False, "missing permission can_edit")
     operation = 2 if deleting else (1 if stored is not None else 0)
     needed = PERMISSIONS.get(_kind_for_permission(body, settings))
     if needed is not None and not has_permission(user, settings, needed[operation]):
         return Decision(False, f"missing permission {needed[operation]}")
-    if batch is None:
-        batch = BatchScope.of(user, settings, graph, [] if deleting else [new_doc])
-    if not deleting and not is_readable(new_doc, user, settings, batch.graph, batch.depths):
-        return Decision(False, "the new version is outside your replication scope")
-    if stored is not None and not is_readable(stored, user, settings, graph, batch.current_depths()):
-        return Decision(False, "the stored document is outside your replication scope")
     return ALLOWED
 
 
@@ -255,10 +306,13 @@ class BatchScope:
     ) -> BatchScope:
         overlay: dict[str, ContactNode | None] = {}
         for doc in docs:
+            doc_id = doc.get("_id")
+            if not isinstance(doc_id, str):
+                continue
             if doc.get("_deleted") is True:
-                overlay[str(doc["_id"])] = None
-            elif kind_of(doc) in CONTACT_KINDS and isinstance(doc.get("_id"), str):
-                overlay[str(doc["_id"])] = contact_node(doc)
+                overlay[doc_id] = None
+            elif kind_of(doc) in CONTACT_KINDS:
+                overlay[doc_id] = contact_node(doc)
         return cls(user, settings, base, OverlayGraph(base, overlay) if overlay else base, current)
 
     def current_depths(self) -> Mapping[str, int]:

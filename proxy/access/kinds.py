@@ -47,12 +47,13 @@ CONTACT_KINDS = frozenset({PLACE, PERSON, CONTACT})
 
 def kind_of(doc: Mapping[str, Any]) -> str:
     """The doc's kind. `type: "contact"` stays `contact`: whether it is a person or a place
-    depends on the settings' `contact_types` (see `contact_is_person`)."""
-    doc_id = doc.get("_id")
-    doc_type = doc.get("type")
+    depends on the settings' `contact_types` (see `contact_is_person`). Fields of the wrong
+    JSON type count as absent: one malformed doc must never break anyone's sync."""
+    doc_id = _str(doc.get("_id"))
+    doc_type = _str(doc.get("type"))
     if doc_id in GLOBAL_IDS or doc_type in GLOBAL_TYPES:
         return GLOBAL
-    if isinstance(doc_id, str) and doc_id.startswith("_design/"):
+    if doc_id is not None and doc_id.startswith("_design/"):
         return DESIGN
     if doc_type == "data_record":
         return REPORT
@@ -60,15 +61,18 @@ def kind_of(doc: Mapping[str, Any]) -> str:
         return PERSON
     if doc_type in PLACE_TYPES:
         return PLACE
-    if doc_type == "contact" and isinstance(doc.get("contact_type"), str):
+    if doc_type == "contact" and _str(doc.get("contact_type")) is not None:
         return CONTACT
-    return {"task": TASK, "target": TARGET, "user-settings": USER_SETTINGS}.get(str(doc_type), OTHER)
+    return _OTHER_TYPES.get(doc_type or "", OTHER)
+
+
+_OTHER_TYPES = {"task": TASK, "target": TARGET, "user-settings": USER_SETTINGS}
 
 
 def contact_is_person(doc: Mapping[str, Any], person_types: frozenset[str]) -> bool:
     kind = kind_of(doc)
     if kind == CONTACT:
-        return doc.get("contact_type") in person_types
+        return _str(doc.get("contact_type")) in person_types
     return kind == PERSON
 
 

@@ -241,9 +241,6 @@ class ScopeIndex:
                 continue
             if self._readable(entry, user, settings, depths):
                 found[doc_id] = entry
-        own = self.entries.get(user.user_doc_id)
-        if own is not None and own.ordinal > ordinal:
-            found[own.id] = own
         return sorted(found.values(), key=lambda e: e.ordinal)
 
     def _feed(self, user: UserCtx, settings: AppSettings) -> _UserFeed:
@@ -280,8 +277,6 @@ class ScopeIndex:
         entry = self.entries.get(doc_id)
         if entry is None:
             return False
-        if entry.id == user.user_doc_id:
-            return True
         return self._readable(entry, user, settings, self.subjects_of(user, settings))
 
     def readable_ids(self, ids: Iterable[str], user: UserCtx, settings: AppSettings) -> set[str]:
@@ -289,9 +284,7 @@ class ScopeIndex:
         found = set()
         for doc_id in ids:
             entry = self.entries.get(doc_id)
-            if entry is not None and (
-                entry.id == user.user_doc_id or self._readable(entry, user, settings, depths)
-            ):
+            if entry is not None and self._readable(entry, user, settings, depths):
                 found.add(doc_id)
         return found
 

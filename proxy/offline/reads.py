@@ -1,11 +1,11 @@
-"""Reads for offline users: docs, attachments, `_all_docs`, `_bulk_get`, `_revs_diff`.
+"""Reads for offline users: attachments, `_all_docs`, `_bulk_get`, `_revs_diff` (one doc
+and its revisions: `proxy.offline.revisions`).
 
 A doc outside the user's scope looks exactly like a missing doc: same status, same body.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
@@ -13,77 +13,28 @@ from aiohttp import web
 
 from proxy.access.paths import CouchPath
 from proxy.couch.client import quote_id
-from proxy.errors import BadRequest, NotFound, json_response
+from proxy.errors import BadRequest, json_response
 from proxy.keys import COUCH
+from proxy.offline.revisions import MISSING, REV, not_found, service
 from proxy.offline.view import UserView
 from proxy.params import nonneg_int, read_json
 from proxy.passthrough import forward
 
-MISSING = "missing"
-REV = re.compile(r"^[0-9]{1,10}-[0-9a-zA-Z]{1,64}$")
 MAX_BODY = 32 * 1024 * 1024
 
 
-def not_found() -> NotFound:
-    return NotFound(MISSING)
-
-
-def service(request: web.Request) -> dict[str, str]:
-    return {"Authorization": request.app[COUCH].service_auth}
-
-
-def _parse_revs(value: str) -> list[str] | str:
-    if value == "all":
-        return "all"
-    try:
-        revs = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest("open_revs must be `all` or a JSON array of revisions") from exc
-    if not isinstance(revs, list) or not all(isinstance(r, str) and REV.match(r) for r in revs):
-        raise BadRequest("open_revs must be `all` or a JSON array of revisions")
-    return revs
-
-
-async def missing_revs(request: web.Request, db_path: str, doc_id: str, revs: list[str]) -> set[str]:
-    """Which of these revs CouchDB does not have (asked before `latest=true`, which
-    pouchdb-server cannot answer for a rev it lacks)."""
-    result = await request.app[COUCH].json("POST", f"{db_path}/_revs_diff", body={doc_id: revs})
-    body = result.body if result.ok and isinstance(result.body, dict) else {}
-    entry = body.get(doc_id) or {}
-    return set(entry.get("missing") or [])
-
-
-async def get_doc(request: web.Request, view: UserView, path: CouchPath, db_path: str) -> web.StreamResponse:
+async def get_attachment(
+    request: web.Request, view: UserView, path: CouchPath, db_path: str
+) -> web.StreamResponse:
     doc_id = path.doc_id or ""
     if not await view.readable_now([doc_id]):
         raise not_found()
-    open_revs = request.query.get("open_revs")
-    if open_revs is not None:
-        revs = _parse_revs(open_revs)
-        if isinstance(revs, list) and revs:
-            missing = await missing_revs(request, db_path, doc_id, revs)
-            if missing:
-                return await _open_revs_with_missing(request, db_path, doc_id, revs, missing)
-    return await forward(request, path, service(request))
-
-
-async def _open_revs_with_missing(
-    request: web.Request, db_path: str, doc_id: str, revs: list[str], missing: set[str]
-) -> web.Response:
-    present = [r for r in revs if r not in missing]
-    found: list[Any] = []
-    if present:
-        params = {k: v for k, v in request.query.items() if k != "open_revs"}
-        params["open_revs"] = orjson.dumps(present).decode()
-        result = await request.app[COUCH].json("GET", f"{db_path}/{quote_id(doc_id)}", params=params)
-        if isinstance(result.body, list):
-            found = result.body
-    return json_response(found + [{"missing": r} for r in revs if r in missing])
-
-
-async def get_attachment(request: web.Request, view: UserView, path: CouchPath) -> web.StreamResponse:
-    if not await view.readable_now([path.doc_id or ""]):
-        raise not_found()
+    rev = request.query.get("rev")
+    if rev is not None and rev != view.winner_rev(doc_id):
+        # An attachment of another revision: only if that revision is readable itself.
+        result = await request.app[COUCH].json("GET", f"{db_path}/{quote_id(doc_id)}", params={"rev": rev})
+        if not result.ok or not isinstance(result.body, dict) or not view.revision_readable(result.body):
+            raise not_found()
     return await forward(request, path, service(request))
 
 
@@ -113,6 +64,18 @@ def _missing_row(doc_id: object, rev: object) -> dict[str, Any]:
         "reason": MISSING,
     }
     return {"id": doc_id, "docs": [{"error": error}]}
+
+
+def _readable_revisions(view: UserView, row: Any) -> Any:
+    """A `_bulk_get` row with each revision the user may not see itself made missing."""
+    docs = row.get("docs") if isinstance(row, dict) else None
+    if not isinstance(docs, list):
+        return row
+    for i, item in enumerate(docs):
+        doc = item.get("ok") if isinstance(item, dict) else None
+        if isinstance(doc, dict) and not view.revision_readable(doc):
+            docs[i] = _missing_row(doc.get("_id"), doc.get("_rev"))["docs"][0]
+    return row
 
 
 async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Response:
@@ -158,7 +121,7 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Re
     upstream_iter = iter(upstream_rows)
     for i, d in enumerate(docs):
         if i in asked_at:
-            rows.append(next(upstream_iter, _missing_row(d["id"], d.get("rev"))))
+            rows.append(_readable_revisions(view, next(upstream_iter, _missing_row(d["id"], d.get("rev")))))
         else:
             rows.append(_missing_row(d["id"], d.get("rev")))
     return json_response({"results": rows})

@@ -15,7 +15,7 @@ from proxy.access.paths import CouchPath
 from proxy.auth.principal import Principal
 from proxy.errors import Forbidden, MethodNotAllowed, json_response
 from proxy.keys import COUCH, INDEX, SINCE_CODEC
-from proxy.offline import changes, local_docs, reads, writes
+from proxy.offline import changes, local_docs, own_user, reads, revisions, writes
 from proxy.offline.view import UserView
 from proxy.passthrough import credentials_for, forward
 
@@ -36,8 +36,11 @@ async def serve_offline(request: web.Request, path: CouchPath, principal: Princi
     db = request.app[INDEX].db
     if path.db == "_users":
         own = f"org.couchdb.user:{principal.name}"
-        if path.doc_id == own and not path.rest and request.method in READ | {"PUT"}:
-            return await forward(request, path, await credentials_for(request, principal, path))
+        if path.doc_id == own and not path.rest:
+            if request.method in READ:
+                return await forward(request, path, await credentials_for(request, principal, path))
+            if request.method == "PUT":
+                return await own_user.change_password(request, path, own)
         raise refuse()
     if path.db != db or path.is_server:
         raise refuse()
@@ -65,16 +68,20 @@ async def serve_offline(request: web.Request, path: CouchPath, principal: Princi
     if request.method not in READ:
         await sync.sync()
     view = UserView.of(sync, principal)
-    if doc_id.startswith("_design/") and doc_id != GLOBAL_DESIGN:
+    if doc_id.startswith("_design/") and (doc_id != GLOBAL_DESIGN or method not in READ):
+        raise refuse()
+    if path.rest and path.rest[0].startswith("_"):
+        # Views, `_show`, `_list`, `_update`, `_rewrite`, `_info` run over every doc in the
+        # database; attachment names never start with `_` in CouchDB.
         raise refuse()
     if path.rest:
         if method in READ:
-            return await reads.get_attachment(request, view, path)
+            return await reads.get_attachment(request, view, path, db_path)
         if method in {"PUT", "DELETE"}:
             return await writes.write_attachment(request, view, path, db, db_path)
         raise MethodNotAllowed("Only GET, HEAD, PUT and DELETE are allowed for attachments.")
     if method in READ:
-        return await reads.get_doc(request, view, path, db_path)
+        return await revisions.get_doc(request, view, path, db_path)
     if method in {"PUT", "DELETE"}:
         return await writes.write_doc(request, view, path, db, db_path)
     raise refuse()

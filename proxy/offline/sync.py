@@ -69,8 +69,7 @@ class IndexSync:
         if result.status == 404:
             self.settings = AppSettings.from_doc(None)
         elif result.ok and isinstance(result.body, dict):
-            self.settings = AppSettings.from_doc(result.body)
-            self.index.set_person_types(self.settings.person_types)
+            self._use_settings(result.body)
         else:
             raise UpstreamUnavailable("couchgate cannot read the app settings yet")
         self._settings_loaded = True
@@ -102,30 +101,50 @@ class IndexSync:
             result = await self.couch.json("GET", f"{self.path}/_changes", params=params)
             if not result.ok or not isinstance(result.body, dict):
                 raise UpstreamError(f"CouchDB answered {result.status} to the index's changes read")
-            rows = result.body.get("results") or []
+            rows = result.body.get("results")
+            rows = rows if isinstance(rows, list) else []
             for row in rows:
-                self._apply_row(row)
+                self._apply_row_safely(row)
             applied += len(rows)
             self.since = result.body.get("last_seq", self.since)
             if len(rows) < BATCH:
                 return applied
 
-    def _apply_row(self, row: dict[str, Any]) -> None:
-        doc = row.get("doc")
-        doc_id = row.get("id")
-        if not isinstance(doc_id, str):
+    def _apply_row_safely(self, row: object) -> None:
+        """One bad row must not stop the index for everyone: it is logged and its doc filed
+        as unreadable (a body the rules cannot judge gives no one access)."""
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
             return
+        doc_id: str = row["id"]
+        changes = row.get("changes")
+        leaves = tuple(
+            c["rev"]
+            for c in (changes if isinstance(changes, list) else [])
+            if isinstance(c, dict) and isinstance(c.get("rev"), str)
+        )
+        doc = row.get("doc")
         if not isinstance(doc, dict):
             # Rows without a body (a deleted doc on some servers): a tombstone.
-            changes = row.get("changes") or [{}]
-            doc = {"_id": doc_id, "_rev": changes[0].get("rev"), "_deleted": True}
-        leaves = tuple(c["rev"] for c in row.get("changes") or [] if isinstance(c, dict) and "rev" in c)
-        self.index.apply(doc, row.get("seq"), leaves=leaves)
-        if doc_id == "settings":
-            self.settings = AppSettings.from_doc(None if doc.get("_deleted") else doc)
-            self.index.set_person_types(self.settings.person_types)
-        elif doc_id.startswith(USER_PREFIX) and self.on_user_change is not None:
-            self.on_user_change(doc_id[len(USER_PREFIX) :])
+            doc = {"_id": doc_id, "_rev": leaves[0] if leaves else "", "_deleted": True}
+        try:
+            self.index.apply(doc, row.get("seq"), leaves=leaves)
+        except Exception:
+            log.exception("index could not file doc %.200s; it is unreadable until it changes", doc_id)
+            with contextlib.suppress(Exception):
+                self.index.apply({"_id": doc_id, "_rev": leaves[0] if leaves else ""}, leaves=leaves)
+        try:
+            if doc_id == "settings":
+                self._use_settings(None if doc.get("_deleted") else doc)
+            elif doc_id.startswith(USER_PREFIX) and self.on_user_change is not None:
+                self.on_user_change(doc_id[len(USER_PREFIX) :])
+        except Exception:
+            log.exception("index could not act on the change of %.200s", doc_id)
+
+    def _use_settings(self, doc: dict[str, Any] | None) -> None:
+        self.settings = AppSettings.from_doc(doc)
+        self.index.set_person_types(self.settings.person_types)
+        for problem in self.settings.problems:
+            log.warning("settings: %s", problem)
 
     async def wait_for_change(self, limit: float) -> bool:
         """Wait until a sync applies something; False on timeout."""
@@ -152,6 +171,10 @@ class IndexSync:
                     log.warning(
                         "index follower lost CouchDB, retrying in %.1fs: %s", backoff, type(exc).__name__
                     )
+                except Exception:
+                    # A bug must not end the follower for the life of the process: live
+                    # feeds would stop waking. Log it and go on after the backoff.
+                    log.exception("index follower failed, retrying in %.1fs", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
         finally:
@@ -182,4 +205,7 @@ class IndexSync:
                 await self.sync()
             except RETRYABLE as exc:
                 log.warning("index sync failed: %s", type(exc).__name__)
+                await asyncio.sleep(0.5)
+            except Exception:
+                log.exception("index sync failed")
                 await asyncio.sleep(0.5)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Protocol
+from typing import Any, Protocol
 
 from proxy.access.config import AppSettings, UserCtx
-from proxy.access.decide import scope_inputs
+from proxy.access.decide import revision_readable, scope_inputs
 from proxy.auth.principal import Principal
 from proxy.offline.since import fingerprint
 from proxy.offline.sync import IndexSync
@@ -79,6 +79,20 @@ class UserView:
     def is_leaf(self, doc_id: str, rev: str) -> bool:
         entry = self.sync.index.entries.get(doc_id)
         return entry is not None and rev in entry.leaves
+
+    def winner_rev(self, doc_id: str) -> str | None:
+        entry = self.sync.index.entries.get(doc_id)
+        return entry.rev if entry is not None else None
+
+    def revision_readable(self, doc: Mapping[str, Any]) -> bool:
+        """For a doc whose id the caller found readable: may the user see this revision of
+        it? The winner the index judged is; another revision is judged by its content."""
+        if doc.get("_rev") == self.winner_rev(str(doc.get("_id"))):
+            return True
+        index = self.sync.index
+        return revision_readable(
+            doc, self.user, self.settings, index, index.subjects_of(self.user, self.settings)
+        )
 
     def can_read(self, doc_id: str) -> bool:
         return self.sync.index.is_readable_id(doc_id, self.user, self.settings)

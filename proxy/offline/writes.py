@@ -1,9 +1,10 @@
 """Writes for offline users: `_bulk_docs`, doc PUT/POST/DELETE, attachment PUT/DELETE.
 
-Every doc is judged by `proxy.access.rules.authorize_batch` with the other docs of the same
+Every doc is judged by `proxy.access.decide.authorize_batch` with the other docs of the same
 request applied (a new household, its people and their reports may arrive together).
 Permitted docs are written with the service account; refused ones are answered per doc as
-`{"id", "error": "forbidden", "reason"}` in request order, never dropped silently.
+`{"id", "error": "forbidden", "reason"}` in request order, never dropped silently. Every
+doc gets an audit entry, also when CouchDB refuses the whole request.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ import uuid
 from collections import defaultdict, deque
 from typing import Any
 
+import orjson
 from aiohttp import web
 
-from proxy.access.decide import Decision, authorize_batch
+from proxy.access.decide import OUTSIDE, Decision, authorize_batch
 from proxy.access.paths import CouchPath
-from proxy.audit.api import AuditEntry
+from proxy.audit import capture
+from proxy.audit.api import Outcome
 from proxy.audit.events import RECORDED
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, Forbidden, json_response
-from proxy.keys import AUDIT, COUCH, SETTINGS
-from proxy.logs import REQUEST_ID_KEY
+from proxy.keys import COUCH, SETTINGS
 from proxy.offline.view import UserView
 from proxy.params import read_json
 from proxy.passthrough import forward
@@ -45,25 +47,25 @@ async def stored_winners(
     return stored
 
 
-def _audit(request: web.Request, view: UserView, db: str, doc: dict[str, Any], stored: Any, outcome: str,
+def _audit(request: web.Request, db: str, doc: dict[str, Any], stored: Any, outcome: Outcome,
            rev_after: str | None, reason: str | None, action: str) -> None:  # fmt: skip
-    request.app[AUDIT].record(
-        AuditEntry(
-            action=action,
-            outcome=outcome,  # type: ignore[arg-type]
-            user=view.user.name,
-            roles=view.user.roles,
-            db=db,
-            doc_id=doc.get("_id"),
-            rev_before=stored.get("_rev") if isinstance(stored, dict) else None,
-            rev_after=rev_after,
-            doc_type=doc.get("type") if isinstance(doc.get("type"), str) else None,
-            request_id=request.get(REQUEST_ID_KEY),
-            client=request.remote,
-            user_agent=request.headers.get("User-Agent"),
-            reason=reason,
-        )
-    )
+    doc_id = doc.get("_id")
+    capture.record(
+        request, action, outcome, db=db, doc_id=doc_id if isinstance(doc_id, str) else None,
+        rev_before=stored.get("_rev") if isinstance(stored, dict) else None, rev_after=rev_after,
+        doc_type=doc.get("type") if isinstance(doc.get("type"), str) else None, reason=reason,
+    )  # fmt: skip
+
+
+def outcome_of(status: int) -> Outcome:
+    if status < 300:
+        return "written"
+    return {401: "forbidden", 403: "forbidden", 409: "conflict"}.get(status, "invalid")  # type: ignore[return-value]
+
+
+def _reason(body: object) -> str | None:
+    reason = body.get("reason") if isinstance(body, dict) else None
+    return str(reason) if reason is not None else None
 
 
 def _action(doc: dict[str, Any], stored: Any) -> str:
@@ -102,6 +104,24 @@ async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str)
             "POST", f"{db_path}/_bulk_docs", body={"docs": allowed, "new_edits": new_edits}
         )
         if not isinstance(result.body, list):
+            # The whole request failed upstream (a `_bogus` field, bad attachment data...):
+            # every doc still gets its entry, the refused ones as refused.
+            for doc, decision in zip(docs, decisions, strict=True):
+                before = stored.get(doc["_id"])
+                action = _action(doc, before)
+                if decision.allowed:
+                    _audit(
+                        request,
+                        db,
+                        doc,
+                        before,
+                        outcome_of(result.status),
+                        None,
+                        _reason(result.body),
+                        action,
+                    )
+                else:
+                    _audit(request, db, doc, before, "forbidden", None, decision.reason, action)
             return json_response(result.body, status=result.status)
         for written in result.body:  # pouchdb-server does not keep request order: match by id
             if isinstance(written, dict) and isinstance(written.get("id"), str):
@@ -113,19 +133,17 @@ async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str)
         action = _action(doc, stored.get(doc_id))
         if not decision.allowed:
             row = {"id": doc_id, "error": "forbidden", "reason": decision.reason}
-            _audit(request, view, db, doc, stored.get(doc_id), "forbidden", None, decision.reason, action)
+            _audit(request, db, doc, stored.get(doc_id), "forbidden", None, decision.reason, action)
         elif upstream[doc_id]:
             row = upstream[doc_id].popleft()
             if "error" in row:
-                outcome = "conflict" if row["error"] == "conflict" else "invalid"
-                _audit(
-                    request, view, db, doc, stored.get(doc_id), outcome, None, str(row.get("reason")), action
-                )
+                outcome: Outcome = "conflict" if row["error"] == "conflict" else "invalid"
+                _audit(request, db, doc, stored.get(doc_id), outcome, None, str(row.get("reason")), action)
             else:
-                _audit(request, view, db, doc, stored.get(doc_id), "written", row.get("rev"), None, action)
+                _audit(request, db, doc, stored.get(doc_id), "written", row.get("rev"), None, action)
         else:
             # CouchDB answers nothing for a doc written with new_edits:false.
-            _audit(request, view, db, doc, stored.get(doc_id), "written", doc.get("_rev"), None, action)
+            _audit(request, db, doc, stored.get(doc_id), "written", doc.get("_rev"), None, action)
             continue
         if new_edits or "error" in row:
             answer.append(row)
@@ -155,7 +173,7 @@ async def write_doc(
     decisions, stored = await judge(request, view, db_path, [doc])
     action = _action(doc, stored.get(doc["_id"]))
     if not decisions[0].allowed:
-        _audit(request, view, db, doc, stored.get(doc["_id"]), "forbidden", None, decisions[0].reason, action)
+        _audit(request, db, doc, stored.get(doc["_id"]), "forbidden", None, decisions[0].reason, action)
         request[RECORDED] = True
         raise Forbidden(decisions[0].reason)
     couch = request.app[COUCH]
@@ -165,9 +183,9 @@ async def write_doc(
         result = await couch.json("DELETE", target, params=params)
     else:
         result = await couch.json("PUT", target, body=doc, params=params)
-    outcome = "written" if result.ok else ("conflict" if result.status == 409 else "invalid")
-    rev_after = result.body.get("rev") if isinstance(result.body, dict) else None
-    _audit(request, view, db, doc, stored.get(doc["_id"]), outcome, rev_after, None, action)
+    rev_after = result.body.get("rev") if result.ok and isinstance(result.body, dict) else None
+    reason = None if result.ok else _reason(result.body)
+    _audit(request, db, doc, stored.get(doc["_id"]), outcome_of(result.status), rev_after, reason, action)
     return json_response(result.body, status=result.status)
 
 
@@ -176,24 +194,27 @@ async def write_attachment(
 ) -> web.StreamResponse:
     """An attachment write changes no field the rules look at: judged as an update of its doc."""
     doc_id = path.doc_id or ""
-    stored = (await stored_winners(request, db_path, [doc_id]))[doc_id]
-    if stored is None:
-        raise Forbidden("attachments can only be added to existing documents you may edit")
-    decision = authorize_batch(view.user, view.settings, view.sync.index, [dict(stored)], {doc_id: stored})[0]
+    found = (await stored_winners(request, db_path, [doc_id]))[doc_id]
+    if found is None:
+        decision = OUTSIDE  # the same answer as for a foreign doc: no existence oracle
+    else:
+        index = view.sync.index
+        decision = authorize_batch(view.user, view.settings, index, [dict(found)], {doc_id: found})[0]
+    stored = found or {"_id": doc_id}
     if not decision.allowed:
-        _audit(request, view, db, stored, stored, "forbidden", None, decision.reason, "attachment")
+        _audit(request, db, stored, found, "forbidden", None, decision.reason, "attachment")
         request[RECORDED] = True
         raise Forbidden(decision.reason)
-    response = await forward(request, path, {"Authorization": request.app[COUCH].service_auth})
-    _audit(
-        request,
-        view,
-        db,
-        stored,
-        stored,
-        "written" if response.status < 300 else "invalid",
-        None,
-        None,
-        "attachment",
+
+    def answered(status: int, raw: bytes) -> None:
+        try:
+            answer = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            answer = None
+        rev_after = answer.get("rev") if status < 300 and isinstance(answer, dict) else None
+        reason = None if status < 300 else _reason(answer)
+        _audit(request, db, stored, stored, outcome_of(status), rev_after, reason, "attachment")
+
+    return await forward(
+        request, path, {"Authorization": request.app[COUCH].service_auth}, on_answer=answered
     )
-    return response

@@ -131,6 +131,16 @@ async def test_live_replication_follows_moves_depth_and_deletes(
     _, p2 = backend.request("GET", f"/{medic}/p2")
     backend.request("DELETE", f"/{medic}/p2?rev={p2['_rev']}")
     await live_chw.wait_for(deleted={"p2"})
+    # Nothing outside the scope ever arrives: foreign docs written before a marker in
+    # scope would have arrived before it (the feed keeps the order of changes).
+    put(backend, medic, person("p_foreign", "house3", "area3", "hc2", "district2"))
+    put(backend, medic, report("r_foreign_live", ("p9", "house3"), patient_uuid="p9"))
+    put(backend, medic, {"_id": "_design/live", "views": {}})
+    put(backend, medic, report("r_marker", ("chw1_person", "area1"), patient_id="1001"))
+    await live_chw.wait_for({"r_marker"})
+    allowed = CHW1_READS | {"house2", "p3", "r_p3", "deep", "r_marker"}
+    assert live_chw.seen <= allowed, live_chw.seen - allowed
+    assert live_chw.deleted == {"p2"}
 
 
 def test_lineage_helper_is_nearest_first() -> None:

@@ -10,7 +10,7 @@ import pytest
 from proxy.devserver.backend import PouchServer
 
 from offline_data import CHW1_READS, auth, person, place, report
-from support import Gateway, assert_couch_error, basic
+from support import Gateway, assert_couch_error, basic, gateway_settings, start_gateway, stop_gateway
 
 MISSING = {"error": "not_found", "reason": "missing"}
 
@@ -160,11 +160,43 @@ FORBIDDEN = [
     ("DELETE", "/{db}"),
     ("GET", "//{db}//_find"),
     ("POST", "/{db}/%5Ffind"),
+    # `_design/medic-client` is readable, but what runs inside it sees every doc.
+    ("GET", "/{db}/_design/medic-client/_view/all"),
+    ("GET", "/{db}/_design/medic-client/_view/all?include_docs=true"),
+    ("POST", "/{db}/_design/medic-client/_view/all"),
+    ("GET", "/{db}/_design%2Fmedic-client/_view/all"),
+    ("GET", "/{db}/_design/medic-client/%5Fview/all"),
+    ("GET", "/{db}/_design/medic-client//_view//all"),
+    ("GET", "/{db}/_design/medic-client/_info"),
+    ("GET", "/{db}/_design/medic-client/_show/one/p9"),
+    ("GET", "/{db}/_design/medic-client/_list/each/all"),
+    ("POST", "/{db}/_design/medic-client/_update/stamp/p9"),
+    ("GET", "/{db}/_design/medic-client/_rewrite/anything"),
+    ("PUT", "/{db}/_design/medic-client"),
+    ("DELETE", "/{db}/_design/medic-client"),
+    ("PUT", "/{db}/_design/medic-client/logo.txt"),
+    ("GET", "/{db}/p1/_anything"),
+    # Users may read their own `_users` doc, never write their rights into it.
+    ("POST", "/_users"),
+    ("DELETE", "/_users/org.couchdb.user:chw1"),
+    ("PUT", "/_users/org.couchdb.user:chw1/avatar.png"),
 ]
+
+MEDIC_CLIENT = {
+    "views": {"all": {"map": "function (doc) { emit(doc._id); }"}},
+    "shows": {"one": "function (doc) { return JSON.stringify(doc); }"},
+    "lists": {"each": "function () { var r; while ((r = getRow())) { send(r.id); } }"},
+    "updates": {"stamp": "function (doc) { doc.stamped = true; return [doc, 'ok']; }"},
+    "rewrites": [{"from": "anything", "to": "../../p9"}],
+}
 
 
 @pytest.mark.parametrize(("method", "path"), FORBIDDEN)
-async def test_everything_else_is_403(gw: Gateway, medic: str, method: str, path: str) -> None:
+async def test_everything_else_is_403(
+    gw: Gateway, medic: str, backend: PouchServer, method: str, path: str
+) -> None:
+    # A real design doc, so a view path that slipped through would answer with its rows.
+    assert backend.request("PUT", f"/{medic}/_design/medic-client", MEDIC_CLIENT)[0] == 201
     status, body, _ = await gw.call(
         method, path.format(db=medic), auth=auth("chw1"), json={} if method != "GET" else None, raw_path=True
     )
@@ -261,3 +293,19 @@ async def test_admin_scope_report(gw: Gateway, medic: str, backend: PouchServer)
     assert_couch_error(status, body, 403, "forbidden")
     status, body, _ = await gw.call("GET", "/_couchgate/users/nobody/scope", auth=admin)
     assert_couch_error(status, body, 404, "not_found")
+
+
+async def test_scope_report_warns_above_the_configured_limit(medic: str, backend: PouchServer) -> None:
+    gateway = await start_gateway(gateway_settings(backend, medic, scope_warn_docs=len(CHW1_READS) - 1))
+    admin = basic(backend.admin_user, backend.admin_password)
+    try:
+        _, chw1, _ = await gateway.call("GET", "/_couchgate/users/chw1/scope", auth=admin)
+        _, chw2, _ = await gateway.call("GET", "/_couchgate/users/chw2/scope", auth=admin)
+    finally:
+        await stop_gateway(gateway)
+    assert (chw1["total"], chw1["warn_limit"], chw1["warning"]) == (
+        len(CHW1_READS),
+        len(CHW1_READS) - 1,
+        True,
+    )
+    assert chw2["total"] < len(CHW1_READS) - 1 and chw2["warning"] is False

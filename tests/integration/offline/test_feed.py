@@ -10,7 +10,7 @@ import pytest
 
 from proxy.devserver.backend import PouchServer
 
-from offline_data import CHW1_READS, SUPERVISOR_READS, auth, lineage
+from offline_data import CHW1_READS, GLOBAL, SUPERVISOR_READS, auth, lineage
 from support import Gateway, assert_couch_error, gateway_settings, start_gateway, stop_gateway
 
 
@@ -197,3 +197,42 @@ async def test_a_restarted_couchgate_backfills_rather_than_skipping(
     finally:
         await stop_gateway(restarted)
     assert {r["id"] for r in body["results"]} == CHW1_READS | {"r_after"}
+
+
+async def test_a_role_with_a_bigger_depth_backfills_older_docs(
+    gw: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """chw2 gains a role replicating deeper: a doc below its old depth, unchanged since
+    before its checkpoint, arrives on the next incremental read."""
+    _, settings = backend.request("GET", f"/{medic}/settings")
+    settings["settings"]["roles"]["chw_deep"] = {"offline": True}
+    settings["settings"]["replication_depth"].append({"role": "chw_deep", "depth": 3})
+    assert backend.request("PUT", f"/{medic}/settings", settings)[0] == 201
+    deep = {"type": "person", "parent": lineage("p3", "house2", "area2", "hc1", "district1")}
+    assert backend.request("PUT", f"/{medic}/deep3", deep)[0] == 201
+    since = (await changes(gw, medic, "chw2"))["last_seq"]
+    assert "deep3" not in {r["id"] for r in (await changes(gw, medic, "chw2"))["results"]}
+    _, user = backend.request("GET", "/_users/org.couchdb.user:chw2")
+    user["roles"] = ["chw", "chw_deep"]
+    assert backend.request("PUT", "/_users/org.couchdb.user:chw2", user)[0] == 201
+    try:
+        await asyncio.sleep(0.6)  # the gateway's user cache lives 0.5 s in these tests
+        body = await changes(gw, medic, "chw2", f"&since={since}")
+        assert "deep3" in {r["id"] for r in body["results"]}
+    finally:
+        _, user = backend.request("GET", "/_users/org.couchdb.user:chw2")
+        user["roles"] = ["chw"]
+        backend.request("PUT", "/_users/org.couchdb.user:chw2", user)
+
+
+async def test_a_malformed_depth_narrows_the_scope_and_is_logged(
+    gw: Gateway, medic: str, backend: PouchServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, settings = backend.request("GET", f"/{medic}/settings")
+    settings["settings"]["replication_depth"] = [{"role": "chw", "depth": "2"}]  # a string: a typo
+    assert backend.request("PUT", f"/{medic}/settings", settings)[0] == 201
+    with caplog.at_level("WARNING", logger="couchgate.index"):
+        body = await changes(gw, medic, "chw1")
+    # Read as depth 0: the facility itself and what is filed under the user, never everything.
+    assert {r["id"] for r in body["results"]} == GLOBAL | {"area1", "org.couchdb.user:chw1", "task_chw1"}
+    assert any("replication_depth depth='2'" in r.getMessage() for r in caplog.records)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from proxy.access.config import AppSettings, UserCtx, has_permission, is_offline, replication_depths
-from proxy.access.decide import ContactNode, authorize_batch, authorize_write, is_readable, subjects
+from proxy.access.decide import OUTSIDE, ContactNode, authorize_batch, authorize_write, is_readable, subjects
 from proxy.access.kinds import UNASSIGNED, kind_of, replication_keys
 
 
@@ -299,9 +299,28 @@ def test_stored_purged_and_scope_of_both_versions() -> None:
     assert not write(report(patient_uuid="p1"), {**report(patient_uuid="p1"), "purged": True})[0]
     assert not write(report(patient_uuid="p2"))[0]  # new version outside
     ok, reason = write(report(patient_uuid="p1"), report(patient_uuid="p2"))  # stored outside
-    assert not ok and "stored" in reason
+    assert not ok and reason == OUTSIDE.reason
     assert not write(contact("p2", "h1", "a1", type_="person"), contact("p2", "h2", "a2", type_="person"))[0]
-    assert write({"_id": "ghost", "_deleted": True}, None)[0]  # deleting nothing exposes nothing
+
+
+def test_one_reason_whether_a_foreign_doc_exists_or_not() -> None:
+    """No existence oracle: every answer about a doc outside the scope is the same, and no
+    reason that depends on the stored doc (permissions, purged) is given before scope."""
+    foreign = report("rf", patient_uuid="p2")
+    no_update = settings(perms=[p for p in ALL_PERMS if p != "can_update_reports"])
+    cases = [
+        (report("rf", patient_uuid="p2"), None, None),  # create outside
+        (report("rf", patient_uuid="p2"), foreign, None),  # update outside
+        (report("rf", patient_uuid="p1"), foreign, None),  # pull a foreign doc into scope
+        (report("rf", patient_uuid="p1"), foreign, no_update),  # no update permission either
+        (report("rf", patient_uuid="p1"), {**foreign, "purged": True}, None),
+        ({"_id": "rf", "_deleted": True}, foreign, None),  # delete a foreign doc
+        ({"_id": "rf", "_deleted": True}, None, None),  # delete a missing doc
+    ]
+    for new, stored, s in cases:
+        assert write(new, stored, s) == (False, OUTSIDE.reason), (new, stored)
+    # A tombstone that carries an in-scope body, with nothing stored, is judged by it.
+    assert write({**report("rf", patient_uuid="p1"), "_deleted": True}, None)[0]
 
 
 def test_admins_may_write_anything() -> None:
@@ -325,3 +344,112 @@ def test_a_refused_contact_lends_no_scope_to_the_batch() -> None:
     docs = [contact("h2", "a1", "hc"), report("r2", patient_uuid="h2")]
     stored = {"h2": contact("h2", "a2", "hc")}
     assert [d.allowed for d in authorize_batch(CHW, settings(), G, docs, stored)] == [False, False]
+
+
+# -- review follow-ups: depth edge cases, own rights, own id, design docs -------------------
+
+
+@pytest.mark.parametrize("bad", ["2", 2.0, -5, None, True, [2], {"d": 2}])
+def test_malformed_depths_fail_closed(bad: object) -> None:
+    """A typo in `replication_depth` must never widen what users replicate: read as 0."""
+    doc = {"settings": {"replication_depth": [{"role": "chw", "depth": bad, "report_depth": bad}]}}
+    s = AppSettings.from_doc(doc)
+    assert replication_depths(CHW, s) == (0, 0)
+    assert set(subjects(CHW, s, G)) == {"a1", "org.couchdb.user:u"}
+    assert len(s.problems) == 2 and "invalid" in s.problems[0]
+    # Next to a valid entry of another role, the invalid one neither widens nor narrows.
+    doc["settings"]["replication_depth"].append({"role": "sup", "depth": 2, "report_depth": 1})
+    both = AppSettings.from_doc(doc)
+    assert replication_depths(UserCtx("u", ("chw", "sup")), both) == (2, 1)
+
+
+def test_absent_and_minus_one_depths_are_unlimited() -> None:
+    doc = {
+        "settings": {"replication_depth": [{"role": "chw"}, {"role": "sup", "depth": -1, "report_depth": -1}]}
+    }
+    s = AppSettings.from_doc(doc)
+    assert replication_depths(CHW, s) == (None, None) and s.problems == ()
+    assert replication_depths(UserCtx("u", ("sup",)), s) == (None, None)
+
+
+def test_depth_tie_takes_the_largest_report_depth_absent_counting_largest() -> None:
+    doc = {"settings": {"replication_depth": [
+        {"role": "a", "depth": 2, "report_depth": 0}, {"role": "b", "depth": 2}]}}  # fmt: skip
+    s = AppSettings.from_doc(doc)
+    assert replication_depths(UserCtx("u", ("a", "b")), s) == (2, None)
+    assert replication_depths(UserCtx("u", ("b", "a")), s) == (2, None)
+    assert replication_depths(UserCtx("u", ("a",)), s) == (2, 0)
+
+
+def test_report_depth_needs_all_contact_keys_deep_not_any() -> None:
+    """A needs_signoff report is keyed by its subject and its submitter's lineage: with a
+    report_depth it is hidden only when every key in scope is deeper than the limit."""
+    s = settings(report_depth=1)
+    shallow_submitter = report(submitter=("h1", "a1", "hc", "d"), patient_uuid="p1", needs_signoff=True)
+    assert set(replication_keys(shallow_submitter)) == {"p1", "h1", "a1", "hc", "d"}
+    assert readable(shallow_submitter, s)  # p1 is at 2 > 1, but h1 (1) and a1 (0) are not
+    # The same report without needs_signoff is keyed by its deep subject alone.
+    assert not readable(report(submitter=("h1", "a1", "hc", "d"), patient_uuid="p1"), s)
+    deep_both = report(submitter=("gc", "p1"), patient_uuid="p1", needs_signoff=True)
+    assert not readable(deep_both, s)  # p1 (2) and gc (3): all deeper than 1
+    assert readable(deep_both, settings(report_depth=2))
+
+
+def test_admins_hold_every_permission_but_not_its_negation() -> None:
+    s = settings(perms=[])
+    for admin in (UserCtx("a", ("_admin",)), UserCtx("a", (), is_admin=True)):
+        assert has_permission(admin, s, "can_delete_reports")
+        assert not has_permission(admin, s, "!can_delete_reports")
+    assert has_permission(CHW, s, "!can_delete_reports")
+
+
+@pytest.mark.parametrize(
+    "new",
+    [{"_id": "_design/x", "type": "person", "parent": lineage("h1", "a1")},
+     {"_id": "_design/x", "type": "data_record", "fields": {"patient_uuid": "p1"}},
+     {"_id": "_design/medic-client", "views": {}}],
+)  # fmt: skip
+def test_design_docs_are_refused_as_design_docs_not_for_scope(new: dict[str, Any]) -> None:
+    allowed, reason = write(new)
+    assert not allowed and "design" in reason and reason != OUTSIDE.reason
+
+
+OWN = {"_id": "org.couchdb.user:u", "type": "user-settings", "name": "u", "facility_id": "a1",
+       "contact_id": "chw"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "allowed"),
+    [({"language": "fr"}, True), ({"facility_id": "hc"}, False), ({"facility_id": ["a1", "a2"]}, False),
+     ({"contact_id": "p2"}, False), ({"roles": ["chw", "boss"]}, False), ({"facility_id": None}, False),
+     ({"_deleted": True}, False)],
+)  # fmt: skip
+def test_own_user_settings_cannot_change_own_rights(change: dict[str, Any], allowed: bool) -> None:
+    new = {**OWN, **change, "_rev": "1-a"}
+    if change.get("_deleted"):
+        new = {"_id": OWN["_id"], "_rev": "1-a", "_deleted": True}
+    ok, reason = write(new, OWN)
+    assert ok is allowed, reason
+    if not allowed:
+        assert "facility, contact or roles" in reason
+
+
+def test_own_user_settings_created_without_rights_only() -> None:
+    bare = {"_id": OWN["_id"], "type": "user-settings", "name": "u"}
+    assert write(bare, None)[0]
+    assert not write({**bare, "facility_id": "hc"}, None)[0]
+
+
+def test_the_own_id_places_no_contact_outside_the_tree() -> None:
+    """`org.couchdb.user:<name>` keys the user's own settings and tasks; a contact with
+    that id is in scope only where the tree puts it."""
+    elsewhere = {"_id": "org.couchdb.user:u", "type": "person", "parent": lineage("h2", "a2", "hc", "d")}
+    assert not readable(elsewhere)
+    ok, reason = write(elsewhere, OWN)
+    assert (ok, reason) == (False, OUTSIDE.reason)
+    ok, reason = write(elsewhere, None)
+    assert (ok, reason) == (False, OUTSIDE.reason)
+    inside = {**elsewhere, "parent": lineage("h1", "a1", "hc", "d")}
+    assert is_readable(inside, CHW, settings(), Graph([*TREE, inside]))
+    assert readable({"_id": "t", "type": "task", "user": "org.couchdb.user:u"})
+    assert not readable({"_id": "org.couchdb.user:u", "type": "target", "owner": "p2"})

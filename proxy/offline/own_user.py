@@ -1,0 +1,61 @@
+"""An offline user's own `_users` doc: readable (see `routes`), writable only to change
+the password.
+
+That doc holds the roles, facility and contact that decide what the user may replicate.
+pouchdb-server lets users change their own roles, and token callers write with the service
+account, so no user body is forwarded: couchgate writes the stored doc with only the new
+password applied, and refuses a body that would change anything else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from proxy.access.paths import CouchPath
+from proxy.audit import capture
+from proxy.couch.client import quote_id
+from proxy.errors import Forbidden, json_response
+from proxy.keys import COUCH
+from proxy.offline.writes import outcome_of
+from proxy.params import read_json
+
+MAX_BODY = 1024 * 1024
+# Set by CouchDB from `password` on write; a client may send them back unchanged or not at all.
+PASSWORD_FIELDS = frozenset(
+    {"password", "derived_key", "salt", "iterations", "password_scheme", "pbkdf2_prf", "password_sha"}
+)
+ONLY_PASSWORD = "offline users may only change the password in their own user document"
+
+
+def _rest(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k not in PASSWORD_FIELDS and k not in {"_id", "_rev"}}
+
+
+async def change_password(request: web.Request, path: CouchPath, own_id: str) -> web.Response:
+    body = await read_json(request, MAX_BODY)
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("password"), str)
+        or not body["password"]
+        or body.get("_id", own_id) != own_id
+    ):
+        raise Forbidden(ONLY_PASSWORD)
+    couch = request.app[COUCH]
+    target = f"/_users/{quote_id(own_id)}"
+    stored = await couch.json("GET", target)
+    if not stored.ok or not isinstance(stored.body, dict) or _rest(body) != _rest(stored.body):
+        raise Forbidden(ONLY_PASSWORD)
+    # The stored doc with the new password; the client's `_rev` keeps CouchDB's conflict check.
+    new_doc = {**_rest(stored.body), "_id": own_id, "password": body["password"]}
+    if "_rev" in body:
+        new_doc["_rev"] = body["_rev"]
+    result = await couch.json("PUT", target, body=new_doc)
+    answer = result.body if isinstance(result.body, dict) else {}
+    capture.record(
+        request, "update", outcome_of(result.status), db=path.db, doc_id=own_id,
+        rev_before=stored.body.get("_rev"), rev_after=answer.get("rev") if result.ok else None,
+        doc_type="user", reason=None if result.ok else str(answer.get("reason")),
+    )  # fmt: skip
+    return json_response(result.body, status=result.status)

@@ -1,0 +1,138 @@
+"""Offline users' writes: attachments in and out of scope, no existence oracle in the
+answers, `_local` docs of others, and the audit entries of every outcome."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from proxy.devserver.backend import PouchServer
+
+from offline_data import auth, report
+from support import Gateway, assert_couch_error, basic, gateway_settings, start_gateway, stop_gateway
+
+TEXT = {"Content-Type": "text/plain"}
+
+
+def rev_of(backend: PouchServer, db: str, doc_id: str) -> str:
+    return str(backend.request("GET", f"/{db}/{doc_id}")[1]["_rev"])
+
+
+async def test_attachments_put_and_delete_in_scope(gw: Gateway, medic: str, backend: PouchServer) -> None:
+    rev = rev_of(backend, medic, "p1")
+    status, body, _ = await gw.call("PUT", f"/{medic}/p1/note.txt?rev={rev}", auth=auth("chw1"), data=b"hello",
+                                    headers=TEXT)  # fmt: skip
+    assert status == 201 and body["ok"] is True, body
+    async with gw.http.get(f"{gw.url}/{medic}/p1/note.txt", headers={"Authorization": auth("chw1")}) as resp:
+        assert resp.status == 200 and await resp.read() == b"hello"
+    status, body, _ = await gw.call("DELETE", f"/{medic}/p1/note.txt?rev={body['rev']}", auth=auth("chw1"))
+    assert status == 200 and body["ok"] is True, body
+    assert "_attachments" not in backend.request("GET", f"/{medic}/p1")[1]
+
+
+async def test_no_answer_tells_a_foreign_doc_from_a_missing_one(
+    gw: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """Every write about a doc outside the scope gets the same answer whether it exists."""
+    foreign_rev = rev_of(backend, medic, "r_p9")
+    foreign_body = report("x", ("p9", "house3"), patient_uuid="p9")
+    mine_body = report("x", ("chw1_person", "area1"), patient_id="1001")
+    attempts: list[tuple[str, str, Any, bytes | None]] = [
+        ("PUT", f"/{medic}/r_p9", {**foreign_body, "_rev": foreign_rev}, None),  # foreign, stays foreign
+        ("PUT", f"/{medic}/r_p9", {**mine_body, "_rev": foreign_rev}, None),  # foreign, pulled into scope
+        ("PUT", f"/{medic}/r_nothing", foreign_body, None),  # missing
+        ("DELETE", f"/{medic}/r_p9?rev={foreign_rev}", None, None),
+        ("DELETE", f"/{medic}/r_nothing?rev=1-abc", None, None),
+        ("PUT", f"/{medic}/r_p9/a.txt?rev={foreign_rev}", None, b"x"),
+        ("PUT", f"/{medic}/r_nothing/a.txt?rev=1-abc", None, b"x"),
+        ("DELETE", f"/{medic}/r_p9/a.txt?rev={foreign_rev}", None, None),
+        ("DELETE", f"/{medic}/r_nothing/a.txt?rev=1-abc", None, None),
+    ]
+    answers = set()
+    for method, path, json, data in attempts:
+        status, body, _ = await gw.call(method, path, auth=auth("chw1"), json=json, data=data,
+                                        headers=TEXT if data else None)  # fmt: skip
+        assert_couch_error(status, body, 403, "forbidden")
+        answers.add((status, body["reason"]))
+    assert len(answers) == 1, answers
+    status, rows, _ = await gw.call("POST", f"/{medic}/_bulk_docs", auth=auth("chw1"), json={"docs": [
+        {**foreign_body, "_id": "r_p9", "_rev": foreign_rev}, {**mine_body, "_id": "r_p9", "_rev": foreign_rev},
+        {**foreign_body, "_id": "r_nothing"}, {"_id": "r_p9", "_rev": foreign_rev, "_deleted": True},
+        {"_id": "r_nothing", "_rev": "1-abc", "_deleted": True}]})  # fmt: skip
+    assert status == 201 and {(r["error"], r["reason"]) for r in rows} == {("forbidden", answers.pop()[1])}
+    assert backend.request("GET", f"/{medic}/r_p9")[1]["_rev"] == foreign_rev
+    assert backend.request("GET", f"/{medic}/r_nothing")[0] == 404
+
+
+async def test_local_docs_of_another_user_cannot_be_deleted(gw: Gateway, medic: str) -> None:
+    status, body, _ = await gw.call("PUT", f"/{medic}/_local/cp", auth=auth("chw1"), json={"last_seq": "a"})
+    assert status == 201
+    rev = body["rev"]
+    status, body, _ = await gw.call("DELETE", f"/{medic}/_local/cp?rev={rev}", auth=auth("chw2"))
+    assert (status, body["error"]) == (404, "not_found")
+    status, body, _ = await gw.call("GET", f"/{medic}/_local/cp", auth=auth("chw1"))
+    assert status == 200 and body["last_seq"] == "a"
+    status, body, _ = await gw.call("DELETE", f"/{medic}/_local/cp?rev={rev}", auth=auth("chw1"))
+    assert status == 200 and body["ok"] is True
+
+
+# -- the audit log of offline writes -------------------------------------------------------
+
+
+@pytest.fixture
+async def audited(backend: PouchServer, medic: str) -> AsyncIterator[Gateway]:
+    audit_db = f"audit-{uuid.uuid4().hex[:10]}"
+    gw = await start_gateway(gateway_settings(backend, medic, audit_db=audit_db, audit_flush_interval=0.05))
+    yield gw
+    await stop_gateway(gw)
+    backend.request("DELETE", f"/{audit_db}")
+
+
+async def audit(gw: Gateway, backend: PouchServer, query: str = "") -> list[dict[str, Any]]:
+    """Entries as an admin reads them (reading flushes what was recorded before)."""
+    admin = basic(backend.admin_user, backend.admin_password)
+    status, body, _ = await gw.call("GET", f"/_couchgate/audit?limit=1000{query}", auth=admin)
+    assert status == 200, body
+    return list(body["entries"])
+
+
+async def test_a_failed_bulk_docs_still_records_every_doc(
+    audited: Gateway, medic: str, backend: PouchServer
+) -> None:
+    docs = [
+        report("r_ok", ("chw1_person", "area1"), patient_id="1001"),
+        {**report("r_bogus", ("chw1_person", "area1"), patient_id="1001"), "_bogus": 1},
+        report("r_no", ("p9", "house3"), patient_uuid="p9"),
+    ]
+    status, body, _ = await audited.call(
+        "POST", f"/{medic}/_bulk_docs", auth=auth("chw1"), json={"docs": docs}
+    )
+    assert status >= 400 and isinstance(body, dict) and body["error"], body  # CouchDB's own answer
+    by_doc = {e["doc_id"]: e for e in await audit(audited, backend, "&user=chw1")}
+    assert set(by_doc) == {"r_ok", "r_bogus", "r_no"}
+    assert by_doc["r_no"]["outcome"] == "forbidden" and by_doc["r_no"]["reason"]
+    for doc_id in ("r_ok", "r_bogus"):
+        assert (by_doc[doc_id]["outcome"], by_doc[doc_id]["action"]) == ("invalid", "create")
+        assert by_doc[doc_id]["rev_after"] is None and "_bogus" in by_doc[doc_id]["reason"]
+    assert backend.request("GET", f"/{medic}/r_ok")[0] == 404
+
+
+async def test_attachment_writes_record_the_new_rev(
+    audited: Gateway, medic: str, backend: PouchServer
+) -> None:
+    before = rev_of(backend, medic, "p1")
+    status, put, _ = await audited.call("PUT", f"/{medic}/p1/a.txt?rev={before}", auth=auth("chw1"), data=b"x",
+                                        headers=TEXT)  # fmt: skip
+    assert status == 201
+    status, deleted, _ = await audited.call(
+        "DELETE", f"/{medic}/p1/a.txt?rev={put['rev']}", auth=auth("chw1")
+    )
+    assert status == 200
+    await audited.call("PUT", f"/{medic}/p9/a.txt?rev=1-abc", auth=auth("chw1"), data=b"x", headers=TEXT)
+    entries = await audit(audited, backend, "&action=attachment")
+    got = sorted((e["doc_id"], e["outcome"], e["rev_before"], e["rev_after"]) for e in entries)
+    assert got == sorted([("p1", "written", before, put["rev"]), ("p1", "written", put["rev"], deleted["rev"]),
+                          ("p9", "forbidden", rev_of(backend, medic, "p9"), None)])  # fmt: skip
