@@ -5,7 +5,9 @@ each the hash of the previous one (`prev_hash`) and its own `hash`: SHA-256 over
 canonical JSON of the entry without `hash` and without CouchDB's `_rev`. Editing an entry
 breaks its hash; deleting one leaves a gap in `seq` and a `prev_hash` that no longer
 matches; retention records, per writer, the last seq it removed, so the first remaining
-entry must follow it.
+entry must follow it. The chain is of entries, not of the CouchDB docs that hold them (a
+batch of entries per doc, see proxy/audit/log.py): removing a whole batch doc is a gap in
+`seq` like any other, an entry edited inside one fails its hash.
 """
 
 from __future__ import annotations

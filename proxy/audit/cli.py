@@ -2,9 +2,11 @@
 `couchgate audit verify [--checkpoint W:SEQ:HASH ...] [--checkpoints LOGFILE]`: read the
 audit database directly as the service account.
 
-`tail --follow` reads the audit database's `_changes` feed from where the first page was
-taken, so a burst of any size is shown whole. `verify` streams each writer's chain through
-the `chain` view, one page at a time; checkpoints (the `audit checkpoint` lines couchgate
+`tail --follow` reads the audit database's `_changes` feed (each change a batch doc of
+entries) from where the first page was taken, so a burst of any size is shown whole.
+`verify` streams each writer's chain, entry by entry across its batch docs, through the
+`chain` view, one page at a time: an edited entry fails its hash, a removed entry or batch
+doc leaves a gap in seq; checkpoints (the `audit checkpoint` lines couchgate
 logs) also reveal a writer's newest entries being deleted, which no chain can show alone.
 """
 
@@ -22,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from proxy.audit.chain import ChainChecker, Checkpoint
-from proxy.audit.log import DESIGN_ID
+from proxy.audit.log import BATCH_TYPE, DESIGN_ID
 from proxy.audit.query import AuditQuery, search
 from proxy.audit.retention import MARKER_PREFIX
 from proxy.couch.client import CouchClient, new_session
@@ -56,11 +58,11 @@ async def retention_markers(couch: CouchClient, db: str) -> dict[str, int]:
 
 
 async def chain_entries(couch: CouchClient, db: str) -> AsyncIterator[dict[str, Any]]:
-    """Every entry in (writer, seq) order, a page at a time."""
+    """Every entry in (writer, seq) order, across batch docs, a page at a time."""
     path = f"/{quote(db, safe='')}/{DESIGN_ID}/_view/chain"
     start: Any = None
     while True:
-        params = {"include_docs": "true", "limit": str(PAGE + 1)}
+        params = {"limit": str(PAGE + 1)}
         if start is not None:
             params["startkey"] = orjson.dumps(start).decode()
         result = await couch.json("GET", path, params=params)
@@ -69,8 +71,8 @@ async def chain_entries(couch: CouchClient, db: str) -> AsyncIterator[dict[str, 
             raise UpstreamError(f"the audit chain index answered {result.status}{hint}")
         rows = result.body.get("rows", [])
         for row in rows[:PAGE]:
-            if isinstance(row.get("doc"), dict):
-                yield row["doc"]
+            if isinstance(row.get("value"), dict):
+                yield row["value"]
         if len(rows) <= PAGE:
             return
         start = rows[PAGE]["key"]
@@ -137,10 +139,10 @@ async def run_tail(settings: Settings, args: argparse.Namespace, console: Consol
         answer = await search(couch, db, query)
         entries = list(reversed(answer["entries"]))
         console.print(render(entries))
-        shown = {e["_id"] for e in entries}
+        shown = {e.get("_id") for e in entries}
         while args.follow:
             since, fresh, more = await changes_since(couch, db, since, query)
-            fresh = [e for e in fresh if e["_id"] not in shown]
+            fresh = [e for e in fresh if e.get("_id") not in shown]
             if fresh:
                 console.print(render(fresh))
             if not more:
@@ -156,9 +158,10 @@ async def update_seq(couch: CouchClient, db: str) -> Any:
 
 
 async def changes_since(
-    couch: CouchClient, db: str, since: Any, query: AuditQuery, batch: int = 500
+    couch: CouchClient, db: str, since: Any, query: AuditQuery, batch: int = 20
 ) -> tuple[Any, list[dict[str, Any]], bool]:
-    """Entries written after `since` that match `query`, the new since, and whether there is more."""
+    """Entries written after `since` that match `query`, the new since, and whether there is
+    more. Each change is a batch doc of up to `batch_size` entries, hence the small `batch`."""
     params = {"since": since if isinstance(since, str) else orjson.dumps(since).decode(),
               "include_docs": "true", "limit": str(batch)}  # fmt: skip
     result = await couch.json("GET", f"/{quote(db, safe='')}/_changes", params=params)
@@ -166,8 +169,9 @@ async def changes_since(
         raise UpstreamError(f"the audit changes feed answered {result.status}")
     rows = result.body.get("results", [])
     docs = [row.get("doc") for row in rows if not row.get("deleted")]
-    entries = [d for d in docs if isinstance(d, dict) and d.get("type") == "couchgate-audit"]
-    fresh = [d for d in entries if query.matches(d)]
+    batches = [d for d in docs if isinstance(d, dict) and d.get("type") == BATCH_TYPE]
+    entries = [e for d in batches if isinstance(d.get("entries"), list) for e in d["entries"]]
+    fresh = [e for e in entries if isinstance(e, dict) and query.matches(e)]
     return result.body.get("last_seq", since), fresh, len(rows) >= batch
 
 

@@ -15,6 +15,21 @@ Queue and backpressure (`queue_max`, COUCHGATE_AUDIT_QUEUE_MAX):
   (security events from a flood, writes admitted just before) are dropped: numbered all the
   same, so `couchgate audit verify` shows the gap, counted and logged. Nothing is lost silently.
 
+Storage: each flushed batch of one writer is ONE CouchDB doc (`BATCH_TYPE`), so an audited
+write costs the backend a share of a doc, not a doc of its own:
+
+    {"_id": "<writer>:<first seq, 12 digits>", "type": "couchgate-audit-batch",
+     "writer": ..., "first_seq": ..., "last_seq": ..., "last_hash": <hash of the last entry>,
+     "entries": [<entry>, ...]}
+
+An entry keeps every field the API answers (its own `_id`, `writer`, `seq`, `prev_hash`,
+`hash`, ...) and is hashed as a whole, so it reads the same wherever it is stored; the views
+emit one row per entry. A doc holds at most `batch_size` entries and about
+`max_batch_bytes` of JSON (a flush is split into several docs; an entry larger than that
+alone is one doc). The id is deterministic: a write whose answer was lost but which did
+land is answered 409 when retried, and counts as written once the stored doc is seen to
+hold the same entries (same hashes); entries are taken off the queue only then.
+
 Every `checkpoint_interval` seconds (and on close) the writer logs its latest written seq
 and hash (`audit checkpoint`), the evidence against which truncation of a writer's newest
 entries can be detected (`couchgate audit verify --checkpoint`).
@@ -30,8 +45,11 @@ import time
 import uuid
 from collections import deque
 from dataclasses import fields
+from itertools import islice
 from typing import Any
 from urllib.parse import quote
+
+import orjson
 
 from proxy.audit.api import AuditEntry, clean_text
 from proxy.audit.chain import GENESIS, entry_hash
@@ -42,29 +60,54 @@ log = logging.getLogger("couchgate.audit")
 
 ENTRY_FIELDS = tuple(f.name for f in fields(AuditEntry))
 DESIGN_ID = "_design/couchgate-audit"
-# One view, keys prefixed by what they select on, newest last: [kind, value..., ts, _id].
-# The doc id makes every key unique, so a page can start exactly at a key (no
-# `startkey_docid`, which pouchdb-server ignores).
+BATCH_TYPE = "couchgate-audit-batch"
+MAX_BATCH_BYTES = 1_000_000  # well under CouchDB's max_document_size (8 MB by default)
+# One row per entry: keys prefixed by what they select on, newest last: [kind, value...,
+# ts, entry _id], value [writer, seq] (the entry's key in `chain`). The entry id makes
+# every key unique, so a page can start exactly at a key (no `startkey_docid`, which
+# pouchdb-server ignores).
 INDEX_MAP = """function (doc) {
-  if (doc.type !== 'couchgate-audit') { return; }
-  var ts = doc.ts, id = doc._id;
-  emit(['*', '', ts, id], null);
-  if (doc.doc_id) { emit(['doc', doc.doc_id, ts, id], null); }
-  if (doc.user) { emit(['user', doc.user, ts, id], null); }
-  emit(['action', doc.action, ts, id], null);
-  emit(['outcome', doc.outcome, ts, id], null);
-  if (doc.user) { emit(['user+action', doc.user, doc.action, ts, id], null); }
-  if (doc.user) { emit(['user+outcome', doc.user, doc.outcome, ts, id], null); }
-  emit(['action+outcome', doc.action, doc.outcome, ts, id], null);
+  if (doc.type !== 'couchgate-audit-batch' || !doc.entries) { return; }
+  for (var i = 0; i < doc.entries.length; i++) {
+    var e = doc.entries[i], ts = e.ts, id = e._id, at = [e.writer, e.seq];
+    emit(['*', '', ts, id], at);
+    if (e.doc_id) { emit(['doc', e.doc_id, ts, id], at); }
+    if (e.user) { emit(['user', e.user, ts, id], at); }
+    emit(['action', e.action, ts, id], at);
+    emit(['outcome', e.outcome, ts, id], at);
+    if (e.user) { emit(['user+action', e.user, e.action, ts, id], at); }
+    if (e.user) { emit(['user+outcome', e.user, e.outcome, ts, id], at); }
+    emit(['action+outcome', e.action, e.outcome, ts, id], at);
+  }
 }"""
-# Each writer's chain in order, for `verify` to stream.
+# Every entry by [writer, seq], the entry itself as the value: each writer's chain in order
+# for `verify` to stream, and the entries of an index page looked up by key.
 CHAIN_MAP = """function (doc) {
-  if (doc.type === 'couchgate-audit') { emit([doc.writer, doc.seq, doc._id], null); }
+  if (doc.type !== 'couchgate-audit-batch' || !doc.entries) { return; }
+  for (var i = 0; i < doc.entries.length; i++) {
+    var e = doc.entries[i];
+    emit([e.writer, e.seq], e);
+  }
+}"""
+# Each batch doc by its newest entry's time, for retention: [writer, last seq, entries, rev].
+EXPIRY_MAP = """function (doc) {
+  if (doc.type !== 'couchgate-audit-batch' || !doc.entries) { return; }
+  var newest = 0, last = 0;
+  for (var i = 0; i < doc.entries.length; i++) {
+    var e = doc.entries[i];
+    if (e.ts > newest) { newest = e.ts; }
+    if (e.seq > last) { last = e.seq; }
+  }
+  emit(newest, [doc.writer, last, doc.entries.length, doc._rev]);
 }"""
 DESIGN = {
     "_id": DESIGN_ID,
     "language": "javascript",
-    "views": {"index": {"map": INDEX_MAP}, "chain": {"map": CHAIN_MAP}},
+    "views": {
+        "index": {"map": INDEX_MAP},
+        "chain": {"map": CHAIN_MAP},
+        "expiry": {"map": EXPIRY_MAP},
+    },
 }
 SECURITY = {"admins": {"names": [], "roles": []}, "members": {"names": [], "roles": ["_admin"]}}
 
@@ -92,12 +135,14 @@ class AuditLog:
     def __init__(
         self, couch: CouchClient, db: str, *, batch_size: int = 200, flush_interval: float = 0.5,
         queue_max: int = 100_000, admit_wait: float = 30.0, checkpoint_interval: float = 60.0,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:  # fmt: skip
         self.couch = couch
         self.db = db
         self.path = "/" + quote(db, safe="")
         self.writer = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.batch_size = batch_size
+        self.max_batch_bytes = max_batch_bytes
         self.flush_interval = flush_interval
         self.queue_max = queue_max
         self.high_water = max(1, queue_max // 2)
@@ -223,22 +268,13 @@ class AuditLog:
                 if not self.db_ready:
                     await self.ensure_db()
                 while self.queue:
-                    batch = [self.queue[i] for i in range(min(self.batch_size, len(self.queue)))]
-                    result = await self.couch.json("POST", f"{self.path}/_bulk_docs", body={"docs": batch})
-                    if not result.ok or not isinstance(result.body, list):
-                        raise UpstreamError(f"audit write answered {result.status}")
-                    # A conflict means an earlier attempt did land (its answer was lost).
-                    failed = [
-                        r
-                        for r in result.body
-                        if isinstance(r, dict) and r.get("error") not in (None, "conflict")
-                    ]
-                    if failed:
-                        raise UpstreamError(f"audit write refused: {failed[0].get('error')}")
-                    for _ in batch:
+                    batch = self.next_batch()
+                    stored = await self._write_batch(batch)
+                    # Off the queue only once stored: a failed write leaves every entry queued.
+                    for _ in range(stored):
                         self.queue.popleft()
-                    self.written += len(batch)
-                    self.last_written = (int(batch[-1]["seq"]), str(batch[-1]["hash"]))
+                    self.written += stored
+                    self.last_written = (int(batch[stored - 1]["seq"]), str(batch[stored - 1]["hash"]))
                     if len(self.queue) < self.high_water:
                         self._room.set()
             except UpstreamError as exc:
@@ -254,6 +290,54 @@ class AuditLog:
                 log.warning("audit log writable again; %d entries written so far", self.written)
             self.last_error = None
             return True
+
+    def next_batch(self) -> list[dict[str, Any]]:
+        """The entries at the head of the queue that go into one batch doc: at most
+        `batch_size`, and no more than `max_batch_bytes` of JSON unless the first alone is."""
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for entry in islice(self.queue, self.batch_size):
+            length = len(orjson.dumps(entry)) + 1
+            if batch and size + length > self.max_batch_bytes:
+                break
+            batch.append(entry)
+            size += length
+        return batch
+
+    @staticmethod
+    def batch_doc(writer: str, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        first, last = batch[0], batch[-1]
+        return {
+            "_id": f"{writer}:{int(first['seq']):012d}",
+            "type": BATCH_TYPE,
+            "writer": writer,
+            "first_seq": first["seq"],
+            "last_seq": last["seq"],
+            "last_hash": last["hash"],
+            "entries": batch,
+        }
+
+    async def _write_batch(self, batch: list[dict[str, Any]]) -> int:
+        """Store `batch` as one doc; how many of its entries (from the first) are stored."""
+        doc = self.batch_doc(self.writer, batch)
+        doc_path = f"{self.path}/{quote(doc['_id'], safe='')}"
+        result = await self.couch.json("PUT", doc_path, body=doc)
+        if result.ok:
+            return len(batch)
+        if result.status != 409:
+            error = result.body.get("error") if isinstance(result.body, dict) else None
+            raise UpstreamError(f"audit write answered {result.status}" + (f" ({error})" if error else ""))
+        # An earlier attempt landed and its answer was lost; the queue may have grown since, so
+        # the stored doc holds the same entries or a prefix of them.
+        current = await self.couch.json("GET", doc_path)
+        if not current.ok or not isinstance(current.body, dict):
+            raise UpstreamError(f"audit batch {doc['_id']} exists but could not be read ({current.status})")
+        landed = current.body.get("entries")
+        landed = landed if isinstance(landed, list) else []
+        hashes = [e.get("hash") if isinstance(e, dict) else None for e in landed]
+        if not hashes or hashes != [e["hash"] for e in batch[: len(hashes)]]:
+            raise UpstreamError(f"audit batch {doc['_id']} is stored with other entries")
+        return len(hashes)
 
     def checkpoint(self, force: bool = False) -> None:
         """Log the newest stored entry's seq and hash (a JSON log line with `audit_checkpoint`)."""

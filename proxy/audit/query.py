@@ -1,4 +1,9 @@
-"""Reading the audit log: filters, newest first, paged by an opaque bookmark."""
+"""Reading the audit log: filters, newest first, paged by an opaque bookmark.
+
+Entries live inside batch docs (see proxy/audit/log.py). A page reads rows of the `index`
+view (one row per entry, its value the entry's `[writer, seq]`) and then the entries
+themselves from the `chain` view by those keys: like `include_docs`, but one entry each
+rather than its whole batch doc."""
 
 from __future__ import annotations
 
@@ -95,11 +100,7 @@ async def search(couch: CouchClient, db: str, q: AuditQuery) -> dict[str, Any]:
     prefix, covered = q.selector()
     high = [*prefix, q.until_ms, {}] if q.until_ms is not None else [*prefix, {}]
     low = [*prefix, q.since_ms if q.since_ms is not None else 0]
-    params: dict[str, str] = {
-        "descending": "true",
-        "include_docs": "true",
-        "endkey": orjson.dumps(low).decode(),
-    }
+    params: dict[str, str] = {"descending": "true", "endkey": orjson.dumps(low).decode()}
     start_key: list[Any] = decode_bookmark(q.bookmark, q) if q.bookmark else high
     page_size = q.limit if covered else max(q.limit, SCAN_PAGE)
     found: list[dict[str, Any]] = []
@@ -111,10 +112,11 @@ async def search(couch: CouchClient, db: str, q: AuditQuery) -> dict[str, Any]:
         if not result.ok or not isinstance(result.body, dict):
             raise UpstreamError(f"the audit index answered {result.status}")
         rows = result.body.get("rows", [])
+        by_key = await entries_at(couch, db, [row.get("value") for row in rows[:page_size]])
         filled_at = None
         for i, row in enumerate(rows[:page_size]):
-            doc = row.get("doc")
-            if isinstance(doc, dict) and q.matches(doc):
+            doc = by_key.get(orjson.dumps(row.get("value")))
+            if doc is not None and q.matches(doc):
                 found.append(doc)
                 if len(found) == q.limit:
                     filled_at = i
@@ -130,3 +132,20 @@ async def search(couch: CouchClient, db: str, q: AuditQuery) -> dict[str, Any]:
         next_mark = encode_bookmark(start_key)  # the scan budget ran out here
     entries = [{k: v for k, v in d.items() if k not in ("_rev", "type")} for d in found]
     return {"entries": entries, "next": next_mark}
+
+
+async def entries_at(couch: CouchClient, db: str, keys: list[Any]) -> dict[bytes, dict[str, Any]]:
+    """The entries at `keys` (`[writer, seq]`, as the index rows give them), by their JSON
+    key. An entry gone since its index row was read (retention) is simply absent."""
+    wanted = list({orjson.dumps(k): k for k in keys if isinstance(k, list)}.values())
+    if not wanted:
+        return {}
+    path = f"/{quote(db, safe='')}/{DESIGN_ID}/_view/chain"
+    result = await couch.json("POST", path, body={"keys": wanted})
+    if not result.ok or not isinstance(result.body, dict):
+        raise UpstreamError(f"the audit index answered {result.status}")
+    return {
+        orjson.dumps(row.get("key")): row["value"]
+        for row in result.body.get("rows", [])
+        if isinstance(row, dict) and isinstance(row.get("value"), dict)
+    }

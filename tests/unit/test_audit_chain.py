@@ -200,3 +200,20 @@ def test_an_answer_that_cannot_be_read_makes_each_doc_unknown() -> None:
     replicated = {"docs": [{"_id": "a", "_rev": "2-a"}], "new_edits": False}
     assert bulk_entries(replicated, 201, b"[]") == [("replicate", "a", "written", "2-a")]
     assert bulk_entries(replicated, 201, b"[{") == [("replicate", "a", "unknown", None)]
+
+
+# -- batch docs: bounded in entries and bytes ---------------------------------------------
+
+
+def test_a_batch_is_bounded_by_count_and_by_bytes() -> None:
+    log = AuditLog(None, "audit", batch_size=3)  # type: ignore[arg-type]
+    for i in range(7):
+        log.record(AuditEntry(action="create", outcome="written", doc_id=f"d{i}", reason="x" * 100 * i))
+    assert [e["seq"] for e in log.next_batch()] == [1, 2, 3]
+    log.max_batch_bytes = sum(len(orjson.dumps(e)) + 1 for e in list(log.queue)[:2])
+    assert [e["seq"] for e in log.next_batch()] == [1, 2]
+    log.max_batch_bytes = 1  # an entry larger than the bound still goes, alone
+    assert [e["seq"] for e in log.next_batch()] == [1]
+    doc = AuditLog.batch_doc(log.writer, log.next_batch())
+    assert doc["_id"] == f"{log.writer}:000000000001" and (doc["first_seq"], doc["last_seq"]) == (1, 1)
+    assert doc["last_hash"] == log.queue[0]["hash"] and verify(doc["entries"]) == []

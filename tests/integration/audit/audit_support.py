@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from proxy.audit.chain import Break, ChainChecker
 from proxy.audit.cli import chain_entries, retention_markers
+from proxy.audit.log import BATCH_TYPE
 from proxy.devserver.backend import PouchServer
 from proxy.keys import AUDIT, COUCH
 from proxy.settings import Settings
@@ -49,11 +51,37 @@ def pick(rows: list[dict[str, Any]], *fields: str) -> list[tuple[Any, ...]]:
     return [tuple(row.get(f) for f in fields) for row in rows]
 
 
-def stored(backend: PouchServer, audit_db: str) -> list[dict[str, Any]]:
-    """Every entry in the audit database, read directly (not through couchgate)."""
+def batch_docs(backend: PouchServer, audit_db: str) -> list[dict[str, Any]]:
+    """Every batch doc in the audit database, read directly (not through couchgate)."""
     _, body = backend.request("GET", f"/{audit_db}/_all_docs?include_docs=true")
     assert isinstance(body, dict), body
-    return [r["doc"] for r in body["rows"] if r["doc"].get("type") == "couchgate-audit"]
+    return [r["doc"] for r in body["rows"] if r["doc"].get("type") == BATCH_TYPE]
+
+
+def stored(backend: PouchServer, audit_db: str) -> list[dict[str, Any]]:
+    """Every entry in the audit database, read directly from its batch docs."""
+    return [entry for doc in batch_docs(backend, audit_db) for entry in doc["entries"]]
+
+
+def rewrite_batch(
+    backend: PouchServer, audit_db: str, seq: int, change: Callable[[list[dict[str, Any]]], None]
+) -> None:
+    """Tamper with the batch doc holding entry `seq`: `change` edits its entries in place;
+    a batch left with none is deleted."""
+    [doc] = [d for d in batch_docs(backend, audit_db) if any(e["seq"] == seq for e in d["entries"])]
+    change(doc["entries"])
+    if doc["entries"]:
+        status, _ = backend.request("PUT", f"/{audit_db}/{quote(doc['_id'], safe='')}", doc)
+    else:
+        status, _ = backend.request("DELETE", f"/{audit_db}/{quote(doc['_id'], safe='')}?rev={doc['_rev']}")
+    assert status in (200, 201), status
+
+
+def remove_entry(backend: PouchServer, audit_db: str, seq: int) -> None:
+    def without(entries: list[dict[str, Any]]) -> None:
+        entries[:] = [e for e in entries if e["seq"] != seq]
+
+    rewrite_batch(backend, audit_db, seq, without)
 
 
 async def chain_breaks(gw: Gateway) -> list[Break]:

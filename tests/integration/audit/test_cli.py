@@ -9,20 +9,32 @@ import io
 import logging
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
-from audit_support import chain_breaks, cli_env, entries, stored
+from audit_support import (
+    audit_settings,
+    batch_docs,
+    chain_breaks,
+    cli_env,
+    entries,
+    remove_entry,
+    rewrite_batch,
+    stored,
+)
 from rich.console import Console
 
-from proxy.audit.chain import ChainChecker
+from proxy.audit.chain import ChainChecker, entry_hash
 from proxy.audit.cli import chain_entries, run_tail
 from proxy.audit.retention import Retention
 from proxy.devserver.backend import PouchServer
 from proxy.keys import AUDIT, COUCH
 from proxy.logs import JsonFormatter
 
-from support import Gateway, TestUser, eventually
+from support import Gateway, TestUser, eventually, start_gateway, stop_gateway
 
 
 def audit_cli(backend: PouchServer, audit_db: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -35,23 +47,65 @@ def audit_cli(backend: PouchServer, audit_db: str, *args: str) -> subprocess.Com
     )
 
 
+@pytest.fixture
+async def batched(backend: PouchServer, db: str) -> AsyncIterator[Gateway]:
+    """couchgate whose audit batches hold two entries each and are written only when full
+    or flushed: entries land in batch docs the tests can predict."""
+    gw = await start_gateway(audit_settings(backend, db, audit_batch_size=2, audit_flush_interval=3600))
+    yield gw
+    await stop_gateway(gw)
+    backend.request("DELETE", f"/{gw.settings.audit_db}")
+
+
+async def write_in_pairs(gw: Gateway, db: str, user: TestUser, prefix: str, n: int) -> None:
+    """`n` audited writes, flushed after every second one: batch docs [1, 2], [3, 4], ..."""
+    for i in range(n):
+        await gw.call("PUT", f"/{db}/{prefix}-{i}", auth=user.auth, json={})
+        if i % 2:
+            assert await gw.server.app[AUDIT].flush()  # type: ignore[attr-defined]
+
+
 async def test_verify_finds_edited_and_deleted_entries(
-    agw: Gateway, backend: PouchServer, db: str, users: dict[str, TestUser]
+    batched: Gateway, backend: PouchServer, db: str, users: dict[str, TestUser]
 ) -> None:
-    for i in range(4):
-        await agw.call("PUT", f"/{db}/chained-{i}", auth=users["alice"].auth, json={})
-    await entries(agw, backend)
-    audit_db = agw.settings.audit_db
+    await write_in_pairs(batched, db, users["alice"], "chained", 8)
+    audit_db = batched.settings.audit_db
+    assert sorted(len(d["entries"]) for d in batch_docs(backend, audit_db)) == [2, 2, 2, 2]
     result = await asyncio.to_thread(audit_cli, backend, audit_db, "verify")
-    assert result.returncode == 0 and "intact: 4 entries from 1 writers" in result.stdout, result.stdout
-    chain = sorted(stored(backend, audit_db), key=lambda e: e["seq"])
-    edited = {**chain[1], "user": "someone-else"}
-    backend.request("PUT", f"/{audit_db}/{edited['_id']}", edited)
+    assert result.returncode == 0 and "intact: 8 entries from 1 writers" in result.stdout, result.stdout
+
+    def edit(entries: list[dict[str, Any]]) -> None:
+        entries[1]["user"] = "someone-else"  # seq 2, the second entry of its batch doc
+
+    rewrite_batch(backend, audit_db, 2, edit)
     result = await asyncio.to_thread(audit_cli, backend, audit_db, "verify")
-    assert result.returncode == 1 and f"seq {chain[1]['seq']}: edited" in result.stdout, result.stdout
-    backend.request("DELETE", f"/{audit_db}/{chain[2]['_id']}?rev={chain[2]['_rev']}")
+    assert result.returncode == 1 and "seq 2: edited" in result.stdout, result.stdout
+    remove_entry(backend, audit_db, 3)  # one entry taken out of its batch doc
     result = await asyncio.to_thread(audit_cli, backend, audit_db, "verify")
-    assert result.returncode == 1 and f"seq {chain[2]['seq']}: missing" in result.stdout, result.stdout
+    assert result.returncode == 1 and "seq 3: missing" in result.stdout, result.stdout
+    [batch] = [d for d in batch_docs(backend, audit_db) if d["first_seq"] == 5]
+    backend.request("DELETE", f"/{audit_db}/{quote(batch['_id'], safe='')}?rev={batch['_rev']}")
+    result = await asyncio.to_thread(audit_cli, backend, audit_db, "verify")
+    assert result.returncode == 1, result.stdout
+    assert "seq 5: missing" in result.stdout and "3 breaks in 5 entries" in result.stdout, result.stdout
+
+
+async def test_an_entry_edited_inside_a_batch_doc_with_its_hash_recomputed_is_found(
+    batched: Gateway, backend: PouchServer, db: str, users: dict[str, TestUser]
+) -> None:
+    """A forger who edits an entry in a batch doc and recomputes its hash (and the batch's
+    `last_hash`) still breaks the link from the next entry, in the next batch doc."""
+    await write_in_pairs(batched, db, users["alice"], "forged", 4)
+    audit_db = batched.settings.audit_db
+
+    def forge(entries: list[dict[str, Any]]) -> None:
+        entries[1]["doc_id"] = "forged-elsewhere"  # seq 2, the last of its batch
+        entries[1]["hash"] = entry_hash(entries[1])
+
+    rewrite_batch(backend, audit_db, 2, forge)
+    result = await asyncio.to_thread(audit_cli, backend, audit_db, "verify")
+    assert result.returncode == 1 and "seq 3: relinked" in result.stdout, result.stdout
+    assert "1 breaks in 4 entries" in result.stdout, result.stdout
 
 
 async def test_deleting_the_newest_entries_shows_only_against_a_logged_checkpoint(
@@ -77,7 +131,7 @@ async def test_deleting_the_newest_entries_shows_only_against_a_logged_checkpoin
     logfile.write_text("\n".join(["not json", *lines]) + "\n")
     audit_db = agw.settings.audit_db
     newest = max(stored(backend, audit_db), key=lambda e: e["seq"])
-    backend.request("DELETE", f"/{audit_db}/{newest['_id']}?rev={newest['_rev']}")
+    remove_entry(backend, audit_db, newest["seq"])  # its batch doc goes too if it held only that
     # The chain that is left is whole: without a checkpoint the cut cannot be seen...
     result = await asyncio.to_thread(audit_cli, backend, audit_db, "verify")
     assert result.returncode == 0, result.stdout
@@ -133,19 +187,27 @@ async def test_tail_follow_shows_a_burst_larger_than_its_page(
 
 
 async def test_retention_removes_old_entries_and_verify_still_holds(
-    agw: Gateway, backend: PouchServer, db: str, users: dict[str, TestUser]
+    batched: Gateway, backend: PouchServer, db: str, users: dict[str, TestUser]
 ) -> None:
     for i in range(6):
-        await agw.call("PUT", f"/{db}/old-{i}", auth=users["alice"].auth, json={})
-        await asyncio.sleep(0.002)
-    await entries(agw, backend)
-    chain = sorted(stored(backend, agw.settings.audit_db), key=lambda e: e["seq"])
+        await batched.call("PUT", f"/{db}/old-{i}", auth=users["alice"].auth, json={})
+        await asyncio.sleep(0.002)  # distinct milliseconds
+        if i % 2:
+            assert await batched.server.app[AUDIT].flush()  # type: ignore[attr-defined]
+    audit_db = batched.settings.audit_db
+    chain = sorted(stored(backend, audit_db), key=lambda e: e["seq"])  # in batch docs [1, 2], [3, 4], [5, 6]
     cut = chain[3]["ts"]
-    removed = await Retention(agw.server.app[AUDIT], days=1).apply(now_ms=cut + 86_400_000 - 1)  # type: ignore[arg-type]
-    assert removed == len([e for e in chain if e["ts"] < cut]) >= 3
-    assert sorted(e["seq"] for e in stored(backend, agw.settings.audit_db)) == list(range(removed + 1, 7))
-    assert await chain_breaks(agw) == []  # the retention marker explains the cut
+    retention = Retention(batched.server.app[AUDIT], days=1)  # type: ignore[arg-type]
+    removed = await retention.apply(now_ms=cut + 86_400_000 - 1)
+    # Entries 1-3 are past the cutoff, but a batch doc goes whole, once its newest entry
+    # is: entry 3 stays with entry 4.
+    assert chain[2]["ts"] < cut and removed == 2
+    assert sorted(e["seq"] for e in stored(backend, audit_db)) == [3, 4, 5, 6]
+    assert await chain_breaks(batched) == []  # the retention marker explains the cut
     checker = ChainChecker()  # without the marker the cut would look like tampering
-    async for entry in chain_entries(agw.server.app[COUCH], agw.settings.audit_db):
+    async for entry in chain_entries(batched.server.app[COUCH], audit_db):
         checker.feed(entry)
     assert [(b.seq, b.problem) for b in checker.finish()] == [(1, "missing")]
+    assert await retention.apply(now_ms=cut + 86_400_000) == 2  # now entry 4 is past it too
+    assert sorted(e["seq"] for e in stored(backend, audit_db)) == [5, 6]
+    assert await chain_breaks(batched) == []
