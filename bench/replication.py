@@ -6,7 +6,7 @@ For each data size: loads the demo data set into an in-memory pouchdb-server, st
 couchgate, and measures (real PouchDB 9 in Node, from tests/e2e/pouch.js):
 - the initial pull of a CHW and of a supervisor through couchgate, versus a direct pull
   of a database that holds exactly the docs they may read;
-- a no-op pull from the checkpoint (nothing changed), both ways;
+- a no-op pull from the checkpoint (nothing changed), both ways (the median of NOOPS);
 - upstream write -> arrival on a longpolling client (p50, p99);
 - the scope index's build time from scratch and its memory (RSS against an empty db).
 Results go to docs/benchmarks.md.
@@ -30,6 +30,9 @@ from proxy.seed.generator import preset
 from proxy.seed.loader import load
 
 USERS = ("chw1", "supervisor")
+# No-op pulls per round: a no-op takes milliseconds, so one is mostly noise; each round
+# reports the median of these, and the table the median of the rounds'.
+NOOPS = 10
 
 
 def get(url: str, auth: str) -> Any:
@@ -104,9 +107,9 @@ def measure(preset_name: str, rounds: int) -> dict[str, Any]:
                 count = asyncio.run(copy_readable(gateway, backend, user, direct_db))
                 via, direct = [], []
                 for _ in range(rounds):
-                    via.append(run_pouch({"op": "pull_timed", "url": f"{gateway}/medic",
+                    via.append(run_pouch({"op": "pull_timed", "url": f"{gateway}/medic", "noops": NOOPS,
                                           "auth": {"basic": [user, f"{user}-pass"]}}))  # fmt: skip
-                    direct.append(run_pouch({"op": "pull_timed", "url": f"{backend.url}/{direct_db}",
+                    direct.append(run_pouch({"op": "pull_timed", "url": f"{backend.url}/{direct_db}", "noops": NOOPS,
                                              "auth": {"basic": [backend.admin_user, backend.admin_password]}}))  # fmt: skip
                 assert all(r["docs"] >= count for r in via), (via, count)
                 result[user] = {
@@ -144,6 +147,24 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {r['docs']:,} | {r['build_s']:.1f} s | {memory:.0f} MB ({memory / r['docs'] * 1e6:.0f} MB per million docs) "
             f"| {r['latency_p50_ms']:.0f} ms | {r['latency_p99_ms']:.0f} ms |"
         )
+    if len(results) > 1:
+        base = results[0]
+        lines += ["", f"Cost growth against {base['docs']:,} docs (the same users; 1.00x = no growth):", "",
+                  "the backend itself also slows down with size, so the last two columns divide",
+                  "couchgate's growth by the direct pull's growth on the same backend.", "",
+                  "| data | user | initial pull | no-op sync | initial pull / direct's growth | no-op / direct's growth |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in results[1:]:
+            for user in USERS:
+                u, b = r[user], base[user]
+                pull = u["via_first_s"] / b["via_first_s"]
+                noop = u["via_noop_ms"] / b["via_noop_ms"]
+                pull_direct = u["direct_first_s"] / b["direct_first_s"]
+                noop_direct = u["direct_noop_ms"] / b["direct_noop_ms"]
+                lines.append(
+                    f"| {r['docs']:,} | {user} | {pull:.2f}x | {noop:.2f}x "
+                    f"| {pull / pull_direct:.2f}x | {noop / noop_direct:.2f}x |"
+                )
     return "\n".join(lines)
 
 
@@ -158,7 +179,8 @@ def main() -> None:
         f"Command: `.venv/bin/python -m bench.replication {' '.join('--preset ' + p for p in presets)}"
         f" --rounds {args.rounds}` (medians of {args.rounds} rounds; PouchDB 9 in Node, in-memory",
         "pouchdb-server 4.2.0, both on this 2-core machine; 'direct' pulls a database holding exactly",
-        "the user's readable docs, as the admin, straight from the backend).",
+        "the user's readable docs, as the admin, straight from the backend; a round's no-op figure is",
+        f"the median of {NOOPS} no-op pulls in a row from the same checkpoint).",
         "",
         table(results),
     ])  # fmt: skip

@@ -47,7 +47,9 @@ async def couchdb_handler(request: web.Request) -> web.StreamResponse:
     kind = capture.write_kind(request.method, path)
     if kind is not None:
         await capture.admit(request)  # the audit log's backpressure (proxy/audit/log.py)
-    if principal.authenticated and not is_public(request.method, path) and await offline(request, principal):
+    # Offline users' `GET /` too: answered from couchgate's copy of CouchDB's welcome.
+    to_offline = not path.segments or not is_public(request.method, path)
+    if principal.authenticated and to_offline and await offline(request, principal):
         return await serve_offline(request, path, principal)
     credentials = await credentials_for(request, principal, path)
     if kind is None:

@@ -60,6 +60,7 @@ class _UserFeed:
     at: int
     entries: list[Entry] = field(default_factory=list)
     ordinals: list[int] = field(default_factory=list)
+    live: int = -1  # how many entries are not deleted; -1: not counted since the last change
 
 
 CACHED_USERS = 512
@@ -255,6 +256,7 @@ class ScopeIndex:
             fresh = {e.id for e in newer}
             feed.entries = [e for e in kept if e.id not in fresh] + newer
             feed.at = self.ordinal
+            feed.live = -1
         else:
             self._feeds.move_to_end(user)
             return feed
@@ -272,6 +274,14 @@ class ScopeIndex:
 
     def readable_entries(self, user: UserCtx, settings: AppSettings) -> list[Entry]:
         return self.changes_since(user, settings, 0)
+
+    def readable_counts(self, user: UserCtx, settings: AppSettings) -> tuple[int, int]:
+        """How many readable docs are live and how many are tombstones; counted once per
+        change of the user's feed, not per call."""
+        feed = self._feed(user, settings)
+        if feed.live < 0:
+            feed.live = sum(1 for e in feed.entries if not e.deleted)
+        return feed.live, len(feed.entries) - feed.live
 
     def is_readable_id(self, doc_id: str, user: UserCtx, settings: AppSettings) -> bool:
         entry = self.entries.get(doc_id)

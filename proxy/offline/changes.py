@@ -144,6 +144,35 @@ class Feed:
         return row
 
 
+def db_info(view: UserView, codec: SinceCodec, db: str) -> web.Response:
+    """`GET /{db}` for an offline user: the database as that user sees it, from the index,
+    without a call upstream (PouchDB asks for it at the start of every replication and
+    after every batch).
+
+    It is not synced first, and need not be for read-your-writes: it names no doc and
+    serves no doc body. Its `update_seq` is this user's own token for the index's
+    current position, and a `_changes` read from it (which syncs) returns every change
+    after that position, so a position a few milliseconds behind CouchDB can only make a
+    client look again, never miss a doc. (Passing CouchDB's own `update_seq` through, as
+    before, handed out a seq this feed cannot resume from: a full backfill.) The counts
+    are this user's readable docs as of the index's last sync, not the database's."""
+    live, deleted = view.counts()
+    since = Since(view.epoch, view.current_ordinal, view.fingerprint)
+    return json_response(
+        {
+            "db_name": db,
+            "doc_count": live,
+            "doc_del_count": deleted,
+            "update_seq": codec.encode(view.user.name, since),
+            "purge_seq": 0,
+            "compact_running": False,
+            "sizes": {"active": 0, "external": 0, "file": 0},
+            "props": {},
+            "instance_start_time": "0",
+        }
+    )
+
+
 async def fetch_docs(
     request: web.Request, db_path: str, entries: list[Entry], conflicts: bool
 ) -> dict[str, Any]:

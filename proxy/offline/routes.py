@@ -14,7 +14,7 @@ from aiohttp import web
 from proxy.access.paths import CouchPath
 from proxy.auth.principal import Principal
 from proxy.errors import Forbidden, MethodNotAllowed, json_response
-from proxy.keys import COUCH, INDEX, SINCE_CODEC
+from proxy.keys import INDEX, SINCE_CODEC
 from proxy.offline import changes, local_docs, own_user, reads, revisions, writes
 from proxy.offline.view import UserView
 from proxy.passthrough import credentials_for, forward
@@ -34,6 +34,10 @@ def refuse() -> Forbidden:
 
 async def serve_offline(request: web.Request, path: CouchPath, principal: Principal) -> web.StreamResponse:
     db = request.app[INDEX].db
+    if not path.segments:
+        if request.method in READ:
+            return await request.app[INDEX].welcome.answer()
+        raise refuse()
     if path.db == "_users":
         own = f"org.couchdb.user:{principal.name}"
         if path.doc_id == own and not path.rest:
@@ -51,7 +55,9 @@ async def serve_offline(request: web.Request, path: CouchPath, principal: Princi
     second = path.segments[1] if len(path.segments) > 1 else None
     if second is None:
         if method in READ:
-            return await forward(request, path, {"Authorization": request.app[COUCH].service_auth})
+            if not sync.built.is_set():
+                await sync.sync()  # the index's first build: nothing to answer from before it
+            return changes.db_info(UserView.of(sync, principal), request.app[SINCE_CODEC], db)
         if method == "POST":
             await sync.sync()
             return await writes.write_doc(request, UserView.of(sync, principal), path, db, db_path)

@@ -74,7 +74,11 @@ class UserView:
         return [e.id for e in self.sync.index.readable_entries(self.user, self.settings) if not e.deleted]
 
     def live_count(self) -> int:
-        return len(self.live_ids())
+        return self.sync.index.readable_counts(self.user, self.settings)[0]
+
+    def counts(self) -> tuple[int, int]:
+        """Readable docs: (live, deleted)."""
+        return self.sync.index.readable_counts(self.user, self.settings)
 
     def is_leaf(self, doc_id: str, rev: str) -> bool:
         entry = self.sync.index.entries.get(doc_id)

@@ -8,18 +8,39 @@ const PouchDB = require('pouchdb-core')
   .plugin(require('pouchdb-adapter-memory'))
   .plugin(require('pouchdb-replication'));
 
-function remote(url, auth) {
+// `trace`: when an object with a `calls` array, each request made through this remote is
+// appended to it as {run, method, path, query, status, ms} while `trace.on` is true
+// (benchmarks' profiling).
+function remote(url, auth, trace) {
   const opts = {skip_setup: true};
   if (auth && auth.basic) {
     opts.auth = {username: auth.basic[0], password: auth.basic[1]};
   }
-  if (auth && auth.bearer) {
-    opts.fetch = (u, o) => {
-      o.headers.set('Authorization', 'Bearer ' + auth.bearer);
-      return PouchDB.fetch(u, o);
+  const bearer = auth && auth.bearer;
+  if (bearer || trace) {
+    opts.fetch = async (u, o) => {
+      if (bearer) {
+        o.headers.set('Authorization', 'Bearer ' + bearer);
+      }
+      if (!trace || !trace.on) {
+        return PouchDB.fetch(u, o);
+      }
+      const t = process.hrtime.bigint();
+      const res = await PouchDB.fetch(u, o);
+      const path = new URL(u).pathname;
+      const query = new URL(u).search;
+      trace.calls.push({run: trace.run, method: o.method || 'GET', path, query, status: res.status,
+        ms: Number(process.hrtime.bigint() - t) / 1e6});
+      return res;
     };
   }
   return new PouchDB(url, opts);
+}
+
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
 async function allDocs(db) {
@@ -85,18 +106,38 @@ async function live(cmd) {
   await new Promise(() => {});
 }
 
-// {"op": "pull_timed", "url", "auth"}: (benchmarks) a first pull into an empty db, then a
-// no-op pull from its checkpoint; prints both durations in ms.
+// {"op": "pull_timed", "url", "auth", "batch_size"?, "noops"?, "trace"?}: (benchmarks) a
+// first pull into an empty db, then `noops` (default 1) no-op pulls from its checkpoint;
+// prints the first pull's duration and the median no-op's in ms (each no-op in `noop_runs`).
+// With `trace`, also every no-op's requests (`noop_calls`: run, method, path, query, status, ms).
 async function pullTimed(cmd) {
-  const target = remote(cmd.url, cmd.auth);
+  const trace = cmd.trace ? {on: false, run: 0, calls: []} : null;
+  const target = remote(cmd.url, cmd.auth, trace);
   const local = new PouchDB('bench-' + Math.random(), {adapter: 'memory'});
+  const opts = {batch_size: cmd.batch_size || 100};
   let t = process.hrtime.bigint();
-  const first = await local.replicate.from(target, {batch_size: cmd.batch_size || 100});
+  const first = await local.replicate.from(target, {...opts});
   const firstMs = Number(process.hrtime.bigint() - t) / 1e6;
-  t = process.hrtime.bigint();
-  const again = await local.replicate.from(target, {batch_size: cmd.batch_size || 100});
-  const noopMs = Number(process.hrtime.bigint() - t) / 1e6;
-  return {first_ms: firstMs, docs: first.docs_written, noop_ms: noopMs, noop_docs: again.docs_written};
+  const runs = [];
+  let noopDocs = 0;
+  const noops = Math.max(1, cmd.noops || 1);
+  for (let i = 0; i < noops; i++) {
+    if (trace) {
+      trace.run = i;
+      trace.on = true;
+    }
+    t = process.hrtime.bigint();
+    const again = await local.replicate.from(target, {...opts});
+    runs.push(Number(process.hrtime.bigint() - t) / 1e6);
+    noopDocs += again.docs_written;
+  }
+  const result = {first_ms: firstMs, docs: first.docs_written, noop_ms: median(runs), noop_runs: runs,
+    noop_docs: noopDocs};
+  if (trace) {
+    trace.on = false;
+    result.noop_calls = trace.calls;
+  }
+  return result;
 }
 
 // {"op": "conflict", "url", "auth", "id"}: two offline devices pull `id`, edit it

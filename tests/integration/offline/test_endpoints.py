@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from proxy.devserver.backend import PouchServer
+from proxy.keys import COUCH
 
-from offline_data import CHW1_READS, auth, person, place, report
+from offline_data import CHW1_READS, SUPERVISOR_READS, auth, person, place, report
 from support import Gateway, assert_couch_error, basic, gateway_settings, start_gateway, stop_gateway
 
 MISSING = {"error": "not_found", "reason": "missing"}
@@ -22,6 +23,75 @@ async def test_db_info_and_doc_reads(gw: Gateway, medic: str) -> None:
     assert status == 200 and body["patient_id"] == "1001"
     status, body, _ = await gw.call("GET", f"/{medic}/p1?revs=true&conflicts=true", auth=auth("chw1"))
     assert body["_revisions"]["start"] == 1
+
+
+async def test_db_info_is_the_users_own_view_answered_without_upstream(
+    gw: Gateway, medic: str, backend: PouchServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await gw.call("GET", f"/{medic}/_changes", auth=auth("chw1"))  # the index is built
+    # Building the index files chw1's user docs, which drops the cached user info: one more
+    # request re-reads it, so the counted request below finds every cache warm.
+    await gw.call("GET", f"/{medic}", auth=auth("chw1"))
+    couch = gw.server.app[COUCH]
+    upstream: list[str] = []
+    real_json, real_stream = couch.json, couch.stream
+
+    def counting(real: Any) -> Any:
+        def call(method: str, path: str, **kwargs: Any) -> Any:
+            upstream.append(f"{method} {path}")
+            return real(method, path, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(couch, "json", counting(real_json))
+    monkeypatch.setattr(couch, "stream", counting(real_stream))
+    status, info, _ = await gw.call("GET", f"/{medic}", auth=auth("chw1"))
+    assert status == 200 and upstream == []
+    assert info["db_name"] == medic
+    assert (info["doc_count"], info["doc_del_count"]) == (len(CHW1_READS), 0)
+    status, body, headers = await gw.call("HEAD", f"/{medic}", auth=auth("chw1"))
+    assert status == 200 and body is None and headers["Content-Type"].startswith("application/json")
+    # `update_seq` is the user's own since token: a feed from it resumes, it does not backfill.
+    status, feed, _ = await gw.call("GET", f"/{medic}/_changes?since={info['update_seq']}", auth=auth("chw1"))
+    assert status == 200 and feed["results"] == []
+    _, doc = backend.request("GET", f"/{medic}/p2")
+    backend.request("DELETE", f"/{medic}/p2?rev={doc['_rev']}")
+    status, feed, _ = await gw.call("GET", f"/{medic}/_changes?since={info['update_seq']}", auth=auth("chw1"))
+    assert [(r["id"], r.get("deleted")) for r in feed["results"]] == [("p2", True)]
+    _, info, _ = await gw.call("GET", f"/{medic}", auth=auth("chw1"))
+    assert (info["doc_count"], info["doc_del_count"]) == (len(CHW1_READS) - 1, 1)
+    assert info["update_seq"] == feed["last_seq"]
+    _, theirs, _ = await gw.call("GET", f"/{medic}", auth=auth("supervisor"))
+    assert theirs["doc_count"] == len(SUPERVISOR_READS) - 1
+    # Another user's token is not this user's: it restarts the feed from the beginning.
+    status, feed, _ = await gw.call(
+        "GET", f"/{medic}/_changes?since={theirs['update_seq']}", auth=auth("chw1")
+    )
+    assert {r["id"] for r in feed["results"]} == CHW1_READS
+
+
+async def test_welcome_is_couchdbs_kept_for_a_while(
+    gw: Gateway, backend: PouchServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, upstream_welcome = backend.request("GET", "/")
+    status, body, _ = await gw.call("GET", "/", auth=auth("chw1"))
+    assert (status, body) == (200, upstream_welcome)
+    couch = gw.server.app[COUCH]
+
+    def no_welcome(real: Any) -> Any:
+        def call(method: str, path: str, **kwargs: Any) -> Any:
+            assert path.split("?")[0] != "/", "the welcome was asked for again"
+            return real(method, path, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(couch, "json", no_welcome(couch.json))
+    monkeypatch.setattr(couch, "stream", no_welcome(couch.stream))
+    assert (await gw.call("GET", "/", auth=auth("supervisor")))[:2] == (200, upstream_welcome)
+    status, body, _ = await gw.call("HEAD", "/", auth=auth("chw1"))
+    assert (status, body) == (200, None)
+    status, body, _ = await gw.call("POST", "/", auth=auth("chw1"), json={})
+    assert_couch_error(status, body, 403, "forbidden")
 
 
 async def test_foreign_doc_looks_exactly_like_a_missing_one(gw: Gateway, medic: str) -> None:
