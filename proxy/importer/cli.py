@@ -2,8 +2,10 @@
 progress bar, a summary table and a results file (one JSON line per doc).
 
 Exit status: 0 when every doc was imported or already there (created, updated,
-unchanged, skipped, or stored as a branch with keep_both), 1 otherwise, 2 on usage or
-connection errors."""
+unchanged, skipped, or stored as a branch with keep_both: a `conflict` with a `rev`), 1
+otherwise: a doc forbidden, invalid, in error or in conflict without a stored branch, an
+answer that ended without its summary or with fewer results than docs sent, or an import
+that stopped with an error; 2 on usage or connection errors and timeouts."""
 
 from __future__ import annotations
 
@@ -22,7 +24,11 @@ from rich.table import Table
 
 from proxy.couch.client import basic_auth_header
 
-NOT_IMPORTED = {"forbidden", "invalid"}
+NOT_IMPORTED = {"forbidden", "invalid", "error"}
+
+
+def not_imported(row: dict[str, Any]) -> bool:
+    return row.get("status") in NOT_IMPORTED or (row.get("status") == "conflict" and "rev" not in row)
 
 
 def ndjson_lines(path: Path) -> tuple[int, Iterator[bytes]]:
@@ -40,8 +46,11 @@ def ndjson_lines(path: Path) -> tuple[int, Iterator[bytes]]:
 
         return count, stream()
     body = orjson.loads(path.read_bytes())
-    if isinstance(body, dict):
-        body = body.get("docs") if isinstance(body.get("docs"), list) else body.get("rows", [body])
+    if isinstance(body, dict) and "_id" not in body:  # an object with an _id is one doc
+        for key in ("docs", "rows"):
+            if isinstance(body.get(key), list):
+                body = body[key]
+                break
     docs = body if isinstance(body, list) else [body]
     return len(docs), (orjson.dumps(d) + b"\n" for d in docs)
 
@@ -73,13 +82,16 @@ async def upload(args: argparse.Namespace, console: Console) -> int:
         for line in lines:
             yield line
 
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] | None = None
     counts: dict[str, int] = {}
+    failed = 0
+    stopped: dict[str, Any] | None = None
     results = Path(args.results)
     progress = Progress(
         TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     )
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    # No total limit (a big import takes long), but a silent server is given up on.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=args.timeout)
     async with (
         aiohttp.ClientSession(timeout=timeout) as http,
         http.post(url, data=body(), params=params, headers=headers) as resp,
@@ -96,15 +108,26 @@ async def upload(args: argparse.Namespace, console: Console) -> int:
                 if "summary" in row:
                     summary = row["summary"]
                     continue
+                if "status" not in row:  # the import stopped: {"error", "reason"}
+                    stopped = row
+                    continue
                 out.write(orjson.dumps(row) + b"\n")
                 counts[row["status"]] = counts.get(row["status"], 0) + 1
+                failed += not_imported(row)
                 progress.advance(task)
     table = Table("status", "docs", title=f"{args.file}{' (dry run)' if args.dry_run else ''}")
     for status, n in sorted((summary or counts).items()):
         table.add_row(status, f"{n:,}")
     console.print(table)
     console.print(f"results: {results}")
-    return 1 if any(counts.get(s) for s in NOT_IMPORTED) else 0
+    answered = sum(counts.values())
+    if stopped is not None:
+        console.print(f"[red]the import stopped[/red]: {stopped.get('error')}: {stopped.get('reason')}")
+    if summary is None:
+        console.print("[red]the answer ended without its summary: the import may be incomplete[/red]")
+    if answered < count:
+        console.print(f"[red]{count - answered:,} of {count:,} docs got no result[/red]")
+    return 1 if failed or stopped is not None or summary is None or answered < count else 0
 
 
 def add_parser(sub: Any) -> None:
@@ -117,6 +140,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--on-conflict", choices=["skip", "overwrite", "keep_both"], default="skip")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--results", default="import-results.jsonl")
+    p.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for the server to send anything"
+    )
     p.set_defaults(func=main)
 
 
@@ -124,6 +150,6 @@ def main(args: argparse.Namespace) -> int:
     console = Console()
     try:
         return asyncio.run(upload(args, console))
-    except (aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
-        console.print(f"[red]couchgate import: {exc}[/red]")
+    except (aiohttp.ClientError, OSError, orjson.JSONDecodeError, TimeoutError) as exc:
+        console.print(f"[red]couchgate import: {exc or type(exc).__name__}[/red]")
         return 2

@@ -1,36 +1,61 @@
 """Import chunks of docs: existence checks with `_all_docs?keys`, writes with `_bulk_docs`,
-every doc answered in input order; nothing stops at the first problem."""
+every doc answered in input order; nothing stops at the first problem.
+
+Whose eyes look: admins and offline users read with the service account (an offline
+user's reads are judged here, doc by doc: a stored doc outside their scope is treated as
+missing, and a write onto it is `forbidden` with the same reason as any other doc outside
+their scope, so the answers are no existence oracle); online users read and write with
+their own credentials, so CouchDB's `_security` applies to both.
+
+For admins and online users a real (not dry) run writes optimistically: a chunk goes to
+`_bulk_docs` as it is, new docs are `created` right away, and only the ids CouchDB
+answers `conflict` for are read and compared (`unchanged`, `skipped`, `updated`, a
+`keep_both` branch). Writing without `_rev` onto a deleted doc succeeds in CouchDB, as the
+read-first path would do too, so the answers are the same either way.
+
+When CouchDB fails during a chunk, that chunk's unanswered docs get the status `error`
+(it may or may not be written: importing again is safe); after a few chunks in a row
+failed, the rest is answered `error` without trying.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import AsyncIterator, Mapping
+import io
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
 from aiohttp import web
 
 from proxy.access.config import UserCtx
-from proxy.access.decide import authorize_batch
+from proxy.access.decide import OUTSIDE, authorize_batch, is_readable
+from proxy.access.kinds import CONTACT_KINDS, kind_of
 from proxy.audit.api import Outcome
 from proxy.audit.capture import record
-from proxy.couch.client import CouchClient
-from proxy.importer.docs import Invalid, Prepared, branch_rev, prepare, same_content
+from proxy.couch.client import JSON_HEADERS, MAPPED_ERRORS, CouchClient, JsonResult, map_client_error
+from proxy.errors import CouchgateError, UpstreamError
+from proxy.importer.docs import Invalid, Prepared, branch_rev, branch_would_win, prepare, same_content
 from proxy.importer.source import BadLine
 from proxy.keys import INDEX
 
+log = logging.getLogger("couchgate.import")
+
 Mode = Literal["skip", "overwrite", "keep_both"]
-AUDIT_OUTCOMES: dict[str, Outcome] = {
-    "created": "written",
-    "updated": "written",
-    "conflict": "conflict",
-    "forbidden": "forbidden",
-    "invalid": "invalid",
-}
 CHUNK = 500
 IN_FLIGHT = 3
 RETRIES = 3
+GIVE_UP_AFTER = 3  # chunks failing upstream in a row before the rest is not even tried
+
+OUT_OF_SCOPE = OUTSIDE.reason  # one wording whether or not the doc exists (no existence oracle)
+UPSTREAM_FAILED = (
+    "CouchDB failed while this doc was imported; it may or may not be written: import again (safe)"
+)
+NOT_TRIED = "not imported: CouchDB failed for the chunks before this one; import again (safe)"
+INTERNAL = "couchgate failed while importing this doc; it may or may not be written: import again (safe)"
+CONTACT_FIELDS = ("_id", "type", "contact_type", "parent", "patient_id", "place_id")
 
 
 @dataclass
@@ -42,7 +67,27 @@ class Plan:
     credentials: dict[str, str]  # whose authority CouchDB applies to the writes
     is_admin: bool
     max_doc_bytes: int
+    max_attachment_bytes: int
+    read_as: dict[str, str] | None = None  # online users' own credentials for reads; None: service
     summary: dict[str, int] = field(default_factory=dict)
+
+
+class UpstreamFailed(Exception):
+    """CouchDB answered a chunk's read or write with an error for the whole request."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(status)
+        self.status = status
+        self.error = str(body.get("error", "error")) if isinstance(body, dict) else "error"
+        self.reason = str(body.get("reason", "")) if isinstance(body, dict) else ""
+
+
+@dataclass
+class ChunkState:
+    """A chunk's answers so far (kept when a later step fails) and what the audit needs."""
+
+    answers: dict[int, dict[str, Any]] = field(default_factory=dict)
+    rev_before: dict[int, str] = field(default_factory=dict)
 
 
 def result(
@@ -61,65 +106,99 @@ def branched(doc: Prepared, body: dict[str, Any], reason: str) -> dict[str, Any]
     return result(doc.index, doc.id, "conflict", rev=body["_rev"], reason=reason)
 
 
-async def stored_winners(
-    couch: CouchClient, db_path: str, ids: list[str]
-) -> dict[str, dict[str, Any] | None]:
-    found: dict[str, dict[str, Any] | None] = dict.fromkeys(ids)
-    if not ids:
-        return found
-    answer = await couch.json(
-        "POST", f"{db_path}/_all_docs", body={"keys": ids}, params={"include_docs": "true"}
-    )
-    for row in answer.body.get("rows", []) if answer.ok and isinstance(answer.body, dict) else []:
-        if isinstance(row, dict) and isinstance(row.get("doc"), dict):
-            found[row["key"]] = row["doc"]
-    return found
-
-
 class Importer:
     def __init__(self, request: web.Request, couch: CouchClient, plan: Plan) -> None:
         self.request = request
         self.couch = couch
         self.plan = plan
+        self.optimistic = plan.user is None and not plan.dry_run
+        self.failed_chunks = 0
+        # Offline dry runs: contacts allowed in earlier chunks (a real run has written them,
+        # so the scope index knows them; a dry run must lend them to later chunks itself).
+        self.carried: dict[str, dict[str, Any]] = {}
 
-    async def run(self, items: AsyncIterator[Any]) -> AsyncIterator[dict[str, Any]]:
-        """Results in input order, chunk by chunk, as they are known. For admins and online
-        users a few chunks are in flight at once; an offline user's chunks go one after the
-        other, so contacts created by one are in the tree when the next is judged."""
-        in_flight = 1 if self.plan.user is not None else IN_FLIGHT
-        pending: deque[asyncio.Task[list[dict[str, Any]]]] = deque()
-        chunk: list[tuple[int, Any]] = []
-        index = 0
-        try:
-            async for item in items:
-                chunk.append((index, item))
-                index += 1
-                if len(chunk) == CHUNK:
-                    pending.append(asyncio.create_task(self.chunk(chunk)))
-                    chunk = []
-                    while len(pending) >= in_flight:
-                        for row in await pending.popleft():
-                            yield row
+    async def run(self, items: AsyncIterator[Any]) -> AsyncGenerator[list[dict[str, Any]]]:
+        """Rows in input order, a chunk at a time, as soon as each chunk is done: reading the
+        input runs apart from answering, so the first rows go out while the rest is still
+        arriving. For admins and online users up to IN_FLIGHT chunks are worked on at once;
+        an offline user's chunks run one after the other, so contacts created by one are in
+        the tree when the next is judged.
+
+        If the body cannot be read on, what was read is still answered, then the error is
+        raised. Chunks already started always finish (and are audited), even when the
+        client has gone or the request is cancelled."""
+        sequential = self.plan.user is not None
+        # Started chunks: the one being answered, the queued ones, the one waiting to queue.
+        queue: asyncio.Queue[asyncio.Task[list[dict[str, Any]]] | Exception | None] = asyncio.Queue(
+            maxsize=max(1, IN_FLIGHT - 2)
+        )
+        running: set[asyncio.Task[list[dict[str, Any]]]] = set()
+
+        def start(chunk: list[tuple[int, Any]], after: asyncio.Task[Any] | None) -> asyncio.Task[Any]:
+            task = asyncio.create_task(self.chunk(chunk, after if sequential else None))
+            running.add(task)
+            task.add_done_callback(running.discard)
+            return task
+
+        async def read() -> None:
+            chunk: list[tuple[int, Any]] = []
+            previous: asyncio.Task[Any] | None = None
+            index = 0
+            try:
+                async for item in items:
+                    chunk.append((index, item))
+                    index += 1
+                    if len(chunk) == CHUNK:
+                        previous = start(chunk, previous)
+                        chunk = []
+                        await queue.put(previous)
+            except Exception as exc:  # answered after the rows of what was read
+                if chunk:
+                    await queue.put(start(chunk, previous))
+                await queue.put(exc)
+                return
             if chunk:
-                pending.append(asyncio.create_task(self.chunk(chunk)))
-            while pending:
-                for row in await pending.popleft():
-                    yield row
-        finally:
-            for task in pending:
-                task.cancel()
+                await queue.put(start(chunk, previous))
+            await queue.put(None)
 
-    async def chunk(self, items: list[tuple[int, Any]]) -> list[dict[str, Any]]:
-        answers: dict[int, dict[str, Any]] = {}
+        reader = asyncio.create_task(read())
+        try:
+            while (got := await queue.get()) is not None:
+                if isinstance(got, Exception):
+                    raise got
+                # Shielded: a cancelled request must not stop a chunk mid-write.
+                yield await asyncio.shield(got)
+        finally:
+            reader.cancel()
+            if running:
+                await asyncio.shield(asyncio.gather(*running, return_exceptions=True))
+
+    async def chunk(
+        self, items: list[tuple[int, Any]], after: asyncio.Task[Any] | None = None
+    ) -> list[dict[str, Any]]:
+        if after is not None:
+            await asyncio.wait([after])  # offline users: the chunk before is written first
+        state = ChunkState()
+        answers = state.answers
         prepared: list[Prepared] = []
         seen: set[str] = set()
+        plan = self.plan
         for index, item in items:
             try:
                 if isinstance(item, BadLine):
                     raise Invalid(item.reason)
-                doc = prepare(index, item, is_admin=self.plan.is_admin, max_doc_bytes=self.plan.max_doc_bytes)
+                doc = prepare(
+                    index,
+                    item,
+                    is_admin=plan.is_admin,
+                    max_doc_bytes=plan.max_doc_bytes,
+                    max_attachment_bytes=plan.max_attachment_bytes,
+                )
             except Invalid as exc:
                 answers[index] = result(index, _id_of(item), "invalid", reason=str(exc))
+                continue
+            except (ValueError, TypeError, RecursionError):
+                answers[index] = result(index, _id_of(item), "invalid", reason="the doc cannot be read")
                 continue
             if doc.id in seen:
                 answers[index] = result(
@@ -129,22 +208,58 @@ class Importer:
             seen.add(doc.id)
             prepared.append(doc)
         if prepared:
-            answers.update(await self._import(prepared))
+            await self._guarded(prepared, state)
         rows = [answers[index] for index, _ in items]
-        self._account(rows)
+        self._account(rows, state, prepared)
         return rows
 
-    async def _import(self, docs: list[Prepared], attempt: int = 0) -> dict[int, dict[str, Any]]:
-        stored = await stored_winners(self.couch, self.plan.db_path, [d.id for d in docs])
-        answers: dict[int, dict[str, Any]] = {}
+    async def _guarded(self, docs: list[Prepared], state: ChunkState) -> None:
+        """`_import`, with a failure turned into rows for the docs not answered yet."""
+        if self.failed_chunks >= GIVE_UP_AFTER:
+            status, reason = "error", NOT_TRIED
+        else:
+            try:
+                await self._import(docs, state)
+                self.failed_chunks = 0
+                return
+            except UpstreamFailed as exc:
+                if exc.status in (401, 403):
+                    status, reason = "forbidden", exc.reason or exc.error
+                else:
+                    self.failed_chunks += 1
+                    log.warning("import chunk failed upstream: %s %s", exc.status, exc.error)
+                    status, reason = "error", UPSTREAM_FAILED
+            except CouchgateError as exc:
+                self.failed_chunks += 1
+                log.warning("import chunk failed upstream: %s", exc.reason)
+                status, reason = "error", UPSTREAM_FAILED
+            except Exception:
+                log.exception("import chunk failed")
+                status, reason = "error", INTERNAL
+        for doc in docs:
+            if doc.index not in state.answers:
+                state.answers[doc.index] = result(doc.index, doc.id, status, reason=reason)
+
+    async def _import(self, docs: list[Prepared], state: ChunkState, attempt: int = 0) -> None:
+        answers = state.answers
+        if self.optimistic and attempt == 0:
+            docs = await self._create(docs, answers)
+            if not docs:
+                return
+        stored = await self._stored([d.id for d in docs])
+        for doc in docs:
+            current = stored.get(doc.id)
+            if current is not None:
+                state.rev_before[doc.index] = current["_rev"]
+        readable = await self._readable(stored)
         changed = []
         for doc in docs:
             current = stored.get(doc.id)
-            if same_content(doc.doc, current):  # nothing to write, so nothing to permit
-                answers[doc.index] = result(doc.index, doc.id, "unchanged", rev=(current or {}).get("_rev"))
+            if current is not None and doc.id in readable and same_content(doc.doc, current):
+                answers[doc.index] = result(doc.index, doc.id, "unchanged", rev=current.get("_rev"))
             else:
                 changed.append(doc)
-        allowed = await self._judge(changed, stored, answers)
+        allowed = await self._judge(changed, stored, readable, answers)
         writes: list[tuple[Prepared, dict[str, Any], str]] = []  # (doc, body, status if written)
         branches: list[tuple[Prepared, dict[str, Any]]] = []
         for doc in allowed:
@@ -168,12 +283,14 @@ class Importer:
                 answers[doc.index] = result(doc.index, doc.id, status)
             for doc, body in branches:
                 answers[doc.index] = branched(doc, body, "would be stored as a conflicting branch")
-            return answers
+            return
         retry: list[Prepared] = []
+        if branches:
+            branches = await self._settle_winners(branches, stored, retry, answers)
         if writes:
             rows = await self._bulk([body for _, body, _ in writes], new_edits=True)
             for doc, _, status in writes:
-                row = rows.get(doc.id) or {}
+                row = rows.get(doc.id) or {"error": "unknown", "reason": "CouchDB answered no row"}
                 if "error" not in row:
                     answers[doc.index] = result(doc.index, doc.id, status, rev=row.get("rev"))
                 elif row["error"] == "conflict" and attempt < RETRIES:
@@ -194,58 +311,207 @@ class Importer:
                     error, why = branch_row["error"], str(branch_row.get("reason"))
                     answers[doc.index] = result(doc.index, doc.id, _status(error), reason=why)
         if retry:
-            answers.update(await self._import(retry, attempt + 1))
-        return answers
+            await self._import(retry, state, attempt + 1)
+
+    async def _create(self, docs: list[Prepared], answers: dict[int, dict[str, Any]]) -> list[Prepared]:
+        """Write the chunk as new docs; the ones that exist (conflict) are returned."""
+        rows = await self._bulk([d.doc for d in docs], new_edits=True)
+        existing = []
+        for doc in docs:
+            row = rows.get(doc.id)
+            if row is None or row.get("error") == "conflict":
+                existing.append(doc)
+            elif "error" not in row:
+                answers[doc.index] = result(doc.index, doc.id, "created", rev=row.get("rev"))
+            else:
+                answers[doc.index] = result(
+                    doc.index, doc.id, _status(row["error"]), reason=str(row.get("reason"))
+                )
+        return existing
+
+    async def _settle_winners(
+        self,
+        branches: list[tuple[Prepared, dict[str, Any]]],
+        stored: Mapping[str, dict[str, Any] | None],
+        retry: list[Prepared],
+        answers: dict[int, dict[str, Any]],
+    ) -> list[tuple[Prepared, dict[str, Any]]]:
+        """keep_both must leave the stored version visible: a winner that is a first revision
+        and sorts below the branch is first written again, unchanged, as a second revision."""
+        winners = {doc.id: stored.get(doc.id) or {} for doc, _ in branches}
+        bump = [
+            (doc, body)
+            for doc, body in branches
+            if branch_would_win(body["_rev"], winners[doc.id].get("_rev"))
+        ]
+        if not bump:
+            return branches
+        rows = await self._bulk([winners[doc.id] for doc, _ in bump], new_edits=True)
+        failed = set()
+        for doc, _ in bump:
+            row = rows.get(doc.id) or {"error": "unknown"}
+            if "error" in row:
+                failed.add(doc.index)
+                if row["error"] == "conflict":
+                    retry.append(doc)
+                else:
+                    answers[doc.index] = result(
+                        doc.index, doc.id, _status(row["error"]), reason=str(row.get("reason"))
+                    )
+        return [(doc, body) for doc, body in branches if doc.index not in failed]
+
+    async def _stored(self, ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        """The current winner of each id (None: missing or deleted), read as the caller
+        (online users) or the service account (admins; offline users, judged here)."""
+        found: dict[str, dict[str, Any] | None] = dict.fromkeys(ids)
+        if not ids:
+            return found
+        answer = await self.couch.json(
+            "POST",
+            f"{self.plan.db_path}/_all_docs",
+            body={"keys": ids},
+            params={"include_docs": "true"},
+            headers=self.plan.read_as,
+            use_service=self.plan.read_as is None,
+        )
+        if not answer.ok or not isinstance(answer.body, dict):
+            raise UpstreamFailed(answer.status, answer.body)
+        for row in answer.body.get("rows", []):
+            if isinstance(row, dict) and isinstance(row.get("doc"), dict):
+                found[row["key"]] = row["doc"]
+        return found
+
+    async def _readable(self, stored: Mapping[str, dict[str, Any] | None]) -> set[str]:
+        """The stored docs the caller may see. Everyone but offline users sees them all."""
+        present = [(i, d) for i, d in stored.items() if d is not None]
+        user = self.plan.user
+        if user is None:
+            return {i for i, _ in present}
+        sync = self.request.app[INDEX]
+        await sync.sync()  # contacts written by earlier chunks are in the tree now
+        depths = sync.index.subjects_of(user, sync.settings)
+        return {i for i, d in present if is_readable(d, user, sync.settings, sync.index, depths)}
 
     async def _judge(
         self,
         docs: list[Prepared],
         stored: Mapping[str, dict[str, Any] | None],
+        readable: set[str],
         answers: dict[int, dict[str, Any]],
     ) -> list[Prepared]:
-        """Offline users: the access rules, with this chunk's permitted contacts applied."""
-        if self.plan.user is None or not docs:
+        """Offline users: the access rules, with this chunk's permitted contacts applied (in
+        a dry run, those of earlier chunks too). A stored doc the user may not read is judged
+        as missing; if the new doc would be allowed, the answer is still `forbidden` with the
+        reason any out-of-scope doc gets, so nothing tells whether it exists."""
+        user = self.plan.user
+        if user is None or not docs:
             return docs
-        sync = self.request.app[INDEX]
-        await sync.sync()  # contacts written by earlier chunks are in the tree now
-        decisions = authorize_batch(self.plan.user, sync.settings, sync.index, [d.doc for d in docs], stored)
+        sync = self.request.app[INDEX]  # brought level with CouchDB by `_readable`
+        visible = {i: (d if i in readable else None) for i, d in stored.items()}
+        hidden = {d.id for d in docs if stored.get(d.id) is not None and d.id not in readable}
+        ids = {d.id for d in docs}
+        carried = [c for i, c in self.carried.items() if i not in ids]
+        batch = [d.doc for d in docs]
+        decisions = authorize_batch(user, sync.settings, sync.index, [*carried, *batch], visible)[
+            len(carried) :
+        ]
+        lent = [
+            d.id
+            for d, ok in zip(docs, decisions, strict=True)
+            if ok.allowed and d.id in hidden and kind_of(d.doc) in CONTACT_KINDS
+        ]
+        if lent:  # a contact that will be refused must not lend its place in the tree
+            kept = [d.doc for d in docs if d.id not in hidden]
+            again = iter(
+                authorize_batch(user, sync.settings, sync.index, [*carried, *kept], visible)[len(carried) :]
+            )
+            decisions = [
+                decision if d.id in hidden else next(again)
+                for d, decision in zip(docs, decisions, strict=True)
+            ]
         allowed = []
         for doc, decision in zip(docs, decisions, strict=True):
-            if decision.allowed:
-                allowed.append(doc)
-            else:
+            if not decision.allowed:
                 answers[doc.index] = result(doc.index, doc.id, "forbidden", reason=decision.reason)
+            elif doc.id in hidden:
+                answers[doc.index] = result(doc.index, doc.id, "forbidden", reason=OUT_OF_SCOPE)
+            else:
+                allowed.append(doc)
+                if self.plan.dry_run and kind_of(doc.doc) in CONTACT_KINDS:
+                    self.carried[doc.id] = {k: doc.doc[k] for k in CONTACT_FIELDS if k in doc.doc}
         return allowed
 
     async def _bulk(self, docs: list[dict[str, Any]], *, new_edits: bool) -> dict[str, dict[str, Any]]:
-        answer = await self.couch.json(
-            "POST",
-            f"{self.plan.db_path}/_bulk_docs",
-            body={"docs": docs, "new_edits": new_edits},
-            headers=self.plan.credentials,
-            use_service=False,
-        )
-        if not isinstance(answer.body, list):
-            error = answer.body.get("error", "error") if isinstance(answer.body, dict) else "error"
-            reason = answer.body.get("reason", "") if isinstance(answer.body, dict) else ""
-            return {d["_id"]: {"id": d["_id"], "error": error, "reason": reason} for d in docs}
-        return {row["id"]: row for row in answer.body if isinstance(row, dict) and "id" in row}
+        """CouchDB's row for each doc, by id. A request CouchDB refuses as a whole for its
+        content (400) is split until the doc at fault answers alone."""
+        answer = await self._post(f"{self.plan.db_path}/_bulk_docs", {"docs": docs, "new_edits": new_edits})
+        if isinstance(answer.body, list):
+            return {row["id"]: row for row in answer.body if isinstance(row, dict) and "id" in row}
+        if answer.status == 400 and len(docs) > 1:
+            half = len(docs) // 2
+            return {
+                **await self._bulk(docs[:half], new_edits=new_edits),
+                **await self._bulk(docs[half:], new_edits=new_edits),
+            }
+        if answer.status == 400:
+            failed = UpstreamFailed(answer.status, answer.body)
+            return {docs[0]["_id"]: {"id": docs[0]["_id"], "error": failed.error, "reason": failed.reason}}
+        raise UpstreamFailed(answer.status, answer.body)
 
-    def _account(self, rows: list[dict[str, Any]]) -> None:
+    async def _post(self, path: str, body: dict[str, Any]) -> JsonResult:
+        """`CouchClient.json` for bodies of any size: a chunk of docs easily passes the
+        size at which aiohttp wants a stream rather than bytes (it warns, then blocks)."""
+        data = orjson.dumps(body)
+        headers = {**JSON_HEADERS, "Accept-Encoding": "identity", **self.plan.credentials}
+        couch = self.couch
+        try:
+            async with couch.session.post(
+                couch.url(path), data=io.BytesIO(data), headers=headers, timeout=couch.json_timeout
+            ) as resp:
+                raw = await resp.read()
+                return JsonResult(resp.status, orjson.loads(raw) if raw else None, resp.headers)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError("CouchDB sent an answer couchgate could not read") from exc
+        except MAPPED_ERRORS as exc:
+            raise map_client_error(exc) from exc
+
+    def _account(self, rows: list[dict[str, Any]], state: ChunkState, docs: list[Prepared]) -> None:
+        """Counts for the summary, and one audit entry per doc (before the rows are sent)."""
+        summary = self.plan.summary
         for row in rows:
-            self.plan.summary[row["status"]] = self.plan.summary.get(row["status"], 0) + 1
-            if not self.plan.dry_run:
-                outcome = AUDIT_OUTCOMES.get(row["status"])
-                if outcome is not None:
-                    record(
-                        self.request,
-                        "import",
-                        outcome,
-                        db=self.plan.db_path.strip("/"),
-                        doc_id=row["id"],
-                        rev_after=row.get("rev"),
-                        reason=row.get("reason"),
-                    )
+            summary[row["status"]] = summary.get(row["status"], 0) + 1
+        if self.plan.dry_run:
+            return
+        types = {d.index: t for d in docs if isinstance(t := d.doc.get("type"), str)}
+        db = self.plan.db_path.strip("/")
+        for row in rows:
+            status, index = row["status"], row["index"]
+            written = status in ("created", "updated") or (status == "conflict" and "rev" in row)
+            outcome: Outcome = "written" if written else AUDIT_OUTCOMES[status]
+            record(
+                self.request,
+                "import",
+                outcome,
+                db=db,
+                doc_id=row["id"],
+                rev_before=state.rev_before.get(index),
+                rev_after=row.get("rev") if written else None,
+                doc_type=types.get(index),
+                reason=row.get("reason") or (None if written else status),
+                details={"status": status, "index": index},
+            )
+
+
+# The audit outcome of each import status when nothing was written (a keep_both branch
+# that was stored, like created and updated, is `written`).
+AUDIT_OUTCOMES: dict[str, Outcome] = {
+    "unchanged": "success",
+    "skipped": "success",
+    "conflict": "conflict",
+    "forbidden": "forbidden",
+    "invalid": "invalid",
+    "error": "error",
+}
 
 
 def _status(error: str) -> str:
@@ -258,6 +524,6 @@ def _id_of(item: Any) -> str | None:
     if isinstance(item, dict):
         doc = item.get("doc")
         inner: dict[str, Any] = doc if isinstance(doc, dict) else item
-        value = inner.get("_id", item.get("id"))
+        value = inner.get("_id", item.get("id", item.get("key")))
         return value if isinstance(value, str) else None
     return None

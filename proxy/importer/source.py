@@ -1,5 +1,6 @@
-"""Reading an import body into numbered items: JSON (array, `{"docs"}`, `{"rows"}`) parsed
-whole within the JSON limit, NDJSON streamed line by line in bounded memory."""
+"""Reading an import body into numbered items: JSON (array, `{"docs"}`, `{"rows"}`, or one
+doc: a top-level object with an `_id` is always a doc) parsed whole within the JSON limit,
+NDJSON streamed line by line in bounded memory."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ async def items(request: web.Request, json_limit: int) -> AsyncIterator[Any]:
         raise BadRequest("the body is not JSON (send application/x-ndjson for one doc per line)") from exc
     if isinstance(body, list):
         docs: Any = body
+    elif isinstance(body, dict) and "_id" in body:
+        docs = [body]  # one doc, even if it has a field named `docs` or `rows`
     elif isinstance(body, dict) and isinstance(body.get("docs"), list):
         docs = body["docs"]
     elif isinstance(body, dict) and isinstance(body.get("rows"), list):
