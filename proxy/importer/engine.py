@@ -7,11 +7,10 @@ missing, and a write onto it is `forbidden` with the same reason as any other do
 their scope, so the answers are no existence oracle); online users read and write with
 their own credentials, so CouchDB's `_security` applies to both.
 
-For admins and online users a real (not dry) run writes optimistically: a chunk goes to
-`_bulk_docs` as it is, new docs are `created` right away, and only the ids CouchDB
-answers `conflict` for are read and compared (`unchanged`, `skipped`, `updated`, a
-`keep_both` branch). Writing without `_rev` onto a deleted doc succeeds in CouchDB, as the
-read-first path would do too, so the answers are the same either way.
+Every chunk is read first (`_all_docs?keys&include_docs`), then only what must change is
+written. Writing optimistically (the whole chunk to `_bulk_docs`, reading back only the
+conflicts) was measured slower: a conflicting row costs the backend about as much as a
+read, so the existing half was paid for twice (bench/import_throughput.py).
 
 When CouchDB fails during a chunk, that chunk's unanswered docs get the status `error`
 (it may or may not be written: importing again is safe); after a few chunks in a row
@@ -34,7 +33,7 @@ from proxy.access.config import UserCtx
 from proxy.access.decide import OUTSIDE, authorize_batch, is_readable
 from proxy.access.kinds import CONTACT_KINDS, kind_of
 from proxy.audit.api import Outcome
-from proxy.audit.capture import record
+from proxy.audit.capture import admit, record
 from proxy.couch.client import JSON_HEADERS, MAPPED_ERRORS, CouchClient, JsonResult, map_client_error
 from proxy.errors import CouchgateError, UpstreamError
 from proxy.importer.docs import Invalid, Prepared, branch_rev, branch_would_win, prepare, same_content
@@ -111,7 +110,6 @@ class Importer:
         self.request = request
         self.couch = couch
         self.plan = plan
-        self.optimistic = plan.user is None and not plan.dry_run
         self.failed_chunks = 0
         # Offline dry runs: contacts allowed in earlier chunks (a real run has written them,
         # so the scope index knows them; a dry run must lend them to later chunks itself).
@@ -219,6 +217,10 @@ class Importer:
             status, reason = "error", NOT_TRIED
         else:
             try:
+                if not self.plan.dry_run:
+                    # The audit log's backpressure: each doc gets an entry, so a fast import
+                    # must not outrun the audit writer (memory stays bounded).
+                    await admit(self.request)
                 await self._import(docs, state)
                 self.failed_chunks = 0
                 return
@@ -242,10 +244,6 @@ class Importer:
 
     async def _import(self, docs: list[Prepared], state: ChunkState, attempt: int = 0) -> None:
         answers = state.answers
-        if self.optimistic and attempt == 0:
-            docs = await self._create(docs, answers)
-            if not docs:
-                return
         stored = await self._stored([d.id for d in docs])
         for doc in docs:
             current = stored.get(doc.id)
@@ -312,22 +310,6 @@ class Importer:
                     answers[doc.index] = result(doc.index, doc.id, _status(error), reason=why)
         if retry:
             await self._import(retry, state, attempt + 1)
-
-    async def _create(self, docs: list[Prepared], answers: dict[int, dict[str, Any]]) -> list[Prepared]:
-        """Write the chunk as new docs; the ones that exist (conflict) are returned."""
-        rows = await self._bulk([d.doc for d in docs], new_edits=True)
-        existing = []
-        for doc in docs:
-            row = rows.get(doc.id)
-            if row is None or row.get("error") == "conflict":
-                existing.append(doc)
-            elif "error" not in row:
-                answers[doc.index] = result(doc.index, doc.id, "created", rev=row.get("rev"))
-            else:
-                answers[doc.index] = result(
-                    doc.index, doc.id, _status(row["error"]), reason=str(row.get("reason"))
-                )
-        return existing
 
     async def _settle_winners(
         self,
