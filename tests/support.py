@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +100,32 @@ async def start_gateway(settings: Settings) -> Gateway:
 async def stop_gateway(gw: Gateway) -> None:
     await gw.http.close()
     await gw.server.close()
+
+
+def audit_settings(backend: PouchServer, db: str, **extra: Any) -> Settings:
+    """Settings with the audit log writing, fast, to an audit database of its own."""
+    values = {"audit_db": f"audit-{uuid.uuid4().hex[:10]}", "audit_flush_interval": 0.05, **extra}
+    return gateway_settings(backend, db, **values)
+
+
+@asynccontextmanager
+async def audited_gateway(backend: PouchServer, db: str, **extra: Any) -> AsyncIterator[Gateway]:
+    """couchgate with the audit log on; its audit database is removed afterwards."""
+    gw = await start_gateway(audit_settings(backend, db, **extra))
+    try:
+        yield gw
+    finally:
+        await stop_gateway(gw)
+        backend.request("DELETE", f"/{gw.settings.audit_db}")
+
+
+async def audit_entries(gw: Gateway, backend: PouchServer, query: str = "") -> list[dict[str, Any]]:
+    """Entries newest first, as an admin reads them through the API (one page of 1000)."""
+    admin = basic(backend.admin_user, backend.admin_password)
+    status, body, _ = await gw.call("GET", f"/_couchgate/audit?limit=1000{query}", auth=admin)
+    assert status == 200, body
+    assert body["next"] is None, "more than 1000 entries: the test reads only the first page"
+    return list(body["entries"])
 
 
 async def eventually(check: Any, within: float = 10.0, step: float = 0.05) -> bool:

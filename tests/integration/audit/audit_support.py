@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -15,14 +14,9 @@ from proxy.audit.cli import chain_entries, retention_markers
 from proxy.audit.log import BATCH_TYPE
 from proxy.devserver.backend import PouchServer
 from proxy.keys import AUDIT, COUCH
-from proxy.settings import Settings
 
-from support import Gateway, basic, gateway_settings
-
-
-def audit_settings(backend: PouchServer, db: str, **extra: Any) -> Settings:
-    values = {"audit_db": f"audit-{uuid.uuid4().hex[:10]}", "audit_flush_interval": 0.05, **extra}
-    return gateway_settings(backend, db, **values)
+from support import Gateway, audit_entries, basic
+from support import audit_settings as audit_settings  # re-exported for the audit tests
 
 
 def admin(backend: PouchServer) -> str:
@@ -36,11 +30,7 @@ async def page(gw: Gateway, backend: PouchServer, path: str) -> dict[str, Any]:
     return body
 
 
-async def entries(gw: Gateway, backend: PouchServer, query: str = "") -> list[dict[str, Any]]:
-    """Entries newest first, as an admin reads them through the API."""
-    body = await page(gw, backend, f"/_couchgate/audit?limit=1000{query}")
-    assert body["next"] is None, "more than 1000 entries: the test reads only the first page"
-    return list(body["entries"])
+entries = audit_entries  # newest first, as an admin reads them through the API
 
 
 async def oldest_first(gw: Gateway, backend: PouchServer, query: str = "") -> list[dict[str, Any]]:

@@ -16,7 +16,6 @@ from urllib.parse import quote
 
 import pytest
 from audit_support import (
-    audit_settings,
     batch_docs,
     chain_breaks,
     cli_env,
@@ -34,7 +33,7 @@ from proxy.devserver.backend import PouchServer
 from proxy.keys import AUDIT, COUCH
 from proxy.logs import JsonFormatter
 
-from support import Gateway, TestUser, eventually, start_gateway, stop_gateway
+from support import Gateway, TestUser, audited_gateway, eventually
 
 
 def audit_cli(backend: PouchServer, audit_db: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -51,10 +50,8 @@ def audit_cli(backend: PouchServer, audit_db: str, *args: str) -> subprocess.Com
 async def batched(backend: PouchServer, db: str) -> AsyncIterator[Gateway]:
     """couchgate whose audit batches hold two entries each and are written only when full
     or flushed: entries land in batch docs the tests can predict."""
-    gw = await start_gateway(audit_settings(backend, db, audit_batch_size=2, audit_flush_interval=3600))
-    yield gw
-    await stop_gateway(gw)
-    backend.request("DELETE", f"/{gw.settings.audit_db}")
+    async with audited_gateway(backend, db, audit_batch_size=2, audit_flush_interval=3600) as gw:
+        yield gw
 
 
 async def write_in_pairs(gw: Gateway, db: str, user: TestUser, prefix: str, n: int) -> None:

@@ -10,7 +10,7 @@ import urllib.request
 from typing import Any
 
 import pytest
-from audit_support import admin, audit_settings, entries, oldest_first, page, pick
+from audit_support import admin, entries, oldest_first, page, pick
 
 from proxy.audit import query
 from proxy.audit.log import SECURITY
@@ -18,7 +18,14 @@ from proxy.devserver.backend import PouchServer
 
 from offline_data import auth as offline_auth
 from offline_data import report
-from support import MEMBER_ROLE, Gateway, TestUser, assert_couch_error, basic, start_gateway, stop_gateway
+from support import (
+    MEMBER_ROLE,
+    Gateway,
+    TestUser,
+    assert_couch_error,
+    audited_gateway,
+    basic,
+)
 
 
 def leaf(doc_id: str, revs: list[str], **fields: Any) -> dict[str, Any]:
@@ -197,8 +204,7 @@ async def test_history_is_of_one_database(
 
 
 async def test_offline_users_read_history_of_docs_they_can_read(backend: PouchServer, medic: str) -> None:
-    gw = await start_gateway(audit_settings(backend, medic))
-    try:
+    async with audited_gateway(backend, medic) as gw:
         await gw.call(
             "PUT",
             f"/{medic}/r_mine",
@@ -209,9 +215,6 @@ async def test_offline_users_read_history_of_docs_they_can_read(backend: PouchSe
         assert status == 200 and [e["action"] for e in body["entries"]] == ["create"]
         status, body, _ = await gw.call("GET", "/_couchgate/audit/docs/r_mine", auth=offline_auth("chw2"))
         assert_couch_error(status, body, 404, "not_found")
-    finally:
-        await stop_gateway(gw)
-        backend.request("DELETE", f"/{gw.settings.audit_db}")
 
 
 async def test_the_audit_database_is_for_admins_only(

@@ -24,7 +24,7 @@ from proxy.keys import AUDIT
 
 from offline_data import auth as offline_auth
 from offline_data import report
-from support import Gateway, TestUser, basic, eventually, start_gateway, stop_gateway
+from support import Gateway, TestUser, audited_gateway, basic, eventually, start_gateway, stop_gateway
 
 
 async def test_each_write_is_one_entry(
@@ -250,8 +250,7 @@ async def test_a_user_agent_that_is_not_utf8_is_recorded_and_breaks_nothing(
 
 
 async def test_denied_requests_and_forbidden_docs(backend: PouchServer, medic: str) -> None:
-    gw = await start_gateway(audit_settings(backend, medic))
-    try:
+    async with audited_gateway(backend, medic) as gw:
         await gw.call("GET", "/_all_dbs", auth=offline_auth("chw1"))
         await gw.call("POST", f"/{medic}/_bulk_docs", auth=offline_auth("chw1"),
                       json={"docs": [report("r_no", ("chw1_person",), patient_uuid="p9")]})  # fmt: skip
@@ -261,9 +260,6 @@ async def test_denied_requests_and_forbidden_docs(backend: PouchServer, medic: s
         forbidden = await oldest_first(gw, backend, "&outcome=forbidden")
         assert pick(forbidden, "doc_id", "action") == [("r_no", "create"), ("p9", "update")]
         assert all(e["reason"] for e in forbidden)
-    finally:
-        await stop_gateway(gw)
-        backend.request("DELETE", f"/{gw.settings.audit_db}")
 
 
 async def test_writes_are_recorded_even_when_the_client_does_not_wait_for_the_answer(

@@ -10,7 +10,7 @@ from urllib.parse import quote, unquote
 
 import orjson
 import pytest
-from audit_support import audit_settings, batch_docs, chain_breaks, entries, stored
+from audit_support import batch_docs, chain_breaks, entries, stored
 
 from proxy.audit.log import AuditLog
 from proxy.couch.client import CouchClient, JsonResult
@@ -18,7 +18,7 @@ from proxy.devserver.backend import PouchServer
 from proxy.errors import UpstreamUnavailable
 from proxy.keys import AUDIT
 
-from support import Gateway, TestUser, start_gateway, stop_gateway
+from support import Gateway, TestUser, audited_gateway
 
 BATCH = 10
 
@@ -27,10 +27,8 @@ BATCH = 10
 async def slow(backend: PouchServer, db: str) -> AsyncIterator[Gateway]:
     """couchgate writing audit batches of BATCH entries, only when told to (or woken by a
     full batch): what one flush writes is up to the test."""
-    gw = await start_gateway(audit_settings(backend, db, audit_batch_size=BATCH, audit_flush_interval=3600))
-    yield gw
-    await stop_gateway(gw)
-    backend.request("DELETE", f"/{gw.settings.audit_db}")
+    async with audited_gateway(backend, db, audit_batch_size=BATCH, audit_flush_interval=3600) as gw:
+        yield gw
 
 
 def audit_log(gw: Gateway) -> AuditLog:

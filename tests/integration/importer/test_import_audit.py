@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,25 +13,23 @@ from import_support import do_import
 from proxy.devserver.backend import PouchServer
 from proxy.importer import engine
 
-from support import Gateway, TestUser, basic, eventually, gateway_settings, start_gateway, stop_gateway
+from support import (
+    Gateway,
+    TestUser,
+    audit_entries,
+    audited_gateway,
+    eventually,
+)
 
 
 @pytest.fixture
 async def agw(backend: PouchServer, db: str) -> AsyncIterator[Gateway]:
-    settings = gateway_settings(
-        backend, db, audit_db=f"audit-{uuid.uuid4().hex[:10]}", audit_flush_interval=0.05
-    )
-    gw = await start_gateway(settings)
-    yield gw
-    await stop_gateway(gw)
-    backend.request("DELETE", f"/{settings.audit_db}")
+    async with audited_gateway(backend, db) as gw:
+        yield gw
 
 
 async def import_entries(gw: Gateway, backend: PouchServer, query: str = "") -> list[dict[str, Any]]:
-    admin = basic(backend.admin_user, backend.admin_password)
-    status, body, _ = await gw.call("GET", f"/_couchgate/audit?action=import&limit=1000{query}", auth=admin)
-    assert status == 200, body
-    return list(body["entries"])
+    return await audit_entries(gw, backend, f"&action=import{query}")
 
 
 async def test_each_doc_and_each_import_is_recorded(

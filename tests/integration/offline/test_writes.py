@@ -3,7 +3,6 @@ answers, `_local` docs of others, and the audit entries of every outcome."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +11,12 @@ import pytest
 from proxy.devserver.backend import PouchServer
 
 from offline_data import auth, report
-from support import Gateway, assert_couch_error, basic, gateway_settings, start_gateway, stop_gateway
+from support import (
+    Gateway,
+    assert_couch_error,
+    audit_entries,
+    audited_gateway,
+)
 
 TEXT = {"Content-Type": "text/plain"}
 
@@ -84,19 +88,8 @@ async def test_local_docs_of_another_user_cannot_be_deleted(gw: Gateway, medic: 
 
 @pytest.fixture
 async def audited(backend: PouchServer, medic: str) -> AsyncIterator[Gateway]:
-    audit_db = f"audit-{uuid.uuid4().hex[:10]}"
-    gw = await start_gateway(gateway_settings(backend, medic, audit_db=audit_db, audit_flush_interval=0.05))
-    yield gw
-    await stop_gateway(gw)
-    backend.request("DELETE", f"/{audit_db}")
-
-
-async def audit(gw: Gateway, backend: PouchServer, query: str = "") -> list[dict[str, Any]]:
-    """Entries as an admin reads them (reading flushes what was recorded before)."""
-    admin = basic(backend.admin_user, backend.admin_password)
-    status, body, _ = await gw.call("GET", f"/_couchgate/audit?limit=1000{query}", auth=admin)
-    assert status == 200, body
-    return list(body["entries"])
+    async with audited_gateway(backend, medic) as gw:
+        yield gw
 
 
 async def test_a_failed_bulk_docs_still_records_every_doc(
@@ -111,7 +104,7 @@ async def test_a_failed_bulk_docs_still_records_every_doc(
         "POST", f"/{medic}/_bulk_docs", auth=auth("chw1"), json={"docs": docs}
     )
     assert status >= 400 and isinstance(body, dict) and body["error"], body  # CouchDB's own answer
-    by_doc = {e["doc_id"]: e for e in await audit(audited, backend, "&user=chw1")}
+    by_doc = {e["doc_id"]: e for e in await audit_entries(audited, backend, "&user=chw1")}
     assert set(by_doc) == {"r_ok", "r_bogus", "r_no"}
     assert by_doc["r_no"]["outcome"] == "forbidden" and by_doc["r_no"]["reason"]
     for doc_id in ("r_ok", "r_bogus"):
@@ -132,7 +125,7 @@ async def test_attachment_writes_record_the_new_rev(
     )
     assert status == 200
     await audited.call("PUT", f"/{medic}/p9/a.txt?rev=1-abc", auth=auth("chw1"), data=b"x", headers=TEXT)
-    entries = await audit(audited, backend, "&action=attachment")
+    entries = await audit_entries(audited, backend, "&action=attachment")
     got = sorted((e["doc_id"], e["outcome"], e["rev_before"], e["rev_after"]) for e in entries)
     assert got == sorted([("p1", "written", before, put["rev"]), ("p1", "written", put["rev"], deleted["rev"]),
                           ("p9", "forbidden", rev_of(backend, medic, "p9"), None)])  # fmt: skip
