@@ -19,6 +19,7 @@ from proxy.auth.principal import Principal
 from proxy.errors import Unauthorized
 from proxy.keys import INDEX, PRINCIPAL, SETTINGS
 from proxy.offline.routes import serve_offline
+from proxy.params import collect
 from proxy.passthrough import CAPTURE_LIMIT, credentials_for, forward, limited_body, parse_path
 
 
@@ -65,7 +66,7 @@ async def couchdb_handler(request: web.Request) -> web.StreamResponse:
     if json_body and request.body_exists:
         declared = request.content_length
         if declared is None or declared <= settings.max_json_bytes:
-            prefix, complete = await read_prefix(request, settings.max_json_bytes)
+            prefix, complete = await collect(request.content.iter_chunked(64 * 1024), settings.max_json_bytes)
             if complete:
                 captured = prefix
                 body = prefix if len(prefix) <= CAPTURE_LIMIT else in_slices(prefix)
@@ -80,16 +81,6 @@ async def couchdb_handler(request: web.Request) -> web.StreamResponse:
     # A `_bulk_docs` answer has a row per doc: read as much of it as a JSON body may hold.
     limit = settings.max_json_bytes if kind == "bulk" else CAPTURE_LIMIT
     return await forward(request, path, credentials, body=body, on_answer=answered, capture_limit=limit)
-
-
-async def read_prefix(request: web.Request, limit: int) -> tuple[bytes, bool]:
-    """The request body if it is at most `limit` bytes (True), else what was read of it."""
-    raw = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        raw += chunk
-        if len(raw) > limit:
-            return bytes(raw), False
-    return bytes(raw), True
 
 
 async def in_slices(raw: bytes) -> AsyncIterator[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable
 from typing import Any
 
 import orjson
@@ -26,16 +27,25 @@ def true(value: str | None) -> bool:
     return value is not None and value.lower() == "true"
 
 
+async def collect(chunks: AsyncIterable[bytes], limit: int) -> tuple[bytes, bool]:
+    """The chunks joined, and True, while they stay within `limit` bytes; else what was read
+    up to the first chunk past it, and False (the rest is left unread)."""
+    raw = bytearray()
+    async for chunk in chunks:
+        raw += chunk
+        if len(raw) > limit:
+            return bytes(raw), False
+    return bytes(raw), True
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole request body, refused past `limit` bytes."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    raw = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        raw += chunk
-        if len(raw) > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    return bytes(raw)
+    raw, complete = await collect(request.content.iter_chunked(64 * 1024), limit)
+    if not complete:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    return raw
 
 
 async def read_json(request: web.Request, limit: int, *, empty: Any = None) -> Any:

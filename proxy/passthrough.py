@@ -22,7 +22,7 @@ from proxy.couch.client import LIVE_FEEDS, MAPPED_ERRORS
 from proxy.errors import BadRequest, PayloadTooLarge
 from proxy.keys import COUCH, SETTINGS
 from proxy.logs import stamp_request_id
-from proxy.params import read_body
+from proxy.params import collect, read_body
 
 HOP_BY_HOP = {
     "connection",
@@ -96,12 +96,10 @@ async def whole_body(request: web.Request, body: bytes | AsyncIterable[bytes] | 
         return body
     if body is None:
         return await read_body(request, limit)
-    raw = bytearray()
-    async for chunk in body:
-        raw += chunk
-        if len(raw) > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    return bytes(raw)
+    raw, complete = await collect(body, limit)
+    if not complete:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    return raw
 
 
 def public_base(request: web.Request) -> str:
