@@ -27,6 +27,16 @@ def true(value: str | None) -> bool:
     return value is not None and value.lower() == "true"
 
 
+def flag(value: str | None, name: str, default: bool) -> bool:
+    """A boolean parameter that decides whether something is written: `true` or `false`,
+    anything else refused (`dry_run=1` must not quietly mean a real write)."""
+    if value is None:
+        return default
+    if value.lower() not in ("true", "false"):
+        raise BadRequest(f"{name} must be true or false")
+    return true(value)
+
+
 async def collect(chunks: AsyncIterable[bytes], limit: int) -> tuple[bytes, bool]:
     """The chunks joined, and True, while they stay within `limit` bytes; else what was read
     up to the first chunk past it, and False (the rest is left unread)."""

@@ -9,19 +9,8 @@ from typing import Any
 
 from proxy.conflicts.model import META
 from proxy.errors import BadRequest
-from proxy.params import true
 
 STRATEGIES = ("pick", "merge", "auto")
-
-
-def flag(value: str | None, name: str, default: bool) -> bool:
-    """A boolean query parameter as CouchDB reads them: `true` or `false`, anything else
-    refused (`dry_run=1` must not quietly mean a real write)."""
-    if value is None:
-        return default
-    if value.lower() not in ("true", "false"):
-        raise BadRequest(f"{name} must be true or false")
-    return true(value)
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,12 @@ from proxy.access.config import UserCtx, has_permission, is_offline
 from proxy.audit.api import Outcome
 from proxy.audit.capture import record
 from proxy.conflicts import service, split
-from proxy.conflicts.bodies import flag, resolve_request, split_request
+from proxy.conflicts.bodies import resolve_request, split_request
 from proxy.conflicts.listing import describe, list_page
 from proxy.conflicts.store import UPDATES, ConflictStore, bookmark, unbookmark
 from proxy.errors import BadRequest, Forbidden, NotFound, Unauthorized, json_response
 from proxy.keys import COUCH, INDEX, PRINCIPAL, SETTINGS
-from proxy.params import nonneg_int, read_json
+from proxy.params import flag, nonneg_int, read_json
 
 DB_NAME = re.compile(r"^[a-z][a-z0-9_$()+/-]*$")  # CouchDB's rule for database names
 MAX_BODY = 8 * 1024 * 1024

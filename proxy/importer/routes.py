@@ -31,6 +31,7 @@ from proxy.importer.engine import Importer, Plan
 from proxy.importer.source import is_ndjson, items
 from proxy.keys import COUCH, INDEX, PRINCIPAL, SETTINGS
 from proxy.logs import stamp_request_id
+from proxy.params import flag
 from proxy.passthrough import credentials_for
 
 log = logging.getLogger("couchgate.import")
@@ -95,7 +96,7 @@ async def plan_for(request: web.Request, db: str) -> Plan:
     return Plan(
         db_path=db_path,
         mode=mode,  # type: ignore[arg-type]
-        dry_run=request.query.get("dry_run") == "true",
+        dry_run=flag(request.query.get("dry_run"), "dry_run", default=False),
         user=user,
         credentials=credentials,
         is_admin=principal.is_admin,

@@ -183,7 +183,11 @@ async def test_mixed_payload_and_dry_run(
         {"_id": "odd_field", "_secret": 1},  # CouchDB would refuse the whole _bulk_docs for it
     ]  # fmt: skip
     raw = orjson.dumps(payload).replace(b'"DEEP"', b"[" * 300 + b"1" + b"]" * 300)  # orjson won't write it
-    dry = await do_import(gateway, path, alice, raw, "?dry_run=true")
+    # Only `true`/`false` decide whether anything is written: `dry_run=1` is refused, not a write.
+    status, body, _ = await gateway.call("POST", f"{path}?dry_run=1", auth=alice, json=[{"_id": "new"}])
+    assert_couch_error(status, body, 400, "bad_request")
+    assert backend.request("GET", f"/{db}/new")[0] == 404
+    dry = await do_import(gateway, path, alice, raw, "?dry_run=TRUE")
     assert [r["status"] for r in dry["results"]] == ["created", "skipped", "unchanged"] + ["invalid"] * 11
     assert all(r["reason"] for r in dry["results"][3:]) and dry["dry_run"] is True
     assert "base64" in dry["results"][10]["reason"] and "nested" in dry["results"][11]["reason"]

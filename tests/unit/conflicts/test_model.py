@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.conflicts.bodies import flag
 from proxy.conflicts.model import (
     MergeConflict,
     classify,
@@ -22,6 +21,7 @@ from proxy.conflicts.model import (
     winner,
 )  # fmt: skip
 from proxy.errors import BadRequest
+from proxy.params import flag
 
 
 def leaf(revs: list[str], **fields: Any) -> dict[str, Any]:
