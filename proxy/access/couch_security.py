@@ -123,17 +123,17 @@ def decide(
     db = path.db or ""
     if db not in SYSTEM_DBS and not DB_NAME.match(db):
         return Verdict(False, ILLEGAL_DB_REASON.format(db), status=400, error="illegal_database_name")
-    if db == "_users":
-        return _users(method, path, name, roles, security)
-    if db in SYSTEM_DBS:
+    if db in SYSTEM_DBS and db != "_users":
         return refuse(NOT_SERVER_ADMIN)
     if len(path.segments) == 1 and method not in READ_METHODS and method != "POST":
         return refuse(NOT_SERVER_ADMIN)  # PUT/DELETE /db: create and delete databases
     if security is None:
         return NEEDS_SECURITY
-    member = _is_public(security.get("members")) or _holds(security.get("members"), name, roles)
     if is_db_admin(security, name, roles):
         return ALLOW
+    if db == "_users":
+        return _users(method, path, name)
+    member = _is_public(security.get("members")) or _holds(security.get("members"), name, roles)
     if not member:
         return refuse("You are not allowed to access this db.")
     return _member(method, path, destination)
@@ -163,18 +163,9 @@ def _member(method: str, path: CouchPath, destination: str | None) -> Verdict:
     return ALLOW
 
 
-def _users(
-    method: str,
-    path: CouchPath,
-    name: str | None,
-    roles: tuple[str, ...],
-    security: Mapping[str, object] | None,
-) -> Verdict:
-    """CouchDB's `_users` database: each user sees and edits only their own doc."""
-    if security is None:
-        return NEEDS_SECURITY  # its own db admins may do anything, as in any database
-    if is_db_admin(security, name, roles):
-        return ALLOW
+def _users(method: str, path: CouchPath, name: str | None) -> Verdict:
+    """CouchDB's `_users` database for a caller who is not its admin: each user sees and
+    edits only their own doc."""
     doc_id = path.doc_id
     own = f"org.couchdb.user:{name}" if name else None
     if doc_id is None or path.rest or doc_id.startswith("_local/"):

@@ -195,3 +195,15 @@ def test_a_new_user_doc_may_not_set_roles() -> None:
     new = {**STORED, "roles": ["chw"]}
     assert user_doc_problem(new, None, "m1", STORED["_id"]) == "Only _admin may set roles"
     assert user_doc_problem({**new, "roles": []}, None, "m1", STORED["_id"]) is None
+
+
+def test_a_users_db_admin_may_write_its_docs_but_not_delete_or_create_the_db() -> None:
+    """Creating and deleting databases is a server admin's, `_users` included: its own db
+    admins (a `_security` role) may edit any user doc, nothing more."""
+    security = {"admins": {"roles": ["user_admins"]}, "members": {}}
+    admin = ("user_admins",)
+    assert full_decision("PUT", "/_users/org.couchdb.user:m2", "ua", admin, security).allowed
+    assert full_decision("GET", "/_users/_all_docs", "ua", admin, security).allowed
+    for method in ("DELETE", "PUT"):
+        verdict_ = full_decision(method, "/_users", "ua", admin, security)
+        assert (verdict_.allowed, verdict_.reason) == (False, "You are not a server admin.")
