@@ -81,7 +81,8 @@ def write_kind(method: str, path: CouchPath) -> str | None:
     return "attachment" if path.rest else "doc"
 
 
-def _outcome(status: int) -> Outcome:
+def outcome_of(status: int) -> Outcome:
+    """The audit outcome of a write CouchDB answered with `status`."""
     if status < 300:
         return "written"
     return {401: "forbidden", 403: "forbidden", 409: "conflict"}.get(status, "invalid")  # type: ignore[return-value]
@@ -126,7 +127,7 @@ def _record_bulk(
             record(request, "bulk_docs", row_outcome, db=db, doc_id=_str(answered.get("id")),
                    rev_after=row_rev, reason=row_reason)  # fmt: skip
         why = "its body was larger than the JSON limit" if not body_read else "its body was not JSON"
-        record(request, "bulk_docs", "unknown" if status < 300 else _outcome(status), db=db,
+        record(request, "bulk_docs", "unknown" if status < 300 else outcome_of(status), db=db,
                reason=f"the docs of this _bulk_docs were not itemised: {why}",
                details={"answered_rows": len(rows_answered or [])})  # fmt: skip
         return
@@ -144,7 +145,7 @@ def _record_bulk(
         if row is not None:
             outcome, rev_after, reason = _row_outcome(row)
         elif status >= 300:
-            outcome, rev_after, reason = _outcome(status), None, None
+            outcome, rev_after, reason = outcome_of(status), None, None
         elif rows_answered is None:
             outcome, rev_after, reason = "unknown", None, UNREADABLE_ANSWER
         elif not new_edits:
@@ -169,7 +170,7 @@ def _record_purge(request: web.Request, db: str | None, status: int, body: Any, 
     targets = body if isinstance(body, dict) and body else {None: None}
     for doc_id, revs in targets.items():
         done = purged.get(doc_id) if isinstance(purged, dict) and doc_id is not None else None
-        record(request, "purge", _outcome(status), db=db, doc_id=doc_id,
+        record(request, "purge", outcome_of(status), db=db, doc_id=doc_id,
                reason=_reason(status, answer), details={"revs": revs, "purged": done})  # fmt: skip
 
 
@@ -183,10 +184,10 @@ def _record_special(
     db, reason = path.db, _reason(status, answer)
     if kind == "db":
         action = "db_create" if request.method == "PUT" else "db_delete"
-        record(request, action, _outcome(status), db=db, reason=reason)
+        record(request, action, outcome_of(status), db=db, reason=reason)
     elif kind == "security":
         details = {"security": body} if isinstance(body, dict) else {}
-        record(request, "security", _outcome(status), db=db, reason=reason, details=details)
+        record(request, "security", outcome_of(status), db=db, reason=reason, details=details)
     elif kind == "purge":
         _record_purge(request, db, status, body, answer)
     elif kind == "index":
@@ -199,11 +200,11 @@ def _record_special(
             ddoc = rest[1] if rest[:1] == ("_design",) and len(rest) > 1 else (rest[0] if rest else None)
             doc_id = None if ddoc is None else ddoc if ddoc.startswith("_design/") else f"_design/{ddoc}"
             name = rest[-1] if len(rest) > 1 else None
-        record(request, "index", _outcome(status), db=db, doc_id=doc_id, reason=reason,
+        record(request, "index", outcome_of(status), db=db, doc_id=doc_id, reason=reason,
                details={"name": name, "method": request.method})  # fmt: skip
     else:  # update_handler: /db/_design/x/_update/{handler}[/{doc id}]
         rest = path.rest
-        record(request, "update_handler", _outcome(status), db=db,
+        record(request, "update_handler", outcome_of(status), db=db,
                doc_id="/".join(rest[2:]) or None, reason=reason,
                details={"handler": f"{path.doc_id}/{rest[1] if len(rest) > 1 else ''}"})  # fmt: skip
 
@@ -234,7 +235,7 @@ def record_write(request: web.Request, path: CouchPath, kind: str, status: int, 
     else:
         action = "update" if rev_before else "create"
     ok = isinstance(answer, dict) and status < 300
-    outcome = _outcome(status)
+    outcome = outcome_of(status)
     reason = answer.get("reason") if isinstance(answer, dict) and not ok else None
     if status < 300 and not ok:
         outcome, reason = "unknown", "CouchDB's answer could not be read"

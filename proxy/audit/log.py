@@ -216,6 +216,11 @@ class AuditLog:
         if len(self.queue) >= self.batch_size:
             self._wake.set()
 
+    @property
+    def refusing(self) -> bool:
+        """New writes are refused: the audit database cannot be written and the queue is full."""
+        return self.last_error is not None and len(self.queue) >= self.queue_max
+
     async def admit(self) -> None:
         """Called before a write is forwarded: waits (bounded) while the queue is past its
         high-water mark, and refuses the write while the audit database cannot be written
@@ -231,7 +236,7 @@ class AuditLog:
             self._room.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), left)
-        if self.last_error is not None and len(self.queue) >= self.queue_max:
+        if self.refusing:
             self.refused += 1
             if self.refused == 1 or self.refused % 1000 == 0:
                 log.error(
@@ -377,7 +382,7 @@ class AuditLog:
             "written": self.written,
             "dropped": self.dropped,
             "failed": self.failed,
-            "refusing_writes": self.last_error is not None and len(self.queue) >= self.queue_max,
+            "refusing_writes": self.refusing,
             "refused": self.refused,
             "error": self.last_error,
         }

@@ -69,8 +69,9 @@ def winner(leaves: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     return max(leaves, key=lambda leaf: (not leaf.get("_deleted"), generation(leaf["_rev"]), leaf["_rev"]))
 
 
-def generation(rev: str) -> int:
-    head, _, _ = rev.partition("-")
+def generation(rev: object) -> int:
+    """A revision's generation (the number before the dash); 0 for anything else."""
+    head = rev.partition("-")[0] if isinstance(rev, str) else ""
     return int(head) if head.isdigit() else 0
 
 

@@ -13,7 +13,6 @@ import orjson
 from proxy.audit.api import AuditEntry, AuditSink, Outcome
 from proxy.conflicts import service
 from proxy.conflicts.bodies import ResolveRequest
-from proxy.conflicts.model import classify
 from proxy.conflicts.store import ConflictStore, row_revs
 from proxy.errors import BadRequest, Conflict, CouchgateError, NotFound
 from proxy.metrics import Metrics
@@ -95,9 +94,8 @@ class ConflictMonitor:
         if key in self.unmergeable:
             return False
         try:
-            if classify(await self.store.leaves(row["id"])) != "concurrent_edit":
-                self.unmergeable.add(key)
-                return False
+            # `auto` itself refuses collisions, deletions and true conflicts (BadRequest or
+            # Conflict below), before it writes anything.
             await service.resolve(self.store, row["id"], ResolveRequest("auto"), False, self._record)
         except (BadRequest, NotFound, Conflict):
             self.unmergeable.add(key)  # left for a person

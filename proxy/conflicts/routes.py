@@ -14,12 +14,12 @@ which database is decided here:
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
 
 from proxy.access.config import UserCtx, has_permission, is_offline
+from proxy.access.couch_security import DB_NAME
 from proxy.audit.api import Outcome
 from proxy.audit.capture import record
 from proxy.conflicts import service, split
@@ -30,7 +30,6 @@ from proxy.errors import BadRequest, Forbidden, NotFound, Unauthorized, json_res
 from proxy.keys import COUCH, INDEX, PRINCIPAL, SETTINGS
 from proxy.params import flag, nonneg_int, read_json
 
-DB_NAME = re.compile(r"^[a-z][a-z0-9_$()+/-]*$")  # CouchDB's rule for database names
 MAX_BODY = 8 * 1024 * 1024
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import orjson
 
+from proxy.conflicts.model import generation
+
 REVISION_FIELDS = ("_rev", "_revisions", "_conflicts", "_deleted_conflicts", "_local_seq", "_revs_info")
 # Top-level fields CouchDB accepts that start with `_` (after revision fields are dropped);
 # any other one makes CouchDB refuse the whole `_bulk_docs` request.
@@ -170,11 +172,6 @@ def prepare(
 
 def same_content(imported: Mapping[str, Any], stored: Mapping[str, Any] | None) -> bool:
     return stored is not None and canonical(imported) == canonical(stored)
-
-
-def generation(rev: object) -> int:
-    head = rev.partition("-")[0] if isinstance(rev, str) else ""
-    return int(head) if head.isdigit() else 0
 
 
 def branch_rev(doc: Mapping[str, Any]) -> str:

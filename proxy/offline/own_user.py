@@ -15,10 +15,10 @@ from aiohttp import web
 
 from proxy.access.paths import CouchPath
 from proxy.audit import capture
+from proxy.audit.capture import outcome_of
 from proxy.couch.client import quote_id
 from proxy.errors import Forbidden, json_response
 from proxy.keys import COUCH
-from proxy.offline.writes import outcome_of
 from proxy.params import read_json
 
 MAX_BODY = 1024 * 1024

@@ -57,12 +57,6 @@ def _audit(request: web.Request, db: str, doc: dict[str, Any], stored: Any, outc
     )  # fmt: skip
 
 
-def outcome_of(status: int) -> Outcome:
-    if status < 300:
-        return "written"
-    return {401: "forbidden", 403: "forbidden", 409: "conflict"}.get(status, "invalid")  # type: ignore[return-value]
-
-
 def _reason(body: object) -> str | None:
     reason = body.get("reason") if isinstance(body, dict) else None
     return str(reason) if reason is not None else None
@@ -115,7 +109,7 @@ async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str)
                         db,
                         doc,
                         before,
-                        outcome_of(result.status),
+                        capture.outcome_of(result.status),
                         None,
                         _reason(result.body),
                         action,
@@ -185,7 +179,8 @@ async def write_doc(
         result = await couch.json("PUT", target, body=doc, params=params)
     rev_after = result.body.get("rev") if result.ok and isinstance(result.body, dict) else None
     reason = None if result.ok else _reason(result.body)
-    _audit(request, db, doc, stored.get(doc["_id"]), outcome_of(result.status), rev_after, reason, action)
+    outcome = capture.outcome_of(result.status)
+    _audit(request, db, doc, stored.get(doc["_id"]), outcome, rev_after, reason, action)
     return json_response(result.body, status=result.status)
 
 
@@ -213,7 +208,7 @@ async def write_attachment(
             answer = None
         rev_after = answer.get("rev") if status < 300 and isinstance(answer, dict) else None
         reason = None if status < 300 else _reason(answer)
-        _audit(request, db, stored, stored, outcome_of(status), rev_after, reason, "attachment")
+        _audit(request, db, stored, stored, capture.outcome_of(status), rev_after, reason, "attachment")
 
     return await forward(
         request, path, {"Authorization": request.app[COUCH].service_auth}, on_answer=answered
