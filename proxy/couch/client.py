@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -130,7 +131,9 @@ class CouchClient:
             hdrs["Authorization"] = auth
         elif use_service:
             hdrs["Authorization"] = self.service_auth
-        data = None if body is None else orjson.dumps(body)
+        # A stream, not bytes: a `_bulk_docs` of a few hundred docs easily passes the size at
+        # which aiohttp warns that one write of bytes blocks the event loop.
+        data = None if body is None else io.BytesIO(orjson.dumps(body))
         try:
             async with self.session.request(
                 method, self.url(path), data=data, params=params, headers=hdrs, timeout=self.json_timeout

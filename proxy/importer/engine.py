@@ -20,13 +20,11 @@ failed, the rest is answered `error` without trying.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
 from aiohttp import web
 
 from proxy.access.config import UserCtx
@@ -34,8 +32,8 @@ from proxy.access.decide import OUTSIDE, authorize_batch, is_readable
 from proxy.access.kinds import CONTACT_KINDS, kind_of
 from proxy.audit.api import Outcome
 from proxy.audit.capture import admit, record
-from proxy.couch.client import JSON_HEADERS, MAPPED_ERRORS, CouchClient, JsonResult, map_client_error
-from proxy.errors import CouchgateError, UpstreamError
+from proxy.couch.client import CouchClient, JsonResult
+from proxy.errors import CouchgateError
 from proxy.importer.docs import Invalid, Prepared, branch_rev, branch_would_win, prepare, same_content
 from proxy.importer.source import BadLine
 from proxy.keys import INDEX
@@ -441,21 +439,10 @@ class Importer:
         raise UpstreamFailed(answer.status, answer.body)
 
     async def _post(self, path: str, body: dict[str, Any]) -> JsonResult:
-        """`CouchClient.json` for bodies of any size: a chunk of docs easily passes the
-        size at which aiohttp wants a stream rather than bytes (it warns, then blocks)."""
-        data = orjson.dumps(body)
-        headers = {**JSON_HEADERS, "Accept-Encoding": "identity", **self.plan.credentials}
-        couch = self.couch
-        try:
-            async with couch.session.post(
-                couch.url(path), data=io.BytesIO(data), headers=headers, timeout=couch.json_timeout
-            ) as resp:
-                raw = await resp.read()
-                return JsonResult(resp.status, orjson.loads(raw) if raw else None, resp.headers)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError("CouchDB sent an answer couchgate could not read") from exc
-        except MAPPED_ERRORS as exc:
-            raise map_client_error(exc) from exc
+        """A chunk's one write upstream, with the caller's authority (where faults are
+        injected in the tests)."""
+        credentials = self.plan.credentials
+        return await self.couch.json("POST", path, body=body, headers=credentials, use_service=False)
 
     def _account(self, rows: list[dict[str, Any]], state: ChunkState, docs: list[Prepared]) -> None:
         """Counts for the summary, and one audit entry per doc (before the rows are sent)."""
