@@ -15,7 +15,7 @@ from proxy.access.paths import CouchPath
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, json_response
 from proxy.keys import COUCH
-from proxy.offline.revisions import MISSING, REV, not_found, service
+from proxy.offline.revisions import MISSING, REV, missing_revs, not_found, service
 from proxy.offline.view import UserView
 from proxy.params import nonneg_int, read_json
 from proxy.passthrough import forward
@@ -92,18 +92,12 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Re
     latest = request.query.get("latest") == "true"
     wanted: list[dict[str, Any]] = []
     missing_pairs: set[tuple[str, str]] = set()
-    if latest:
-        # Revs the index knows as leaves exist; only others need asking about.
+    if latest:  # a missing rev is never sent upstream with `latest` (it crashes pouchdb-server)
         by_id: dict[str, list[str]] = {}
         for d in docs:
-            if d["id"] in readable and isinstance(d.get("rev"), str) and not view.is_leaf(d["id"], d["rev"]):
+            if d["id"] in readable and isinstance(d.get("rev"), str):
                 by_id.setdefault(d["id"], []).append(d["rev"])
-        if by_id:
-            result = await request.app[COUCH].json("POST", f"{db_path}/_revs_diff", body=by_id)
-            diff = result.body if isinstance(result.body, dict) else {}
-            for doc_id, entry in diff.items():
-                for rev in (entry or {}).get("missing") or []:
-                    missing_pairs.add((doc_id, rev))
+        missing_pairs = await missing_revs(request, view, db_path, by_id)
     asked_at: set[int] = set()
     for i, d in enumerate(docs):
         if d["id"] in readable and (d["id"], d.get("rev")) not in missing_pairs:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -35,13 +36,23 @@ def service(request: web.Request) -> dict[str, str]:
     return {"Authorization": request.app[COUCH].service_auth}
 
 
-async def missing_revs(request: web.Request, db_path: str, doc_id: str, revs: list[str]) -> set[str]:
-    """Which of these revs CouchDB does not have."""
-    result = await request.app[COUCH].json("POST", f"{db_path}/_revs_diff", body={doc_id: revs})
+async def missing_revs(
+    request: web.Request, view: UserView, db_path: str, wanted: Mapping[str, list[str]]
+) -> set[tuple[str, str]]:
+    """The (id, rev) pairs CouchDB does not have. Revs the index knows as leaves exist, so
+    only the others are asked about (one `_revs_diff` for all of them)."""
+    unknown = {doc_id: [r for r in revs if not view.is_leaf(doc_id, r)] for doc_id, revs in wanted.items()}
+    ask = {doc_id: revs for doc_id, revs in unknown.items() if revs}
+    if not ask:
+        return set()
+    result = await request.app[COUCH].json("POST", f"{db_path}/_revs_diff", body=ask)
     body = result.body if result.ok and isinstance(result.body, dict) else {}
-    entry = body.get(doc_id)
-    missing = entry.get("missing") if isinstance(entry, dict) else None
-    return {r for r in missing if isinstance(r, str)} if isinstance(missing, list) else set()
+    pairs: set[tuple[str, str]] = set()
+    for doc_id, entry in body.items():
+        missing = entry.get("missing") if isinstance(entry, dict) else None
+        if isinstance(missing, list):
+            pairs.update((doc_id, rev) for rev in missing if isinstance(rev, str))
+    return pairs
 
 
 async def get_doc(request: web.Request, view: UserView, path: CouchPath, db_path: str) -> web.StreamResponse:
@@ -98,10 +109,10 @@ def parse_open_revs(value: str) -> list[str] | str:
 async def open_revs(
     request: web.Request, view: UserView, db_path: str, doc_id: str, revs: list[str] | str
 ) -> web.StreamResponse:
-    missing: set[str] = set()
+    missing: set[tuple[str, str]] = set()
     if isinstance(revs, list) and revs:
-        missing = await missing_revs(request, db_path, doc_id, revs)
-    asked = revs if revs == "all" else [r for r in revs if r not in missing]
+        missing = await missing_revs(request, view, db_path, {doc_id: revs})
+    asked = revs if revs == "all" else [r for r in revs if (doc_id, r) not in missing]
     rows: list[Any] = []
     if asked:
         params = {k: v for k, v in request.query.items() if k != "open_revs"}
@@ -117,7 +128,7 @@ async def open_revs(
             answer.append({"missing": doc.get("_rev")})
         else:
             answer.append(row)
-    answer += [{"missing": r} for r in revs if isinstance(revs, list) and r in missing]
+    answer += [{"missing": r} for r in revs if isinstance(revs, list) and (doc_id, r) in missing]
     if "multipart/mixed" in request.headers.get("Accept", ""):
         return multipart_mixed(answer)
     return json_response(answer)
