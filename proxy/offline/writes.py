@@ -102,20 +102,10 @@ async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str)
             # every doc still gets its entry, the refused ones as refused.
             for doc, decision in zip(docs, decisions, strict=True):
                 before = stored.get(doc["_id"])
-                action = _action(doc, before)
-                if decision.allowed:
-                    _audit(
-                        request,
-                        db,
-                        doc,
-                        before,
-                        capture.outcome_of(result.status),
-                        None,
-                        _reason(result.body),
-                        action,
-                    )
-                else:
-                    _audit(request, db, doc, before, "forbidden", None, decision.reason, action)
+                refused: tuple[Outcome, str | None] = ("forbidden", decision.reason)
+                failed = (capture.outcome_of(result.status), _reason(result.body))
+                what, why = failed if decision.allowed else refused
+                _audit(request, db, doc, before, what, None, why, _action(doc, before))
             return json_response(result.body, status=result.status)
         for written in result.body:  # pouchdb-server does not keep request order: match by id
             if isinstance(written, dict) and isinstance(written.get("id"), str):
