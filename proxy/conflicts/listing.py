@@ -38,7 +38,7 @@ async def list_page(
         counting = conflicting(leaves)
         if len(counting) < 2:
             continue  # resolved after the index was last brought up to date (update=lazy)
-        top = winner(counting) or counting[0]
+        top = winner(counting)
         listed.append({
             "id": row["id"],
             "type": (row.get("value") or {}).get("type"),
@@ -58,7 +58,7 @@ async def describe(store: ConflictStore, doc_id: str) -> dict[str, Any]:
     if len(counting) < 2:
         # A resolved doc keeps only the resolution's marked tombstones: not a conflict.
         raise NotFound(f"{doc_id} has no conflicts")
-    top = winner(counting) or counting[0]
+    top = winner(counting)
     live = [leaf for leaf in counting if not leaf.get("_deleted")]
     ancestor_rev = common_ancestor(live) if len(live) > 1 else common_ancestor(counting)
     ancestor = await store.revision(doc_id, ancestor_rev) if ancestor_rev else None

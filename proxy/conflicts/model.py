@@ -16,7 +16,9 @@ from 1 to true is a change.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
+
+Leaf = TypeVar("Leaf", bound=Mapping[str, Any])  # a leaf revision as the caller holds it
 
 META = {"_rev", "_revisions", "_conflicts", "_deleted_conflicts", "_id", "_attachments"}
 RESOLVED_MARK = "couchgate_resolved"
@@ -61,11 +63,9 @@ def conflicting(leaves: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [*live, *(leaf for leaf in leaves if is_user_deletion(leaf))] if live else []
 
 
-def winner(leaves: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """CouchDB's winning leaf: live before deleted, then the longest history, then the
-    highest revision id."""
-    if not leaves:
-        return None
+def winner(leaves: Sequence[Leaf]) -> Leaf:
+    """CouchDB's winning leaf of a non-empty list: live before deleted, then the longest
+    history, then the highest revision id."""
     return max(leaves, key=lambda leaf: (not leaf.get("_deleted"), generation(leaf["_rev"]), leaf["_rev"]))
 
 

@@ -102,8 +102,7 @@ async def resolve(
         base = None if found.get("_deleted") else found
         new_body = body(found)
     else:
-        top = winner(live) or live[0]
-        base = keep = next(leaf for leaf in counting if leaf["_rev"] == top["_rev"])
+        base = keep = winner(live)
         new_body = body(request.doc) if request.strategy == "merge" else await _auto(store, doc_id, leaves)
     new_winner = None
     if base is not None:

@@ -41,7 +41,7 @@ class Group:
 
     def entry(self) -> dict[str, Any]:
         return {
-            "rev": (winner(self.leaves) or self.leaves[0])["_rev"],
+            "rev": winner(self.leaves)["_rev"],
             "revs": sorted(leaf["_rev"] for leaf in self.leaves),
             "root": self.root,
             "new_id": self.new_id,
@@ -88,7 +88,7 @@ async def _groups(
         raise BadRequest(f"keep names {unknown[0]!r}, which is not the first revision of a leaf group")
     groups = []
     for first, leaves in sorted(by_root.items()):
-        top = dict(winner(leaves) or leaves[0])
+        top = dict(winner(leaves))
         if len(leaves) == 1:
             doc, origin = body(top), "leaf"
         elif first in keep:
