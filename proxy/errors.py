@@ -20,6 +20,7 @@ else that escapes a handler becomes a 500 whose body never carries exception tex
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -89,10 +90,21 @@ class UpstreamTimeout(UpstreamError):
     status, error = 504, "gateway_timeout"
 
 
+def dumps(value: object) -> bytes:
+    """JSON bytes of `value`. orjson writes at most 254 levels of nesting; CouchDB stores
+    deeper docs, so those are written by the standard library instead (a value too deep
+    even for it, or not JSON at all, is a bad request)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        try:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        except (RecursionError, ValueError, TypeError):
+            raise BadRequest("the JSON is nested too deeply, or holds values JSON cannot") from exc
+
+
 def json_response(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
-    )
+    return web.Response(body=dumps(body), status=status, content_type="application/json", headers=headers)
 
 
 def error_response(

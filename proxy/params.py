@@ -10,6 +10,10 @@ from aiohttp import web
 
 from proxy.errors import BadRequest, PayloadTooLarge
 
+# The largest integer a parameter may hold: JSON numbers beyond it lose precision in
+# JavaScript clients, and orjson cannot write integers past 64 bits.
+MAX_INT = 2**53 - 1
+
 
 def nonneg_int(value: str | None, name: str) -> int | None:
     if value is None or value == "":
@@ -18,8 +22,8 @@ def nonneg_int(value: str | None, name: str) -> int | None:
         number = int(value)
     except ValueError as exc:
         raise BadRequest(f"{name} must be a non-negative integer") from exc
-    if number < 0:
-        raise BadRequest(f"{name} must be a non-negative integer")
+    if not 0 <= number <= MAX_INT:
+        raise BadRequest(f"{name} must be a non-negative integer of at most {MAX_INT}")
     return number
 
 

@@ -8,12 +8,13 @@ dropped; `Location` is rewritten to couchgate's address.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 from proxy.access.paths import BadPath, CouchPath
 from proxy.auth import acting
@@ -123,6 +124,13 @@ async def credentials_for(request: web.Request, principal: Principal, path: Couc
     return {"Authorization": request.app[COUCH].service_auth}
 
 
+def rebuilt_query(params: Mapping[str, str] | MultiMapping[str]) -> str:
+    """A query string built from parsed parameters, never the client's raw one: what
+    CouchDB reads is what couchgate read (`a=1;b=2`, `+`, `%00`, doubled keys...)."""
+    items = list(params.items())
+    return "?" + urlencode(items, quote_via=quote, safe="") if items else ""
+
+
 AnswerHook = Callable[[int, bytes], None]
 CAPTURE_LIMIT = 1024 * 1024
 
@@ -135,23 +143,22 @@ async def forward(
     body: bytes | AsyncIterable[bytes] | None = None,
     on_answer: AnswerHook | None = None,
     capture_limit: int = CAPTURE_LIMIT,
+    query: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
     """Stream the request to CouchDB and its answer back. `body`: send this instead of the
     request's own (already read, or partly read, by the caller); `on_answer`: called at the
-    end with the status and the first `capture_limit` bytes of the answer (for the audit log)."""
+    end with the status and the first `capture_limit` bytes of the answer (for the audit log);
+    `query`: the parameters to send (default: the request's, as couchgate parsed them)."""
     settings = request.app[SETTINGS]
     couch = request.app[COUCH]
     declared = request.content_length
     if declared is not None and declared > settings.max_body_bytes:
         raise PayloadTooLarge(f"request body is larger than {settings.max_body_bytes} bytes")
-    target = path.encoded()
-    if request.rel_url.raw_query_string:
-        target += "?" + request.rel_url.raw_query_string
+    target = path.encoded() + rebuilt_query(request.query if query is None else query)
     check = request.get(BODY_CHECK)
     if check is not None:
         del request[BODY_CHECK]
-        body = await whole_body(request, body, settings.max_json_bytes)
-        await check(body)
+        body = await check(await whole_body(request, body, settings.max_json_bytes))
     if body is not None:
         data: Any = body
     else:

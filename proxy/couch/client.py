@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import aiohttp
 import orjson
 
-from proxy.errors import CouchgateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import CouchgateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, dumps
 from proxy.settings import Settings
 
 JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
@@ -133,7 +133,7 @@ class CouchClient:
             hdrs["Authorization"] = self.service_auth
         # A stream, not bytes: a `_bulk_docs` of a few hundred docs easily passes the size at
         # which aiohttp warns that one write of bytes blocks the event loop.
-        data = None if body is None else io.BytesIO(orjson.dumps(body))
+        data = None if body is None else io.BytesIO(dumps(body))
         try:
             async with self.session.request(
                 method, self.url(path), data=data, params=params, headers=hdrs, timeout=self.json_timeout

@@ -151,14 +151,14 @@ async def test_overwrite_lands_on_top_of_a_concurrent_update(
     concurrent: list[str] = []
 
     async def read_then_someone_writes(self: engine.Importer, ids: list[str]) -> Any:
-        found = await read(self, ids)
+        found, deleted = await read(self, ids)
         if not concurrent and found.get("busy"):
             status, body = await asyncio.to_thread(
                 backend.request, "PUT", f"/{db}/busy", {"_rev": found["busy"]["_rev"], "v": "theirs"}
             )
             assert status == 201, body
             concurrent.append(body["rev"])
-        return found
+        return found, deleted
 
     monkeypatch.setattr(engine.Importer, "_stored", read_then_someone_writes)
     answer = await do_import(gateway, path, alice, [{"_id": "busy", "v": "ours"}], "?on_conflict=overwrite")
