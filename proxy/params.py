@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterable
+from itertools import accumulate
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from proxy.errors import BadRequest, PayloadTooLarge
+
+# How deeply a JSON body may nest: far beyond any CHT doc, and within what couchgate (and
+# every JSON library on the way) writes back without recursing too deep.
+MAX_JSON_DEPTH = 200
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def json_depth(raw: bytes) -> int:
+    """How deeply the JSON text nests (brackets inside strings do not count); cheap when
+    the text holds fewer brackets than the limit, linear otherwise."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return MAX_JSON_DEPTH
+    brackets = _JSON_STRING.sub(b"", raw).translate(_BRACKETS, _NOT_BRACKETS)
+    return max(accumulate(memoryview(brackets).cast("b")), default=0)
+
 
 # The largest integer a parameter may hold: JSON numbers beyond it lose precision in
 # JavaScript clients, and orjson cannot write integers past 64 bits.
@@ -69,6 +88,8 @@ async def read_json(request: web.Request, limit: int, *, empty: Any = None) -> A
         if empty is not None:
             return empty
         raise BadRequest("request body must be JSON")
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy.access.config import AppSettings, UserCtx, has_permission, replication_depths
-from proxy.access.kinds import UNASSIGNED, reserved
+from proxy.access.kinds import UNASSIGNED, ReportFacts, reserved
 
 # How far up a walk goes before it gives up on a tree that loops or never ends.
 MAX_HEIGHT = 256
@@ -43,6 +43,23 @@ class ContactGraph(Protocol):
     def holders(self, code: str) -> Collection[str]:
         """The contacts (deleted ones too) whose shortcode is `code`."""
         ...
+
+    def naming(self, value: str) -> Iterable[Filed]:
+        """The stored reports whose subject value is `value` (a shortcode or an id)."""
+        ...
+
+
+class Filed(Protocol):
+    """What the index holds of a stored doc (`proxy.access.scope_index.Entry`)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def keys(self) -> tuple[str, ...]: ...
+    @property
+    def facts(self) -> ReportFacts | None: ...
 
 
 def resolve(value: str, code_field: bool, graph: ContactGraph) -> str | None:
@@ -206,3 +223,6 @@ class OverlayGraph:
         kept = {c for c in self.base.holders(code) if c not in self.nodes}
         kept.update(n.id for n in self.nodes.values() if n.shortcode == code)
         return kept
+
+    def naming(self, value: str) -> Iterable[Filed]:
+        return self.base.naming(value)

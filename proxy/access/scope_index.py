@@ -98,6 +98,12 @@ class ScopeIndex:
     def holders(self, code: str) -> Collection[str]:
         return self.codes.get(code, ())
 
+    def naming(self, value: str) -> Iterator[Entry]:
+        for doc_id in self.postings.get(value, ()):
+            entry = self.entries[doc_id]
+            if entry.facts is not None and entry.facts.subject == value:
+                yield entry
+
     # -- feeding ----------------------------------------------------------------------------
 
     def _next(self) -> int:

@@ -18,10 +18,12 @@ order; the first that refuses decides, and its id travels with the decision:
     W6  never the user's own facility
     W7  never a doc with a `purged` field, stored or new
     W8  never a change of the facility, contact or roles in the user's own user-settings
-    W9  never turn a contact into another kind of doc or back; a contact's shortcode may be
-        set or changed only to one no other contact holds or has as its `_id` (so no
-        planted shortcode can name, or hide, another's contact)
-    W10 never create a contact whose `_id` is reserved or another contact's shortcode
+    W9  never turn a contact into another kind of doc or back; a contact may take a new
+        shortcode only when no other contact holds it or has it as its `_id`, and no report
+        the user cannot read names it (else the shortcode would hide another's reports, or
+        claim them); it may keep or drop the one it has
+    W10 never create a contact whose `_id` is reserved, another contact's shortcode, or a
+        value that reports the user cannot read name (it would claim them)
     W11 a report created (or whose `contact` changes) names a submitter in the scope (or
         the user's own contact), and with `needs_signoff` a lineage of contacts in the
         scope or above the user's facilities: no report is planted into another's area
@@ -53,7 +55,7 @@ from proxy.access.kinds import (
     reserved,
     shortcode,
 )
-from proxy.access.read import body_readable, contact_node
+from proxy.access.read import body_readable, contact_node, entry_readable
 
 CONFLICT_REASON = "Document update conflict."
 
@@ -194,7 +196,9 @@ def authorize_write(
     if _changes_own_rights(user, new_doc, stored):
         return refuse("W8", "offline users cannot change their own facility, contact or roles")
     if not deleting:
-        refusal = _contact_rule(new_doc, stored, view) or _report_rule(user, new_doc, stored, view)
+        refusal = _contact_rule(user, settings, new_doc, stored, view) or _report_rule(
+            user, new_doc, stored, view
+        )
         if refusal is not None:
             return refusal
     if not has_permission(user, settings, "can_edit"):
@@ -208,7 +212,11 @@ def authorize_write(
 
 
 def _contact_rule(
-    new_doc: Mapping[str, Any], stored: Mapping[str, Any] | None, view: TreeView
+    user: UserCtx,
+    settings: AppSettings,
+    new_doc: Mapping[str, Any],
+    stored: Mapping[str, Any] | None,
+    view: TreeView,
 ) -> Decision | None:
     contact = kind_of(new_doc) in CONTACT_KINDS
     was_contact = stored is not None and kind_of(stored) in CONTACT_KINDS
@@ -219,15 +227,28 @@ def _contact_rule(
     code = shortcode(new_doc)
     was = shortcode(stored) if stored is not None else None
     doc_id = str(new_doc.get("_id"))
+    graph = view.graph
     if code is not None and code != was:
-        graph = view.graph
-        if any(h != doc_id for h in graph.holders(code)) or (
+        taken = any(h != doc_id for h in graph.holders(code)) or (
             code != doc_id and graph.contact(code) is not None
-        ):
-            return refuse("W9", "this shortcode (patient_id, place_id) is taken by another contact")
-    if stored is None and (reserved(doc_id) or any(h != doc_id for h in view.base.holders(doc_id))):
-        return refuse("W10", "a new contact's _id may not be a reserved value or another contact's shortcode")
+        )
+        if taken or _claims(user, settings, code, view):
+            return refuse("W9", "this shortcode (patient_id, place_id) is taken")
+    if stored is None and (
+        reserved(doc_id)
+        or any(h != doc_id for h in view.base.holders(doc_id))
+        or _claims(user, settings, doc_id, view)
+    ):
+        return refuse("W10", "a new contact's _id may not be reserved, another contact's shortcode, or taken")
     return None
+
+
+def _claims(user: UserCtx, settings: AppSettings, value: str, view: TreeView) -> bool:
+    """Would a contact answering to `value` take reports the user cannot read now?"""
+    return any(
+        not entry_readable(e.id, e.kind, e.keys, e.facts, user, settings, view.before, view.base)
+        for e in view.base.naming(value)
+    )
 
 
 def _report_rule(

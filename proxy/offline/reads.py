@@ -30,9 +30,11 @@ async def get_attachment(
     never of a newer winner that may have left the scope since."""
     doc_id = path.doc_id or ""
     params = query.parse(request.query, query.ATTACHMENT)
+    rev = params.get("rev")
+    if rev is None:
+        await view.sync.sync()  # the winner as of now (read-your-writes), then pinned
     if not await view.readable_now([doc_id]):
         raise not_found()
-    rev = params.get("rev")
     winner = view.winner_rev(doc_id)
     if rev is not None and rev != winner:
         result = await request.app[COUCH].json("GET", f"{db_path}/{quote_id(doc_id)}", params={"rev": rev})

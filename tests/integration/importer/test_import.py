@@ -252,8 +252,8 @@ async def test_offline_supervisor_imports_own_subtree_and_gets_forbidden_for_oth
 ) -> None:
     docs = [
         place("house_imp", "clinic", "area2", "hc1", "district1"),
-        person("p_imp", "house_imp", "area2", "hc1", "district1", shortcode="7777"),
-        report("r_imp", ("p_imp", "house_imp", "area2", "hc1"), patient_id="7777"),
+        person("p_imp", "house_imp", "area2", "hc1", "district1"),
+        report("r_imp", ("p_imp", "house_imp", "area2", "hc1"), patient_id="p_imp"),
         report("r_elsewhere", ("p9", "house3", "area3"), patient_uuid="p9"),
         {"_id": "settings", "settings": {}},
     ]

@@ -295,8 +295,8 @@ async def test_online_users_and_admins_pass_through(gw: Gateway, medic: str, bac
 def new_household() -> list[dict[str, Any]]:
     return [
         place("house9", "clinic", "area1", "hc1", "district1"),
-        person("p99", "house9", "area1", "hc1", "district1", shortcode="9999"),
-        report("r_p99", ("chw1_person", "area1", "hc1", "district1"), patient_id="9999"),
+        person("p99", "house9", "area1", "hc1", "district1"),
+        report("r_p99", ("chw1_person", "area1", "hc1", "district1"), patient_id="p99"),
     ]
 
 
