@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import MultiMapping
 
 from proxy.errors import BadRequest, PayloadTooLarge
 
@@ -50,9 +51,14 @@ def true(value: str | None) -> bool:
     return value is not None and value.lower() == "true"
 
 
-def flag(value: str | None, name: str, default: bool) -> bool:
+def flag(query: MultiMapping[str], name: str, default: bool) -> bool:
     """A boolean parameter that decides whether something is written: `true` or `false`,
-    anything else refused (`dry_run=1` must not quietly mean a real write)."""
+    given once; anything else refused (`dry_run=1`, or `dry_run=true&dry_run=false`, must
+    not quietly mean a real write)."""
+    values = query.getall(name, [])
+    if len(values) > 1:
+        raise BadRequest(f"{name} may be given only once")
+    value = values[0] if values else None
     if value is None:
         return default
     if value.lower() not in ("true", "false"):

@@ -39,7 +39,7 @@ def authorize_batch(
     final: dict[int, Decision] = {}
     while True:
         overlay = OverlayGraph(graph, {n.id: n for i, n in sorted(nodes.items())})
-        view = TreeView.of(user, settings, graph, overlay)
+        view = TreeView.of(user, settings, graph, overlay, (str(d.get("_id")) for d in docs))
         decisions = [
             final.get(i)
             or authorize_write(

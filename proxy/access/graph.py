@@ -44,8 +44,14 @@ class ContactGraph(Protocol):
         """The contacts (deleted ones too) whose shortcode is `code`."""
         ...
 
-    def naming(self, value: str) -> Iterable[Filed]:
-        """The stored reports whose subject value is `value` (a shortcode or an id)."""
+    def filed(self, key: str) -> Iterable[Filed]:
+        """The stored docs filed under `key` (a contact id or a shortcode)."""
+        ...
+
+    def affected(self, contact_id: str) -> Iterable[Filed]:
+        """The stored docs whose readability may follow this contact's place: those filed
+        under it or any contact below it (by id or shortcode), the contacts below it, and
+        the private reports they submitted."""
         ...
 
 
@@ -224,5 +230,8 @@ class OverlayGraph:
         kept.update(n.id for n in self.nodes.values() if n.shortcode == code)
         return kept
 
-    def naming(self, value: str) -> Iterable[Filed]:
-        return self.base.naming(value)
+    def filed(self, key: str) -> Iterable[Filed]:
+        return self.base.filed(key)
+
+    def affected(self, contact_id: str) -> Iterable[Filed]:
+        return self.base.affected(contact_id)

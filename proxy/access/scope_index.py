@@ -98,11 +98,25 @@ class ScopeIndex:
     def holders(self, code: str) -> Collection[str]:
         return self.codes.get(code, ())
 
-    def naming(self, value: str) -> Iterator[Entry]:
-        for doc_id in self.postings.get(value, ()):
-            entry = self.entries[doc_id]
-            if entry.facts is not None and entry.facts.subject == value:
-                yield entry
+    def filed(self, key: str) -> Iterator[Entry]:
+        for doc_id in self.postings.get(key, ()):
+            yield self.entries[doc_id]
+
+    def affected(self, contact_id: str) -> Iterator[Entry]:
+        seen: set[str] = set()
+        stack = [contact_id]
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            stack.extend(self.kids.get(current, ()))
+            node = self.nodes.get(current)
+            for key in (current, node.shortcode if node is not None else None):
+                if key is not None:
+                    yield from self.filed(key)
+            for doc_id in self.private_by_submitter.get(current, ()):
+                yield self.entries[doc_id]
 
     # -- feeding ----------------------------------------------------------------------------
 

@@ -22,11 +22,16 @@ order; the first that refuses decides, and its id travels with the decision:
         shortcode only when no other contact holds it or has it as its `_id`, and no report
         the user cannot read names it (else the shortcode would hide another's reports, or
         claim them); it may keep or drop the one it has
-    W10 never create a contact whose `_id` is reserved, another contact's shortcode, or a
-        value that reports the user cannot read name (it would claim them)
+    W10 never create a contact whose `_id` is reserved or another contact's shortcode; and a
+        contact created or moved never brings into the user's scope a stored doc they
+        cannot read now (a report, target or child that names its id, a contact below it
+        now within the depth, a report below the `report_depth`): a write places the
+        written docs, never claims others
     W11 a report created (or whose `contact` changes) names a submitter in the scope (or
-        the user's own contact), and with `needs_signoff` a lineage of contacts in the
-        scope or above the user's facilities: no report is planted into another's area
+        the user's own contact) and a lineage of contacts in the scope or above the user's
+        facilities: no report is planted into another's area, nor carries a forged lineage
+    W14 an attachment stub names an attachment the stored doc has (same name and digest):
+        a stub is no way to copy another doc's attachment
     W12 `can_edit`
     W13 the permission for the kind and operation (create, update, delete)
 
@@ -36,12 +41,12 @@ decision raise.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from proxy.access.config import AppSettings, UserCtx, has_permission
-from proxy.access.graph import ContactGraph, OverlayGraph, Scope, WalkScope, ancestors
+from proxy.access.graph import ContactGraph, Filed, OverlayGraph, Scope, WalkScope, ancestors
 from proxy.access.kinds import (
     CONTACT_KINDS,
     DESIGN,
@@ -52,6 +57,7 @@ from proxy.access.kinds import (
     contact_is_person,
     kind_of,
     lineage_ids,
+    parent_id,
     reserved,
     shortcode,
 )
@@ -65,11 +71,11 @@ class Decision:
     allowed: bool
     reason: str = ""
     rule: str = ""
-    error: str = "forbidden"  # what the client is told: `forbidden`, or `conflict` (W4)
+    error: str = "forbidden"  # what the client is told: `forbidden`, `conflict` (W4), `missing_stub` (W14)
 
     @property
     def status(self) -> int:
-        return 409 if self.error == "conflict" else 403
+        return {"conflict": 409, "missing_stub": 412}.get(self.error, 403)
 
     @property
     def why(self) -> str:
@@ -99,16 +105,25 @@ def refuse(rule: str, reason: str) -> Decision:
 @dataclass
 class TreeView:
     """The tree before a request's writes (`base`, judged by `before`) and after them
-    (`graph`, judged by `after`)."""
+    (`graph`, judged by `after`); `written`: the ids the request writes."""
 
     base: ContactGraph
     before: Scope
     graph: ContactGraph
     after: Scope
+    written: frozenset[str]
 
     @classmethod
-    def of(cls, user: UserCtx, settings: AppSettings, base: ContactGraph, overlay: OverlayGraph) -> TreeView:
-        return cls(base, WalkScope(user, settings, base), overlay, WalkScope(user, settings, overlay))
+    def of(
+        cls,
+        user: UserCtx,
+        settings: AppSettings,
+        base: ContactGraph,
+        overlay: OverlayGraph,
+        written: Iterable[str],
+    ) -> TreeView:
+        before, after = WalkScope(user, settings, base), WalkScope(user, settings, overlay)
+        return cls(base, before, overlay, after, frozenset(written))
 
 
 def single(
@@ -125,7 +140,7 @@ def single(
         node = overlay_node(new_doc, stored)
         if node is not None:
             nodes[doc_id] = node
-    return TreeView.of(user, settings, base, OverlayGraph(base, nodes))
+    return TreeView.of(user, settings, base, OverlayGraph(base, nodes), [str(doc_id)])
 
 
 def overlay_node(doc: Mapping[str, Any], stored: Mapping[str, Any] | None) -> Any:
@@ -196,9 +211,12 @@ def authorize_write(
     if _changes_own_rights(user, new_doc, stored):
         return refuse("W8", "offline users cannot change their own facility, contact or roles")
     if not deleting:
-        refusal = _contact_rule(user, settings, new_doc, stored, view) or _report_rule(
-            user, new_doc, stored, view
+        refusal = (
+            _contact_rule(user, settings, new_doc, stored, view)
+            or _report_rule(user, new_doc, stored, view)
+            or _stub_rule(new_doc, stored)
         )
+
         if refusal is not None:
             return refusal
     if not has_permission(user, settings, "can_edit"):
@@ -232,23 +250,27 @@ def _contact_rule(
         taken = any(h != doc_id for h in graph.holders(code)) or (
             code != doc_id and graph.contact(code) is not None
         )
-        if taken or _claims(user, settings, code, view):
+        if taken or _claims(user, settings, view.base.filed(code), view):
             return refuse("W9", "this shortcode (patient_id, place_id) is taken")
-    if stored is None and (
-        reserved(doc_id)
-        or any(h != doc_id for h in view.base.holders(doc_id))
-        or _claims(user, settings, doc_id, view)
-    ):
-        return refuse("W10", "a new contact's _id may not be reserved, another contact's shortcode, or taken")
+    if stored is None and (reserved(doc_id) or any(h != doc_id for h in view.base.holders(doc_id))):
+        return refuse("W10", "a new contact's _id may not be reserved or another contact's shortcode")
+    moved = stored is None or parent_id(new_doc) != parent_id(stored)
+    if moved and _claims(user, settings, view.base.affected(doc_id), view):
+        return refuse("W10", "this write would bring documents you cannot read into your area")
     return None
 
 
-def _claims(user: UserCtx, settings: AppSettings, value: str, view: TreeView) -> bool:
-    """Would a contact answering to `value` take reports the user cannot read now?"""
-    return any(
-        not entry_readable(e.id, e.kind, e.keys, e.facts, user, settings, view.before, view.base)
-        for e in view.base.naming(value)
-    )
+def _claims(user: UserCtx, settings: AppSettings, docs: Iterable[Filed], view: TreeView) -> bool:
+    """Would the request make readable one of these stored docs the user cannot read now
+    (the request's own docs aside)?"""
+    for e in docs:
+        if e.id in view.written:
+            continue
+        if entry_readable(e.id, e.kind, e.keys, e.facts, user, settings, view.before, view.base):
+            continue
+        if entry_readable(e.id, e.kind, e.keys, e.facts, user, settings, view.after, view.graph):
+            return True
+    return False
 
 
 def _report_rule(
@@ -260,9 +282,24 @@ def _report_rule(
     submitter = line[0] if line else None
     if submitter is None or (submitter != user.contact_id and view.after.depth(submitter) is None):
         return refuse("W11", "a report's submitter (contact) must be a contact in your area")
-    fields = new_doc.get("fields")
-    if isinstance(fields, Mapping) and fields.get("needs_signoff"):
-        above = {a for f in user.facility_ids for a in ancestors(view.graph, f)}
-        if any(view.after.depth(c) is None and c not in above for c in line[1:]):
-            return refuse("W11", "a report's submitter lineage must be the lineage of a contact in your area")
+    above = {a for f in user.facility_ids for a in ancestors(view.graph, f)}
+    if any(view.after.depth(c) is None and c not in above for c in line[1:]):
+        return refuse("W11", "a report's submitter lineage must be the lineage of a contact in your area")
+    return None
+
+
+def _stub_rule(new_doc: Mapping[str, Any], stored: Mapping[str, Any] | None) -> Decision | None:
+    attachments = new_doc.get("_attachments")
+    if not isinstance(attachments, Mapping):
+        return None
+    kept = stored.get("_attachments") if stored is not None else None
+    kept = kept if isinstance(kept, Mapping) else {}
+    for name, att in attachments.items():
+        if not isinstance(att, Mapping) or att.get("stub") is not True:
+            continue
+        have = kept.get(name)
+        digest = att.get("digest")
+        if not isinstance(have, Mapping) or (digest is not None and have.get("digest") != digest):
+            reason = f"Invalid attachment stub in {str(new_doc.get('_id'))[:100]} for {str(name)[:100]}"
+            return Decision(False, reason, "W14", error="missing_stub")
     return None

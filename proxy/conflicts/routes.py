@@ -93,7 +93,7 @@ async def show_conflict(request: web.Request) -> web.Response:
 async def resolve_conflict(request: web.Request) -> web.Response:
     """Pick a leaf, give a merged doc, or merge three-way (see service.resolve)."""
     store = await store_for(request)
-    dry_run = flag(request.query.get("dry_run"), "dry_run", default=False)
+    dry_run = flag(request.query, "dry_run", default=False)
     doc_id = request.match_info["doc_id"]
     resolution = resolve_request(await read_json(request, MAX_BODY), doc_id)
     try:
@@ -106,7 +106,7 @@ async def resolve_conflict(request: web.Request) -> web.Response:
 async def split_collision(request: web.Request) -> web.Response:
     """Give each doc of a UUID collision its own id and point references at it."""
     store = await store_for(request)
-    dry_run = flag(request.query.get("dry_run"), "dry_run", default=True)
+    dry_run = flag(request.query, "dry_run", default=True)
     doc_id = request.match_info["doc_id"]
     parsed = split_request(await read_json(request, MAX_BODY, empty={}))
     settings = await request.app[INDEX].current_settings()

@@ -20,7 +20,7 @@ from aiohttp import web
 from proxy.errors import BadRequest, dumps, json_response
 from proxy.keys import COUCH
 from proxy.logs import stamp_request_id
-from proxy.offline import query
+from proxy.offline import leaves, query
 from proxy.offline.revisions import failed
 from proxy.offline.since import Since, SinceCodec
 from proxy.offline.view import Entry, UserView
@@ -132,10 +132,13 @@ class Feed:
         self.ordinal = max(self.ordinal, end)
         return entries, self.token(self.ordinal)
 
-    def rows(self, entries: list[Entry], docs: dict[str, dict[str, Any]] | None) -> list[dict[str, Any]]:
+    def rows(
+        self, entries: list[Entry], docs: dict[str, dict[str, Any]] | None, leaves: dict[str, list[str]]
+    ) -> list[dict[str, Any]]:
         """The rows of a page. With `docs` (include_docs), each row shows the body that was
         read and judged: its revision may be newer than the index's, and a doc whose body
-        could not be served (it left the scope, or is gone) has no row in this page."""
+        could not be served (it left the scope, or is gone) has no row in this page. With
+        `style=all_docs`, a conflict leaf is named only if the user may see it (`leaves`)."""
         rows = []
         for entry in entries:
             rev, deleted = entry.rev, entry.deleted
@@ -147,7 +150,7 @@ class Feed:
                 rev, deleted = str(doc["_rev"]), doc.get("_deleted") is True
             revs = [rev]
             if self.params.all_docs:
-                revs += [leaf for leaf in entry.leaves if leaf not in (rev, entry.rev)]
+                revs += [leaf for leaf in leaves.get(entry.id, ()) if leaf not in (rev, entry.rev)]
             row: dict[str, Any] = {
                 "seq": self.token(entry.ordinal),
                 "id": entry.id,
@@ -159,6 +162,28 @@ class Feed:
                 row["doc"] = doc
             rows.append(row)
         return rows
+
+
+async def page_leaves(
+    request: web.Request, feed: Feed, db_path: str, entries: list[Entry]
+) -> dict[str, list[str]]:
+    """The conflict leaves of a page the user may be told of (`style=all_docs` only)."""
+    if not feed.params.all_docs:
+        return {}
+    conflicted = {e.id: list(e.leaves) for e in entries if len(e.leaves) > 1}
+    return await leaves.visible_leaves(request, feed.view, db_path, conflicted) if conflicted else {}
+
+
+async def page_rows(
+    request: web.Request, feed: Feed, db_path: str, entries: list[Entry]
+) -> list[dict[str, Any]]:
+    """A page's rows, with the bodies and leaves the user may see."""
+    docs = (
+        await fetch_docs(request, feed.view, db_path, entries, feed.params.conflicts)
+        if feed.params.include_docs
+        else None
+    )
+    return feed.rows(entries, docs, await page_leaves(request, feed, db_path, entries))
 
 
 def tombstone(doc_id: str, rev: str) -> dict[str, Any]:
@@ -218,6 +243,8 @@ async def fetch_docs(
                 docs[row["id"]] = doc
         elif isinstance(value, dict) and value.get("deleted") is True and isinstance(value.get("rev"), str):
             docs[row["id"]] = tombstone(row["id"], value["rev"])
+    if conflicts:
+        await leaves.filter_conflicts(request, view, db_path, docs.values())
     return docs
 
 
@@ -231,10 +258,7 @@ async def changes(
     entries, last_seq = feed.page()
     if params.feed == "longpoll" and not entries:
         return await _longpoll(request, feed, db_path)
-    docs = (
-        await fetch_docs(request, view, db_path, entries, params.conflicts) if params.include_docs else None
-    )
-    results = feed.rows(entries, docs)
+    results = await page_rows(request, feed, db_path, entries)
     return json_response({"results": results, "last_seq": last_seq, "pending": 0})
 
 
@@ -269,12 +293,7 @@ async def _longpoll(request: web.Request, feed: Feed, db_path: str) -> web.Strea
     last_seq = feed.token(feed.ordinal)
     while not entries and await _wait(feed, response, deadline):
         entries, last_seq = feed.page()
-    docs = (
-        await fetch_docs(request, feed.view, db_path, entries, feed.params.conflicts)
-        if feed.params.include_docs
-        else None
-    )
-    body = {"results": feed.rows(entries, docs), "last_seq": last_seq, "pending": 0}
+    body = {"results": await page_rows(request, feed, db_path, entries), "last_seq": last_seq, "pending": 0}
     await response.write(dumps(body) + b"\n")
     await response.write_eof()
     return response
@@ -291,12 +310,8 @@ async def _continuous(request: web.Request, feed: Feed, db_path: str) -> web.Str
             feed.params.limit = limit - sent  # never let the page run past what may be sent
         entries, last_seq = feed.page()
         if entries:
-            docs = (
-                await fetch_docs(request, feed.view, db_path, entries, feed.params.conflicts)
-                if feed.params.include_docs
-                else None
-            )
-            await response.write(b"".join(dumps(row) + b"\n" for row in feed.rows(entries, docs)))
+            rows = await page_rows(request, feed, db_path, entries)
+            await response.write(b"".join(dumps(row) + b"\n" for row in rows))
             sent += len(entries)
             if limit and sent >= limit:
                 break

@@ -6,15 +6,17 @@ A doc outside the user's scope looks exactly like a missing doc: same status, sa
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from proxy.access.paths import CouchPath
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, json_response
 from proxy.keys import COUCH
-from proxy.offline import query
+from proxy.offline import leaves, query
 from proxy.offline.revisions import MISSING, REV, failed, missing_revs, not_found, service
 from proxy.offline.view import UserView
 from proxy.params import read_json
@@ -59,7 +61,22 @@ async def revs_diff(request: web.Request, view: UserView, db_path: str) -> web.R
         if not result.ok or not isinstance(result.body, dict):
             raise failed(result)
         answer.update(result.body)
+        # A conflict leaf the user may not see is, for them, a revision CouchDB lacks.
+        present = [
+            (doc_id, rev) for doc_id, revs in asked.items() for rev in revs
+            if view.is_leaf(doc_id, rev) and rev not in _missing(answer.get(doc_id))
+        ]  # fmt: skip
+        shown = await leaves.servable(request, view, db_path, present) if present else set()
+        for doc_id, rev in present:
+            if (doc_id, rev) not in shown:
+                entry = answer.setdefault(doc_id, {"missing": []})
+                entry.setdefault("missing", []).append(rev)
     return json_response({k: answer[k] for k in body if k in answer})
+
+
+def _missing(entry: Any) -> list[Any]:
+    missing = entry.get("missing") if isinstance(entry, dict) else None
+    return missing if isinstance(missing, list) else []
 
 
 def _missing_row(doc_id: object, rev: object) -> dict[str, Any]:
@@ -117,27 +134,31 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Re
             if d["id"] in readable and "rev" in d:
                 by_id.setdefault(d["id"], []).append(d["rev"])
         missing_pairs = await missing_revs(request, view, db_path, by_id)
-    asked_at = [
-        i for i, d in enumerate(docs) if d["id"] in readable and (d["id"], d.get("rev")) not in missing_pairs
-    ]
-    upstream_rows: list[Any] = []
-    if asked_at:
+    # Each distinct request once upstream (pouchdb-server folds repeats into one row,
+    # CouchDB answers each): one row per distinct request, in order.
+    distinct: dict[bytes, dict[str, Any]] = {}
+    for d in docs:
+        if d["id"] in readable and (d["id"], d.get("rev")) not in missing_pairs:
+            distinct.setdefault(orjson.dumps(d, option=orjson.OPT_SORT_KEYS), d)
+    answered: dict[bytes, Any] = {}
+    if distinct:
         result = await request.app[COUCH].json(
             "POST",
             f"{db_path}/_bulk_get",
-            body={"docs": [docs[i] for i in asked_at]},
+            body={"docs": list(distinct.values())},
             params=query.encode(params),
         )
         rows = result.body.get("results") if result.ok and isinstance(result.body, dict) else None
-        if not isinstance(rows, list) or len(rows) != len(asked_at):
+        if not isinstance(rows, list) or len(rows) != len(distinct):
             raise failed(result)
-        upstream_rows = rows
-    # Upstream answers one row per requested doc, in order; put ours in between.
-    answered = dict(zip(asked_at, upstream_rows, strict=True))
-    results = [
-        _servable_revisions(view, answered[i]) if i in answered else _missing_row(d["id"], d.get("rev"))
-        for i, d in enumerate(docs)
-    ]
+        answered = dict(zip(distinct, rows, strict=True))
+    results = []
+    for d in docs:
+        row = answered.get(orjson.dumps(d, option=orjson.OPT_SORT_KEYS))
+        if row is None:
+            results.append(_missing_row(d["id"], d.get("rev")))
+        else:
+            results.append(_servable_revisions(view, copy.deepcopy(row)))
     return json_response({"results": results})
 
 
@@ -165,6 +186,9 @@ async def _all_docs_rows(
         if isinstance(doc, dict) and not view.servable(doc):
             continue
         found[row["key"]] = row
+    if wanted.get("conflicts") and wanted.get("include_docs"):
+        served = [r["doc"] for r in found.values() if isinstance(r.get("doc"), dict)]
+        await leaves.filter_conflicts(request, view, db_path, served)
     return found
 
 

@@ -20,7 +20,7 @@ from proxy.access.paths import CouchPath
 from proxy.couch.client import JsonResult, quote_id
 from proxy.errors import NotFound, UpstreamError, dumps, json_response
 from proxy.keys import COUCH
-from proxy.offline import query
+from proxy.offline import leaves, query
 from proxy.offline.view import UserView
 
 MISSING = "missing"
@@ -85,6 +85,7 @@ async def get_doc(request: web.Request, view: UserView, path: CouchPath, db_path
         raise failed(result)
     if not view.servable(result.body):
         raise not_found()
+    await leaves.filter_conflicts(request, view, db_path, [result.body])
     headers = {"ETag": f'"{result.body["_rev"]}"'} if isinstance(result.body.get("_rev"), str) else None
     return json_response(result.body, headers=headers)
 
@@ -111,7 +112,8 @@ async def open_revs(
     for row in rows:
         doc = row.get("ok") if isinstance(row, dict) else None
         if isinstance(doc, dict) and not view.servable(doc):
-            answer.append({"missing": doc.get("_rev")})
+            if revs != "all":  # a leaf not asked for by name is not named at all
+                answer.append({"missing": doc.get("_rev")})
         else:
             answer.append(row)
     answer += [{"missing": r} for r in revs if isinstance(revs, list) and (doc_id, r) in missing]

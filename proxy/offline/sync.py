@@ -42,6 +42,7 @@ from proxy.access.config import AppSettings
 from proxy.access.scope_index import ScopeIndex
 from proxy.couch.client import MAPPED_ERRORS, CouchClient
 from proxy.errors import UpstreamError, UpstreamUnavailable
+from proxy.offline.leaf_cache import Revisions
 from proxy.offline.welcome import Welcome
 
 log = logging.getLogger("couchgate.index")
@@ -63,6 +64,7 @@ class IndexSync:
         self.path = "/" + quote(db, safe="")
         self.index = ScopeIndex()
         self.welcome = Welcome(couch)  # CouchDB's `GET /`, for offline users
+        self.revisions = Revisions()  # what the rules read of conflict leaves (proxy.offline.leaves)
         self.epoch = uuid.uuid4().hex[:12]
         self.settings = AppSettings.from_doc(None)
         self.since: Any = 0

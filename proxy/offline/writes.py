@@ -12,6 +12,7 @@ of the stored docs refuses the write (fail closed).
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import defaultdict, deque
 from typing import Any
@@ -92,11 +93,40 @@ async def judge(
 
 
 def _refused_row(doc_id: str, decision: Decision, new_edits: bool) -> dict[str, Any]:
-    """A refused doc's row. A replication push (`new_edits: false`) is never told
-    `conflict` (PouchDB would stop replicating); it gets `forbidden` and goes on."""
+    """A refused doc's row. A replication push (`new_edits: false`) is only ever told
+    `forbidden` (PouchDB stops replicating on any other error); it goes on."""
     if decision.error == "conflict" and new_edits:
         return {"id": doc_id, "error": "conflict", "reason": CONFLICT_REASON}
+    if decision.error != "forbidden" and new_edits:
+        return {"id": doc_id, "error": decision.error, "reason": decision.reason}
     return {"id": doc_id, "error": "forbidden", "reason": decision.why}
+
+
+REV_HASH = re.compile(r"^[0-9a-zA-Z]{1,64}$")
+MAX_REVISIONS = 1000
+
+
+def check_revisions(doc: dict[str, Any], new_edits: bool) -> None:
+    """`_rev` and `_revisions` as CouchDB must see them (400 otherwise): a malformed
+    revision path has taken pouchdb-server down for everyone."""
+    rev = doc.get("_rev")
+    if rev is not None:
+        if not isinstance(rev, str) or not query.REV.match(rev) or rev.startswith("0"):
+            raise BadRequest("Invalid rev format")
+    elif not new_edits:
+        raise BadRequest("new_edits=false needs a _rev for every document")
+    if "_revisions" not in doc:
+        return
+    revisions = doc["_revisions"]
+    start = revisions.get("start") if isinstance(revisions, dict) else None
+    ids = revisions.get("ids") if isinstance(revisions, dict) else None
+    if (
+        not isinstance(start, int) or isinstance(start, bool) or not isinstance(ids, list)
+        or not 1 <= len(ids) <= min(start, MAX_REVISIONS)
+        or not all(isinstance(i, str) and REV_HASH.match(i) for i in ids)
+        or (rev is not None and rev != f"{start}-{ids[0]}")
+    ):  # fmt: skip
+        raise BadRequest("_revisions must be {start, ids} naming the document's _rev and its ancestors")
 
 
 async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str) -> web.Response:
@@ -112,6 +142,7 @@ async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str)
             doc["_id"] = uuid.uuid4().hex
         if not isinstance(doc.get("_id"), str) or not doc["_id"]:
             raise BadRequest("every document needs a string _id")
+        check_revisions(doc, new_edits)
         docs.append(doc)
     decisions, stored = await judge(request, view, db_path, docs)
     allowed = [d for d, ok in zip(docs, decisions, strict=True) if ok.allowed]
@@ -208,6 +239,7 @@ async def write_doc(
             if "_rev" in doc and doc["_rev"] != rev:
                 raise BadRequest("Document rev from request body and query string have different values")
             doc["_rev"] = rev
+        check_revisions(doc, params.get("new_edits", True))
     decisions, stored = await judge(request, view, db_path, [doc])
     before = stored.get(doc["_id"])
     action = _action(doc, before)

@@ -13,12 +13,16 @@ applied to the index, as CouchDB would store it. Then, for every other user:
    whose scope does not hold the attacker's area read none of them: writes land in the
    attacker's own area, never in someone else's (no forged submitter, no foreign task).
 
-The database also holds reports about nobody yet: one naming the id `atk1`, one naming
-the shortcode `5555`; the attacker may try to become either (W9, W10 refuse the claim).
+The database also holds docs about nobody yet (a report naming the id `atk1`, one naming
+the shortcode `5555`, a person whose parent is `atk2`, a target owned by `atk3`) and docs
+the depths hide from the attacker (a person below p1, beyond their depth; with a
+`report_depth`, a report about p2): no write of theirs may claim any of them (W9, W10).
+
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
@@ -45,19 +49,13 @@ CONTACT_IDS = ["district1", "hc1", "area1", "area2", "chw1_person", "house1", "p
 NEW_IDS = ["atk1", "atk2", "atk3"]
 CODES = ["1001", "3003", "9999", "5555"]
 ORPHANS = [
-    {
-        "_id": "r_orphan_id",
-        "type": "data_record",
-        "fields": {"patient_uuid": "atk1"},
-        "contact": {"_id": "p9"},
-    },
-    {
-        "_id": "r_orphan_code",
-        "type": "data_record",
-        "fields": {"patient_id": "5555"},
-        "contact": {"_id": "p9"},
-    },
-]
+    {"_id": "r_orphan_id", "type": "data_record", "fields": {"patient_uuid": "atk1"}, "contact": {"_id": "p9"}},
+    {"_id": "r_orphan_code", "type": "data_record", "fields": {"patient_id": "5555"}, "contact": {"_id": "p9"}},
+    {"_id": "orphan_child", "type": "person", "parent": {"_id": "atk2"}},
+    {"_id": "orphan_target", "type": "target", "owner": "atk3"},
+    {"_id": "deep_child", "type": "person", "parent": {"_id": "p1"}},  # depth 3: beyond the CHW's 2
+    {"_id": "r_deep", "type": "data_record", "fields": {"patient_uuid": "p2"}, "contact": {"_id": "p3"}},
+]  # fmt: skip
 SPECIAL = ["_unassigned", "org.couchdb.user:chw1", "org.couchdb.user:chw2", "org.couchdb.user:supervisor"]
 VALUES = [*CONTACT_IDS, *NEW_IDS, *CODES, *SPECIAL]
 IDS = [*EXISTING, *NEW_IDS, *CODES, "_local/x", "_design/x", "org.couchdb.user:chw2"]
@@ -120,19 +118,33 @@ FORGED = {"_id": "atk1", "type": "data_record", "fields": {"patient_uuid": "p1",
 PLANTED = {"_id": "atk2", "type": "person", "parent": {"_id": "house1"}, "patient_id": "3003"}
 MOVED_OUT = {"_id": "house1", "type": "clinic", "parent": {"_id": "area3"}}
 FOREIGN_TASK = {"_id": "atk3", "type": "task", "user": "org.couchdb.user:chw2", "owner": "p1"}
+ADOPT_CHILD = {"_id": "atk2", "type": "clinic", "parent": {"_id": "area1"}}
+ADOPT_OWNER = {"_id": "atk3", "type": "person", "parent": {"_id": "house1"}}
+MOVE_UP = {"type": "person", "parent": {"_id": "area1"}}
 CLAIMS = [{"_id": "atk1", "type": "person", "parent": {"_id": "house1"}},
           {"_id": "atk2", "type": "person", "parent": {"_id": "house1"}, "patient_id": "5555"}]  # fmt: skip
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@example(batches=[[FORGED]])
-@example(batches=[[PLANTED], [{**FORGED, "fields": {"patient_id": "3003"}}]])
-@example(batches=[[MOVED_OUT, {**PLANTED, "_id": "p1", "parent": {"_id": "house1"}}]])
-@example(batches=[[FOREIGN_TASK]])
-@example(batches=[CLAIMS])
-@given(batches=st.lists(st.lists(hostile_docs(), min_size=1, max_size=4), min_size=1, max_size=6))
-def test_hostile_writes_change_nothing_for_others(batches: list[list[dict[str, Any]]]) -> None:
-    app = AppSettings.from_doc(SETTINGS)
+@example(batches=[[FORGED]], report_depth=None)
+@example(batches=[[PLANTED], [{**FORGED, "fields": {"patient_id": "3003"}}]], report_depth=None)
+@example(batches=[[MOVED_OUT, {**PLANTED, "_id": "p1", "parent": {"_id": "house1"}}]], report_depth=None)
+@example(batches=[[FOREIGN_TASK]], report_depth=None)
+@example(batches=[CLAIMS, [ADOPT_CHILD], [ADOPT_OWNER]], report_depth=None)
+@example(batches=[[{**MOVE_UP, "_id": "p1"}], [{**MOVE_UP, "_id": "p2"}]], report_depth=1)
+@given(
+    batches=st.lists(st.lists(hostile_docs(), min_size=1, max_size=4), min_size=1, max_size=6),
+    report_depth=st.sampled_from([None, 0, 1]),
+)
+def test_hostile_writes_change_nothing_for_others(
+    batches: list[list[dict[str, Any]]], report_depth: int | None
+) -> None:
+    settings_doc = copy.deepcopy(SETTINGS)
+    if report_depth is not None:
+        settings_doc["settings"]["replication_depth"] = [
+            {"role": "chw", "depth": 2, "report_depth": report_depth}
+        ]
+    app = AppSettings.from_doc(settings_doc)
     index = ScopeIndex()
     bodies: dict[str, dict[str, Any]] = {}
     for n, doc in enumerate([*DOCS, *ORPHANS]):
@@ -140,6 +152,7 @@ def test_hostile_writes_change_nothing_for_others(batches: list[list[dict[str, A
         bodies[body["_id"]] = body
         index.apply(body)
     before = {u.name: readable(index, app, u) for u in OTHERS}
+    mine_before = readable(index, app, ATTACKER)
     written: set[str] = set()
     dropped: set[str] = set()  # shortcodes the attacker took off contacts of their area
     rev = 1000
@@ -164,6 +177,7 @@ def test_hostile_writes_change_nothing_for_others(batches: list[list[dict[str, A
             index.apply(body)
             written.add(body["_id"])
     mine = readable(index, app, ATTACKER)
+    assert mine <= mine_before | written, mine - mine_before - written  # no write widens their own scope
     for user in OTHERS:
         now = readable(index, app, user)
         lost = {i for i in before[user.name] - now if i not in written}

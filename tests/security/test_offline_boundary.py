@@ -413,3 +413,146 @@ async def test_the_tree_still_decides(gw: Gateway, medic: str, backend: PouchSer
     trusted writer is chw1's and not chw2's."""
     put(backend, medic, place("house_x", "clinic", "area1", "hc1", "district1"))
     assert await reads(gw, medic, CHW1, "house_x") and not await reads(gw, medic, CHW2, "house_x")
+
+
+# -- found by the black-box attack on the first fix (docs/security.md) --------------------------
+
+
+async def test_orphans_are_not_adopted_by_creating_what_they_name(
+    gw: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """A foreign doc names a contact that does not exist yet (a parent, an owner, a
+    subject): creating a contact with that id in one's own area does not take it."""
+    put(backend, medic, {**person("orphan_p", "house3", "area3"), "parent": {"_id": "ghost_hh"}})
+    put(backend, medic, report("orphan_r", ("p3", "house2", "area2"), patient_uuid="orphan_p"))
+    put(backend, medic, {"_id": "orphan_t", "type": "target", "owner": "ghost_owner", "secret": 1})
+    put(backend, medic, report("orphan_s", ("p3", "house2"), patient_uuid="ghost_subject"))
+    for ghost in ("ghost_hh", "ghost_owner", "ghost_subject"):
+        body = place(ghost, "clinic", "area1", "hc1", "district1")
+        status, answer, _ = await gw.call("PUT", f"/{medic}/{ghost}", auth=CHW1, json=body)
+        assert_couch_error(status, answer, 403, "forbidden")  # W10
+        assert backend.request("GET", f"/{medic}/{ghost}")[0] == 404
+    for victim in ("orphan_p", "orphan_r", "orphan_t", "orphan_s"):
+        assert not await reads(gw, medic, CHW1, victim)
+
+
+async def test_moving_own_contacts_up_reveals_nothing_the_depths_hide(
+    gw: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """chw's depth is 2 (area1 0, house1 1, p1 2): a contact below p1 and reports kept from
+    them by a `report_depth` stay hidden when they move their own people up."""
+    put(backend, medic, person("grandchild", "p1", "house1", "area1"))  # depth 3: outside
+    settings = doc_of(backend, medic, "settings")
+    settings["settings"]["replication_depth"] = [{"role": "chw", "depth": 2, "report_depth": 1}]
+    put(backend, medic, settings)
+    put(backend, medic, report("r_deep", ("p3", "house2", "area2"), patient_uuid="p2"))  # p2 at 2 > 1
+    assert not await reads(gw, medic, CHW1, "grandchild") and not await reads(gw, medic, CHW1, "r_deep")
+    for doc_id in ("p1", "p2"):
+        up = {**doc_of(backend, medic, doc_id), "parent": lineage("area1", "hc1", "district1")}
+        status, body, _ = await gw.call("PUT", f"/{medic}/{doc_id}", auth=CHW1, json=up)
+        assert_couch_error(status, body, 403, "forbidden")
+    assert not await reads(gw, medic, CHW1, "grandchild") and not await reads(gw, medic, CHW1, "r_deep")
+    # A move that reveals nothing is a move like any other.
+    sideways = {**doc_of(backend, medic, "p1"), "parent": lineage("house1", "area1")}
+    put(backend, medic, {**doc_of(backend, medic, "grandchild"), "_deleted": True})
+    status, body, _ = await gw.call("PUT", f"/{medic}/p1", auth=CHW1, json=sideways)
+    assert status == 201, body
+
+
+async def test_a_conflict_leaf_another_area_made_breaks_nobodys_sync(
+    gw: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """A doc with a conflicting revision placed outside a user's scope: the user is never
+    told of that leaf (a revision PouchDB cannot fetch stops its whole pull), and a real
+    PouchDB pull completes."""
+    from e2e_support import run_pouch
+
+    hh = doc_of(backend, medic, "house1")
+    base = hh["_rev"]
+    stay = {**hh, "_rev": "2-" + "f" * 32, "_revisions": {"start": 2, "ids": ["f" * 32, base.split("-")[1]]}}
+    away = {**hh, "parent": lineage("area2", "hc1"), "name": "moved by someone else",
+            "_rev": "2-" + "0" * 32, "_revisions": {"start": 2, "ids": ["0" * 32, base.split("-")[1]]}}  # fmt: skip
+    status, body = backend.request("POST", f"/{medic}/_bulk_docs", {"docs": [stay, away], "new_edits": False})
+    assert status == 201, body
+    status, feed, _ = await gw.call("GET", f"/{medic}/_changes?style=all_docs", auth=CHW1)
+    row = next(r for r in feed["results"] if r["id"] == "house1")
+    assert [c["rev"] for c in row["changes"]] == [stay["_rev"]]
+    for path in ("house1?conflicts=true", "house1?open_revs=all", "house1?meta=true"):
+        status, got, _ = await gw.call("GET", f"/{medic}/{path}", auth=CHW1)
+        assert status == 200 and away["_rev"] not in orjson.dumps(got).decode(), got
+    status, diff, _ = await gw.call(
+        "POST", f"/{medic}/_revs_diff", auth=CHW1, json={"house1": [away["_rev"]]}
+    )
+    assert diff == {"house1": {"missing": [away["_rev"]]}}
+    pulled = await run_pouch(
+        {"op": "pull_push", "url": f"{gw.url}/{medic}", "auth": {"basic": ["chw1", "pw-chw1"]}}
+    )
+    assert "house1" in pulled["ids"]
+    # chw2 sees the leaf in their area, and only that one.
+    status, feed, _ = await gw.call("GET", f"/{medic}/_changes?style=all_docs", auth=CHW2)
+    assert not any(r["id"] == "house1" and stay["_rev"] in str(r) for r in feed["results"])
+
+
+async def test_malformed_revision_paths_never_reach_the_backend(
+    gw: Gateway, medic: str, backend: PouchServer
+) -> None:
+    doc = person("p_rev", "house1", "area1", "hc1", "district1")
+    for extra in ({"_rev": "1-abc", "_revisions": {"start": 1, "ids": []}},
+                  {"_rev": "1-"}, {"_rev": "0-abc"}, {"_rev": "-1-abc"},
+                  {"_rev": "2-abc", "_revisions": {"start": 2, "ids": ["xyz", "abc"]}},
+                  {"_rev": "1-abc", "_revisions": {"start": "1", "ids": ["abc"]}},
+                  {"_rev": "1-abc", "_revisions": {"start": 1, "ids": ["abc", "def"]}}, {}):  # fmt: skip
+        status, body, _ = await gw.call(
+            "POST", f"/{medic}/_bulk_docs", auth=CHW1, json={"docs": [{**doc, **extra}], "new_edits": False}
+        )
+        assert_couch_error(status, body, 400, "bad_request")
+    assert backend.request("GET", "/")[0] == 200
+    assert backend.request("GET", f"/{medic}/p_rev")[0] == 404
+
+
+async def test_an_attachment_stub_names_only_the_docs_own_attachment(
+    gw: Gateway, medic: str, backend: PouchServer
+) -> None:
+    import base64
+    import hashlib
+
+    secret = b"HIV-POSITIVE result for p3"
+    digest = "md5-" + base64.b64encode(hashlib.md5(secret).digest()).decode()
+    p3 = doc_of(backend, medic, "p3")
+    put(backend, medic, {**p3, "_attachments": {"lab.txt": {"content_type": "text/plain",
+                                                            "data": base64.b64encode(secret).decode()}}})  # fmt: skip
+    steal = {**person("p_steal", "house1", "area1", "hc1", "district1"),
+             "_attachments": {"lab.txt": {"stub": True, "digest": digest, "content_type": "text/plain"}}}  # fmt: skip
+    status, body, _ = await gw.call("PUT", f"/{medic}/p_steal", auth=CHW1, json=steal)
+    assert (status, body["error"]) == (412, "missing_stub"), body
+    wrong = {**steal, "_attachments": {"lab.txt": {"stub": True, "digest": "md5-AAAA", "content_type": "x"}}}
+    status, other, _ = await gw.call("PUT", f"/{medic}/p_steal", auth=CHW1, json=wrong)
+    assert (status, other) == (412, body)  # a wrong digest answers the same: no oracle on content
+
+    status, rows, _ = await gw.call(
+        "POST",
+        f"/{medic}/_bulk_docs",
+        auth=CHW1,
+        json={"docs": [{**steal, "_rev": "1-abc"}], "new_edits": False},
+    )
+    assert status == 201 and rows[0]["error"] == "forbidden", rows
+    assert backend.request("GET", f"/{medic}/p_steal")[0] == 404
+
+
+async def test_a_report_carries_only_its_submitters_lineage(
+    gw: Gateway, medic: str, backend: PouchServer
+) -> None:
+    forged = report("r_lineage", ("chw1_person", "area2", "hc1"), patient_uuid="p1")  # no needs_signoff
+    status, body, _ = await gw.call("PUT", f"/{medic}/r_lineage", auth=CHW1, json=forged)
+    assert_couch_error(status, body, 403, "forbidden")
+    honest = report("r_lineage", MINE, patient_uuid="p1")
+    status, body, _ = await gw.call("PUT", f"/{medic}/r_lineage", auth=CHW1, json=honest)
+    assert status == 201, body
+
+
+async def test_a_bulk_get_naming_a_doc_twice_answers_twice(gw: Gateway, medic: str) -> None:
+    status, body, _ = await gw.call(
+        "POST", f"/{medic}/_bulk_get", auth=CHW1, json={"docs": [{"id": "p1"}, {"id": "p9"}, {"id": "p1"}]}
+    )
+    assert status == 200 and [r["id"] for r in body["results"]] == ["p1", "p9", "p1"]
+    assert body["results"][0] == body["results"][2] and "ok" in body["results"][0]["docs"][0]

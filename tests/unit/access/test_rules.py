@@ -39,8 +39,11 @@ class Graph:
     def holders(self, code: str) -> list[str]:
         return [n.id for n in self.nodes.values() if n.shortcode == code]
 
-    def naming(self, value: str) -> list[Any]:
-        return []  # no stored reports: the index test and tests/security cover claims
+    def filed(self, key: str) -> list[Any]:
+        return []  # no stored docs but contacts: tests/security and the index tests cover claims
+
+    def affected(self, contact_id: str) -> list[Any]:
+        return []
 
 
 def is_readable(doc: dict[str, Any], user: UserCtx, s: AppSettings, graph: Any) -> bool:
