@@ -206,14 +206,15 @@ def ancestors(graph: ContactGraph, contact_id: str) -> list[str]:
 
 
 class OverlayGraph:
-    """A graph with some contacts of a request laid over it (their new versions)."""
+    """A graph with some contacts laid over it: a request's new versions, or the tree as
+    it stood at an earlier ordinal (None: the contact was not there)."""
 
-    def __init__(self, base: ContactGraph, contacts: Mapping[str, ContactNode]) -> None:
+    def __init__(self, base: ContactGraph, contacts: Mapping[str, ContactNode | None]) -> None:
         self.base = base
         self.nodes = dict(contacts)
         self.extra: dict[str, set[str]] = {}
         for node in self.nodes.values():
-            if node.parent is not None:
+            if node is not None and node.parent is not None:
                 self.extra.setdefault(node.parent, set()).add(node.id)
 
     def contact(self, contact_id: str) -> ContactNode | None:
@@ -227,7 +228,7 @@ class OverlayGraph:
 
     def holders(self, code: str) -> Collection[str]:
         kept = {c for c in self.base.holders(code) if c not in self.nodes}
-        kept.update(n.id for n in self.nodes.values() if n.shortcode == code)
+        kept.update(n.id for n in self.nodes.values() if n is not None and n.shortcode == code)
         return kept
 
     def filed(self, key: str) -> Iterable[Filed]:

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.access.config import AppSettings, UserCtx
-from proxy.access.graph import ContactNode, Subjects, subjects
+from proxy.access.graph import ContactGraph, ContactNode, OverlayGraph, Subjects, WalkScope, subjects
+from proxy.access.history import History, Version
 from proxy.access.kinds import (
     CONTACT_KINDS,
     GLOBAL,
@@ -50,6 +51,7 @@ class Entry:
     keys: tuple[str, ...]
     facts: ReportFacts | None
     person: bool | None = None  # for contacts: person (True) or place (False)
+    born: int = 0  # the ordinal at which what the rules read of it last changed (`History`)
 
 
 @dataclass
@@ -86,6 +88,7 @@ class ScopeIndex:
         self._subjects: OrderedDict[UserCtx, tuple[AppSettings, int, Subjects]] = OrderedDict()
         self._feeds: OrderedDict[UserCtx, _UserFeed] = OrderedDict()
         self.person_types: frozenset[str] = frozenset({"person"})
+        self.history = History()
 
     # -- ContactGraph -----------------------------------------------------------------------
 
@@ -143,7 +146,13 @@ class ScopeIndex:
             facts = report_facts(doc) if kind == REPORT else None
             person = contact_is_person(doc, self.person_types) if kind in CONTACT_KINDS else None
         entry = Entry(doc_id, rev, deleted, self._next(), leaves or (rev,), kind, keys, facts, person)
+        entry.born = entry.ordinal
         if old is not None:
+            if (old.kind, old.keys, old.facts, old.deleted) == (kind, keys, facts, deleted):
+                entry.born = old.born
+            else:
+                past = Version(old.deleted, old.kind, old.keys, old.facts, old.born)
+                self.history.replaced(doc_id, entry.ordinal, past, keys)
             for key in old.keys:
                 if key not in keys:
                     self._unfile(key, doc_id)
@@ -189,6 +198,7 @@ class ScopeIndex:
         if old == new:
             return
         self.tree_version += 1
+        self.history.node_changed(contact_id, self.ordinal, old)
         if old is not None and old.parent is not None and (new is None or new.parent != old.parent):
             self._drop(self.kids, old.parent, contact_id)
         if new is not None and new.parent is not None:
@@ -349,3 +359,79 @@ class ScopeIndex:
             kind = ("person" if entry.person else "place") if entry.person is not None else entry.kind
             counts[kind] = counts.get(kind, 0) + 1
         return counts
+
+    # -- what left a scope ------------------------------------------------------------------
+
+    def settings_changed(self, before: AppSettings) -> None:
+        """The app settings changed at the current ordinal (`before`: the old ones)."""
+        self.history.settings_changed(self.ordinal, before)
+
+    def left_scope(
+        self, user: UserCtx, settings: AppSettings, then: UserCtx, ordinal: int, *, everything: bool
+    ) -> list[Entry]:
+        """The docs `then` could read at `ordinal` that `user` cannot read now, live then
+        (a device that synced up to `ordinal` holds them). `everything`: the scope inputs
+        changed, so every doc readable then is a candidate, not only those changed since.
+        Raises `TooOld` for an ordinal before the history's horizon.
+
+        Cheap when nothing that decides this user's scope changed: only the docs that
+        changed themselves, found under the user's keys, are judged again; otherwise the
+        scope as it stood then is walked again over the tree as it stood then."""
+        history = self.history
+        if not history.covers(ordinal):
+            raise TooOld(ordinal)
+        if ordinal >= self.ordinal and not everything:
+            return []
+        nodes_then = history.nodes_at(ordinal)
+        settings_then = history.settings_at(ordinal, settings)
+        graph: ContactGraph = self
+        if everything or settings_then is not settings or self._moves_scope(user, settings, nodes_then):
+            graph = OverlayGraph(self, nodes_then)
+            subj = subjects(then, settings_then, graph)
+            changed_only = not everything
+        else:
+            subj = self.subjects_of(user, settings)  # the same as then: nothing in it moved
+            changed_only = True
+        now = self.subjects_of(user, settings)
+        found: dict[str, Entry] = {}
+        for key in subj.lookup_keys():
+            if changed_only and self.key_max.get(key, 0) <= ordinal:
+                ids: Iterable[str] = history.departed_from(key, ordinal)
+            else:
+                ids = (*self.postings.get(key, ()), *history.departed_from(key, ordinal))
+            for doc_id in ids:
+                entry = self.entries.get(doc_id)
+                if entry is None or doc_id in found or (changed_only and entry.ordinal <= ordinal):
+                    continue
+                if self._readable(entry, user, settings, now):
+                    continue
+                current = Version(entry.deleted, entry.kind, entry.keys, entry.facts, entry.born)
+                past = history.version_at(doc_id, ordinal, current)
+                if past is None or past.deleted:
+                    continue  # not there yet, or a tombstone: nothing to take off the device
+                if entry_readable(doc_id, past.kind, past.keys, past.facts, then, settings_then, subj, graph):
+                    found[doc_id] = entry
+        return sorted(found.values(), key=lambda e: e.ordinal)
+
+    def _moves_scope(
+        self, user: UserCtx, settings: AppSettings, nodes_then: Mapping[str, ContactNode | None]
+    ) -> bool:
+        """Whether a contact changed since then may have moved this user's scope: it is in
+        the scope now or was then, or its id or shortcode is one of the user's keys."""
+        if not nodes_then:
+            return False
+        now = WalkScope(user, settings, self)
+        then = WalkScope(user, settings, OverlayGraph(self, nodes_then))
+        codes = self.subjects_of(user, settings).codes
+        for contact_id, before in nodes_then.items():
+            after = self.nodes.get(contact_id)
+            named = {contact_id, *(n.shortcode for n in (before, after) if n is not None and n.shortcode)}
+            if any(k in codes for k in named):
+                return True
+            if now.depth(contact_id) is not None or then.depth(contact_id) is not None:
+                return True
+        return False
+
+
+class TooOld(Exception):
+    """A position older than what the index remembers."""

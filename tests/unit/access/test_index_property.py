@@ -204,6 +204,10 @@ class IndexMachine(RuleBasedStateMachine):
         self.app: dict[str, Any] = {"rules": [], "unallocated": False, "unallocated_roles": ["sup"]}
         self.users = {u: UserCtx(u, ("chw",), ("a1",), "chw") for u in USERS}
         self.clients: dict[str, dict[str, str]] = {u: {} for u in USERS}
+        # Devices that pull only now and then (rule `device_pulls`), from where they stopped.
+        self.devices: dict[str, dict[str, Any]] = {
+            u: {"at": 0, "ctx": UserCtx(u), "print": None, "held": set()} for u in USERS
+        }
         self.cursor = dict.fromkeys(USERS, 0)
         self.prints: dict[str, object] = {}
         self._app_for: Any = None
@@ -296,7 +300,30 @@ class IndexMachine(RuleBasedStateMachine):
     def change_settings(
         self, rules: list[dict[str, Any]], unallocated: bool, unallocated_roles: list[str]
     ) -> None:
+        before = self.app_settings()
         self.app = {"rules": rules, "unallocated": unallocated, "unallocated_roles": unallocated_roles}
+        # As the service does: the settings doc is a change of its own, then the index hears of it.
+        self.write({"_id": "settings"})
+        if self.app_settings() is not before:
+            self.index.settings_changed(before)
+
+    @rule(user=st.sampled_from(USERS))
+    def device_pulls(self, user: str) -> None:
+        """A device of `user` pulls from its checkpoint: it then holds exactly the live docs
+        its user may read, whatever left the scope since (removals) or came back."""
+        app = self.app_settings()
+        current = self.users[user]
+        device = self.devices[user]
+        everything = device["print"] != scope_inputs(current, app)
+        rows = self.index.changes_since(current, app, 0 if everything else device["at"])
+        gone = self.index.left_scope(current, app, device["ctx"], device["at"], everything=everything)
+        for entry in rows:
+            (device["held"].discard if entry.deleted else device["held"].add)(entry.id)
+        for entry in gone:
+            device["held"].discard(entry.id)
+        expected = {e.id for e in self.index.readable_entries(current, app) if not e.deleted}
+        assert device["held"] == expected, (user, device["held"] ^ expected, [e.id for e in gone])
+        device.update(at=self.index.ordinal, ctx=current, print=scope_inputs(current, app))
 
     @rule(user=st.sampled_from(USERS), facilities=st.lists(st.sampled_from(PLACES), min_size=1, max_size=2, unique=True),
           contact=st.sampled_from([*PEOPLE, None]),
