@@ -29,7 +29,9 @@ order; the first that refuses decides, and its id travels with the decision:
         written docs, never claims others
     W11 a report created (or whose `contact` changes) names a submitter in the scope (or
         the user's own contact) and a lineage of contacts in the scope or above the user's
-        facilities: no report is planted into another's area, nor carries a forged lineage
+        facilities; one created (or whose subject changes) names a subject in the scope (or
+        the user's own contact): no report is planted into another's area, nor carries a
+        forged lineage
     W14 an attachment stub names an attachment the stored doc has (same name and digest):
         a stub is no way to copy another doc's attachment
     W12 `can_edit`
@@ -42,11 +44,11 @@ decision raise.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.access.config import AppSettings, UserCtx, has_permission
-from proxy.access.graph import ContactGraph, Filed, OverlayGraph, Scope, WalkScope, ancestors
+from proxy.access.graph import ContactGraph, Filed, OverlayGraph, Scope, WalkScope, ancestors, resolve
 from proxy.access.kinds import (
     CONTACT_KINDS,
     DESIGN,
@@ -58,6 +60,7 @@ from proxy.access.kinds import (
     kind_of,
     lineage_ids,
     parent_id,
+    report_subject,
     reserved,
     shortcode,
 )
@@ -261,30 +264,44 @@ def _contact_rule(
 
 
 def _claims(user: UserCtx, settings: AppSettings, docs: Iterable[Filed], view: TreeView) -> bool:
-    """Would the request make readable one of these stored docs the user cannot read now
-    (the request's own docs aside)?"""
+    """Would the request bring one of these stored docs (the request's own aside) into the
+    user's scope, or into their area (below their facilities at any depth: what the users
+    above them, without the user's depth limits, would then read)?"""
+    area = replace(settings, depth_rules=())  # no depth, no report_depth: the whole area
+    scopes = [
+        (settings, view.before, view.after),
+        (area, WalkScope(user, area, view.base), WalkScope(user, area, view.graph)),
+    ]
     for e in docs:
         if e.id in view.written:
             continue
-        if entry_readable(e.id, e.kind, e.keys, e.facts, user, settings, view.before, view.base):
-            continue
-        if entry_readable(e.id, e.kind, e.keys, e.facts, user, settings, view.after, view.graph):
-            return True
+        for rules, before, after in scopes:
+            if entry_readable(e.id, e.kind, e.keys, e.facts, user, rules, before, view.base):
+                continue
+            if entry_readable(e.id, e.kind, e.keys, e.facts, user, rules, after, view.graph):
+                return True
     return False
 
 
 def _report_rule(
     user: UserCtx, new_doc: Mapping[str, Any], stored: Mapping[str, Any] | None, view: TreeView
 ) -> Decision | None:
-    if kind_of(new_doc) != REPORT or (stored is not None and stored.get("contact") == new_doc.get("contact")):
+    if kind_of(new_doc) != REPORT:
         return None
-    line = lineage_ids(new_doc.get("contact"))
-    submitter = line[0] if line else None
-    if submitter is None or (submitter != user.contact_id and view.after.depth(submitter) is None):
-        return refuse("W11", "a report's submitter (contact) must be a contact in your area")
-    above = {a for f in user.facility_ids for a in ancestors(view.graph, f)}
-    if any(view.after.depth(c) is None and c not in above for c in line[1:]):
-        return refuse("W11", "a report's submitter lineage must be the lineage of a contact in your area")
+    old = stored if stored is not None and kind_of(stored) == REPORT else None
+    if old is None or old.get("contact") != new_doc.get("contact"):
+        line = lineage_ids(new_doc.get("contact"))
+        submitter = line[0] if line else None
+        if submitter is None or (submitter != user.contact_id and view.after.depth(submitter) is None):
+            return refuse("W11", "a report's submitter (contact) must be a contact in your area")
+        above = {a for f in user.facility_ids for a in ancestors(view.graph, f)}
+        if any(view.after.depth(c) is None and c not in above for c in line[1:]):
+            return refuse("W11", "a report's submitter lineage must be the lineage of a contact in your area")
+    subject, code_field = report_subject(new_doc)
+    if subject is not None and (old is None or report_subject(old) != (subject, code_field)):
+        named = resolve(subject, code_field, view.graph)
+        if named is None or (named != user.contact_id and view.after.depth(named) is None):
+            return refuse("W11", "a report's subject must be a contact in your area")
     return None
 
 

@@ -556,3 +556,23 @@ async def test_a_bulk_get_naming_a_doc_twice_answers_twice(gw: Gateway, medic: s
     )
     assert status == 200 and [r["id"] for r in body["results"]] == ["p1", "p9", "p1"]
     assert body["results"][0] == body["results"][2] and "ok" in body["results"][0]["docs"][0]
+
+
+async def test_since_tokens_tell_nothing_of_other_users_writes(
+    gw: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """A token once carried the index's ordinal in clear: a user could count every write in
+    the database. Tokens are sealed: nothing in them reads, and each one is new."""
+    import base64
+
+    _, first, _ = await gw.call("GET", f"/{medic}", auth=CHW1)
+    put(backend, medic, report("r_elsewhere", ("p9", "house3"), patient_uuid="p9"))
+    status, feed, _ = await gw.call("GET", f"/{medic}/_changes?since={first['update_seq']}", auth=CHW1)
+    assert status == 200 and feed["results"] == []
+    for token in (first["update_seq"], feed["last_seq"]):
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        assert b'"o":' not in raw and b"chw1" not in raw
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(raw)
+    _, again, _ = await gw.call("GET", f"/{medic}", auth=CHW1)
+    assert again["update_seq"] != first["update_seq"]  # fresh every time, whatever changed
