@@ -7,6 +7,8 @@ from aiohttp import web
 from proxy.audit.api import AuditSink
 from proxy.auth.authenticator import Authenticator
 from proxy.auth.principal import Principal
+from proxy.auth.throttle import LoginThrottle
+from proxy.auth.token_guard import TokenGuard
 from proxy.auth.tokens import TokenService
 from proxy.auth.users import UserInfoCache
 from proxy.couch.client import CouchClient
@@ -20,6 +22,8 @@ COUCH = web.AppKey("couch", CouchClient)
 USERS = web.AppKey("users", UserInfoCache)
 TOKENS = web.AppKey("tokens", TokenService)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+THROTTLE = web.AppKey("throttle", LoginThrottle)
+TOKEN_GUARD = web.AppKey("token_guard", TokenGuard)
 SECURITY = web.AppKey("security", SecurityCache)
 AUDIT = web.AppKey("audit", AuditSink)
 INDEX = web.AppKey("index", IndexSync)
