@@ -24,6 +24,7 @@ from proxy.auth.users import UserInfoCache
 from proxy.conflicts import routes as conflicts
 from proxy.conflicts.monitor import ConflictMonitor
 from proxy.conflicts.store import ConflictStore
+from proxy.couch.backend_kind import BackendKind
 from proxy.couch.client import CouchClient, new_session
 from proxy.couch.security_cache import SecurityCache
 from proxy.errors import error_middleware
@@ -31,6 +32,7 @@ from proxy.importer import routes as importer
 from proxy.keys import (
     AUDIT,
     AUTHENTICATOR,
+    BACKEND_KIND,
     COUCH,
     INDEX,
     SECURITY,
@@ -131,6 +133,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     app[COUCH] = couch
     app[USERS] = UserInfoCache(couch, settings.db, settings.auth_cache_seconds)
     app[SECURITY] = SecurityCache(couch)
+    app[BACKEND_KIND] = BackendKind(couch)
     app[TOKEN_GUARD] = TokenGuard(couch, app[USERS], settings.auth_db, settings.auth_cache_seconds)
     app[AUTHENTICATOR] = Authenticator(
         couch, app[USERS], app[TOKENS], settings.auth_cache_seconds, app[THROTTLE], app[TOKEN_GUARD]

@@ -11,6 +11,7 @@ from proxy.auth.throttle import LoginThrottle
 from proxy.auth.token_guard import TokenGuard
 from proxy.auth.tokens import TokenService
 from proxy.auth.users import UserInfoCache
+from proxy.couch.backend_kind import BackendKind
 from proxy.couch.client import CouchClient
 from proxy.couch.security_cache import SecurityCache
 from proxy.offline.since import SinceCodec
@@ -19,6 +20,7 @@ from proxy.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 COUCH = web.AppKey("couch", CouchClient)
+BACKEND_KIND = web.AppKey("backend_kind", BackendKind)
 USERS = web.AppKey("users", UserInfoCache)
 TOKENS = web.AppKey("tokens", TokenService)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
