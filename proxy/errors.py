@@ -131,7 +131,14 @@ _HTTP_ERRORS = {
     416: "requested_range_not_satisfiable",
     429: "too_many_requests",
     431: "request_header_fields_too_large",
+    500: "internal_server_error",
+    504: "gateway_timeout",
 }
+
+
+def error_name(status: int) -> str:
+    """CouchDB's `error` for an HTTP status."""
+    return _HTTP_ERRORS.get(status, "error")
 
 
 @web.middleware
@@ -145,7 +152,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        error = _HTTP_ERRORS.get(exc.status, "error")
+        error = error_name(exc.status)
         reason = exc.reason if exc.status != 404 else "missing"
         kept = {"allow", "www-authenticate", "retry-after"}
         headers = {k: v for k, v in exc.headers.items() if k.lower() in kept}
