@@ -27,7 +27,7 @@ from proxy.auth.token_guard import TokenGuard, TokenRefused
 from proxy.auth.tokens import TokenError, TokenService
 from proxy.auth.users import UserInfoCache
 from proxy.couch.client import CouchClient, basic_auth_header
-from proxy.errors import Unauthorized, UpstreamUnavailable
+from proxy.errors import Forbidden, Unauthorized, UpstreamUnavailable
 
 
 class AuthFailed(Unauthorized):
@@ -77,7 +77,7 @@ class Authenticator:
                 return await self._basic(authorization, basic[0], basic[1], client)
         session = auth_session_cookie(cookie_header)
         if session is not None:
-            return await self._cookie(session)
+            return await self._cookie(session, client)
         return ANONYMOUS
 
     async def _bearer(self, token: str) -> Principal:
@@ -100,7 +100,7 @@ class Authenticator:
             wait = self.throttle.retry_after(name, client, password)
             if wait is not None:
                 raise LoginThrottled(name, wait)
-            user, roles = await session_user(self.couch, {"Authorization": header})
+            user, roles = await session_user(self.couch, {"Authorization": header}, client)
             if user is None and "_admin" not in roles:
                 self.throttle.failed(name, client, password)
                 raise AuthFailed("Name or password is incorrect.", headers=CHALLENGE)
@@ -108,12 +108,12 @@ class Authenticator:
             self._remember(key, user, roles)
         return await self._principal(user, roles, "basic", (("Authorization", header),))
 
-    async def _cookie(self, session: str) -> Principal:
+    async def _cookie(self, session: str, client: str | None) -> Principal:
         cookie = f"AuthSession={session}"
         key = self._key("cookie", cookie)
         hit = self._cached(key)
         if hit is None:
-            hit = await session_user(self.couch, {"Cookie": cookie})
+            hit = await session_user(self.couch, {"Cookie": cookie}, client)
             self._remember(key, *hit)
         user, roles = hit
         if user is None and "_admin" not in roles:
@@ -184,12 +184,22 @@ def auth_session_cookie(cookie_header: str | None) -> str | None:
     return morsel.value if morsel is not None and morsel.value else None
 
 
-async def session_user(couch: CouchClient, headers: dict[str, str]) -> tuple[str | None, tuple[str, ...]]:
+async def session_user(
+    couch: CouchClient, headers: dict[str, str], client: str | None = None
+) -> tuple[str | None, tuple[str, ...]]:
     """Who CouchDB's `GET /_session` says these credentials belong to; (None, ()) when
-    CouchDB refuses them. A CouchDB that cannot answer is 503, never "wrong password"."""
-    result = await couch.json("GET", "/_session", headers=headers, use_service=False)
+    CouchDB refuses them. A CouchDB that cannot answer is 503, never "wrong password".
+
+    `client`: the caller's address, sent as `X-Forwarded-For`. CouchDB 3.4 locks an account
+    out after failed logins per (address, name), reading the address from that header when
+    the request comes from a local or private address (couchgate's): so the lockout hits
+    the guesser, not every user behind couchgate. Its refusal is passed on (403)."""
+    sent = {**headers, "X-Forwarded-For": client} if client else headers
+    result = await couch.json("GET", "/_session", headers=sent, use_service=False)
     if result.status >= 500:
         raise UpstreamUnavailable("CouchDB could not check the credentials")
+    if result.status == 403 and isinstance(result.body, dict):
+        raise Forbidden(str(result.body.get("reason") or "the account is locked"))
     ctx = result.body.get("userCtx") if result.ok and isinstance(result.body, dict) else None
     if not isinstance(ctx, dict):
         return None, ()
@@ -198,9 +208,11 @@ async def session_user(couch: CouchClient, headers: dict[str, str]) -> tuple[str
     return name, roles
 
 
-async def check_password(couch: CouchClient, name: str, password: str) -> tuple[str | None, tuple[str, ...]]:
+async def check_password(
+    couch: CouchClient, name: str, password: str, client: str | None = None
+) -> tuple[str | None, tuple[str, ...]]:
     """Name and roles when CouchDB accepts the password, else (None, ())."""
-    user, roles = await session_user(couch, {"Authorization": basic_auth_header(name, password)})
+    user, roles = await session_user(couch, {"Authorization": basic_auth_header(name, password)}, client)
     if user is None and "_admin" not in roles:
         return None, ()
     return user, roles

@@ -45,7 +45,7 @@ async def issue_token(request: web.Request) -> web.Response:
     # The password's fingerprint is read before the password is checked: if it changes in
     # between, the token carries the old one and is refused from its first use.
     account = await request.app[TOKEN_GUARD].account(name, fresh=True)
-    user, roles = await check_password(request.app[COUCH], name, password)
+    user, roles = await check_password(request.app[COUCH], name, password, client)
     if user is None:
         throttle.failed(name, client, password)
         record(request, "token", "failure", user=name, reason="name or password incorrect")
