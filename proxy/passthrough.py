@@ -178,6 +178,8 @@ async def forward(
     else:
         data = limited_body(request, settings.max_body_bytes) if request.body_exists else None
     headers = upstream_request_headers(request, credentials)
+    if isinstance(data, bytes):
+        headers.popall("Content-Length", None)  # a body given here is measured afresh
     if on_answer is not None:
         headers["Accept-Encoding"] = "identity"  # the audit log reads this answer
     own_credentials = credentials.get("Authorization") != couch.service_auth
