@@ -93,23 +93,22 @@ async def show_conflict(request: web.Request) -> web.Response:
     return json_response(await describe(store, request.match_info["doc_id"]))
 
 
-async def writable_doc(request: web.Request, store: ConflictStore) -> str:
-    """The doc id a resolution or split writes; design docs only for db admins."""
-    doc_id = request.match_info["doc_id"]
+async def may_write(request: web.Request, store: ConflictStore, doc_id: str) -> None:
+    """A resolution or split writes `doc_id`: a design doc only for db admins."""
     principal = request[PRINCIPAL]
     if doc_id.startswith("_design/") and not principal.is_admin:
         security = await request.app[SECURITY].get(store.db)
         if not is_db_admin(security, principal.name, principal.roles):
             raise Forbidden(NOT_DB_ADMIN)
-    return doc_id
 
 
 async def resolve_conflict(request: web.Request) -> web.Response:
     """Pick a leaf, give a merged doc, or merge three-way (see service.resolve)."""
     store = await store_for(request)
     dry_run = flag(request.query.get("dry_run"), "dry_run", default=False)
-    doc_id = await writable_doc(request, store)
+    doc_id = request.match_info["doc_id"]
     resolution = resolve_request(await read_json(request, MAX_BODY), doc_id)
+    await may_write(request, store, doc_id)
     try:
         answer = await service.resolve(store, doc_id, resolution, dry_run, recorder(request, store.db))
     except service.Detailed as exc:
@@ -121,8 +120,9 @@ async def split_collision(request: web.Request) -> web.Response:
     """Give each doc of a UUID collision its own id and point references at it."""
     store = await store_for(request)
     dry_run = flag(request.query.get("dry_run"), "dry_run", default=True)
-    doc_id = await writable_doc(request, store)
+    doc_id = request.match_info["doc_id"]
     parsed = split_request(await read_json(request, MAX_BODY, empty={}))
+    await may_write(request, store, doc_id)
     settings = await request.app[INDEX].current_settings()
     try:
         answer = await split.split(store, doc_id, parsed, dry_run, settings.person_types)
