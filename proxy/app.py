@@ -17,16 +17,32 @@ from proxy.audit.log import AuditLog
 from proxy.audit.retention import Retention
 from proxy.auth import routes as auth_routes
 from proxy.auth.authenticator import Authenticator
+from proxy.auth.throttle import LoginThrottle, ThrottleLimits
+from proxy.auth.token_guard import TokenGuard
 from proxy.auth.tokens import TokenService
 from proxy.auth.users import UserInfoCache
 from proxy.conflicts import routes as conflicts
 from proxy.conflicts.monitor import ConflictMonitor
 from proxy.conflicts.store import ConflictStore
+from proxy.couch.backend_kind import BackendKind
 from proxy.couch.client import CouchClient, new_session
 from proxy.couch.security_cache import SecurityCache
 from proxy.errors import error_middleware
 from proxy.importer import routes as importer
-from proxy.keys import AUDIT, AUTHENTICATOR, COUCH, INDEX, SECURITY, SETTINGS, SINCE_CODEC, TOKENS, USERS
+from proxy.keys import (
+    AUDIT,
+    AUTHENTICATOR,
+    BACKEND_KIND,
+    COUCH,
+    INDEX,
+    SECURITY,
+    SETTINGS,
+    SINCE_CODEC,
+    THROTTLE,
+    TOKEN_GUARD,
+    TOKENS,
+    USERS,
+)
 from proxy.logs import request_id_middleware
 from proxy.metrics import METRICS, Metrics, metrics
 from proxy.middlewares import auth_middleware, cors_middleware, on_prepare_cors
@@ -51,6 +67,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[TOKENS] = TokenService(settings)
+    app[THROTTLE] = LoginThrottle(throttle_limits(settings))
     app[AUDIT] = NullAudit()
     secret = settings.since_secret or settings.jwt_secret
     app[SINCE_CODEC] = SinceCodec(secret.get_secret_value().encode() if secret else secrets.token_bytes(32))
@@ -64,11 +81,23 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+def throttle_limits(settings: Settings) -> ThrottleLimits:
+    return ThrottleLimits(
+        enabled=settings.login_throttle,
+        free_per_name=settings.login_free_failures,
+        free_per_address=settings.login_free_failures_per_address,
+        base_delay=settings.login_base_delay,
+        max_delay=settings.login_max_delay,
+        forget_after=settings.login_forget_seconds,
+    )
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/_couchgate/health", status.health, name="health", allow_head=False)
     r.add_get("/_couchgate/ready", status.ready, name="ready", allow_head=False)
     r.add_post("/_couchgate/token", auth_routes.issue_token, name="issue_token")
+    r.add_post("/_couchgate/token/revoke", auth_routes.revoke_tokens, name="revoke_tokens")
     r.add_route("*", "/_session", auth_routes.session, name="session")
     r.add_get("/_couchgate/audit", audit_routes.list_entries, name="audit_list", allow_head=False)
     r.add_get(
@@ -104,7 +133,11 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     app[COUCH] = couch
     app[USERS] = UserInfoCache(couch, settings.db, settings.auth_cache_seconds)
     app[SECURITY] = SecurityCache(couch)
-    app[AUTHENTICATOR] = Authenticator(couch, app[USERS], app[TOKENS], settings.auth_cache_seconds)
+    app[BACKEND_KIND] = BackendKind(couch)
+    app[TOKEN_GUARD] = TokenGuard(couch, app[USERS], settings.auth_db, settings.auth_cache_seconds)
+    app[AUTHENTICATOR] = Authenticator(
+        couch, app[USERS], app[TOKENS], settings.auth_cache_seconds, app[THROTTLE], app[TOKEN_GUARD]
+    )
     try:
         yield
     finally:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 from aiohttp import web
 
+from proxy import guard
 from proxy.access.config import UserCtx, is_offline
 from proxy.access.paths import CouchPath
 from proxy.audit import capture
@@ -53,8 +54,13 @@ async def couchdb_handler(request: web.Request) -> web.StreamResponse:
     if principal.authenticated and to_offline and await offline(request, principal):
         return await serve_offline(request, path, principal)
     credentials = await credentials_for(request, principal, path)
+    # Requests that would harm the backend, or that a backend could misread (proxy.guard).
+    screened = await guard.screen(request, path, principal, credentials)
+    if screened.answer is not None:
+        return screened.answer
+    request = screened.request
     if kind is None:
-        return await forward(request, path, credentials)
+        return await forward(request, path, credentials, body=screened.body)
     # A write: recorded in the audit log with CouchDB's answer. JSON bodies up to the JSON
     # limit are read, chunked ones too, so each doc of a `_bulk_docs` gets its entry; larger
     # ones and attachments stream through, and their entries say what could not be known.

@@ -27,6 +27,7 @@ from aiohttp import web
 from proxy.access.paths import CouchPath
 from proxy.audit.api import AuditEntry, Outcome, clean_text
 from proxy.audit.log import AuditLog
+from proxy.clients import client_address
 from proxy.keys import AUDIT, PRINCIPAL
 from proxy.logs import REQUEST_ID_KEY
 
@@ -45,7 +46,7 @@ def entry(request: web.Request, action: str, outcome: Outcome, **fields: Any) ->
         user=fields.pop("user", principal.name if principal else None),
         roles=principal.roles if principal else (),
         request_id=request.get(REQUEST_ID_KEY),
-        client=request.remote,
+        client=client_address(request),
         user_agent=clean_text(user_agent) if user_agent is not None else None,
         path=clean_text(request.rel_url.raw_path),
         **fields,

@@ -1,5 +1,6 @@
 """`GET /_couchgate/audit` (admins) and `GET /_couchgate/audit/docs/{id}` (anyone who may
-read that doc)."""
+read that doc; whoever is not an admin sees only the writes made, and of each only who,
+what and when: no client address, user agent, request, reason or refused attempt)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ def audit_log(request: web.Request) -> AuditLog:
 
 
 MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+# What a doc's history shows to those who are not admins: who changed what, and when.
+HISTORY_FIELDS = frozenset(
+    {"time", "ts", "user", "action", "outcome", "db", "doc_id", "rev_before", "rev_after", "doc_type"}
+)
 
 
 def parse_time(value: str | None, name: str) -> int | None:
@@ -62,7 +67,7 @@ def query_from(params: Mapping[str, str], **fixed: str) -> AuditQuery:
         doc_id=fixed.get("doc_id", params.get("doc")),
         user=params.get("user"),
         action=params.get("action"),
-        outcome=params.get("outcome"),
+        outcome=fixed.get("outcome", params.get("outcome")),
         since_ms=since_ms,
         until_ms=until_ms,
         limit=min(max(limit, 1), MAX_LIMIT),
@@ -114,5 +119,12 @@ async def doc_history(request: web.Request) -> web.Response:
         raise NotFound("missing")  # like any read of a doc outside one's scope
     log = audit_log(request)
     await log.flush()
-    query = query_from(request.query, doc_id=doc_id, db=db)
-    return json_response(await search(request.app[COUCH], log.db, query))
+    if request[PRINCIPAL].is_admin:
+        query = query_from(request.query, doc_id=doc_id, db=db)
+        return json_response(await search(request.app[COUCH], log.db, query))
+    # Everyone else sees who changed what and when: the writes made, never attempts that
+    # were refused, nor where from or with what anyone made them.
+    query = query_from(request.query, doc_id=doc_id, db=db, outcome="written")
+    page = await search(request.app[COUCH], log.db, query)
+    page["entries"] = [{k: v for k, v in e.items() if k in HISTORY_FIELDS} for e in page["entries"]]
+    return json_response(page)

@@ -5,6 +5,9 @@ which database is decided here:
 - server admins: the main database, or any other that exists (unknown: 404); never a
   system database (`_users`, `_replicator`, any name starting with `_`): 403;
 - online users with `can_resolve_conflicts`: the main database only;
+- a design doc (`_design/...`) is resolved or split only by db admins (server admins, or
+  `_security.admins` of the database), as CouchDB lets only them write one: resolving
+  writes the doc, and a design doc holds code (`validate_doc_update`, views);
 - offline users are refused (403), permission or not. The leaves of one conflict can lie
   in different scopes (a collision of someone's patient with someone else's report), a
   split rewrites references in docs anywhere in the database, and the listing would have
@@ -19,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.access.config import UserCtx, has_permission, is_offline
-from proxy.access.couch_security import DB_NAME
+from proxy.access.couch_security import DB_NAME, NOT_DB_ADMIN, is_db_admin
 from proxy.audit.api import Outcome
 from proxy.audit.capture import record
 from proxy.conflicts import service, split
@@ -27,7 +30,7 @@ from proxy.conflicts.bodies import resolve_request, split_request
 from proxy.conflicts.listing import describe, list_page
 from proxy.conflicts.store import UPDATES, ConflictStore, bookmark, unbookmark
 from proxy.errors import BadRequest, Forbidden, NotFound, Unauthorized, json_response
-from proxy.keys import COUCH, INDEX, PRINCIPAL, SETTINGS
+from proxy.keys import COUCH, INDEX, PRINCIPAL, SECURITY, SETTINGS
 from proxy.params import flag, nonneg_int, read_json
 
 MAX_BODY = 8 * 1024 * 1024
@@ -90,12 +93,22 @@ async def show_conflict(request: web.Request) -> web.Response:
     return json_response(await describe(store, request.match_info["doc_id"]))
 
 
+async def may_write(request: web.Request, store: ConflictStore, doc_id: str) -> None:
+    """A resolution or split writes `doc_id`: a design doc only for db admins."""
+    principal = request[PRINCIPAL]
+    if doc_id.startswith("_design/") and not principal.is_admin:
+        security = await request.app[SECURITY].get(store.db)
+        if not is_db_admin(security, principal.name, principal.roles):
+            raise Forbidden(NOT_DB_ADMIN)
+
+
 async def resolve_conflict(request: web.Request) -> web.Response:
     """Pick a leaf, give a merged doc, or merge three-way (see service.resolve)."""
     store = await store_for(request)
     dry_run = flag(request.query, "dry_run", default=False)
     doc_id = request.match_info["doc_id"]
     resolution = resolve_request(await read_json(request, MAX_BODY), doc_id)
+    await may_write(request, store, doc_id)
     try:
         answer = await service.resolve(store, doc_id, resolution, dry_run, recorder(request, store.db))
     except service.Detailed as exc:
@@ -109,6 +122,7 @@ async def split_collision(request: web.Request) -> web.Response:
     dry_run = flag(request.query, "dry_run", default=True)
     doc_id = request.match_info["doc_id"]
     parsed = split_request(await read_json(request, MAX_BODY, empty={}))
+    await may_write(request, store, doc_id)
     settings = await request.app[INDEX].current_settings()
     try:
         answer = await split.split(store, doc_id, parsed, dry_run, settings.person_types)
