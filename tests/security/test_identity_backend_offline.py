@@ -105,11 +105,6 @@ async def test_offline_user_cannot_kill_the_backend(
     assert_survived(fragile, db, status, answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/offline (the lead's rework) reads only latest=true as latest; pouchdb-server takes "
-    "any value, and _bulk_get with latest=1 and a missing revision kills it (reported, issue 11)",
-)
 async def test_offline_bulk_get_with_latest_1_and_a_missing_revision(alone: PouchServer) -> None:
     async with offline_gateway(alone) as (gw, db):
         status, answer, _ = await gw.call(
