@@ -20,17 +20,27 @@ from aiohttp import web
 
 from proxy.access.config import UserCtx, has_permission, is_offline
 from proxy.access.couch_security import DB_NAME
+from proxy.audit import capture
 from proxy.audit.api import Outcome
 from proxy.audit.capture import record
 from proxy.conflicts import service, split
 from proxy.conflicts.bodies import resolve_request, split_request
 from proxy.conflicts.listing import describe, list_page
-from proxy.conflicts.store import UPDATES, ConflictStore, bookmark, unbookmark
+from proxy.conflicts.store import UPDATES, ConflictStore, Intend, bookmark, unbookmark
 from proxy.errors import BadRequest, Forbidden, NotFound, Unauthorized, json_response
 from proxy.keys import COUCH, INDEX, PRINCIPAL, SETTINGS
 from proxy.params import flag, nonneg_int, read_json
 
 MAX_BODY = 8 * 1024 * 1024
+
+
+def intend_for(request: web.Request, db: str) -> Intend:
+    """The crash-proof audit's intent of each resolution write, as this caller's."""
+
+    async def intend(docs: list[dict[str, Any]], new_edits: bool) -> None:
+        await capture.intend_docs(request, db, docs, new_edits)
+
+    return intend
 
 
 async def store_for(request: web.Request) -> ConflictStore:
@@ -50,10 +60,10 @@ async def store_for(request: web.Request) -> ConflictStore:
             )
         if db != main:
             raise Forbidden(f"the conflict tools work on the main database only ({main})")
-        return ConflictStore(request.app[COUCH], db)
+        return ConflictStore(request.app[COUCH], db, intend_for(request, db))
     if db.startswith("_"):
         raise Forbidden("the conflict tools do not work on system databases")
-    store = ConflictStore(request.app[COUCH], db)
+    store = ConflictStore(request.app[COUCH], db, intend_for(request, db))
     if db != main and (not DB_NAME.match(db) or not await store.exists()):
         raise NotFound("Database does not exist.")
     return store

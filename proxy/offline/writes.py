@@ -24,6 +24,7 @@ from proxy.audit.events import RECORDED
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, Forbidden, json_response
 from proxy.keys import COUCH, SETTINGS
+from proxy.offline import checked
 from proxy.offline.view import UserView
 from proxy.params import read_json
 from proxy.passthrough import forward
@@ -78,6 +79,11 @@ async def judge(
 
 async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str) -> web.Response:
     body = await read_json(request, request.app[SETTINGS].max_json_bytes)
+    docs, refused = checked.split_bulk(request, db, body)  # docs CouchDB would refuse: rows of their own
+    return checked.with_refused(await _bulk_docs(request, view, db, db_path, body), docs, refused)
+
+
+async def _bulk_docs(request: web.Request, view: UserView, db: str, db_path: str, body: Any) -> web.Response:
     if not isinstance(body, dict) or not isinstance(body.get("docs"), list):
         raise BadRequest("POST body must include `docs` parameter.")
     new_edits = body.get("new_edits", True) is not False
@@ -94,6 +100,7 @@ async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str)
     allowed = [d for d, ok in zip(docs, decisions, strict=True) if ok.allowed]
     upstream: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
     if allowed:
+        await capture.intend_docs(request, db, allowed, new_edits)  # crash-proof audit: stored first
         result = await request.app[COUCH].json(
             "POST", f"{db_path}/_bulk_docs", body={"docs": allowed, "new_edits": new_edits}
         )
@@ -147,6 +154,7 @@ async def write_doc(
         body = await read_json(request, request.app[SETTINGS].max_json_bytes)
         if not isinstance(body, dict):
             raise BadRequest("Document must be a JSON object")
+        checked.check_doc(request, db, body)
         doc = body
         if path.doc_id is not None:
             doc["_id"] = path.doc_id
@@ -163,6 +171,7 @@ async def write_doc(
     couch = request.app[COUCH]
     target = f"{db_path}/{quote_id(doc['_id'])}"
     params = {k: v for k, v in request.query.items() if k in {"rev", "batch", "new_edits"}}
+    await capture.intend_docs(request, db, [doc], params.get("new_edits") != "false")
     if request.method == "DELETE":
         result = await couch.json("DELETE", target, params=params)
     else:
@@ -200,6 +209,8 @@ async def write_attachment(
         reason = None if status < 300 else _reason(answer)
         _audit(request, db, stored, stored, capture.outcome_of(status), rev_after, reason, "attachment")
 
+    rev = request.query.get("rev") or request.headers.get("If-Match")
+    await capture.intend(request, db, [capture.planned({"_id": doc_id}, rev=rev)], "attachment")
     return await forward(
         request, path, {"Authorization": request.app[COUCH].service_auth}, on_answer=answered
     )
