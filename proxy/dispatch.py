@@ -14,14 +14,16 @@ import orjson
 from aiohttp import web
 
 from proxy.access.config import UserCtx, is_offline
+from proxy.access.couch_security import DB_NAME, ILLEGAL_DB_REASON, SYSTEM_DBS
 from proxy.access.paths import CouchPath
 from proxy.audit import capture
 from proxy.auth.authenticator import CHALLENGE
 from proxy.auth.principal import Principal
 from proxy.couch.client import fail_fast
 from proxy.couch.validate import DocInvalid, validate_bulk, validate_put
-from proxy.errors import Unauthorized, UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import IllegalDatabaseName, Unauthorized, UpstreamTimeout, UpstreamUnavailable
 from proxy.keys import INDEX, PRINCIPAL, SETTINGS
+from proxy.methods import refuse_wrong_method
 from proxy.offline.routes import serve_offline
 from proxy.params import collect
 from proxy.passthrough import CAPTURE_LIMIT, credentials_for, forward, limited_body, parse_path
@@ -57,8 +59,12 @@ async def serve_offline_fast(
 
 async def couchdb_handler(request: web.Request) -> web.StreamResponse:
     """Any CouchDB path, for whoever couchgate lets through."""
+    await refuse_wrong_method(request)
     principal = request[PRINCIPAL]
     path = parse_path(request)
+    if not path.is_server and path.db not in SYSTEM_DBS and not DB_NAME.match(path.db or ""):
+        # CouchDB's own answer; the embedded backend breaks for good on some such names.
+        raise IllegalDatabaseName(ILLEGAL_DB_REASON.format(path.db))
     if not principal.authenticated and not is_public(request.method, path):
         raise Unauthorized("You are not authorized to access this resource.", headers=CHALLENGE)
     kind = capture.write_kind(request.method, path)

@@ -110,6 +110,8 @@ async def search(couch: CouchClient, db: str, q: AuditQuery) -> dict[str, Any]:
     At most PAGES upstream pages are read per answer: when filters the index key does not
     cover drop that many rows, the page may be short (even empty) but `next` goes on."""
     prefix, covered = q.selector()
+    if q.until_ms is not None and q.until_ms < (q.since_ms or 0):
+        return {"entries": [], "next": None}  # before the first entry could be (1970): nothing
     high = [*prefix, q.until_ms, {}] if q.until_ms is not None else [*prefix, {}]
     low = [*prefix, q.since_ms if q.since_ms is not None else 0]
     params: dict[str, str] = {"descending": "true", "endkey": orjson.dumps(low).decode()}

@@ -29,7 +29,7 @@ from proxy.conflicts.listing import describe, list_page
 from proxy.conflicts.store import UPDATES, ConflictStore, Intend, bookmark, unbookmark
 from proxy.errors import BadRequest, Forbidden, NotFound, Unauthorized, json_response
 from proxy.keys import COUCH, INDEX, PRINCIPAL, SETTINGS
-from proxy.params import flag, nonneg_int, read_json
+from proxy.params import flag, limit_of, read_json
 
 MAX_BODY = 8 * 1024 * 1024
 
@@ -86,7 +86,7 @@ async def list_conflicts(request: web.Request) -> web.Response:
     is and updates it afterwards, so conflicts made since may be missing, and docs resolved
     since are dropped from the page (their leaves are read), which may make it short."""
     store = await store_for(request)
-    limit = min(nonneg_int(request.query.get("limit"), "limit") or 50, 500)
+    limit = limit_of(request.query.get("limit"), 50, 500)
     update = request.query.get("update", "true")
     if update not in UPDATES:
         raise BadRequest("update must be true, lazy or false")

@@ -9,11 +9,11 @@ from typing import Any
 
 import orjson
 import pytest
-from real_couchdb import RealCouch, real_couchdb
 
 from proxy.devserver.backend import PouchServer
 
 from offline_data import DOCS, PASSWORD, USERS, auth
+from real_couchdb import RealCouch, real_couchdb
 from support import Gateway, basic, gateway_settings, start_gateway, stop_gateway
 
 R32 = "a" * 32

@@ -5,18 +5,16 @@ exhausting file descriptors, and a failing accept() is logged a few times, not i
 from __future__ import annotations
 
 import asyncio
-import os
 import resource
 import socket
-import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from proxy.devserver.backend import PouchServer, free_port
+from proxy.devserver.backend import PouchServer
 
+from processes import couchgate_process
 from support import eventually
 
 
@@ -31,35 +29,10 @@ def limit_open_files(soft: int, hard: int) -> Callable[[], None]:
 async def couchgate(
     backend: PouchServer, db: str, log: Path, soft: int, hard: int, **env: str
 ) -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
-    port = free_port()
-    environ = {**os.environ, "COUCHGATE_COUCH_URL": backend.url, "COUCHGATE_COUCH_USER": backend.admin_user,
-               "COUCHGATE_COUCH_PASSWORD": backend.admin_password, "COUCHGATE_DB": db, "COUCHGATE_PORT": str(port),
-               "COUCHGATE_AUDIT_ENABLED": "false", **env}  # fmt: skip
     with log.open("wb") as err:
-        server = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy", "serve", env=environ, stderr=err, stdout=asyncio.subprocess.DEVNULL,
-            preexec_fn=limit_open_files(soft, hard),
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                await asyncio.to_thread(
-                    urllib.request.urlopen, f"http://127.0.0.1:{port}/_couchgate/health", timeout=1
-                )
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.returncode is None, text(log)[-2000:]
-                await asyncio.sleep(0.1)
-        yield port, server
-    finally:
-        if server.returncode is None:
-            server.terminate()
-            try:
-                await asyncio.wait_for(server.wait(), 30)
-            except TimeoutError:
-                server.kill()
-                await server.wait()
+        async with couchgate_process(backend, db, stderr=err, preexec_fn=limit_open_files(soft, hard),
+                                     COUCHGATE_AUDIT_ENABLED="false", **env) as (url, server):  # fmt: skip
+            yield int(url.rsplit(":", 1)[1]), server
 
 
 def text(path: Path) -> str:
