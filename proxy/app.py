@@ -12,6 +12,7 @@ from aiohttp import web
 from proxy import dispatch, status
 from proxy.audit import routes as audit_routes
 from proxy.audit.api import NullAudit
+from proxy.audit.capture import background_intents
 from proxy.audit.events import audit_middleware
 from proxy.audit.log import AuditLog
 from proxy.audit.retention import Retention
@@ -167,9 +168,13 @@ async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
     log = AuditLog(
         app[COUCH], settings.audit_db, batch_size=settings.audit_batch_size,
         flush_interval=settings.audit_flush_interval, queue_max=settings.audit_queue_max,
+        watch_db=settings.db,
     )  # fmt: skip
     app[AUDIT] = log
     tasks = [asyncio.create_task(log.run(), name="audit-writer")]
+    if settings.audit_durable:
+        log.intents = log.intents_log()
+        tasks.append(asyncio.create_task(log.intents.run(), name="audit-intents"))
     if settings.audit_retention_days:
         retention = Retention(log, settings.audit_retention_days)
         tasks.append(
@@ -183,13 +188,15 @@ async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if log.intents is not None:
+            await log.intents.close()
         await log.close()
 
 
 async def conflicts_ctx(app: web.Application) -> AsyncIterator[None]:
     """The conflict monitor: metrics, the webhook, the optional background resolver."""
     settings = app[SETTINGS]
-    store = ConflictStore(app[COUCH], settings.db)
+    store = ConflictStore(app[COUCH], settings.db, background_intents(app[AUDIT], settings.db))
     webhook = str(settings.conflicts_webhook_url) if settings.conflicts_webhook_url else None
     monitor = ConflictMonitor(
         store, app[METRICS], app[AUDIT], app[COUCH].session, webhook, settings.conflicts_auto_resolve

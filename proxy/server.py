@@ -1,21 +1,26 @@
-"""Run an application until SIGINT or SIGTERM, with couchgate's logging and edge rules."""
+"""Run an application until SIGINT or SIGTERM, with couchgate's logging and edge rules
+(proxy/edge.py), its open-file limit raised and its client connections capped below it
+(proxy/connections.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 
 from aiohttp import web
 
 from proxy.app import create_app
+from proxy.connections import CappedSockSite, connection_cap, quiet_accept_errors, raise_open_files_limit
 from proxy.edge import EdgeRunner
 from proxy.logs import AccessLogger, configure_logging
 from proxy.settings import Settings
 
 # As aiohttp's run_app: how long an idle client connection is kept open between requests.
 KEEPALIVE_TIMEOUT = 75.0
+log = logging.getLogger("couchgate.server")
 
 
 def run_server(settings: Settings, shutdown_timeout: float = 10) -> None:
@@ -23,8 +28,11 @@ def run_server(settings: Settings, shutdown_timeout: float = 10) -> None:
     asyncio.run(serve(create_app(settings), settings, shutdown_timeout))
 
 
-async def start(app: web.Application, sock: socket.socket, shutdown_timeout: float) -> EdgeRunner:
-    """Serve `app` on a listening socket (a duplicate of it: several runners may take turns)."""
+async def start(
+    app: web.Application, sock: socket.socket, shutdown_timeout: float, cap: int | None = None
+) -> EdgeRunner:
+    """Serve `app` on a listening socket (a duplicate of it: several runners may take turns);
+    `cap`: at most this many client connections at once (more get 503 at once)."""
     runner = EdgeRunner(
         app,
         access_log_class=AccessLogger,
@@ -33,7 +41,8 @@ async def start(app: web.Application, sock: socket.socket, shutdown_timeout: flo
         handle_signals=False,
     )
     await runner.setup()
-    await web.SockSite(runner, sock.dup()).start()
+    site = web.SockSite(runner, sock.dup()) if cap is None else CappedSockSite(runner, sock.dup(), cap)
+    await site.start()
     return runner
 
 
@@ -52,9 +61,14 @@ async def stop_signal() -> asyncio.Event:
 
 
 async def serve(app: web.Application, settings: Settings, shutdown_timeout: float) -> None:
+    quiet_accept_errors(asyncio.get_running_loop())
+    open_files = raise_open_files_limit()
+    cap = connection_cap(settings, open_files)
     stop = await stop_signal()
     with contextlib.closing(listen(settings)) as sock:
-        runner = await start(app, sock, shutdown_timeout)
+        runner = await start(app, sock, shutdown_timeout, cap)
+        log.info("couchgate listening on %s:%d (open files %d, connections at most %d)",
+                 settings.host, settings.port, open_files, cap)  # fmt: skip
         try:
             await stop.wait()
         finally:

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     audit_db: str = Field(default="medic-audit", pattern=r"^[a-z][a-z0-9_$()+/-]*$")
     # The audit log: written in batches off the request path (see proxy/audit/log.py).
     audit_enabled: bool = True
+    # Crash-proof: an intent is stored before each write is forwarded (proxy/audit/log.py).
+    audit_durable: bool = True
     audit_batch_size: int = Field(default=200, ge=1, le=10_000)
     audit_flush_interval: float = Field(default=0.5, gt=0)
     audit_queue_max: int = Field(default=100_000, ge=1)
@@ -77,8 +79,15 @@ class Settings(BaseSettings):
     # CouchDB 3 accepts request bodies up to 4 GiB (max_http_request_size); so do we, streamed.
     max_body_bytes: int = Field(default=4 * 1024**3, ge=1024)
     max_json_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # Upstream timeouts (README, "Timeouts"): connecting; the first byte of CouchDB's answer
+    # where a phone is waiting (offline users, the index) and everywhere else; the longest
+    # silence inside a streamed answer.
     connect_timeout: float = Field(default=5.0, gt=0)
+    first_byte_timeout: float = Field(default=10.0, gt=0)
     request_timeout: float = Field(default=300.0, gt=0)
+    idle_timeout: float = Field(default=60.0, gt=0)
+    # Client connections served at once (0: from the open-file limit; see proxy/connections.py).
+    max_connections: int = Field(default=0, ge=0)
     upstream_pool_size: int = Field(default=100, ge=1)
 
     # Browser PouchDB: origins allowed to call couchgate with credentials ("*" echoes any origin).

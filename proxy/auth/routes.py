@@ -15,6 +15,7 @@ from proxy.auth.throttle import LoginThrottled
 from proxy.clients import client_address
 from proxy.errors import BadRequest, Forbidden, NotImplementedHere, Unauthorized, json_response
 from proxy.keys import COUCH, PRINCIPAL, THROTTLE, TOKEN_GUARD, TOKENS
+from proxy.methods import refuse_unknown_method
 from proxy.params import read_body, read_json
 from proxy.passthrough import credentials_for, forward, parse_path
 
@@ -67,6 +68,7 @@ async def issue_token(request: web.Request) -> web.Response:
 
 async def session(request: web.Request) -> web.StreamResponse:
     """CouchDB's `/_session`; a token caller's `GET` is answered here, CouchDB cannot know it."""
+    refuse_unknown_method(request)  # TRACE and the like: 405, as CouchDB answers them
     principal = request[PRINCIPAL]
     if principal.method == "jwt" and request.method in {"GET", "HEAD"}:
         return json_response(

@@ -23,17 +23,27 @@ from aiohttp import web
 
 from proxy.access.config import UserCtx, has_permission, is_offline
 from proxy.access.couch_security import DB_NAME, NOT_DB_ADMIN, is_db_admin
+from proxy.audit import capture
 from proxy.audit.api import Outcome
 from proxy.audit.capture import record
 from proxy.conflicts import service, split
 from proxy.conflicts.bodies import resolve_request, split_request
 from proxy.conflicts.listing import describe, list_page
-from proxy.conflicts.store import UPDATES, ConflictStore, bookmark, unbookmark
+from proxy.conflicts.store import UPDATES, ConflictStore, Intend, bookmark, unbookmark
 from proxy.errors import BadRequest, Forbidden, NotFound, Unauthorized, json_response
 from proxy.keys import COUCH, INDEX, PRINCIPAL, SECURITY, SETTINGS
-from proxy.params import flag, nonneg_int, read_json
+from proxy.params import flag, limit_of, read_json
 
 MAX_BODY = 8 * 1024 * 1024
+
+
+def intend_for(request: web.Request, db: str) -> Intend:
+    """The crash-proof audit's intent of each resolution write, as this caller's."""
+
+    async def intend(docs: list[dict[str, Any]], new_edits: bool) -> None:
+        await capture.intend_docs(request, db, docs, new_edits)
+
+    return intend
 
 
 async def store_for(request: web.Request) -> ConflictStore:
@@ -53,10 +63,10 @@ async def store_for(request: web.Request) -> ConflictStore:
             )
         if db != main:
             raise Forbidden(f"the conflict tools work on the main database only ({main})")
-        return ConflictStore(request.app[COUCH], db)
+        return ConflictStore(request.app[COUCH], db, intend_for(request, db))
     if db.startswith("_"):
         raise Forbidden("the conflict tools do not work on system databases")
-    store = ConflictStore(request.app[COUCH], db)
+    store = ConflictStore(request.app[COUCH], db, intend_for(request, db))
     if db != main and (not DB_NAME.match(db) or not await store.exists()):
         raise NotFound("Database does not exist.")
     return store
@@ -79,7 +89,7 @@ async def list_conflicts(request: web.Request) -> web.Response:
     is and updates it afterwards, so conflicts made since may be missing, and docs resolved
     since are dropped from the page (their leaves are read), which may make it short."""
     store = await store_for(request)
-    limit = min(nonneg_int(request.query.get("limit"), "limit") or 50, 500)
+    limit = limit_of(request.query.get("limit"), 50, 500)
     update = request.query.get("update", "true")
     if update not in UPDATES:
         raise BadRequest("update must be true, lazy or false")

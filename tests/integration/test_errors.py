@@ -169,7 +169,7 @@ async def test_upstream_down_is_503_and_recovers(flaky_backend: PouchServer, fla
     assert status == 200  # liveness does not depend on CouchDB
     await asyncio.to_thread(flaky_backend.restart)
 
-    async def ready() -> bool:  # the audit writer notices at its next flush
+    async def ready() -> bool:  # once the index is level with CouchDB again (within a second)
         return (await flaky_gateway.call("GET", "/_couchgate/ready"))[0] == 200
 
     assert await eventually(ready)
