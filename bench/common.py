@@ -42,7 +42,10 @@ def rss_mb(pid: int) -> float:
 
 
 @contextmanager
-def couchgate(backend: PouchServer, db: str, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def couchgate(
+    backend: PouchServer, db: str, command: list[str] | None = None, **env: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """couchgate as a subprocess (`command`: another entry point than `couchgate serve`)."""
     port = free_port()
     environ = {
         **os.environ,
@@ -54,7 +57,8 @@ def couchgate(backend: PouchServer, db: str, **env: str) -> Iterator[tuple[str, 
         "COUCHGATE_LOG_LEVEL": "WARNING",
         **env,
     }
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve"], env=environ, stderr=subprocess.DEVNULL)
+    command = command or [sys.executable, "-m", "proxy", "serve"]
+    proc = subprocess.Popen(command, env=environ, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

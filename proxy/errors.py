@@ -7,8 +7,10 @@
      ├── Forbidden                     403     forbidden
      ├── NotFound                      404     not_found
      ├── MethodNotAllowed              405     method_not_allowed
+     ├── RequestTimeout                408     request_timeout
      ├── Conflict                      409     conflict
      ├── PayloadTooLarge               413     too_large
+     ├── TooManyRequests               429     too_many_requests  (+ Retry-After)
      ├── NotImplementedHere            501     not_implemented
      └── UpstreamError                 502     bad_gateway
           ├── UpstreamUnavailable      503     service_unavailable
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
@@ -66,12 +69,24 @@ class MethodNotAllowed(CouchgateError):
     status, error = 405, "method_not_allowed"
 
 
+class RequestTimeout(CouchgateError):
+    status, error = 408, "request_timeout"
+
+
 class Conflict(CouchgateError):
     status, error = 409, "conflict"
 
 
 class PayloadTooLarge(CouchgateError):
     status, error = 413, "too_large"
+
+
+class TooManyRequests(CouchgateError):
+    status, error = 429, "too_many_requests"
+
+    def __init__(self, reason: str, retry_after: float = 1.0) -> None:
+        super().__init__(reason, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+        self.retry_after = retry_after
 
 
 class NotImplementedHere(CouchgateError):
@@ -120,12 +135,22 @@ _HTTP_ERRORS = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     409: "conflict",
     412: "precondition_failed",
     413: "too_large",
     415: "bad_content_type",
     416: "requested_range_not_satisfiable",
+    429: "too_many_requests",
+    431: "request_header_fields_too_large",
+    500: "internal_server_error",
+    504: "gateway_timeout",
 }
+
+
+def error_name(status: int) -> str:
+    """CouchDB's `error` for an HTTP status."""
+    return _HTTP_ERRORS.get(status, "error")
 
 
 @web.middleware
@@ -139,9 +164,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        error = _HTTP_ERRORS.get(exc.status, "error")
+        error = error_name(exc.status)
         reason = exc.reason if exc.status != 404 else "missing"
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "www-authenticate"}}
+        kept = {"allow", "www-authenticate", "retry-after"}
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in kept}
         return error_response(exc.status, error, reason, headers)
     except ConnectionResetError:
         # The client went away while we were streaming to it: nothing left to answer.

@@ -47,6 +47,17 @@ def nonneg_int(value: str | None, name: str) -> int | None:
     return number
 
 
+def limit_of(value: str | None, default: int, most: int) -> int:
+    """A `limit` parameter: 1 to `most` (400 otherwise, as the OpenAPI spec says), `default`
+    when absent."""
+    limit = nonneg_int(value, "limit")
+    if limit is None:
+        return default
+    if not 1 <= limit <= most:
+        raise BadRequest(f"limit must be between 1 and {most}")
+    return limit
+
+
 def true(value: str | None) -> bool:
     return value is not None and value.lower() == "true"
 

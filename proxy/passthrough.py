@@ -19,6 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 from proxy.access.paths import BadPath, CouchPath
 from proxy.auth import acting
 from proxy.auth.principal import Principal
+from proxy.clients import client_view
 from proxy.couch.client import LIVE_FEEDS, MAPPED_ERRORS
 from proxy.errors import BadRequest, PayloadTooLarge
 from proxy.keys import COUCH, SETTINGS
@@ -39,6 +40,13 @@ HOP_BY_HOP = {
 }
 # Credentials are never copied from the client blindly: each principal gets its own.
 CREDENTIAL_HEADERS = {"authorization", "cookie"}
+# The only client headers forwarded to CouchDB (see `upstream_request_headers`): content
+# negotiation, the body's framing and type, revisions and ranges, COPY's destination.
+FORWARDED_REQUEST_HEADERS = frozenset({
+    "accept", "accept-encoding", "content-type", "content-length", "content-encoding", "content-md5",
+    "destination", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range",
+    "range", "user-agent", "x-couch-full-commit",
+})  # fmt: skip
 CHUNK = 64 * 1024
 log = logging.getLogger("couchgate.proxy")
 # A check of the request body that `credentials_for` asked `forward` to make (token callers).
@@ -59,26 +67,27 @@ def parse_path(request: web.Request) -> CouchPath:
 
 
 def upstream_request_headers(request: web.Request, credentials: dict[str, str]) -> CIMultiDict[str]:
+    """What CouchDB receives with a request: the client's headers that CouchDB's protocol
+    needs (an allow-list), the credentials couchgate chose, and `X-Forwarded-*` as couchgate
+    sees the client. Nothing else the client sent goes upstream: CouchDB's proxy
+    authentication reads `X-Auth-CouchDB-*` (or whatever names its config gives), and
+    forwarding headers decide the URLs it builds, so no such header may come from a caller."""
     headers: CIMultiDict[str] = CIMultiDict()
     dropped = hop_by_hop(request.headers)
     for key, value in request.headers.items():
         lower = key.lower()
-        if (
-            lower in dropped
-            or lower in CREDENTIAL_HEADERS
-            or lower.startswith("x-forwarded-")
-            or lower == "origin"
-        ):
-            continue
-        headers.add(key, value)
+        if lower in FORWARDED_REQUEST_HEADERS and lower not in dropped:
+            headers.add(key, value)
     headers.update(credentials)
     if request.query.get("feed") in LIVE_FEEDS:
         # Compressed live feeds stall heartbeats behind the compressor's buffer.
         headers["Accept-Encoding"] = "identity"
-    if request.remote:
-        headers["X-Forwarded-For"] = request.remote
-    headers["X-Forwarded-Proto"] = request.scheme
-    headers["X-Forwarded-Host"] = request.host
+    view = client_view(request)
+    if view.address:
+        headers["X-Forwarded-For"] = view.address
+    headers["X-Forwarded-Proto"] = view.scheme
+    if view.host is not None:
+        headers["X-Forwarded-Host"] = view.host
     return headers
 
 
@@ -107,21 +116,33 @@ def public_base(request: web.Request) -> str:
     configured = request.app[SETTINGS].public_url
     if configured is not None:
         return str(configured).rstrip("/")
-    return f"{request.scheme}://{request.host}"
+    view = client_view(request)
+    return f"{view.scheme}://{view.host or request.host}"
 
 
 async def credentials_for(request: web.Request, principal: Principal, path: CouchPath) -> dict[str, str]:
     """The upstream credentials of this request, or an error if CouchDB's rules deny it."""
-    if path.segments[:1] == ("_session",) or not principal.authenticated:
+    if path.segments[:1] == ("_session",):
         # CouchDB's own session protocol: the client's credentials, exactly as sent.
         return {k: v for k, v in request.headers.items() if k.lower() in CREDENTIAL_HEADERS}
+    if not principal.authenticated:
+        return {}  # anonymous: whatever the client sent was no credential couchgate could read
     if principal.upstream_headers:
+        if path.db == "_users" and not principal.is_admin:
+            # Not every backend keeps CouchDB's `_users` rules (pouchdb-server lets users
+            # change their own roles): couchgate holds these callers to them as it does
+            # token callers, and CouchDB then checks again with their own credentials.
+            await _authorize(request, principal, path)
         return dict(principal.upstream_headers)
     # A token caller: couchgate applies CouchDB's rules, then acts as the service account.
+    await _authorize(request, principal, path)
+    return {"Authorization": request.app[COUCH].service_auth}
+
+
+async def _authorize(request: web.Request, principal: Principal, path: CouchPath) -> None:
     check = await acting.authorize(request, principal, path)
     if check is not None:
         request[BODY_CHECK] = check  # made by `forward`, which reads the body
-    return {"Authorization": request.app[COUCH].service_auth}
 
 
 def rebuilt_query(params: Mapping[str, str] | MultiMapping[str]) -> str:
@@ -164,6 +185,8 @@ async def forward(
     else:
         data = limited_body(request, settings.max_body_bytes) if request.body_exists else None
     headers = upstream_request_headers(request, credentials)
+    if isinstance(data, bytes):
+        headers.popall("Content-Length", None)  # a body given here is measured afresh
     if on_answer is not None:
         headers["Accept-Encoding"] = "identity"  # the audit log reads this answer
     own_credentials = credentials.get("Authorization") != couch.service_auth

@@ -14,9 +14,11 @@ import aiohttp
 import orjson
 import yarl
 from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 
 from proxy.app import create_app
 from proxy.devserver.backend import PouchServer
+from proxy.edge import EdgeRunner
 from proxy.settings import Settings, load_settings
 
 JWT_SECRET = "test-secret-" + "x" * 40
@@ -90,8 +92,15 @@ class Gateway:
             return resp.status, body, resp.headers
 
 
+class GatewayServer(TestServer):
+    """A test server with couchgate's edge rules, as `couchgate serve` runs it."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return EdgeRunner(self.app, **kwargs)
+
+
 async def start_gateway(settings: Settings) -> Gateway:
-    server = TestServer(create_app(settings), host="127.0.0.1")
+    server = GatewayServer(create_app(settings), host="127.0.0.1")
     await server.start_server()
     http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
     return Gateway(f"http://127.0.0.1:{server.port}", settings, http, server)

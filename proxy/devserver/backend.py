@@ -102,6 +102,14 @@ class PouchServer:
         self.stop()
         raise BackendError(f"pouchdb-server did not answer on {self.url} within {timeout:.0f}s")
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def exit_code(self) -> int | None:
+        """The process's exit status once it has ended by itself, else None."""
+        return self._proc.poll() if self._proc is not None else None
+
     def _ready(self) -> bool:
         req = urllib.request.Request(self.url + "/_session", headers={"Authorization": self.auth_header})
         try:

@@ -33,7 +33,7 @@ from proxy.access.config import UserCtx
 from proxy.access.kinds import CONTACT_KINDS, kind_of
 from proxy.access.read import body_readable
 from proxy.audit.api import Outcome
-from proxy.audit.capture import admit, record
+from proxy.audit.capture import admit, intend_docs, record
 from proxy.couch.client import CouchClient, JsonResult
 from proxy.errors import CouchgateError
 from proxy.importer.docs import Invalid, Prepared, branch_rev, branch_would_win, prepare, same_content
@@ -417,6 +417,8 @@ class Importer:
     async def _bulk(self, docs: list[dict[str, Any]], *, new_edits: bool) -> dict[str, dict[str, Any]]:
         """CouchDB's row for each doc, by id. A request CouchDB refuses as a whole for its
         content (400) is split until the doc at fault answers alone."""
+        # The crash-proof audit: the intent is stored before the write (proxy/audit/capture.py).
+        await intend_docs(self.request, self.plan.db_path.strip("/"), docs, new_edits)
         answer = await self._post(f"{self.plan.db_path}/_bulk_docs", {"docs": docs, "new_edits": new_edits})
         if isinstance(answer.body, list):
             return {row["id"]: row for row in answer.body if isinstance(row, dict) and "id" in row}

@@ -28,7 +28,7 @@ from proxy.audit.api import Outcome
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, error_response, json_response
 from proxy.keys import COUCH, SETTINGS
-from proxy.offline import query
+from proxy.offline import checked, query
 from proxy.offline.revisions import failed
 from proxy.offline.view import UserView
 from proxy.params import read_json
@@ -131,6 +131,11 @@ def check_revisions(doc: dict[str, Any], new_edits: bool) -> None:
 
 async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str) -> web.Response:
     body = await read_json(request, request.app[SETTINGS].max_json_bytes)
+    docs, refused = checked.split_bulk(request, db, body)  # docs CouchDB would refuse: rows of their own
+    return checked.with_refused(await _bulk_docs(request, view, db, db_path, body), docs, refused)
+
+
+async def _bulk_docs(request: web.Request, view: UserView, db: str, db_path: str, body: Any) -> web.Response:
     if not isinstance(body, dict) or not isinstance(body.get("docs"), list):
         raise BadRequest("POST body must include `docs` parameter.")
     new_edits = body.get("new_edits", True) is not False
@@ -148,6 +153,7 @@ async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str)
     allowed = [d for d, ok in zip(docs, decisions, strict=True) if ok.allowed]
     upstream: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
     if allowed:
+        await capture.intend_docs(request, db, allowed, new_edits)  # crash-proof audit: stored first
         result = await request.app[COUCH].json(
             "POST", f"{db_path}/_bulk_docs", body={"docs": allowed, "new_edits": new_edits}
         )
@@ -230,6 +236,7 @@ async def write_doc(
         body = await read_json(request, request.app[SETTINGS].max_json_bytes)
         if not isinstance(body, dict):
             raise BadRequest("Document must be a JSON object")
+        checked.check_doc(request, db, body)
         doc = body
         if path.doc_id is not None:
             doc["_id"] = path.doc_id
@@ -247,6 +254,7 @@ async def write_doc(
         return _refusal(request, db, doc, before, decisions[0], action)
     couch = request.app[COUCH]
     target = f"{db_path}/{quote_id(doc['_id'])}"
+    await capture.intend_docs(request, db, [doc], params.get("new_edits", True))
     if request.method == "DELETE":
         result = await couch.json("DELETE", target, params={"rev": rev or ""})
     else:
@@ -288,6 +296,8 @@ async def write_attachment(
             request, db, target_doc, target_doc, capture.outcome_of(status), rev_after, reason, "attachment"
         )
 
+    rev = request.query.get("rev") or request.headers.get("If-Match")
+    await capture.intend(request, db, [capture.planned({"_id": doc_id}, rev=rev)], "attachment")
     return await forward(
         request, path, {"Authorization": request.app[COUCH].service_auth}, on_answer=answered,
         query=query.encode(params),

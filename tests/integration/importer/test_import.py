@@ -355,3 +355,23 @@ async def test_ndjson_import_memory_is_flat_in_the_input_size(
     finally:
         backend.request("DELETE", "/unrelated-mem")
     assert large - small < 12 * 1024, (small, large)  # ten times the input, the same peak (within 12 MB)
+
+
+@pytest.mark.parametrize("mode", ["skip", "overwrite", "keep_both"])
+async def test_reimport_of_integral_floats_is_a_no_op(
+    gateway: Gateway, db: str, users: dict[str, TestUser], backend: PouchServer, mode: str
+) -> None:
+    """`38.0` is stored as `38` by the embedded backend (as JavaScript has it): the same data
+    imported again is `unchanged`, adds no revision and no conflict branch, whatever the mode."""
+    alice, path = users["alice"].auth, f"/{db}/_couchgate/import"
+    docs = [{"_id": f"w{i}", "weight": 38.0, "temp": -0.0, "nested": {"h": [1.0, 2.5]}} for i in range(3)]
+    first = await do_import(gateway, path, alice, docs, f"?on_conflict={mode}")
+    assert {s for _, s in statuses(first)} == {"created"}
+    revs = {d["_id"]: backend.request("GET", f"/{db}/{d['_id']}")[1]["_rev"] for d in docs}
+    again = await do_import(gateway, path, alice, docs, f"?on_conflict={mode}")
+    assert statuses(again) == [(d["_id"], "unchanged") for d in docs]
+    for doc in docs:
+        _, stored = backend.request("GET", f"/{db}/{doc['_id']}?conflicts=true")
+        assert stored["_rev"] == revs[doc["_id"]] and "_conflicts" not in stored, stored
+    changed = await do_import(gateway, path, alice, [{**docs[0], "weight": 38.5}], f"?on_conflict={mode}")
+    assert statuses(changed) != [("w0", "unchanged")]  # a real change is still seen
