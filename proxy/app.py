@@ -36,9 +36,11 @@ from proxy.keys import (
     BACKEND_KIND,
     COUCH,
     INDEX,
+    REMOVALS,
     SECURITY,
     SETTINGS,
     SINCE_CODEC,
+    SINCE_KEY,
     THROTTLE,
     TOKEN_GUARD,
     TOKENS,
@@ -48,6 +50,7 @@ from proxy.logs import request_id_middleware
 from proxy.metrics import METRICS, Metrics, metrics
 from proxy.middlewares import auth_middleware, cors_middleware, on_prepare_cors
 from proxy.offline import scope
+from proxy.offline.removals import Removals
 from proxy.offline.since import SinceCodec
 from proxy.offline.sync import IndexSync
 from proxy.settings import Settings
@@ -71,7 +74,9 @@ def create_app(settings: Settings) -> web.Application:
     app[THROTTLE] = LoginThrottle(throttle_limits(settings))
     app[AUDIT] = NullAudit()
     secret = settings.since_secret or settings.jwt_secret
-    app[SINCE_CODEC] = SinceCodec(secret.get_secret_value().encode() if secret else secrets.token_bytes(32))
+    since_key = secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
+    app[SINCE_CODEC] = SinceCodec(since_key)
+    app[SINCE_KEY] = since_key
     app.cleanup_ctx.append(upstream_ctx)
     app.cleanup_ctx.append(index_ctx)
     app.cleanup_ctx.append(audit_ctx)
@@ -148,7 +153,10 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def index_ctx(app: web.Application) -> AsyncIterator[None]:
     """The scope index of offline users and the one follower that keeps it level with CouchDB."""
-    sync = IndexSync(app[COUCH], app[SETTINGS].db, on_user_change=app[USERS].invalidate)
+    settings = app[SETTINGS]
+    horizon = settings.removals_horizon_days * 86400
+    sync = IndexSync(app[COUCH], settings.db, on_user_change=app[USERS].invalidate, horizon_seconds=horizon)
+    app[REMOVALS] = Removals.of(app[COUCH], sync.path, app[SINCE_KEY], horizon, settings.removals)
     app[INDEX] = sync
     follower = asyncio.create_task(sync.follow(), name="index-follower")
     try:

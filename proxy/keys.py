@@ -14,6 +14,7 @@ from proxy.auth.users import UserInfoCache
 from proxy.couch.backend_kind import BackendKind
 from proxy.couch.client import CouchClient
 from proxy.couch.security_cache import SecurityCache
+from proxy.offline.removals import Removals
 from proxy.offline.since import SinceCodec
 from proxy.offline.sync import IndexSync
 from proxy.settings import Settings
@@ -30,5 +31,7 @@ SECURITY = web.AppKey("security", SecurityCache)
 AUDIT = web.AppKey("audit", AuditSink)
 INDEX = web.AppKey("index", IndexSync)
 SINCE_CODEC = web.AppKey("since_codec", SinceCodec)
+REMOVALS = web.AppKey("removals", Removals)
+SINCE_KEY = web.AppKey("since_key", bytes)  # the secret behind since tokens and made-up revisions
 
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     body_min_bytes: int = Field(default=1024, ge=1)
     max_connections_per_client: int = Field(default=128, ge=1)
 
+    # Devices forget what leaves their user's scope (proxy/offline/removals.py); a device whose
+    # checkpoint is older than the horizon starts over (a full resync, without removals).
+    removals: bool = True
+    removals_horizon_days: float = Field(default=30.0, gt=0)
+
     # Limits and timeouts.
     # CouchDB 3 accepts request bodies up to 4 GiB (max_http_request_size); so do we, streamed.
     max_body_bytes: int = Field(default=4 * 1024**3, ge=1024)

@@ -17,10 +17,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.access.config import UserCtx
+from proxy.access.scope_index import TooOld
 from proxy.errors import BadRequest, dumps, json_response
-from proxy.keys import COUCH
+from proxy.keys import COUCH, REMOVALS
 from proxy.logs import stamp_request_id
 from proxy.offline import leaves, query
+from proxy.offline.ledger import Ledger
+from proxy.offline.removals import Removals, audit_removals, delivery_revs, leave_revs
 from proxy.offline.revisions import failed
 from proxy.offline.since import Since, SinceCodec
 from proxy.offline.view import Entry, UserView
@@ -91,15 +95,33 @@ async def parse_params(request: web.Request) -> FeedParams:
     )
 
 
-class Feed:
-    """Computes pages of one user's changes."""
+@dataclass
+class Page:
+    entries: list[Entry]  # readable docs changed, oldest first
+    removed: list[Entry]  # docs that left the user's scope since the device's position
+    last_seq: str = ""
 
-    def __init__(self, view: UserView, codec: SinceCodec, params: FeedParams) -> None:
+    def __bool__(self) -> bool:
+        return bool(self.entries or self.removed)
+
+
+class Feed:
+    """Computes pages of one user's changes, and what left their scope (`removals`)."""
+
+    def __init__(
+        self, view: UserView, codec: SinceCodec, params: FeedParams, removals: Removals | None = None
+    ) -> None:
         self.view = view
         self.codec = codec
         self.params = params
         self.user = view.user.name
         self.fingerprint = view.fingerprint
+        self.removals = removals if removals is not None and removals.enabled else None
+        # Where the device stands for removals: who the user was then, and when; `everything`:
+        # their scope inputs changed since, so all they could read then is judged again.
+        self.then: UserCtx | None = None
+        self.then_at = 0
+        self.everything = False
         self.ordinal = self._start_ordinal(params.since)
 
     def _start_ordinal(self, raw: str | None) -> int:
@@ -108,15 +130,38 @@ class Feed:
         if raw in (None, "", "0"):
             return 0
         since = self.codec.decode(self.user, raw)
-        if since is None or since.epoch != self.view.epoch or since.fingerprint != self.fingerprint:
-            return 0  # unknown, foreign, or the scope changed: backfill everything readable
+        if since is None or since.epoch != self.view.epoch:
+            return 0  # unknown or foreign: backfill everything readable (and no removals)
+        self.then = UserCtx(self.user, since.roles, since.facilities, since.contact)
+        self.then_at = since.ordinal
+        if since.fingerprint != self.fingerprint:
+            self.everything = True
+            return 0  # the scope changed: backfill everything readable, remove what left
         return since.ordinal
 
     def token(self, ordinal: int) -> str:
-        return self.codec.encode(self.user, Since(self.view.epoch, ordinal, self.fingerprint))
+        user = self.view.user
+        since = Since(
+            self.view.epoch, ordinal, self.fingerprint, user.facility_ids, user.roles, user.contact_id
+        )
+        return self.codec.encode(self.user, since)
 
-    def page(self) -> tuple[list[Entry], str]:
+    def left(self) -> list[Entry]:
+        """What left the user's scope since the device's position (then moves to now)."""
+        if self.removals is None or self.then is None:
+            return []
+        try:
+            gone = self.view.left_scope(self.then, self.then_at, everything=self.everything)
+        except TooOld:
+            gone = []  # older than the index remembers: only a full resync (docs/removals.md)
+        self.then, self.then_at, self.everything = self.view.user, self.view.current_ordinal, False
+        if self.params.doc_ids is not None:
+            gone = [e for e in gone if e.id in self.params.doc_ids]
+        return gone
+
+    def page(self) -> Page:
         """The next rows and the `last_seq` that follows them; advances the feed."""
+        removed = self.left()
         entries = self.view.entries_after(self.ordinal)
         if self.params.doc_ids is not None:
             entries = [e for e in entries if e.id in self.params.doc_ids]
@@ -130,17 +175,33 @@ class Feed:
         else:
             end = current
         self.ordinal = max(self.ordinal, end)
-        return entries, self.token(self.ordinal)
+        return Page(entries, removed, self.token(self.ordinal))
 
     def rows(
-        self, entries: list[Entry], docs: dict[str, dict[str, Any]] | None, leaves: dict[str, list[str]]
+        self,
+        page: Page,
+        docs: dict[str, dict[str, Any]] | None,
+        leaves: dict[str, list[str]],
+        ledger: Ledger | None,
     ) -> list[dict[str, Any]]:
-        """The rows of a page. With `docs` (include_docs), each row shows the body that was
-        read and judged: its revision may be newer than the index's, and a doc whose body
-        could not be served (it left the scope, or is gone) has no row in this page. With
-        `style=all_docs`, a conflict leaf is named only if the user may see it (`leaves`)."""
+        """The rows of a page: first the removals (made-up deletions, `proxy.offline.removals`),
+        then the changes. With `docs` (include_docs), each row shows the body that was read
+        and judged: its revision may be newer than the index's, and a doc whose body could
+        not be served (it left the scope, or is gone) has no row in this page. With
+        `style=all_docs`, a conflict leaf is named only if the user may see it (`leaves`).
+        A doc couchgate made up revisions of before names those the ledger says."""
         rows = []
-        for entry in entries:
+        now = time.time()
+        for entry in page.removed:
+            assert self.removals is not None and ledger is not None
+            live = [entry.rev, *(leaf for leaf in entry.leaves if leaf != entry.rev)]
+            revs = leave_revs(self.removals, ledger, entry.id, live, now)
+            row: dict[str, Any] = {"seq": self.token(entry.ordinal), "id": entry.id,
+                                   "changes": [{"rev": r} for r in revs], "deleted": True}  # fmt: skip
+            if docs is not None:
+                row["doc"] = tombstone(entry.id, revs[0])
+            rows.append(row)
+        for entry in page.entries:
             rev, deleted = entry.rev, entry.deleted
             doc: dict[str, Any] | None = None
             if docs is not None:
@@ -151,7 +212,14 @@ class Feed:
             revs = [rev]
             if self.params.all_docs:
                 revs += [leaf for leaf in leaves.get(entry.id, ()) if leaf not in (rev, entry.rev)]
-            row: dict[str, Any] = {
+            made = (
+                delivery_revs(self.removals, ledger, entry.id, rev, now) if self.removals and ledger else None
+            )
+            if made is not None and not deleted:
+                revs = [*made, *revs[1:]]
+                if doc is not None and made[0] != rev:
+                    doc = {**doc, "_rev": made[0]}
+            row = {
                 "seq": self.token(entry.ordinal),
                 "id": entry.id,
                 "changes": [{"rev": r} for r in revs],
@@ -174,16 +242,23 @@ async def page_leaves(
     return await leaves.visible_leaves(request, feed.view, db_path, conflicted) if conflicted else {}
 
 
-async def page_rows(
-    request: web.Request, feed: Feed, db_path: str, entries: list[Entry]
-) -> list[dict[str, Any]]:
-    """A page's rows, with the bodies and leaves the user may see."""
+async def page_rows(request: web.Request, feed: Feed, db_path: str, page: Page) -> list[dict[str, Any]]:
+    """A page's rows, with the bodies and leaves the user may see, and its removals; the
+    user's ledger is written before any made-up revision it names leaves couchgate."""
+    entries = page.entries
     docs = (
         await fetch_docs(request, feed.view, db_path, entries, feed.params.conflicts)
         if feed.params.include_docs
         else None
     )
-    return feed.rows(entries, docs, await page_leaves(request, feed, db_path, entries))
+    ledger = await feed.removals.ledger(feed.user) if feed.removals is not None and page else None
+    rows = feed.rows(page, docs, await page_leaves(request, feed, db_path, entries), ledger)
+    if ledger is not None and ledger.dirty:
+        assert feed.removals is not None
+        await feed.removals.save(ledger)
+    if page.removed:
+        audit_removals(request, feed.view.sync.db, [e.id for e in page.removed])
+    return rows
 
 
 def tombstone(doc_id: str, rev: str) -> dict[str, Any]:
@@ -203,7 +278,10 @@ def db_info(view: UserView, codec: SinceCodec, db: str) -> web.Response:
     before, handed out a seq this feed cannot resume from: a full backfill.) The counts
     are this user's readable docs as of the index's last sync, not the database's."""
     live, deleted = view.counts()
-    since = Since(view.epoch, view.current_ordinal, view.fingerprint)
+    user = view.user
+    since = Since(
+        view.epoch, view.current_ordinal, view.fingerprint, user.facility_ids, user.roles, user.contact_id
+    )
     return json_response(
         {
             "db_name": db,
@@ -252,14 +330,14 @@ async def changes(
     request: web.Request, view: UserView, codec: SinceCodec, db_path: str
 ) -> web.StreamResponse:
     params = await parse_params(request)
-    feed = Feed(view, codec, params)
+    feed = Feed(view, codec, params, request.app[REMOVALS])
     if params.feed == "continuous":
         return await _continuous(request, feed, db_path)
-    entries, last_seq = feed.page()
-    if params.feed == "longpoll" and not entries:
+    page = feed.page()
+    if params.feed == "longpoll" and not page:
         return await _longpoll(request, feed, db_path)
-    results = await page_rows(request, feed, db_path, entries)
-    return json_response({"results": results, "last_seq": last_seq, "pending": 0})
+    results = await page_rows(request, feed, db_path, page)
+    return json_response({"results": results, "last_seq": page.last_seq, "pending": 0})
 
 
 async def _open_stream(request: web.Request) -> web.StreamResponse:
@@ -289,11 +367,10 @@ async def _wait(feed: Feed, response: web.StreamResponse, deadline: float) -> bo
 async def _longpoll(request: web.Request, feed: Feed, db_path: str) -> web.StreamResponse:
     response = await _open_stream(request)
     deadline = time.monotonic() + feed.params.timeout_ms / 1000
-    entries: list[Entry] = []
-    last_seq = feed.token(feed.ordinal)
-    while not entries and await _wait(feed, response, deadline):
-        entries, last_seq = feed.page()
-    body = {"results": await page_rows(request, feed, db_path, entries), "last_seq": last_seq, "pending": 0}
+    page = Page([], [], feed.token(feed.ordinal))
+    while not page and await _wait(feed, response, deadline):
+        page = feed.page()
+    body = {"results": await page_rows(request, feed, db_path, page), "last_seq": page.last_seq, "pending": 0}
     await response.write(dumps(body) + b"\n")
     await response.write_eof()
     return response
@@ -308,11 +385,12 @@ async def _continuous(request: web.Request, feed: Feed, db_path: str) -> web.Str
     while True:
         if limit:
             feed.params.limit = limit - sent  # never let the page run past what may be sent
-        entries, last_seq = feed.page()
-        if entries:
-            rows = await page_rows(request, feed, db_path, entries)
+        page = feed.page()
+        last_seq = page.last_seq
+        if page:
+            rows = await page_rows(request, feed, db_path, page)
             await response.write(b"".join(dumps(row) + b"\n" for row in rows))
-            sent += len(entries)
+            sent += len(page.entries)
             if limit and sent >= limit:
                 break
             deadline = max(deadline, time.monotonic() + feed.params.timeout_ms / 1000)

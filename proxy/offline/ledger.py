@@ -1,132 +1,114 @@
-"""What couchgate told one user's devices that CouchDB does not hold: the made-up
-revisions of `proxy.offline.derived`, per doc, kept in CouchDB.
+"""What couchgate told one user's devices that CouchDB does not hold: its made-up
+revisions (`proxy.offline.derived`), per doc, kept in CouchDB.
 
-A user's ledger lives in the main database as the `_local` doc
-`_local/couchgate-ledger~<hash of the user>` (never replicated, never in `_changes`), so
-every replica and every restart sees it. Each change bumps its version; a `since` token
-carries the version its device has seen, so couchgate knows which made-up revisions that
-device holds. Per doc it keeps:
-- `rm`: the upstream leaves a removal was made over, and the version it was sent at;
-- `open`: the upstream winners a return was made over and that no later delivery has
-  closed yet; `shut`: those closed (their revisions must still be recognised);
-- `t`: when the doc was last removed (unix seconds), for the scope report and pruning.
-Entries older than the removals horizon are dropped.
+A user's ledger is the `_local` doc `_local/couchgate-ledger~<hash of the user>` of the
+main database (never replicated, never in `_changes`), so every replica and every restart
+knows what each device of the user was told. Per doc it keeps how far the made-up chain
+over each upstream leaf has grown (`chains`), whether the doc is off the user's devices
+now (`gone`), and when it last left (`t`, unix seconds) for the scope report and for
+pruning: a doc back for longer than the removals horizon, with no chain left open, is
+forgotten.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 from proxy.couch.client import CouchClient, quote_id
-from proxy.errors import UpstreamError
+from proxy.errors import UpstreamError, UpstreamUnavailable
 
 PREFIX = "_local/couchgate-ledger~"
 
 
 @dataclass
 class DocState:
-    rm: tuple[str, ...] = ()
-    rm_v: int = 0
-    open: list[str] = field(default_factory=list)
-    shut: list[str] = field(default_factory=list)
+    chains: dict[str, int] = field(default_factory=dict)  # upstream leaf -> chain length
+    gone: bool = False
     t: float = 0.0
 
-    def returned_over(self) -> list[str]:
-        return [*self.open, *self.shut]
-
     def to_json(self) -> dict[str, Any]:
-        return {"rm": list(self.rm), "rm_v": self.rm_v, "open": self.open, "shut": self.shut, "t": self.t}
+        return {"chains": self.chains, "gone": self.gone, "t": self.t}
 
     @classmethod
     def of(cls, raw: Any) -> DocState:
         raw = raw if isinstance(raw, dict) else {}
-        strs = lambda v: [x for x in v if isinstance(x, str)] if isinstance(v, list) else []  # noqa: E731
-        return cls(
-            tuple(strs(raw.get("rm"))),
-            raw.get("rm_v") if isinstance(raw.get("rm_v"), int) else 0,
-            strs(raw.get("open")),
-            strs(raw.get("shut")),
-            float(raw["t"]) if isinstance(raw.get("t"), int | float) else 0.0,
-        )
+        chains = raw.get("chains") if isinstance(raw.get("chains"), dict) else {}
+        kept = {
+            k: v for k, v in chains.items() if isinstance(k, str) and isinstance(v, int) and 0 < v < 10_000
+        }
+        t = raw.get("t")
+        return cls(kept, raw.get("gone") is True, float(t) if isinstance(t, int | float) else 0.0)
 
 
 @dataclass
 class Ledger:
     user: str
-    version: int = 0
     docs: dict[str, DocState] = field(default_factory=dict)
     rev: str | None = None  # the stored `_local` doc's revision
     dirty: bool = False
 
-    def state(self, doc_id: str) -> DocState:
-        return self.docs.get(doc_id) or DocState()
+    def chains(self, doc_id: str) -> dict[str, int]:
+        state = self.docs.get(doc_id)
+        return state.chains if state is not None else {}
 
-    def _bump(self) -> int:
-        if not self.dirty:
-            self.version += 1
+    def grow(self, doc_id: str, leaf: str, length: int) -> None:
+        state = self.docs.setdefault(doc_id, DocState())
+        if state.chains.get(leaf, 0) < length:
+            state.chains[leaf] = length
             self.dirty = True
-        return self.version
 
-    def removed(self, doc_id: str, leaves: tuple[str, ...], now: float) -> None:
+    def mark(self, doc_id: str, gone: bool, now: float) -> None:
         state = self.docs.setdefault(doc_id, DocState())
-        state.rm, state.rm_v, state.t = leaves, self._bump(), now
-        self._close(state)
-
-    def returned(self, doc_id: str, winner: str) -> None:
-        state = self.docs.setdefault(doc_id, DocState())
-        if winner not in state.open:
-            self._bump()
-            state.open.append(winner)
-
-    def delivered(self, doc_id: str) -> None:
-        """An upstream revision was delivered: every open return is closed in the same row."""
-        state = self.docs.get(doc_id)
-        if state is not None and state.open:
-            self._bump()
-            self._close(state)
-
-    @staticmethod
-    def _close(state: DocState) -> None:
-        state.shut = list(dict.fromkeys([*state.shut, *state.open]))
-        state.open = []
-
-    def holds_removal_over(self, doc_id: str, winner: str, seen: int) -> bool:
-        """Whether a device that has seen version `seen` holds a removal made over `winner`."""
-        state = self.docs.get(doc_id)
-        return state is not None and winner in state.rm and 0 < state.rm_v <= seen
+        if state.gone != gone:
+            state.gone, self.dirty = gone, True
+            if gone:
+                state.t = now
 
     def recent(self, since: float) -> int:
-        """How many docs were removed from this user's devices since `since`."""
-        return sum(1 for s in self.docs.values() if s.rm and s.t >= since)
+        """How many docs left this user's scope (and are off their devices) since `since`."""
+        return sum(1 for s in self.docs.values() if s.gone and s.t >= since)
 
     def prune(self, before: float) -> None:
-        for doc_id in [d for d, s in self.docs.items() if s.t < before and not s.open]:
+        stale = [
+            d
+            for d, s in self.docs.items()
+            if s.t < before and not s.gone and all(n % 2 for n in s.chains.values())
+        ]
+        for doc_id in stale:
             del self.docs[doc_id]
+            self.dirty = True
 
     def to_json(self) -> dict[str, Any]:
-        return {"v": self.version, "docs": {d: s.to_json() for d, s in self.docs.items()}}
+        return {"docs": {d: s.to_json() for d, s in self.docs.items()}}
 
     @classmethod
     def of(cls, user: str, raw: Any, rev: str | None) -> Ledger:
         raw = raw if isinstance(raw, dict) else {}
         docs = raw.get("docs") if isinstance(raw.get("docs"), dict) else {}
-        version = raw.get("v") if isinstance(raw.get("v"), int) else 0
-        return cls(user, version, {d: DocState.of(s) for d, s in docs.items() if isinstance(d, str)}, rev)
+        return cls(user, {d: DocState.of(s) for d, s in docs.items() if isinstance(d, str)}, rev)
 
 
 def ledger_id(user: str) -> str:
     return PREFIX + hashlib.sha256(user.encode()).hexdigest()[:32]
 
 
+def merge(mine: Ledger, theirs: Ledger) -> None:
+    """Fold another replica's ledger into this one: chains only grow, and a doc is gone if
+    the later of the two says so."""
+    mine.rev = theirs.rev
+    for doc_id, other in theirs.docs.items():
+        state = mine.docs.setdefault(doc_id, DocState())
+        for leaf, length in other.chains.items():
+            state.chains[leaf] = max(state.chains.get(leaf, 0), length)
+        if other.t > state.t:
+            state.gone, state.t = other.gone, other.t
+
+
 class LedgerStore:
-    """Ledgers read from and written to CouchDB; a read that fails refuses the request
-    (fail closed: without it, a device could be sent a made-up revision twice over, or a
-    doc back under a revision it already holds)."""
+    """Ledgers read from and written to CouchDB. A read that fails refuses the request
+    (fail closed: without it, a device could be told of a made-up revision wrongly)."""
 
     def __init__(self, couch: CouchClient, db_path: str, horizon_seconds: float) -> None:
         self.couch = couch
@@ -145,11 +127,11 @@ class LedgerStore:
         rev = result.body.get("_rev") if isinstance(result.body.get("_rev"), str) else None
         return Ledger.of(user, result.body, rev)
 
-    async def save(self, ledger: Ledger) -> None:
+    async def save(self, ledger: Ledger, now: float) -> None:
         """Write a changed ledger; if another replica wrote it meanwhile, merge and retry."""
         if not ledger.dirty:
             return
-        ledger.prune(time.time() - self.horizon)
+        ledger.prune(now - self.horizon)
         for _ in range(5):
             body: dict[str, Any] = {**ledger.to_json(), "_id": ledger_id(ledger.user)}
             if ledger.rev is not None:
@@ -161,21 +143,5 @@ class LedgerStore:
                 return
             if result.status != 409:
                 raise UpstreamError(f"CouchDB answered {result.status} to a write couchgate needed")
-            theirs = await self.load(ledger.user)
-            merge(ledger, theirs)
-        raise web.HTTPServiceUnavailable(reason="the removals ledger is busy; try again")
-
-
-def merge(mine: Ledger, theirs: Ledger) -> None:
-    """Fold another replica's ledger into this one (union; the later removal wins)."""
-    mine.rev = theirs.rev
-    mine.version = max(mine.version, theirs.version) + 1
-    for doc_id, other in theirs.docs.items():
-        state = mine.docs.get(doc_id)
-        if state is None:
-            mine.docs[doc_id] = other
-            continue
-        if other.rm_v > state.rm_v:
-            state.rm, state.rm_v, state.t = other.rm, other.rm_v, other.t
-        state.shut = list(dict.fromkeys([*state.shut, *other.shut]))
-        state.open = [w for w in dict.fromkeys([*state.open, *other.open]) if w not in state.shut]
+            merge(ledger, await self.load(ledger.user))
+        raise UpstreamUnavailable("the removals ledger is busy; try again")

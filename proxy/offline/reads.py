@@ -15,8 +15,10 @@ from aiohttp import web
 from proxy.access.paths import CouchPath
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, json_response
-from proxy.keys import COUCH
+from proxy.keys import COUCH, REMOVALS
 from proxy.offline import leaves, query
+from proxy.offline.derived import Made
+from proxy.offline.removals import made_doc
 from proxy.offline.revisions import MISSING, REV, failed, missing_revs, not_found, service
 from proxy.offline.view import UserView
 from proxy.params import read_json
@@ -51,6 +53,10 @@ async def revs_diff(request: web.Request, view: UserView, db_path: str) -> web.R
         isinstance(v, list) and all(isinstance(r, str) for r in v) for v in body.values()
     ):
         raise BadRequest("_revs_diff needs an object of doc ids to arrays of revisions")
+    # Revisions couchgate made up (proxy.offline.removals) are the device's already: never missing.
+    made = await made_up(request, view, [(doc_id, rev) for doc_id, revs in body.items() for rev in revs])
+    body = {doc_id: [r for r in revs if (doc_id, r) not in made] for doc_id, revs in body.items()}
+    body = {doc_id: revs for doc_id, revs in body.items() if revs}
     readable = view.readable_ids(body)
     answer: dict[str, Any] = {
         doc_id: {"missing": revs} for doc_id, revs in body.items() if doc_id not in readable
@@ -125,6 +131,10 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Re
     if not isinstance(raw_docs, list):
         raise BadRequest('_bulk_get needs {"docs": [{"id": ..., "rev": ...}, ...]}')
     docs = [_bulk_get_item(d) for d in raw_docs]
+    made = await made_up(request, view, [(d["id"], d["rev"]) for d in docs if "rev" in d])
+    synthesized = await made_docs(request, view, db_path, made)
+    docs_asked = docs
+    docs = [d for d in docs if (d["id"], d.get("rev")) not in made]
     readable = await view.readable_now(d["id"] for d in docs)
     latest = params.get("latest", False)
     missing_pairs: set[tuple[str, str]] = set()
@@ -153,13 +163,68 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Re
             raise failed(result)
         answered = dict(zip(distinct, rows, strict=True))
     results = []
-    for d in docs:
+    for d in docs_asked:
+        pair = (d["id"], d.get("rev"))
+        if pair in made:
+            body = synthesized.get(pair)
+            results.append({"id": d["id"], "docs": [{"ok": body}]} if body else _missing_row(*pair))
+            continue
         row = answered.get(orjson.dumps(d, option=orjson.OPT_SORT_KEYS))
         if row is None:
             results.append(_missing_row(d["id"], d.get("rev")))
         else:
             results.append(_servable_revisions(view, copy.deepcopy(row)))
     return json_response({"results": results})
+
+
+async def made_up(
+    request: web.Request, view: UserView, pairs: list[tuple[str, str]]
+) -> dict[tuple[str, str], Made]:
+    """Of these (doc, rev) pairs, the revisions couchgate made up for this user's devices."""
+    removals = request.app[REMOVALS]
+    candidates = [(doc_id, rev) for doc_id, rev in pairs if not view.is_leaf(doc_id, rev)]
+    if not removals.enabled or not candidates:
+        return {}
+    ledger = await removals.ledger(view.user.name)
+    found = {}
+    for doc_id, rev in candidates:
+        made = removals.recognise(ledger, doc_id, rev)
+        if made is not None:
+            found[(doc_id, rev)] = made
+    return found
+
+
+async def made_docs(
+    request: web.Request, view: UserView, db_path: str, made: dict[tuple[str, str], Made]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The bodies of made-up revisions, grown from their upstream leaves (read once, with
+    their history): a deletion always (it shows nothing), a return only while the doc and
+    the leaf's body are the user's to read."""
+    if not made:
+        return {}
+    wanted = list(dict.fromkeys((doc_id, m.upstream) for (doc_id, _), m in made.items()))
+    result = await request.app[COUCH].json(
+        "POST", f"{db_path}/_bulk_get", body={"docs": [{"id": i, "rev": r} for i, r in wanted]},
+        params={"revs": "true"},
+    )  # fmt: skip
+    rows = result.body.get("results") if result.ok and isinstance(result.body, dict) else None
+    if not isinstance(rows, list) or len(rows) != len(wanted):
+        raise failed(result)
+    upstream: dict[tuple[str, str], dict[str, Any]] = {}
+    for pair, row in zip(wanted, rows, strict=True):
+        item = row.get("docs", [{}])[0] if isinstance(row, dict) and row.get("docs") else {}
+        if isinstance(item, dict) and isinstance(item.get("ok"), dict):
+            upstream[pair] = item["ok"]
+    readable = view.readable_ids(doc_id for doc_id, _ in made)
+    bodies = {}
+    for (doc_id, rev), m in made.items():
+        leaf = upstream.get((doc_id, m.upstream))
+        if leaf is None:
+            continue
+        if not m.deleted and (doc_id not in readable or not view.servable(leaf)):
+            continue
+        bodies[(doc_id, rev)] = made_doc(m, doc_id, leaf)
+    return bodies
 
 
 async def _all_docs_rows(

@@ -11,9 +11,9 @@ other users' writes. It carries:
 - `o`: the last ordinal the client has been sent (incremental mode);
 - `f`: a fingerprint of everything besides the contact tree that decides the user's
   scope (facilities, roles, depths, contact, relevant settings);
-- `b`: during a backfill, the last doc id sent (a backfill walks the readable set in doc
-  id order, which every replica agrees on), and `o` is then the ordinal the backfill
-  started from in epoch `e`.
+- `fa`, `ro`, `co`: the user's facilities, roles and contact when the token was made (the
+  device holds what that user could read then: `proxy.access.history`);
+- `lv`: the version of the user's removals ledger the device has seen.
 
 Reading one back never fails: a token that is unknown, forged, for another user, or from
 another epoch yields a `Since` that restarts safely (a backfill), never a gap.
@@ -37,14 +37,12 @@ class Since:
     epoch: str
     ordinal: int
     fingerprint: str
-    backfill_after: str | None = None  # None: incremental; "" or an id: backfilling
-
-    @property
-    def backfilling(self) -> bool:
-        return self.backfill_after is not None
-
-
-START = Since(epoch="", ordinal=0, fingerprint="", backfill_after="")
+    # Who the user was when the device got here (what their scope was then), and the
+    # version of their removals ledger the device has seen (proxy.offline.ledger).
+    facilities: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    contact: str | None = None
+    ledger: int = 0
 
 
 NONCE = 12
@@ -55,9 +53,10 @@ class SinceCodec:
         self._aead = AESGCM(hashlib.sha256(b"couchgate since tokens\0" + key).digest())
 
     def encode(self, user: str, since: Since) -> str:
-        body: dict[str, object] = {"u": user, "e": since.epoch, "o": since.ordinal, "f": since.fingerprint}
-        if since.backfill_after is not None:
-            body["b"] = since.backfill_after
+        body: dict[str, object] = {
+            "u": user, "e": since.epoch, "o": since.ordinal, "f": since.fingerprint,
+            "fa": since.facilities, "ro": since.roles, "co": since.contact, "lv": since.ledger,
+        }  # fmt: skip
         nonce = os.urandom(NONCE)
         sealed = self._aead.encrypt(nonce, orjson.dumps(body), user.encode())
         return base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
@@ -75,12 +74,21 @@ class SinceCodec:
         if not isinstance(body, dict) or body.get("u") != user:
             return None
         epoch, ordinal, fingerprint = body.get("e"), body.get("o"), body.get("f")
-        after = body.get("b")
         if not isinstance(epoch, str) or not isinstance(ordinal, int) or not isinstance(fingerprint, str):
             return None
-        if after is not None and not isinstance(after, str):
+        facilities, roles, contact, ledger = (
+            body.get("fa", []),
+            body.get("ro", []),
+            body.get("co"),
+            body.get("lv", 0),
+        )
+        if (
+            not isinstance(facilities, list) or not all(isinstance(f, str) for f in facilities)
+            or not isinstance(roles, list) or not all(isinstance(r, str) for r in roles)
+            or not (contact is None or isinstance(contact, str)) or not isinstance(ledger, int)
+        ):  # fmt: skip
             return None
-        return Since(epoch=epoch, ordinal=max(ordinal, 0), fingerprint=fingerprint, backfill_after=after)
+        return Since(epoch, max(ordinal, 0), fingerprint, tuple(facilities), tuple(roles), contact, ledger)
 
 
 def fingerprint(*parts: object) -> str:

@@ -39,6 +39,7 @@ import gc
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -71,7 +72,11 @@ UNAVAILABLE = "couchgate cannot reach CouchDB right now; try again shortly"
 
 class IndexSync:
     def __init__(
-        self, couch: CouchClient, db: str, on_user_change: Callable[[str], None] | None = None
+        self,
+        couch: CouchClient,
+        db: str,
+        on_user_change: Callable[[str], None] | None = None,
+        horizon_seconds: float = 30 * 86400,
     ) -> None:
         self.couch = couch
         self.db = db
@@ -95,6 +100,10 @@ class IndexSync:
         self.failing: str | None = None
         self.probes = 0  # probes CouchDB did not answer (the follower asks every PROBE_INTERVAL)
         self._round_error: str | None = None  # the outcome of the newest round
+        # How long the index remembers its past (what left a user's scope can be told to a
+        # device whose checkpoint is younger than this): (ordinal, when) after each round.
+        self.horizon = horizon_seconds
+        self._marks: deque[tuple[int, float]] = deque()
 
     # -- syncing ---------------------------------------------------------------------------
 
@@ -141,6 +150,8 @@ class IndexSync:
                 freeze_long_lived()
         self.built.set()
         self.last_sync_at = time.monotonic()
+        if applied:
+            self._remember(self.last_sync_at)
         if applied:
             async with self._changed:
                 self._changed.notify_all()
@@ -196,7 +207,18 @@ class IndexSync:
         except Exception:
             log.exception("index could not act on the change of %.200s", doc_id)
 
+    def _remember(self, now: float) -> None:
+        """Mark where the index is now, and forget the past beyond the horizon."""
+        self._marks.append((self.index.ordinal, now))
+        forget = None
+        while self._marks and self._marks[0][1] < now - self.horizon:
+            forget = self._marks.popleft()[0]
+        if forget is not None:
+            self.index.history.forget_before(forget)
+
     def _use_settings(self, doc: dict[str, Any] | None) -> None:
+        if self.index.ordinal:
+            self.index.settings_changed(self.settings)  # at the settings doc's own ordinal
         self.settings = AppSettings.from_doc(doc)
         self.index.set_person_types(self.settings.person_types)
         for problem in self.settings.problems:

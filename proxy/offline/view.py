@@ -62,6 +62,12 @@ class UserView:
     def current_ordinal(self) -> int:
         return self.sync.index.ordinal
 
+    def left_scope(self, then: UserCtx, ordinal: int, *, everything: bool) -> list[Entry]:
+        """Docs `then` could read at `ordinal` that this user cannot read now."""
+        return list(
+            self.sync.index.left_scope(self.user, self.settings, then, ordinal, everything=everything)
+        )
+
     def entries_after(self, ordinal: int) -> list[Entry]:
         """Readable docs (tombstones included) changed after `ordinal`, oldest first."""
         return list(self.sync.index.changes_since(self.user, self.settings, ordinal))

@@ -159,9 +159,70 @@ async function conflict(cmd) {
   return {pushes};
 }
 
+// {"op": "session"}: devices that live as long as the process, driven by JSON lines on
+// stdin, one answer line each on stdout:
+//   {"cmd": "pull"|"push", "device", "url", "auth"} -> replication stats (errors, denied);
+//   {"cmd": "docs", "device"} -> the device's live docs (allDocs, include_docs, conflicts);
+//   {"cmd": "put", "device", "doc"} -> a local write;
+//   {"cmd": "live", "device", "url", "auth"} -> starts a live pull (answers at once);
+//   {"cmd": "until", "device", "absent": [ids], "present": [ids], "timeout_ms"} -> waits until
+//     the device holds none of `absent` and all of `present` (a live pull's work);
+//   {"cmd": "stop"} ends the session.
+async function session() {
+  const devices = {};
+  const lives = {};
+  const device = (name) => (devices[name] = devices[name] || new PouchDB('dev-' + name + '-' + Math.random(), {adapter: 'memory'}));
+  const held = async (name) => (await device(name).allDocs({include_docs: true, conflicts: true})).rows.map((r) => r.doc);
+  const stats = (res) => ({ok: res.ok, docs_read: res.docs_read, docs_written: res.docs_written,
+    doc_write_failures: res.doc_write_failures, errors: res.errors.map((e) => ({id: e.id, name: e.name}))});
+  const readline = require('readline');
+  const lines = readline.createInterface({input: process.stdin});
+  for await (const line of lines) {
+    const cmd = JSON.parse(line);
+    let answer;
+    try {
+      if (cmd.cmd === 'stop') {
+        Object.values(lives).forEach((r) => r.cancel());
+        process.stdout.write(JSON.stringify({stopped: true}) + '\n');
+        break;
+      } else if (cmd.cmd === 'pull') {
+        answer = stats(await device(cmd.device).replicate.from(remote(cmd.url, cmd.auth)));
+      } else if (cmd.cmd === 'push') {
+        let denied = 0;
+        const rep = device(cmd.device).replicate.to(remote(cmd.url, cmd.auth));
+        rep.on('denied', () => { denied += 1; });
+        answer = {...stats(await rep), denied};
+      } else if (cmd.cmd === 'docs') {
+        answer = {docs: await held(cmd.device)};
+      } else if (cmd.cmd === 'put') {
+        answer = await device(cmd.device).put(cmd.doc);
+      } else if (cmd.cmd === 'live') {
+        lives[cmd.device] = device(cmd.device).replicate.from(remote(cmd.url, cmd.auth), {live: true, retry: true, heartbeat: 1000});
+        answer = {live: true};
+      } else if (cmd.cmd === 'until') {
+        const deadline = Date.now() + (cmd.timeout_ms || 30000);
+        let ids = [];
+        for (;;) {
+          ids = (await held(cmd.device)).map((d) => d._id);
+          const done = (cmd.absent || []).every((i) => !ids.includes(i)) && (cmd.present || []).every((i) => ids.includes(i));
+          if (done || Date.now() > deadline) {
+            answer = {done, ids};
+            break;
+          }
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
+    } catch (err) {
+      answer = {error: String(err && (err.message || err)), status: err && err.status};
+    }
+    process.stdout.write(JSON.stringify(answer) + '\n');
+  }
+  return {ended: true};
+}
+
 async function main() {
   const cmd = JSON.parse(process.argv[2]);
-  const ops = {sync, pull_push: pullPush, live, pull_timed: pullTimed, conflict};
+  const ops = {sync, pull_push: pullPush, live, pull_timed: pullTimed, conflict, session};
   const result = await ops[cmd.op](cmd);
   process.stdout.write(JSON.stringify(result) + '\n');
 }

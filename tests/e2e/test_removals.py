@@ -1,0 +1,170 @@
+"""Devices forget what leaves their scope, and get it back when it returns: real PouchDB 9
+devices, kept across steps, against the real test backend (tests/offline_data.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from proxy.devserver.backend import PouchServer
+
+from e2e_support import PouchSession
+from offline_data import PASSWORD, lineage
+from support import Gateway, audit_entries, audited_gateway, eventually
+
+pytestmark = pytest.mark.e2e
+
+HOUSEHOLD = {"house1", "p1", "p2", "r_p1", "r_p2", "r_house1"}  # house1, its people, their reports
+
+
+def pw(name: str) -> str:
+    return PASSWORD.format(name)
+
+
+def upstream(backend: PouchServer, db: str, doc_id: str) -> dict[str, Any]:
+    status, body = backend.request("GET", f"/{db}/{doc_id}")
+    assert status == 200, body
+    return dict(body)
+
+
+def rev_trees(backend: PouchServer, db: str, ids: set[str]) -> dict[str, Any]:
+    """Every leaf of each doc, with its history: what CouchDB holds of it."""
+    trees = {}
+    for doc_id in sorted(ids):
+        status, body = backend.request("GET", f"/{db}/{doc_id}?revs=true&open_revs=all")
+        assert status == 200, body
+        trees[doc_id] = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return trees
+
+
+def move_house(backend: PouchServer, db: str, *parents: str) -> None:
+    house = upstream(backend, db, "house1")
+    status, body = backend.request("PUT", f"/{db}/house1", {**house, "parent": lineage(*parents)})
+    assert status == 201, body
+
+
+def content(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if not k.startswith("_")}
+
+
+@pytest.fixture
+async def audited(backend: PouchServer, medic: str) -> AsyncIterator[Gateway]:
+    async with audited_gateway(backend, medic, auth_cache_seconds=0.5) as gw:
+        yield gw
+
+
+async def test_a_household_moved_away_leaves_the_device_and_comes_back(
+    audited: Gateway, medic: str, backend: PouchServer
+) -> None:
+    async with PouchSession(f"{audited.url}/{medic}") as pouch:
+        first = await pouch.device("pull", "a", "chw1", pw("chw1"))
+        assert first["ok"] and set(await pouch.docs("a")) >= HOUSEHOLD
+        await pouch.device("live", "live", "chw1", pw("chw1"))  # a second device, listening
+        assert (await pouch.call({"cmd": "until", "device": "live", "present": sorted(HOUSEHOLD)}))["done"]
+
+        move_house(backend, medic, "area2", "hc1", "district1")  # into chw2's area
+        trees = rev_trees(backend, medic, HOUSEHOLD)
+
+        pulled = await pouch.device("pull", "a", "chw1", pw("chw1"))
+        assert pulled["ok"] and pulled["errors"] == []
+        held = set(await pouch.docs("a"))
+        assert not held & HOUSEHOLD, held & HOUSEHOLD
+        assert {"area1", "chw1_person", "task_chw1", "settings"} <= held  # the rest stays
+        gone = await pouch.call({"cmd": "until", "device": "live", "absent": sorted(HOUSEHOLD)})
+        assert gone["done"], gone  # the live pull took them off too
+
+        pushed = await pouch.device("push", "a", "chw1", pw("chw1"))
+        assert pushed["ok"] and pushed["errors"] == [] and pushed["denied"] == 0, pushed
+        assert rev_trees(backend, medic, HOUSEHOLD) == trees  # nothing was written upstream
+
+        theirs = await pouch.device("pull", "b", "chw2", pw("chw2"))
+        assert theirs["ok"] and set(await pouch.docs("b")) >= HOUSEHOLD
+
+        move_house(backend, medic, "area1", "hc1", "district1")  # back
+        back = await pouch.device("pull", "a", "chw1", pw("chw1"))
+        assert back["ok"] and back["errors"] == []
+        docs = await pouch.docs("a")
+        assert set(docs) >= HOUSEHOLD
+        for doc_id in HOUSEHOLD:
+            assert content(docs[doc_id]) == content(upstream(backend, medic, doc_id)), doc_id
+            assert "_conflicts" not in docs[doc_id]
+        assert (await pouch.call({"cmd": "until", "device": "live", "present": sorted(HOUSEHOLD)}))["done"]
+
+        # An edit of a doc that came back lands upstream and wins.
+        p1 = docs["p1"]
+        await pouch.call({"cmd": "put", "device": "a", "doc": {**p1, "name": "edited on the device"}})
+        pushed = await pouch.device("push", "a", "chw1", pw("chw1"))
+        assert pushed["ok"] and pushed["errors"] == [] and pushed["denied"] == 0, pushed
+        assert upstream(backend, medic, "p1")["name"] == "edited on the device"
+        again = await pouch.device("pull", "a", "chw1", pw("chw1"))
+        assert again["ok"] and (await pouch.docs("a"))["p1"]["name"] == "edited on the device"
+
+    removals = await audit_entries(audited, backend, "&action=removal")
+    assert removals and all(e["user"] == "chw1" for e in removals)
+    assert any(set(e["details"]["docs"]) == HOUSEHOLD for e in removals), removals
+
+
+async def test_a_facility_taken_away_and_a_depth_reduced(
+    audited: Gateway, medic: str, backend: PouchServer
+) -> None:
+    async with PouchSession(f"{audited.url}/{medic}") as pouch:
+        assert (await pouch.device("pull", "a", "chw1", pw("chw1")))["ok"]
+        assert {"area1", "chw1_person", "p1"} <= set(await pouch.docs("a"))
+
+        # The depth: chw 2 -> 1 (p1, p2 at depth 2 leave, and the reports about them).
+        settings = upstream(backend, medic, "settings")
+        settings["settings"]["replication_depth"] = [{"role": "chw", "depth": 1}]
+        assert backend.request("PUT", f"/{medic}/settings", settings)[0] == 201
+        assert (await pouch.device("pull", "a", "chw1", pw("chw1")))["ok"]
+        held = set(await pouch.docs("a"))
+        assert not held & {"p1", "p2", "r_p1", "r_p2"} and {"house1", "area1", "r_house1"} <= held, held
+
+        # The facility: area1 -> house1 (area1 and what hangs off it but house1 leave). The
+        # user doc is the session's: put back afterwards.
+        _, user = backend.request("GET", "/_users/org.couchdb.user:chw1")
+        assert (
+            backend.request("PUT", "/_users/org.couchdb.user:chw1", {**user, "facility_id": "house1"})[0]
+            == 201
+        )
+        try:
+
+            async def narrowed() -> bool:
+                await pouch.device("pull", "a", "chw1", pw("chw1"))
+                return "area1" not in await pouch.docs("a")
+
+            assert await eventually(narrowed, within=15)
+            held = set(await pouch.docs("a"))
+            assert "chw1_person" not in held and "house1" in held, held
+            pushed = await pouch.device("push", "a", "chw1", pw("chw1"))
+            assert pushed["ok"] and pushed["errors"] == [] and pushed["denied"] == 0, pushed
+        finally:
+            _, changed = backend.request("GET", "/_users/org.couchdb.user:chw1")
+            backend.request(
+                "PUT", "/_users/org.couchdb.user:chw1", {**changed, "facility_id": user["facility_id"]}
+            )
+
+
+async def test_an_unpushed_edit_stays_on_the_device_and_its_push_is_denied_and_audited(
+    audited: Gateway, medic: str, backend: PouchServer
+) -> None:
+    async with PouchSession(f"{audited.url}/{medic}") as pouch:
+        assert (await pouch.device("pull", "a", "chw1", pw("chw1")))["ok"]
+        p2 = (await pouch.docs("a"))["p2"]
+        await pouch.call({"cmd": "put", "device": "a", "doc": {**p2, "name": "edited before the move"}})
+        move_house(backend, medic, "area2", "hc1", "district1")
+        assert (await pouch.device("pull", "a", "chw1", pw("chw1")))["ok"]
+        docs = await pouch.docs("a")
+        assert docs["p2"]["name"] == "edited before the move"  # not silently lost: still shown
+        assert "p1" not in docs
+        pushed = await pouch.device("push", "a", "chw1", pw("chw1"))
+        assert pushed["denied"] == 1 and pushed["doc_write_failures"] == 1, pushed
+        assert upstream(backend, medic, "p2")["name"] == "p2"
+
+    async def refused() -> bool:
+        entries = await audit_entries(audited, backend, "&outcome=forbidden&doc=p2")
+        return any(e["user"] == "chw1" for e in entries)
+
+    assert await eventually(refused)
