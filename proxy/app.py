@@ -39,6 +39,7 @@ from proxy.keys import (
     SECURITY,
     SETTINGS,
     SINCE_CODEC,
+    SINCE_KEY,
     THROTTLE,
     TOKEN_GUARD,
     TOKENS,
@@ -71,7 +72,9 @@ def create_app(settings: Settings) -> web.Application:
     app[THROTTLE] = LoginThrottle(throttle_limits(settings))
     app[AUDIT] = NullAudit()
     secret = settings.since_secret or settings.jwt_secret
-    app[SINCE_CODEC] = SinceCodec(secret.get_secret_value().encode() if secret else secrets.token_bytes(32))
+    since_key = secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
+    app[SINCE_CODEC] = SinceCodec(since_key)
+    app[SINCE_KEY] = since_key
     app.cleanup_ctx.append(upstream_ctx)
     app.cleanup_ctx.append(index_ctx)
     app.cleanup_ctx.append(audit_ctx)
