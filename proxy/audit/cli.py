@@ -99,12 +99,19 @@ def checkpoints_from_log(lines: Iterable[str]) -> list[Checkpoint]:
     return list(newest.values())
 
 
+async def verify_log(couch: CouchClient, db: str, checkpoints: Iterable[Checkpoint] = ()) -> ChainChecker:
+    """Every writer's chain checked, entry by entry (`checker.breaks` lists what is wrong)."""
+    checker = ChainChecker(await retention_markers(couch, db), checkpoints)
+    async for entry in chain_entries(couch, db):
+        checker.feed(entry)
+    checker.finish()
+    return checker
+
+
 async def run_verify(settings: Settings, console: Console, checkpoints: Iterable[Checkpoint] = ()) -> int:
     async with couch_client(settings) as couch:
-        checker = ChainChecker(await retention_markers(couch, settings.audit_db), checkpoints)
-        async for entry in chain_entries(couch, settings.audit_db):
-            checker.feed(entry)
-    breaks = checker.finish()
+        checker = await verify_log(couch, settings.audit_db, checkpoints)
+    breaks = checker.breaks
     entries, writers = checker.entries, len(checker.writers)
     if not breaks:
         console.print(f"[green]audit log intact[/green]: {entries} entries from {writers} writers")

@@ -69,6 +69,7 @@ class IndexSync:
         self.on_user_change = on_user_change
         self.built = asyncio.Event()
         self.last_sync_at = 0.0
+        self.restarts = 0  # times the follower lost CouchDB and started again (metrics)
         self._lock = asyncio.Lock()
         self._rounds_started = 0
         self._changed = asyncio.Condition()
@@ -198,6 +199,7 @@ class IndexSync:
                     # A bug must not end the follower for the life of the process: live
                     # feeds would stop waking. Log it and go on after the backoff.
                     log.exception("index follower failed, retrying in %.1fs", backoff)
+                self.restarts += 1
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
         finally:
