@@ -157,6 +157,7 @@ class UsersAtRisk:
         self.warn_limit = 0
         self.refreshed_at: float | None = None
         self.error: str | None = None
+        self._offline: tuple[dict[str, UserCtx], AppSettings, dict[str, UserCtx]] | None = None
         self._passes_started = 0
         self._passes_done = 0
         self._done = asyncio.Condition()
@@ -165,8 +166,13 @@ class UsersAtRisk:
     # -- what the route and the metrics read -------------------------------------------------
 
     def offline_users(self) -> dict[str, UserCtx]:
+        """The users with an offline role, worked out again only when the users or the
+        settings changed."""
         settings = self.sync.settings
-        return {n: u for n, u in self.users.items() if is_offline(u, settings)}
+        if self._offline is None or self._offline[0] is not self.users or self._offline[1] != settings:
+            offline = {n: u for n, u in self.users.items() if is_offline(u, settings)}
+            self._offline = (self.users, settings, offline)
+        return self._offline[2]
 
     def totals(self) -> tuple[int, int, int]:
         offline = self.offline_users()
@@ -268,14 +274,6 @@ def row(name: str, user: UserCtx, counted: Counted | None, activity: Activity, l
     }
 
 
-def sort_key(sort: str) -> Callable[[dict[str, Any]], Any]:
-    if sort == "name":
-        return lambda r: r["name"]
-    # Numbers and times: rows without a value sort as the smallest.
-    field = sort
-    return lambda r: (r[field] is not None, r[field] if r[field] is not None else 0, r["name"])
-
-
 async def list_users(request: web.Request) -> web.Response:
     """Offline users with their docs in scope, warning flag and sync activity."""
     if not request[PRINCIPAL].is_admin:
@@ -309,26 +307,30 @@ class Query:
 
 
 def users_page(risk: UsersAtRisk, activity: Activity, query: Query) -> dict[str, Any]:
-    """The answer of `GET /_couchgate/users`, from what is kept (no counting here)."""
-    rows = []
+    """The answer of `GET /_couchgate/users`, from what is kept (no counting here). Users
+    are filtered and sorted on what the query needs; rows are built for the page only."""
+    picked: list[tuple[str, UserCtx, Counted | None]] = []
     for name, user in risk.offline_users().items():
         if query.name and query.name not in name.lower():
             continue
-        found = row(name, user, risk.counts.get(name), activity, risk.warn_limit)
-        if query.warning is not None and found["warning"] is not query.warning:
+        counted = risk.counts.get(name)
+        if query.warning is not None and (
+            counted is None or (counted.total > risk.warn_limit) is not query.warning
+        ):
             continue
-        rows.append(found)
-    rows.sort(key=sort_key(query.sort), reverse=query.descending)
-    offline, counted, over = risk.totals()
+        picked.append((name, user, counted))
+    picked.sort(key=sort_key(query.sort, activity), reverse=query.descending)
+    page = picked[query.skip : query.skip + query.limit]
+    offline, counted_users, over = risk.totals()
     return {
-        "total_rows": len(rows),
+        "total_rows": len(picked),
         "offset": query.skip,
-        "users": rows[query.skip : query.skip + query.limit],
+        "users": [row(name, user, counted, activity, risk.warn_limit) for name, user, counted in page],
         "warn_limit": risk.warn_limit,
         "offline_users": offline,
-        "counted": counted,
+        "counted": counted_users,
         "over_warn_limit": over,
-        "complete": counted == offline and risk.refreshed_at is not None,
+        "complete": counted_users == offline and risk.refreshed_at is not None,
         "refreshed_at": iso(int(risk.refreshed_at * 1000)) if risk.refreshed_at else None,
         "error": risk.error,
         "activity": {
@@ -337,3 +339,17 @@ def users_page(risk: UsersAtRisk, activity: Activity, query: Query) -> dict[str,
             "window_seconds": activity.window,
         },
     }
+
+
+def sort_key(sort: str, activity: Activity) -> Callable[[tuple[str, UserCtx, Counted | None]], Any]:
+    """Names in order; numbers and times with the users that have none as the smallest."""
+    if sort == "name":
+        return lambda p: p[0]
+    if sort == "docs":
+        return lambda p: (p[2] is not None, p[2].total if p[2] else 0, p[0])
+
+    def by_activity(p: tuple[str, UserCtx, Counted | None]) -> Any:
+        value = getattr(activity.summary(p[0]), sort)
+        return (value is not None, value or 0, p[0])
+
+    return by_activity

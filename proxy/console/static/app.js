@@ -105,11 +105,18 @@ async function checkSession() {
   showLogin();
 }
 
+// Who is logged in (null: nobody) decides what is shown: the login form, or the pages.
+function signedIn(name) {
+  const inside = name !== null;
+  $('#login').hidden = inside;
+  $('#nav').hidden = !inside;
+  $('#who').hidden = !inside;
+  if (!inside) $('#page').hidden = true;
+  $('#who-name').textContent = name || '';
+}
+
 function showLogin(message) {
-  $('#nav').hidden = true;
-  $('#who').hidden = true;
-  $('#page').hidden = true;
-  $('#login').hidden = false;
+  signedIn(null);
   $('#login-error').textContent = message || '';
   $('#login-name').focus();
 }
@@ -141,10 +148,7 @@ async function logout() {
 }
 
 function startApp(name) {
-  $('#login').hidden = true;
-  $('#nav').hidden = false;
-  $('#who').hidden = false;
-  $('#who-name').textContent = name;
+  signedIn(name);
   route();
 }
 
@@ -317,7 +321,7 @@ function auditPage(root) {
 
   const form = el('form', {class: 'filters', onsubmit: (e) => { e.preventDefault(); marks.length = 1; load(0); }},
     field('Doc id', inputs.doc), field('User', inputs.user), field('Action', inputs.action),
-    field('Outcome', inputs.outcome), field('Since', inputs.since), field('Until', inputs.until),
+    field('Outcome', inputs.outcome), field('Since (your local time)', inputs.since), field('Until (your local time)', inputs.until),
     el('button', {type: 'submit'}, 'Filter'));
   root.append(el('h1', {}, 'Audit log'), form,
     el('div', {class: 'actions'}, el('button', {type: 'button', onclick: verify}, 'Verify the hash chain')),
