@@ -21,6 +21,7 @@ import time
 from base64 import b64decode
 from http.cookies import CookieError, SimpleCookie
 
+from proxy import observe
 from proxy.auth.principal import ANONYMOUS, AuthMethod, Principal
 from proxy.auth.throttle import LoginThrottle, LoginThrottled
 from proxy.auth.token_guard import TokenGuard, TokenRefused
@@ -99,6 +100,7 @@ class Authenticator:
         else:
             wait = self.throttle.admit(name, client, password)
             if wait is not None:
+                observe.auth_throttled()  # metrics
                 raise LoginThrottled(name, wait)
             try:
                 user, roles = await session_user(self.couch, {"Authorization": header}, client)

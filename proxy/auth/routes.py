@@ -8,6 +8,7 @@ from urllib.parse import parse_qs
 import orjson
 from aiohttp import web
 
+from proxy import observe
 from proxy.audit.api import Outcome
 from proxy.audit.capture import record
 from proxy.auth.authenticator import CHALLENGE, check_password
@@ -133,6 +134,7 @@ def throttled(
     """Refuse (429, audited) a login that the throttle holds back."""
     wait = request.app[THROTTLE].admit(name, client, password)
     if wait is not None:
+        observe.auth_throttled()  # metrics
         error = LoginThrottled(name, wait)
         record(request, action, "denied", user=name, reason=error.reason)
         raise error
