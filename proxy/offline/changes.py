@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy import observe
 from proxy.access.config import UserCtx
 from proxy.access.scope_index import TooOld
 from proxy.errors import BadRequest, dumps, json_response
@@ -331,6 +332,8 @@ async def changes(
 ) -> web.StreamResponse:
     params = await parse_params(request)
     feed = Feed(view, codec, params, request.app[REMOVALS])
+    if feed.ordinal == 0 and params.since not in (None, "", "0", "now"):
+        observe.backfill_started()  # metrics: a since token that could not be resumed
     if params.feed == "continuous":
         return await _continuous(request, feed, db_path)
     page = feed.page()
