@@ -166,7 +166,10 @@ async def index_ctx(app: web.Application) -> AsyncIterator[None]:
     """The scope index of offline users and the one follower that keeps it level with CouchDB."""
     settings = app[SETTINGS]
     horizon = settings.removals_horizon_days * 86400
-    sync = IndexSync(app[COUCH], settings.db, on_user_change=app[USERS].invalidate, horizon_seconds=horizon)
+    sync = IndexSync(
+        app[COUCH], settings.db, on_user_change=app[USERS].invalidate, horizon_seconds=horizon,
+        skew_seconds=settings.clock_skew_seconds,
+    )  # fmt: skip
     app[REMOVALS] = Removals.of(app[COUCH], sync.path, app[SINCE_KEY], horizon, settings.removals)
     app[INDEX] = sync
     follower = asyncio.create_task(sync.follow(), name="index-follower")

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     # checkpoint is older than the horizon starts over (a full resync, without removals).
     removals: bool = True
     removals_horizon_days: float = Field(default=30.0, gt=0)
+    # How far apart the clocks of couchgate's replicas may be (NTP keeps them within
+    # milliseconds): a since token handed out by another replica, or before a restart, is
+    # placed in this replica's index by wall-clock times, widened by this much.
+    clock_skew_seconds: float = Field(default=5.0, ge=0, le=3600)
 
     # Limits and timeouts.
     # CouchDB 3 accepts request bodies up to 4 GiB (max_http_request_size); so do we, streamed.

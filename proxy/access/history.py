@@ -12,11 +12,16 @@ horizon of ordinals back:
 - the settings before each change.
 Before the horizon (`History.since`), nothing is kept: an older position cannot be
 judged again (the caller then starts the device over).
+
+It also keeps `Marks`: where the index stood against CouchDB over time, so a position
+another replica or an earlier process handed out (which names CouchDB's state by wall
+clock, not by this index's ordinals) can be placed between two of this index's ordinals.
 """
 
 from __future__ import annotations
 
 import bisect
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -37,6 +42,69 @@ class Version:
     born: int
 
 
+class Marks:
+    """Where the index stood against CouchDB, over time: for each mark, an ordinal and two
+    wall-clock times (ms): `level`, when a read of CouchDB began whose every change the
+    index held at that ordinal (so the index there holds all CouchDB held at `level`), and
+    `applied`, when the index reached that ordinal (so it holds nothing CouchDB did not
+    hold at `applied`). Marks closer than `grain` ms are merged into the later one (a
+    coarser mark places a position less tightly, never wrongly). Compact arrays: one
+    mark costs 24 bytes."""
+
+    def __init__(self, grain_ms: int = 5000) -> None:
+        self.grain = grain_ms
+        self.ordinals = array("q")
+        self.levels = array("q")
+        self.applied = array("q")
+
+    def __len__(self) -> int:
+        return len(self.ordinals)
+
+    def mark(self, ordinal: int, level_ms: int, applied_ms: int) -> None:
+        """The index reached `ordinal` by `applied_ms`, level with CouchDB as of `level_ms`
+        (times never go back: a clock stepped back is read as the last time seen)."""
+        n = len(self.ordinals)
+        if n:
+            level_ms, applied_ms = max(level_ms, self.levels[-1]), max(applied_ms, self.applied[-1])
+        if n and self.ordinals[-1] == ordinal:
+            self.levels[-1] = level_ms  # no change since: level later
+            return
+        if n > 1 and applied_ms - self.applied[-2] < self.grain:
+            self.ordinals[-1], self.levels[-1], self.applied[-1] = ordinal, level_ms, applied_ms
+            return
+        self.ordinals.append(ordinal)
+        self.levels.append(level_ms)
+        self.applied.append(applied_ms)
+
+    def level_at(self, ordinal: int) -> int:
+        """A time (ms) at which CouchDB held nothing the index at `ordinal` lacks: the level
+        of the newest mark at or before it (0 when there is none)."""
+        i = bisect.bisect_right(self.ordinals, ordinal)
+        return self.levels[i - 1] if i else 0
+
+    def floor(self, at_ms: int) -> int | None:
+        """The newest ordinal at which the index held nothing CouchDB had not written by
+        `at_ms`; None when the marks do not reach back that far."""
+        i = bisect.bisect_right(self.applied, at_ms)
+        return self.ordinals[i - 1] if i else None
+
+    def ceiling(self, at_ms: int) -> int | None:
+        """The oldest ordinal at which the index held all CouchDB had written by `at_ms`;
+        None when the index has not been level since then."""
+        i = bisect.bisect_left(self.levels, at_ms)
+        return self.ordinals[i] if i < len(self.levels) else None
+
+    def forget_before(self, applied_ms: int) -> int | None:
+        """Drop the marks applied before `applied_ms` but the newest of them (a floor for
+        what follows). Returns that mark's ordinal, before which the past may be forgotten
+        (None: no mark is that old)."""
+        i = bisect.bisect_left(self.applied, applied_ms)
+        if i == 0:
+            return None
+        del self.ordinals[: i - 1], self.levels[: i - 1], self.applied[: i - 1]
+        return self.ordinals[0]
+
+
 @dataclass
 class History:
     since: int = 0  # ordinals after this one are fully recorded
@@ -46,6 +114,7 @@ class History:
     tree: list[tuple[int, str, ContactNode | None]] = field(default_factory=list)  # (changed at, id, before)
     departed: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # key -> (left at, doc id)
     settings: list[tuple[int, AppSettings]] = field(default_factory=list)  # (changed at, settings before)
+    marks: Marks = field(default_factory=Marks)
 
     # -- recording ------------------------------------------------------------------------
 

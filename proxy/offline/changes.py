@@ -1,10 +1,15 @@
 """`GET|POST /{db}/_changes` for offline users, read from the scope index.
 
 Rows come from the user's own postings in the index, so a request costs the user's docs,
-not the database's. `since` values are couchgate's own tokens (`proxy.offline.since`):
-a token from another epoch, for another user, or from before a change of the user's
-scope inputs restarts the feed from the beginning (a backfill, never a gap); a contact
-moving into the scope re-sequences the docs keyed on it, so those arrive as changes.
+not the database's. `since` values are couchgate's own tokens (`proxy.offline.since`). A token of this
+index's epoch resumes at its ordinal. One from another replica, or from before a restart
+that lost the index's snapshot, is placed between two ordinals of this index by the
+wall-clock times it carries (`UserView.place`): the feed resumes from the earlier (docs
+changed in between are sent again, which a device ignores), and what left the scope is
+judged at both. A token this index cannot place (older than its marks), for another user,
+or from before a change of the user's scope inputs restarts the feed from the beginning
+(a backfill, never a gap); a contact moving into the scope re-sequences the docs keyed on
+it, so those arrive as changes.
 """
 
 from __future__ import annotations
@@ -121,7 +126,7 @@ class Feed:
         # Where the device stands for removals: who the user was then, and when; `everything`:
         # their scope inputs changed since, so all they could read then is judged again.
         self.then: UserCtx | None = None
-        self.then_at = 0
+        self.then_at: tuple[int, ...] = ()  # one ordinal, or two bracketing a foreign token
         self.everything = False
         self.ordinal = self._start_ordinal(params.since)
 
@@ -131,31 +136,37 @@ class Feed:
         if raw in (None, "", "0"):
             return 0
         since = self.codec.decode(self.user, raw)
-        if since is None or since.epoch != self.view.epoch:
-            return 0  # unknown or foreign: backfill everything readable (and no removals)
+        if since is None:
+            return 0  # unknown: backfill everything readable (and no removals)
+        if since.epoch == self.view.epoch:
+            self.then_at = (since.ordinal,)
+        else:
+            span = self.view.place(since.level, since.issued)
+            if span is None:
+                return 0  # older than this index can vouch for: backfill, no removals
+            self.then_at = span
         self.then = UserCtx(self.user, since.roles, since.facilities, since.contact)
-        self.then_at = since.ordinal
         if since.fingerprint != self.fingerprint:
             self.everything = True
             return 0  # the scope changed: backfill everything readable, remove what left
-        return since.ordinal
+        return self.then_at[0]
 
     def token(self, ordinal: int) -> str:
-        user = self.view.user
-        since = Since(
-            self.view.epoch, ordinal, self.fingerprint, user.facility_ids, user.roles, user.contact_id
-        )
-        return self.codec.encode(self.user, since)
+        return issue(self.view, self.codec, ordinal)
 
     def left(self) -> list[Entry]:
         """What left the user's scope since the device's position (then moves to now)."""
         if self.removals is None or self.then is None:
             return []
-        try:
-            gone = self.view.left_scope(self.then, self.then_at, everything=self.everything)
-        except TooOld:
-            gone = []  # older than the index remembers: only a full resync (docs/removals.md)
-        self.then, self.then_at, self.everything = self.view.user, self.view.current_ordinal, False
+        found: dict[str, Entry] = {}
+        for at in self.then_at:
+            try:
+                for entry in self.view.left_scope(self.then, at, everything=self.everything):
+                    found.setdefault(entry.id, entry)
+            except TooOld:
+                pass  # older than the index remembers: only a backfill (docs/removals.md)
+        gone = sorted(found.values(), key=lambda e: e.ordinal)
+        self.then, self.then_at, self.everything = self.view.user, (self.view.current_ordinal,), False
         if self.params.doc_ids is not None:
             gone = [e for e in gone if e.id in self.params.doc_ids]
         return gone
@@ -262,6 +273,17 @@ async def page_rows(request: web.Request, feed: Feed, db_path: str, page: Page) 
     return rows
 
 
+def issue(view: UserView, codec: SinceCodec, ordinal: int) -> str:
+    """The user's token for `ordinal`: where it stands in this index, who the user is, and
+    between which times CouchDB's state lies that a device holding it has."""
+    user = view.user
+    since = Since(
+        view.epoch, ordinal, view.fingerprint, user.facility_ids, user.roles, user.contact_id,
+        level=view.level_at(ordinal), issued=time.time_ns() // 1_000_000,
+    )  # fmt: skip
+    return codec.encode(user.name, since)
+
+
 def tombstone(doc_id: str, rev: str) -> dict[str, Any]:
     return {"_id": doc_id, "_rev": rev, "_deleted": True}
 
@@ -279,16 +301,12 @@ def db_info(view: UserView, codec: SinceCodec, db: str) -> web.Response:
     before, handed out a seq this feed cannot resume from: a full backfill.) The counts
     are this user's readable docs as of the index's last sync, not the database's."""
     live, deleted = view.counts()
-    user = view.user
-    since = Since(
-        view.epoch, view.current_ordinal, view.fingerprint, user.facility_ids, user.roles, user.contact_id
-    )
     return json_response(
         {
             "db_name": db,
             "doc_count": live,
             "doc_del_count": deleted,
-            "update_seq": codec.encode(view.user.name, since),
+            "update_seq": issue(view, codec, view.current_ordinal),
             "purge_seq": 0,
             "compact_running": False,
             "sizes": {"active": 0, "external": 0, "file": 0},

@@ -13,10 +13,13 @@ other users' writes. It carries:
   scope (facilities, roles, depths, contact, relevant settings);
 - `fa`, `ro`, `co`: the user's facilities, roles and contact when the token was made (the
   device holds what that user could read then: `proxy.access.history`);
-- `lv`: the version of the user's removals ledger the device has seen.
+- `lt`, `it`: wall-clock times (ms) between which CouchDB's state lies that the device
+  holds: it holds everything CouchDB held at `lt` and nothing CouchDB did not hold at `it`.
+  Another replica, or this one after a restart without its snapshot, places the token
+  between two of its own ordinals by them (`proxy.offline.changes.Feed`).
 
-Reading one back never fails: a token that is unknown, forged, for another user, or from
-another epoch yields a `Since` that restarts safely (a backfill), never a gap.
+Reading one back never fails: a token that is unknown, forged, or for another user yields
+None, and the feed restarts safely (a backfill), never with a gap.
 """
 
 from __future__ import annotations
@@ -37,12 +40,13 @@ class Since:
     epoch: str
     ordinal: int
     fingerprint: str
-    # Who the user was when the device got here (what their scope was then), and the
-    # version of their removals ledger the device has seen (proxy.offline.ledger).
+    # Who the user was when the device got here (what their scope was then).
     facilities: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
     contact: str | None = None
-    ledger: int = 0
+    # The device holds CouchDB's state as of some time between these (wall clock, ms).
+    level: int = 0
+    issued: int = 0
 
 
 NONCE = 12
@@ -55,7 +59,8 @@ class SinceCodec:
     def encode(self, user: str, since: Since) -> str:
         body: dict[str, object] = {
             "u": user, "e": since.epoch, "o": since.ordinal, "f": since.fingerprint,
-            "fa": since.facilities, "ro": since.roles, "co": since.contact, "lv": since.ledger,
+            "fa": since.facilities, "ro": since.roles, "co": since.contact,
+            "lt": since.level, "it": since.issued,
         }  # fmt: skip
         nonce = os.urandom(NONCE)
         sealed = self._aead.encrypt(nonce, orjson.dumps(body), user.encode())
@@ -76,19 +81,18 @@ class SinceCodec:
         epoch, ordinal, fingerprint = body.get("e"), body.get("o"), body.get("f")
         if not isinstance(epoch, str) or not isinstance(ordinal, int) or not isinstance(fingerprint, str):
             return None
-        facilities, roles, contact, ledger = (
-            body.get("fa", []),
-            body.get("ro", []),
-            body.get("co"),
-            body.get("lv", 0),
-        )
+        facilities, roles, contact = body.get("fa", []), body.get("ro", []), body.get("co")
+        level, issued = body.get("lt", 0), body.get("it", 0)
         if (
             not isinstance(facilities, list) or not all(isinstance(f, str) for f in facilities)
             or not isinstance(roles, list) or not all(isinstance(r, str) for r in roles)
-            or not (contact is None or isinstance(contact, str)) or not isinstance(ledger, int)
+            or not (contact is None or isinstance(contact, str))
+            or not isinstance(level, int) or not isinstance(issued, int)
         ):  # fmt: skip
             return None
-        return Since(epoch, max(ordinal, 0), fingerprint, tuple(facilities), tuple(roles), contact, ledger)
+        return Since(
+            epoch, max(ordinal, 0), fingerprint, tuple(facilities), tuple(roles), contact, level, issued
+        )
 
 
 def fingerprint(*parts: object) -> str:

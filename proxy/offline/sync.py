@@ -39,7 +39,6 @@ import gc
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -70,6 +69,10 @@ PROBE_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE, TimeoutError)
 UNAVAILABLE = "couchgate cannot reach CouchDB right now; try again shortly"
 
 
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class IndexSync:
     def __init__(
         self,
@@ -77,6 +80,7 @@ class IndexSync:
         db: str,
         on_user_change: Callable[[str], None] | None = None,
         horizon_seconds: float = 30 * 86400,
+        skew_seconds: float = 5.0,
     ) -> None:
         self.couch = couch
         self.db = db
@@ -102,9 +106,10 @@ class IndexSync:
         self.probes = 0  # probes CouchDB did not answer (the follower asks every PROBE_INTERVAL)
         self._round_error: str | None = None  # the outcome of the newest round
         # How long the index remembers its past (what left a user's scope can be told to a
-        # device whose checkpoint is younger than this): (ordinal, when) after each round.
+        # device whose checkpoint is younger than this); marks of where it stood, over time,
+        # are kept in its history (`proxy.access.history.Marks`).
         self.horizon = horizon_seconds
-        self._marks: deque[tuple[int, float]] = deque()
+        self.skew_ms = int(skew_seconds * 1000)  # how far replicas' clocks may be apart
 
     # -- syncing ---------------------------------------------------------------------------
 
@@ -139,20 +144,20 @@ class IndexSync:
                     raise UpstreamUnavailable(UNAVAILABLE, headers=RETRY_AFTER)
                 return
             self._rounds_started += 1
+            started = wall_ms()  # the index will hold all CouchDB held by now
             try:
                 applied = await self._pull()
             except RETRYABLE as exc:
                 self._round_error = self.failing = _why(exc)
                 raise
             self._round_error = self.failing = None
+            self._remember(started, wall_ms())
             self._rows_unfrozen += applied
             if self._rows_unfrozen >= FREEZE_EVERY_ROWS:
                 self._rows_unfrozen = 0
                 freeze_long_lived()
         self.built.set()
         self.last_sync_at = time.monotonic()
-        if applied:
-            self._remember(self.last_sync_at)
         if applied:
             async with self._changed:
                 self._changed.notify_all()
@@ -208,14 +213,19 @@ class IndexSync:
         except Exception:
             log.exception("index could not act on the change of %.200s", doc_id)
 
-    def _remember(self, now: float) -> None:
-        """Mark where the index is now, and forget the past beyond the horizon."""
-        self._marks.append((self.index.ordinal, now))
-        forget = None
-        while self._marks and self._marks[0][1] < now - self.horizon:
-            forget = self._marks.popleft()[0]
-        if forget is not None:
-            self.index.history.forget_before(forget)
+    def _remember(self, level_ms: int, now_ms: int) -> None:
+        """Mark where the index stands against CouchDB, and forget the past beyond the horizon."""
+        history = self.index.history
+        history.marks.mark(self.index.ordinal, level_ms, now_ms)
+        oldest = history.marks.forget_before(now_ms - int(self.horizon * 1000))
+        if oldest is not None:
+            history.forget_before(oldest)
+
+    @property
+    def level_ms(self) -> int:
+        """When CouchDB held nothing the index lacks now (wall clock, ms; 0 before a build)."""
+        marks = self.index.history.marks
+        return marks.levels[-1] if len(marks) else 0
 
     def _use_settings(self, doc: dict[str, Any] | None) -> None:
         if self.index.ordinal:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -40,6 +42,9 @@ def user_ctx(principal: Principal) -> UserCtx:
     )
 
 
+log = logging.getLogger(__name__)
+
+
 @dataclass
 class UserView:
     sync: IndexSync
@@ -62,6 +67,29 @@ class UserView:
     @property
     def current_ordinal(self) -> int:
         return self.sync.index.ordinal
+
+    def level_at(self, ordinal: int) -> int:
+        """When (wall clock, ms) CouchDB held nothing the index at `ordinal` lacks."""
+        return self.sync.index.history.marks.level_at(ordinal)
+
+    def place(self, level_ms: int, issued_ms: int) -> tuple[int, ...] | None:
+        """Two ordinals of this index around a position handed out elsewhere (another
+        replica, an earlier process): the device there holds all CouchDB held at `level_ms`
+        and nothing it did not hold at `issued_ms`. The first ordinal holds no more than
+        CouchDB held at `level_ms`, the second all it held at `issued_ms`, each widened by
+        the clocks' allowed skew. None when this index's marks do not reach back that far."""
+        history = self.sync.index.history
+        skew = self.sync.skew_ms
+        ahead = issued_ms - time.time_ns() // 1_000_000
+        if ahead > skew:
+            log.warning("a since token issued %d ms ahead of this clock: replicas' clocks disagree", ahead)
+            return None  # from the future: the clocks cannot be trusted to place it
+        low = history.marks.floor(level_ms - skew)
+        if level_ms <= 0 or low is None or not history.covers(low):
+            return None
+        high = history.marks.ceiling(issued_ms + skew)
+        high = self.current_ordinal if high is None else max(high, low)
+        return (low,) if high == low else (low, high)
 
     def left_scope(self, then: UserCtx, ordinal: int, *, everything: bool) -> list[Entry]:
         """Docs `then` could read at `ordinal` that this user cannot read now."""
