@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from collections.abc import AsyncIterator
 
@@ -54,8 +55,11 @@ from proxy.middlewares import auth_middleware, cors_middleware, on_prepare_cors
 from proxy.offline import scope
 from proxy.offline.removals import Removals
 from proxy.offline.since import SinceCodec
+from proxy.offline.snapshot import Snapshots
 from proxy.offline.sync import IndexSync
 from proxy.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -166,19 +170,31 @@ async def index_ctx(app: web.Application) -> AsyncIterator[None]:
     """The scope index of offline users and the one follower that keeps it level with CouchDB."""
     settings = app[SETTINGS]
     horizon = settings.removals_horizon_days * 86400
+    snapshots = None
+    if settings.state_dir is not None:
+        if settings.since_secret or settings.jwt_secret:
+            snapshots = Snapshots(settings.state_dir, settings.db, app[SINCE_KEY])
+        else:
+            log.warning("COUCHGATE_STATE_DIR needs COUCHGATE_SINCE_SECRET: the index is not saved")
     sync = IndexSync(
         app[COUCH], settings.db, on_user_change=app[USERS].invalidate, horizon_seconds=horizon,
-        skew_seconds=settings.clock_skew_seconds,
+        skew_seconds=settings.clock_skew_seconds, snapshots=snapshots,
     )  # fmt: skip
     app[REMOVALS] = Removals.of(app[COUCH], sync.path, app[SINCE_KEY], horizon, settings.removals)
     app[INDEX] = sync
-    follower = asyncio.create_task(sync.follow(), name="index-follower")
+    tasks = [asyncio.create_task(sync.follow(), name="index-follower")]
+    if snapshots is not None:
+        saver = sync.keep_saving(settings.snapshot_interval_seconds)
+        tasks.append(asyncio.create_task(saver, name="index-snapshots"))
     try:
         yield
     finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        sync.save_snapshot()  # at shutdown: the next start resumes from here
 
 
 async def audit_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -83,6 +84,11 @@ class Settings(BaseSettings):
     # milliseconds): a since token handed out by another replica, or before a restart, is
     # placed in this replica's index by wall-clock times, widened by this much.
     clock_skew_seconds: float = Field(default=5.0, ge=0, le=3600)
+    # Where the scope index is saved (proxy/offline/snapshot.py), so a restart resumes in
+    # seconds with its since tokens and removals exact; unset: rebuilt from CouchDB at start.
+    # Needs COUCHGATE_SINCE_SECRET (or the JWT secret): the snapshot is signed with it.
+    state_dir: Path | None = None
+    snapshot_interval_seconds: float = Field(default=300.0, ge=1)
 
     # Limits and timeouts.
     # CouchDB 3 accepts request bodies up to 4 GiB (max_http_request_size); so do we, streamed.

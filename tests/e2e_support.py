@@ -71,6 +71,6 @@ class PouchSession:
         auth = {"basic": [user, password]}
         return await self.call({"cmd": op, "device": device, "url": self.url, "auth": auth, **extra})
 
-    async def docs(self, device: str) -> dict[str, dict[str, Any]]:
-        answer = await self.call({"cmd": "docs", "device": device})
+    async def docs(self, device: str, *, attachments: bool = False) -> dict[str, dict[str, Any]]:
+        answer = await self.call({"cmd": "docs", "device": device, "attachments": attachments})
         return {d["_id"]: d for d in answer["docs"]}

@@ -19,6 +19,7 @@ from aiohttp.web_runner import BaseRunner
 from proxy.app import create_app
 from proxy.devserver.backend import PouchServer
 from proxy.edge import EdgeRunner
+from proxy.keys import INDEX
 from proxy.settings import Settings, load_settings
 
 JWT_SECRET = "test-secret-" + "x" * 40
@@ -144,6 +145,18 @@ async def eventually(check: Any, within: float = 10.0, step: float = 0.05) -> bo
             return True
         await asyncio.sleep(step)
     return bool(await check())
+
+
+async def index_level(gw: Gateway, backend: PouchServer, db: str) -> None:
+    """Wait until the gateway's scope index holds every change the database holds now."""
+    _, info = backend.request("GET", f"/{db}")
+    target = int(str(info["update_seq"]).split("-", 1)[0])
+    sync = gw.server.app[INDEX]
+
+    async def level() -> bool:
+        return sync.built.is_set() and int(str(sync.since).split("-", 1)[0]) >= target
+
+    assert await eventually(level, within=30), f"the index did not reach seq {target}"
 
 
 def assert_couch_error(status: int, body: Any, expected_status: int, error: str | None = None) -> None:

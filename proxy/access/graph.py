@@ -36,6 +36,9 @@ class ContactNode:
     shortcode: str | None  # never a reserved value
     live: bool = True
 
+    def __reduce__(self) -> tuple[type[ContactNode], tuple[object, ...]]:  # a plain tuple (snapshots)
+        return ContactNode, (self.id, self.parent, self.shortcode, self.live)
+
 
 class ContactGraph(Protocol):
     def contact(self, contact_id: str) -> ContactNode | None: ...

@@ -41,6 +41,9 @@ class Version:
     facts: ReportFacts | None
     born: int
 
+    def __reduce__(self) -> tuple[type[Version], tuple[object, ...]]:  # a plain tuple (snapshots)
+        return Version, (self.deleted, self.kind, self.keys, self.facts, self.born)
+
 
 class Marks:
     """Where the index stood against CouchDB, over time: for each mark, an ordinal and two
@@ -169,6 +172,12 @@ class History:
             if replaced_at > ordinal:
                 return old if old.born <= ordinal else None
         return current if current.born <= ordinal else None
+
+    def versions_born(self, doc_id: str, after: int, until: int, current: Version) -> list[Version]:
+        """The doc's versions that began in (`after`, `until`]: what it was at some moment
+        between two ordinals (a position known only to lie between them)."""
+        spans = [old for _, old in self.versions.get(doc_id, ())] + [current]
+        return [v for v in spans if after < v.born <= until]
 
     def departed_from(self, key: str, after: int) -> Iterator[str]:
         for left_at, doc_id in self.departed.get(key, ()):

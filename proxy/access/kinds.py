@@ -124,6 +124,9 @@ class ReportFacts:
     private: bool
     signoff: tuple[str, ...]  # with `fields.needs_signoff`: the submitter's lineage
 
+    def __reduce__(self) -> tuple[type[ReportFacts], tuple[object, ...]]:  # a plain tuple (snapshots)
+        return ReportFacts, (self.subject, self.code_field, self.submitter, self.private, self.signoff)
+
 
 def report_subject(doc: Mapping[str, Any]) -> tuple[str | None, bool]:
     """The subject value and whether its field may hold a shortcode (`patient_id`,

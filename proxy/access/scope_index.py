@@ -53,6 +53,12 @@ class Entry:
     person: bool | None = None  # for contacts: person (True) or place (False)
     born: int = 0  # the ordinal at which what the rules read of it last changed (`History`)
 
+    def __reduce__(self) -> tuple[type[Entry], tuple[object, ...]]:
+        # Saved as a plain tuple (proxy/offline/snapshot.py): a slotted dataclass's own
+        # pickling walks its fields in Python, ten times slower at a million entries.
+        return Entry, (self.id, self.rev, self.deleted, self.ordinal, self.leaves, self.kind, self.keys,
+                       self.facts, self.person, self.born)  # fmt: skip
+
 
 @dataclass
 class _UserFeed:
@@ -67,6 +73,9 @@ class _UserFeed:
 
 
 CACHED_USERS = 512
+
+
+WINDOW_POINTS = 64  # moments of a placed position's span judged for what left (at most)
 
 
 class ScopeIndex:
@@ -89,6 +98,15 @@ class ScopeIndex:
         self._feeds: OrderedDict[UserCtx, _UserFeed] = OrderedDict()
         self.person_types: frozenset[str] = frozenset({"person"})
         self.history = History()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a snapshot keeps (proxy.offline.snapshot): everything but the caches."""
+        state = dict(self.__dict__)
+        state["_subjects"], state["_feeds"] = OrderedDict(), OrderedDict()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     # -- ContactGraph -----------------------------------------------------------------------
 
@@ -367,11 +385,21 @@ class ScopeIndex:
         self.history.settings_changed(self.ordinal, before)
 
     def left_scope(
-        self, user: UserCtx, settings: AppSettings, then: UserCtx, ordinal: int, *, everything: bool
+        self,
+        user: UserCtx,
+        settings: AppSettings,
+        then: UserCtx,
+        ordinal: int,
+        *,
+        everything: bool,
+        until: int | None = None,
     ) -> list[Entry]:
         """The docs `then` could read at `ordinal` that `user` cannot read now, live then
         (a device that synced up to `ordinal` holds them). `everything`: the scope inputs
         changed, so every doc readable then is a candidate, not only those changed since.
+        `until`: the device's position lies somewhere in (`ordinal`, `until`] (placed from
+        another process's token): a doc's versions begun in that span count as well, judged
+        against the scope at `ordinal` (a doc created or moved in meanwhile, and gone now).
         Raises `TooOld` for an ordinal before the history's horizon.
 
         Cheap when nothing that decides this user's scope changed: only the docs that
@@ -394,6 +422,7 @@ class ScopeIndex:
             changed_only = True
         now = self.subjects_of(user, settings)
         found: dict[str, Entry] = {}
+
         for key in subj.lookup_keys():
             if changed_only and self.key_max.get(key, 0) <= ordinal:
                 ids: Iterable[str] = history.departed_from(key, ordinal)
@@ -411,7 +440,54 @@ class ScopeIndex:
                     continue  # not there yet, or a tombstone: nothing to take off the device
                 if entry_readable(doc_id, past.kind, past.keys, past.facts, then, settings_then, subj, graph):
                     found[doc_id] = entry
+        if until is not None and until > ordinal:
+            self._left_within(user, settings, then, ordinal, until, now, found)
         return sorted(found.values(), key=lambda e: e.ordinal)
+
+    def _left_within(
+        self,
+        user: UserCtx,
+        settings: AppSettings,
+        then: UserCtx,
+        after: int,
+        until: int,
+        now: Subjects,
+        found: dict[str, Entry],
+    ) -> None:
+        """Add the docs `then` could read at some moment in (`after`, `until`] that `user`
+        cannot read now: the scope is judged as it stood after each change of the tree or
+        the settings in that span (it changes nowhere else), against every version of a
+        doc that was current in it. Over-approximates (a version and a scope that were never
+        current together may meet): a removal sent for a doc the device never held is a
+        tombstone it ignores. Past WINDOW_POINTS such moments, evenly spread ones are
+        judged (docs/removals.md: a scope that flapped in between may be missed)."""
+        history = self.history
+        moments = sorted(
+            {t for t, _, _ in history.tree if after < t <= until}
+            | {t for t, _ in history.settings if after < t <= until}
+            | {until}
+        )
+        if len(moments) > WINDOW_POINTS:
+            step = len(moments) / WINDOW_POINTS
+            moments = sorted({moments[int(i * step)] for i in range(WINDOW_POINTS)} | {moments[-1]})
+        for at in moments:
+            graph = OverlayGraph(self, history.nodes_at(at))
+            settings_at = history.settings_at(at, settings)
+            subj = subjects(then, settings_at, graph)
+            for key in subj.lookup_keys():
+                for doc_id in (*self.postings.get(key, ()), *history.departed_from(key, after)):
+                    entry = self.entries.get(doc_id)
+                    if entry is None or doc_id in found or self._readable(entry, user, settings, now):
+                        continue
+                    current = Version(entry.deleted, entry.kind, entry.keys, entry.facts, entry.born)
+                    versions = [history.version_at(doc_id, after, current)]
+                    versions += history.versions_born(doc_id, after, until, current)
+                    if any(
+                        v is not None and not v.deleted
+                        and entry_readable(doc_id, v.kind, v.keys, v.facts, then, settings_at, subj, graph)
+                        for v in versions
+                    ):  # fmt: skip
+                        found[doc_id] = entry
 
     def _moves_scope(
         self, user: UserCtx, settings: AppSettings, nodes_then: Mapping[str, ContactNode | None]

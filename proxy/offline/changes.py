@@ -138,8 +138,8 @@ class Feed:
         since = self.codec.decode(self.user, raw)
         if since is None:
             return 0  # unknown: backfill everything readable (and no removals)
-        if since.epoch == self.view.epoch:
-            self.then_at = (since.ordinal,)
+        if since.epoch == self.view.epoch or since.ordinal <= self.view.sync.past_epochs.get(since.epoch, -1):
+            self.then_at = (since.ordinal,)  # numbered by this index (before a restart, maybe)
         else:
             span = self.view.place(since.level, since.issued)
             if span is None:
@@ -159,12 +159,18 @@ class Feed:
         if self.removals is None or self.then is None:
             return []
         found: dict[str, Entry] = {}
+        until = self.then_at[-1] if len(self.then_at) > 1 else None
         for at in self.then_at:
             try:
-                for entry in self.view.left_scope(self.then, at, everything=self.everything):
+                found_then = self.view.left_scope(
+                    self.then, at, everything=self.everything, until=until if at != until else None
+                )
+                for entry in found_then:
                     found.setdefault(entry.id, entry)
-            except TooOld:
-                pass  # older than the index remembers: only a backfill (docs/removals.md)
+            except TooOld:  # older than the index remembers: judged from its oldest memory
+                oldest = self.view.sync.index.history.since  # (docs/removals.md, the horizon)
+                for entry in self.view.left_scope(self.then, oldest, everything=True):
+                    found.setdefault(entry.id, entry)
         gone = sorted(found.values(), key=lambda e: e.ordinal)
         self.then, self.then_at, self.everything = self.view.user, (self.view.current_ordinal,), False
         if self.params.doc_ids is not None:
@@ -270,6 +276,7 @@ async def page_rows(request: web.Request, feed: Feed, db_path: str, page: Page) 
         await feed.removals.save(ledger)
     if page.removed:
         audit_removals(request, feed.view.sync.db, [e.id for e in page.removed])
+        observe.removals_sent(len(page.removed))
     return rows
 
 

@@ -41,6 +41,12 @@ async def get_attachment(
         raise not_found()
     winner = view.winner_rev(doc_id)
     if rev is not None and rev != winner:
+        made = (await made_up(request, view, [(doc_id, rev)])).get((doc_id, rev))
+        if made is not None:  # a return carries its upstream leaf's attachments (a removal, none)
+            if made.deleted:
+                raise not_found()
+            rev = made.upstream
+    if rev is not None and rev != winner:
         result = await request.app[COUCH].json("GET", f"{db_path}/{quote_id(doc_id)}", params={"rev": rev})
         if not result.ok or not isinstance(result.body, dict) or not view.servable(result.body):
             raise not_found()
@@ -132,7 +138,7 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Re
         raise BadRequest('_bulk_get needs {"docs": [{"id": ..., "rev": ...}, ...]}')
     docs = [_bulk_get_item(d) for d in raw_docs]
     made = await made_up(request, view, [(d["id"], d["rev"]) for d in docs if "rev" in d])
-    synthesized = await made_docs(request, view, db_path, made)
+    synthesized = await made_docs(request, view, db_path, made, params)
     docs_asked = docs
     docs = [d for d in docs if (d["id"], d.get("rev")) not in made]
     readable = await view.readable_now(d["id"] for d in docs)
@@ -195,17 +201,24 @@ async def made_up(
 
 
 async def made_docs(
-    request: web.Request, view: UserView, db_path: str, made: dict[tuple[str, str], Made]
+    request: web.Request,
+    view: UserView,
+    db_path: str,
+    made: dict[tuple[str, str], Made],
+    params: dict[str, Any],
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """The bodies of made-up revisions, grown from their upstream leaves (read once, with
     their history): a deletion always (it shows nothing), a return only while the doc and
-    the leaf's body are the user's to read."""
+    the leaf's body are the user's to read, with the leaf's attachments as the request
+    asked for them (stubs, or inline with `attachments=true`; PouchDB's replicator then
+    reads each one by the return's revision: `get_attachment`)."""
     if not made:
         return {}
     wanted = list(dict.fromkeys((doc_id, m.upstream) for (doc_id, _), m in made.items()))
+    asked = {k: v for k, v in params.items() if k in {"attachments", "att_encoding_info"}}
     result = await request.app[COUCH].json(
         "POST", f"{db_path}/_bulk_get", body={"docs": [{"id": i, "rev": r} for i, r in wanted]},
-        params={"revs": "true"},
+        params=query.encode({**asked, "revs": True}),
     )  # fmt: skip
     rows = result.body.get("results") if result.ok and isinstance(result.body, dict) else None
     if not isinstance(rows, list) or len(rows) != len(wanted):

@@ -37,7 +37,6 @@ from proxy.couch.client import CouchClient
 from proxy.offline.derived import Deriver, Made
 from proxy.offline.ledger import Ledger, LedgerStore
 
-CACHE_SECONDS = 5.0
 SHOWN_IDS = 100  # doc ids named in one removal audit entry (the count is always whole)
 
 
@@ -52,24 +51,15 @@ class Removals:
         key = hashlib.sha256(b"couchgate made-up revisions\0" + secret).digest()
         return cls(enabled, Deriver(key), LedgerStore(couch, db_path, horizon))
 
-    def __post_init__(self) -> None:
-        self._kept: dict[str, tuple[float, Ledger]] = {}
-
     async def ledger(self, user: str) -> Ledger:
-        """The user's ledger, read from CouchDB at most every CACHE_SECONDS by this process."""
-        now = time.monotonic()
-        hit = self._kept.get(user)
-        if hit is not None and hit[0] > now and not hit[1].dirty:
-            return hit[1]
-        ledger = await self.store.load(user)
-        if len(self._kept) > 10_000:
-            self._kept.clear()
-        self._kept[user] = (now + CACHE_SECONDS, ledger)
-        return ledger
+        """The user's ledger as CouchDB holds it now. Never cached: another replica may
+        have told the user's devices something since (a removal or a return), and a
+        decision on a stale ledger would name revisions the device already has, or miss a
+        made-up one on its way back (one `_local` read per page that needs it)."""
+        return await self.store.load(user)
 
     async def save(self, ledger: Ledger) -> None:
         await self.store.save(ledger, time.time())
-        self._kept[ledger.user] = (time.monotonic() + CACHE_SECONDS, ledger)
 
     def recognise(self, ledger: Ledger, doc_id: str, rev: str) -> Made | None:
         return self.deriver.recognise(doc_id, rev, ledger.chains(doc_id))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from proxy.access.config import UserCtx, is_offline
 from proxy.errors import Forbidden, NotFound, json_response
-from proxy.keys import INDEX, PRINCIPAL, SETTINGS, USERS
+from proxy.keys import INDEX, PRINCIPAL, REMOVALS, SETTINGS, USERS
+
+RECENT_DAYS = 7  # what `left_recently` counts
 
 
 async def user_scope(request: web.Request) -> web.Response:
@@ -29,6 +33,10 @@ async def user_scope(request: web.Request) -> web.Response:
     by_kind = sync.index.count_by_kind(user, sync.settings)
     total = sum(by_kind.values())
     limit = request.app[SETTINGS].scope_warn_docs
+    removals = request.app[REMOVALS]
+    left = (
+        (await removals.ledger(name)).recent(time.time() - RECENT_DAYS * 86400) if removals.enabled else None
+    )
     return json_response(
         {
             "user": name,
@@ -39,5 +47,7 @@ async def user_scope(request: web.Request) -> web.Response:
             "by_kind": by_kind,
             "warn_limit": limit,
             "warning": total > limit,
+            "left_recently": left,
+            "left_recently_days": RECENT_DAYS,
         }
     )

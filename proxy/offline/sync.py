@@ -50,6 +50,7 @@ from proxy.access.scope_index import ScopeIndex
 from proxy.couch.client import MAPPED_ERRORS, CouchClient, fail_fast
 from proxy.errors import UpstreamError, UpstreamUnavailable
 from proxy.offline.leaf_cache import Revisions
+from proxy.offline.snapshot import Snapshots, database_instance, save_forked
 from proxy.offline.welcome import Welcome
 
 log = logging.getLogger("couchgate.index")
@@ -67,6 +68,7 @@ PROBE_TIMEOUT = 1.0
 MAX_BACKOFF = 30.0
 PROBE_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE, TimeoutError)
 UNAVAILABLE = "couchgate cannot reach CouchDB right now; try again shortly"
+PAST_EPOCHS = 100  # earlier epochs whose tokens resume exactly (one per restart)
 
 
 def wall_ms() -> int:
@@ -81,6 +83,7 @@ class IndexSync:
         on_user_change: Callable[[str], None] | None = None,
         horizon_seconds: float = 30 * 86400,
         skew_seconds: float = 5.0,
+        snapshots: Snapshots | None = None,
     ) -> None:
         self.couch = couch
         self.db = db
@@ -110,6 +113,15 @@ class IndexSync:
         # are kept in its history (`proxy.access.history.Marks`).
         self.horizon = horizon_seconds
         self.skew_ms = int(skew_seconds * 1000)  # how far replicas' clocks may be apart
+        # The index saved on disk (proxy.offline.snapshot): restored before the first round.
+        self.snapshots = snapshots
+        self._to_restore = snapshots is not None
+        self._instance: str | None = None  # the database's instance id, once read
+        self.saved_at_ordinal = -1
+        self.restored = False
+        # Earlier epochs of this index (before restarts): the newest ordinal each numbered
+        # alike (what the snapshot held; ordinals after it were numbered again since).
+        self.past_epochs: dict[str, int] = {}
 
     # -- syncing ---------------------------------------------------------------------------
 
@@ -146,6 +158,8 @@ class IndexSync:
             self._rounds_started += 1
             started = wall_ms()  # the index will hold all CouchDB held by now
             try:
+                if self._to_restore:
+                    await self._restore()
                 applied = await self._pull()
             except RETRYABLE as exc:
                 self._round_error = self.failing = _why(exc)
@@ -212,6 +226,83 @@ class IndexSync:
                 self.on_user_change(doc_id[len(USER_PREFIX) :])
         except Exception:
             log.exception("index could not act on the change of %.200s", doc_id)
+
+    # -- the snapshot -------------------------------------------------------------------
+
+    async def _restore(self) -> None:
+        """Take up the saved index if it is this database's (else build from CouchDB)."""
+        assert self.snapshots is not None
+        self._instance = await database_instance(self.couch, self.path)
+        self._to_restore = False
+        state = self.snapshots.load(self._instance)
+        if state is None:
+            return
+        index, epoch, since, settings, past = (
+            state.get(k) for k in ("index", "epoch", "since", "settings", "past_epochs")
+        )
+        if (
+            not isinstance(index, ScopeIndex) or not isinstance(epoch, str)
+            or not isinstance(settings, AppSettings) or not isinstance(past, dict)
+        ):  # fmt: skip
+            log.warning("index snapshot refused (unexpected content): building from CouchDB")
+            return
+        # Tokens of the saved epoch up to the saved ordinal resume exactly; ordinals after
+        # it may have been handed out before the restart for changes numbered otherwise now,
+        # so the index goes on under a new epoch and places those tokens by their times.
+        self.past_epochs = dict(list({**past, epoch: index.ordinal}.items())[-PAST_EPOCHS:])
+        self.index, self.since, self.settings = index, since, settings
+        self._settings_loaded = self.restored = True
+        self.saved_at_ordinal = index.ordinal
+        log.info("index restored from its snapshot at ordinal %d; catching up with CouchDB", index.ordinal)
+
+    def _snapshot_due(self) -> bool:
+        return (
+            self.snapshots is not None and self._instance is not None and self.built.is_set()
+            and self.index.ordinal != self.saved_at_ordinal
+        )  # fmt: skip
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "index": self.index, "epoch": self.epoch, "since": self.since, "settings": self.settings,
+            "past_epochs": self.past_epochs,
+        }  # fmt: skip
+
+    def save_snapshot(self) -> None:
+        """Save the index if it changed since the last save, here (at shutdown: it blocks)."""
+        if not self._snapshot_due():
+            return
+        assert self.snapshots is not None and self._instance is not None
+        started, ordinal = time.perf_counter(), self.index.ordinal
+        try:
+            size = self.snapshots.save(self._instance, self._state())
+        except OSError as exc:
+            log.warning("index snapshot not saved: %s", exc)
+            return
+        self.saved_at_ordinal = ordinal
+        log.info("index snapshot saved: %d bytes in %.2f s", size, time.perf_counter() - started)
+
+    async def save_snapshot_aside(self) -> None:
+        """Save the index if it changed, from a forked copy of this process: the index as
+        it stands at the fork, written while this process goes on serving (pickling a
+        large index takes seconds; memory pages the parent changes meanwhile are copied)."""
+        if not self._snapshot_due():
+            return
+        assert self.snapshots is not None and self._instance is not None
+        started, ordinal = time.perf_counter(), self.index.ordinal
+        ok = await save_forked(self.snapshots, self._instance, self._state())
+        if ok:
+            self.saved_at_ordinal = ordinal
+            log.info("index snapshot saved aside in %.2f s", time.perf_counter() - started)
+        else:
+            log.warning("index snapshot not saved (the saving process failed)")
+
+    async def keep_saving(self, interval: float) -> None:
+        """Save the snapshot once the index is built, then every `interval` seconds while
+        it changes."""
+        await self.built.wait()
+        while True:
+            await self.save_snapshot_aside()
+            await asyncio.sleep(interval)
 
     def _remember(self, level_ms: int, now_ms: int) -> None:
         """Mark where the index stands against CouchDB, and forget the past beyond the horizon."""

@@ -91,10 +91,14 @@ class UserView:
         high = self.current_ordinal if high is None else max(high, low)
         return (low,) if high == low else (low, high)
 
-    def left_scope(self, then: UserCtx, ordinal: int, *, everything: bool) -> list[Entry]:
-        """Docs `then` could read at `ordinal` that this user cannot read now."""
+    def left_scope(
+        self, then: UserCtx, ordinal: int, *, everything: bool, until: int | None = None
+    ) -> list[Entry]:
+        """Docs `then` could read at `ordinal` (or, with `until`, at some point up to it)
+        that this user cannot read now."""
+        index = self.sync.index
         return list(
-            self.sync.index.left_scope(self.user, self.settings, then, ordinal, everything=everything)
+            index.left_scope(self.user, self.settings, then, ordinal, everything=everything, until=until)
         )
 
     def entries_after(self, ordinal: int) -> list[Entry]:

@@ -162,7 +162,8 @@ async function conflict(cmd) {
 // {"op": "session"}: devices that live as long as the process, driven by JSON lines on
 // stdin, one answer line each on stdout:
 //   {"cmd": "pull"|"push", "device", "url", "auth"} -> replication stats (errors, denied);
-//   {"cmd": "docs", "device"} -> the device's live docs (allDocs, include_docs, conflicts);
+//   {"cmd": "docs", "device", "attachments"} -> the device's live docs (allDocs, include_docs,
+//     conflicts; with attachments: true, their data inline in base64);
 //   {"cmd": "put", "device", "doc"} -> a local write;
 //   {"cmd": "live", "device", "url", "auth"} -> starts a live pull (answers at once);
 //   {"cmd": "until", "device", "absent": [ids], "present": [ids], "timeout_ms"} -> waits until
@@ -172,7 +173,8 @@ async function session() {
   const devices = {};
   const lives = {};
   const device = (name) => (devices[name] = devices[name] || new PouchDB('dev-' + name + '-' + Math.random(), {adapter: 'memory'}));
-  const held = async (name) => (await device(name).allDocs({include_docs: true, conflicts: true})).rows.map((r) => r.doc);
+  const held = async (name, attachments) => (await device(name).allDocs(
+    {include_docs: true, conflicts: true, attachments: !!attachments})).rows.map((r) => r.doc);
   const stats = (res) => ({ok: res.ok, docs_read: res.docs_read, docs_written: res.docs_written,
     doc_write_failures: res.doc_write_failures, errors: res.errors.map((e) => ({id: e.id, name: e.name}))});
   const readline = require('readline');
@@ -193,7 +195,7 @@ async function session() {
         rep.on('denied', () => { denied += 1; });
         answer = {...stats(await rep), denied};
       } else if (cmd.cmd === 'docs') {
-        answer = {docs: await held(cmd.device)};
+        answer = {docs: await held(cmd.device, cmd.attachments)};
       } else if (cmd.cmd === 'put') {
         answer = await device(cmd.device).put(cmd.doc);
       } else if (cmd.cmd === 'live') {

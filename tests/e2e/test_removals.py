@@ -3,17 +3,31 @@ devices, kept across steps, against the real test backend (tests/offline_data.py
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from proxy.devserver.backend import PouchServer
+from proxy.keys import INDEX
 
+from balancer import Balancer
 from e2e_support import PouchSession
 from offline_data import PASSWORD, lineage
-from support import Gateway, audit_entries, audited_gateway, eventually
+from support import (
+    Gateway,
+    audit_entries,
+    audited_gateway,
+    basic,
+    eventually,
+    gateway_settings,
+    index_level,
+    start_gateway,
+    stop_gateway,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -75,6 +89,9 @@ async def test_a_household_moved_away_leaves_the_device_and_comes_back(
         assert {"area1", "chw1_person", "task_chw1", "settings"} <= held  # the rest stays
         gone = await pouch.call({"cmd": "until", "device": "live", "absent": sorted(HOUSEHOLD)})
         assert gone["done"], gone  # the live pull took them off too
+        admin = basic(backend.admin_user, backend.admin_password)
+        _, scope, _ = await audited.call("GET", "/_couchgate/users/chw1/scope", auth=admin)
+        assert scope["left_recently"] == len(HOUSEHOLD), scope
 
         pushed = await pouch.device("push", "a", "chw1", pw("chw1"))
         assert pushed["ok"] and pushed["errors"] == [] and pushed["denied"] == 0, pushed
@@ -168,3 +185,79 @@ async def test_an_unpushed_edit_stays_on_the_device_and_its_push_is_denied_and_a
         return any(e["user"] == "chw1" for e in entries)
 
     assert await eventually(refused)
+
+
+async def test_across_a_restart_and_across_replicas(backend: PouchServer, medic: str, tmp_path: Path) -> None:
+    """One address for the device (a balancer); behind it couchgate restarts between two
+    pulls, and another replica answers the next ones. Removals and returns reach the
+    device whichever process answers (tests/integration/offline/test_replicas.py checks
+    that no checkpoint is started over)."""
+    settings = gateway_settings(backend, medic, clock_skew_seconds=0, state_dir=tmp_path)
+    a = await start_gateway(settings)
+    b = await start_gateway(settings.model_copy(update={"state_dir": None}))  # a replica with no state
+    balancer = await Balancer().start(a.url)
+    try:
+        await index_level(a, backend, medic)
+        await index_level(b, backend, medic)
+        async with PouchSession(f"{balancer.url}/{medic}") as pouch:
+            first = await pouch.device("pull", "a", "chw1", pw("chw1"))
+            assert first["ok"] and set(await pouch.docs("a")) >= HOUSEHOLD
+
+            await stop_gateway(a)  # saves the index
+            move_house(backend, medic, "area2", "hc1", "district1")
+            a = await start_gateway(settings)
+            balancer.switch(a.url)
+            pulled = await pouch.device("pull", "a", "chw1", pw("chw1"))
+            assert pulled["ok"] and pulled["errors"] == [], pulled
+            assert a.server.app[INDEX].restored
+            assert not set(await pouch.docs("a")) & HOUSEHOLD
+
+            balancer.switch(b.url)
+            move_house(backend, medic, "area1", "hc1", "district1")
+            await index_level(b, backend, medic)
+            back = await pouch.device("pull", "a", "chw1", pw("chw1"))
+            assert back["ok"] and back["errors"] == [], back
+            docs = await pouch.docs("a")
+            for doc_id in HOUSEHOLD:
+                assert content(docs[doc_id]) == content(upstream(backend, medic, doc_id)), doc_id
+
+            balancer.switch(a.url)
+            move_house(backend, medic, "area2", "hc1", "district1")
+            await index_level(a, backend, medic)
+            trees = rev_trees(backend, medic, HOUSEHOLD)
+            again = await pouch.device("pull", "a", "chw1", pw("chw1"))
+            assert again["ok"] and not set(await pouch.docs("a")) & HOUSEHOLD, again
+            pushed = await pouch.device("push", "a", "chw1", pw("chw1"))
+            assert pushed["ok"] and pushed["errors"] == [] and pushed["denied"] == 0, pushed
+            assert rev_trees(backend, medic, HOUSEHOLD) == trees
+    finally:
+        await balancer.close()
+        await stop_gateway(a)
+        await stop_gateway(b)
+
+
+async def test_a_doc_with_attachments_comes_back_whole(
+    audited: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """A report with a photo leaves with its household and returns unchanged upstream (a
+    made-up return over the same leaf): the device shows it with its attachment's bytes."""
+    photo = bytes(range(256)) * 40
+    report = upstream(backend, medic, "r_p1")
+    report["_attachments"] = {
+        "photo.jpg": {"content_type": "image/jpeg", "data": base64.b64encode(photo).decode()}
+    }
+    assert backend.request("PUT", f"/{medic}/r_p1", report)[0] == 201
+    async with PouchSession(f"{audited.url}/{medic}") as pouch:
+        assert (await pouch.device("pull", "a", "chw1", pw("chw1")))["ok"]
+        held = await pouch.docs("a", attachments=True)
+        assert base64.b64decode(held["r_p1"]["_attachments"]["photo.jpg"]["data"]) == photo
+
+        move_house(backend, medic, "area2", "hc1", "district1")
+        assert (await pouch.device("pull", "a", "chw1", pw("chw1")))["ok"]
+        assert "r_p1" not in await pouch.docs("a")
+        move_house(backend, medic, "area1", "hc1", "district1")
+        back = await pouch.device("pull", "a", "chw1", pw("chw1"))
+        assert back.get("ok") and back["errors"] == [], back
+        held = await pouch.docs("a", attachments=True)
+        assert base64.b64decode(held["r_p1"]["_attachments"]["photo.jpg"]["data"]) == photo
+        assert content(held["r_p1"]) == content(upstream(backend, medic, "r_p1"))

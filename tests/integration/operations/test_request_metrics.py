@@ -17,8 +17,17 @@ from proxy.devserver.backend import PouchServer
 from proxy.keys import COUCH
 from proxy.metrics import index_lag
 
-from offline_data import auth
-from support import Gateway, audited_gateway, basic, eventually, gateway_settings, start_gateway, stop_gateway
+from offline_data import auth, lineage
+from support import (
+    Gateway,
+    audited_gateway,
+    basic,
+    eventually,
+    gateway_settings,
+    index_level,
+    start_gateway,
+    stop_gateway,
+)
 
 
 async def test_requests_by_route_method_status_and_caller(
@@ -234,3 +243,21 @@ async def test_audit_write_failures_are_counted(backend: PouchServer) -> None:
         assert log.write_failures == 2 and log.batches == 0
     finally:
         await session.close()
+
+
+async def test_removals_sent_are_counted(gw: Gateway, medic: str, backend: PouchServer) -> None:
+    first = await gw.call("GET", f"/{medic}/_changes", auth=auth("chw1"))
+    before = await scrape(gw, backend)
+    status, house = backend.request("GET", f"/{medic}/house1")
+    moved = {**house, "parent": lineage("area2", "hc1", "district1")}
+    assert backend.request("PUT", f"/{medic}/house1", moved)[0] == 201
+    await index_level(gw, backend, medic)
+    status, body, _ = await gw.call(
+        "GET", f"/{medic}/_changes?since={first[1]['last_seq']}", auth=auth("chw1")
+    )
+    assert status == 200 and sum(1 for r in body["results"] if r.get("deleted")) == 6, body
+    after = await scrape(gw, backend)
+    grew = after.value("couchgate_offline_removals_sent_total") - before.value(
+        "couchgate_offline_removals_sent_total"
+    )
+    assert grew == 6

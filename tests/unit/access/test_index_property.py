@@ -325,6 +325,36 @@ class IndexMachine(RuleBasedStateMachine):
         assert device["held"] == expected, (user, device["held"] ^ expected, [e.id for e in gone])
         device.update(at=self.index.ordinal, ctx=current, print=scope_inputs(current, app))
 
+    @rule(user=st.sampled_from(USERS), before=st.integers(0, 6), after=st.integers(0, 6))
+    def device_pulls_placed(self, user: str, before: int, after: int) -> None:
+        """The same pull, where couchgate knows the device's position only to lie between
+        two ordinals (a token of another replica or of a crashed process, placed by its
+        times): changes are sent from the earlier one, and what left is judged over the
+        whole span. The device still ends holding exactly its user's readable docs."""
+        app = self.app_settings()
+        current = self.users[user]
+        device = self.devices[user]
+        at = device["at"]
+        low = max(self.index.history.since, at - before)
+        high = min(self.index.ordinal, at + after)
+        if low > at:
+            return  # the index no longer remembers that far back (the horizon)
+        everything = device["print"] != scope_inputs(current, app)
+        rows = self.index.changes_since(current, app, 0 if everything else low)
+        gone = {
+            e.id
+            for point in ((low, high), (high, None))
+            for e in self.index.left_scope(
+                current, app, device["ctx"], point[0], everything=everything, until=point[1]
+            )
+        }
+        for entry in rows:
+            (device["held"].discard if entry.deleted else device["held"].add)(entry.id)
+        device["held"] -= gone
+        expected = {e.id for e in self.index.readable_entries(current, app) if not e.deleted}
+        assert device["held"] == expected, (user, device["held"] ^ expected, sorted(gone))
+        device.update(at=self.index.ordinal, ctx=current, print=scope_inputs(current, app))
+
     @rule(user=st.sampled_from(USERS), facilities=st.lists(st.sampled_from(PLACES), min_size=1, max_size=2, unique=True),
           contact=st.sampled_from([*PEOPLE, None]),
           roles=st.lists(st.sampled_from(ROLES), min_size=1, max_size=2, unique=True))  # fmt: skip

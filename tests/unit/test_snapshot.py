@@ -1,0 +1,73 @@
+"""Index snapshots on disk: what one installation saved for one database instance is taken
+up again only by the same, and nothing is unpickled that the key did not vouch for."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from proxy.offline import snapshot
+from proxy.offline.snapshot import Snapshots
+
+
+def store(tmp_path: Path, key: bytes = b"k" * 32, db: str = "medic") -> Snapshots:
+    return Snapshots(tmp_path, db, key)
+
+
+def test_a_saved_state_loads_back(tmp_path: Path) -> None:
+    size = store(tmp_path).save("instance-1", {"index": [1, 2, 3], "epoch": "e"})
+    assert size == store(tmp_path).path.stat().st_size
+    assert store(tmp_path).load("instance-1") == {"index": [1, 2, 3], "epoch": "e"}
+
+
+def test_nothing_saved_is_none(tmp_path: Path) -> None:
+    assert store(tmp_path).load("instance-1") is None
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        lambda p: store(p, key=b"x" * 32),  # another installation's secret
+        lambda p: store(p, db="other"),  # another database (another file too)
+    ],
+)
+def test_another_key_or_database_is_refused(tmp_path: Path, other: object) -> None:
+    store(tmp_path).save("instance-1", {"a": 1})
+    assert other(tmp_path).load("instance-1") is None  # type: ignore[operator]
+
+
+def test_another_instance_or_version_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store(tmp_path).save("instance-1", {"a": 1})
+    assert store(tmp_path).load("instance-2") is None  # the database was created again
+    monkeypatch.setattr(snapshot, "version", lambda: "99.0")
+    assert store(tmp_path).load("instance-1") is None
+
+
+def test_a_forged_payload_is_never_unpickled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = store(tmp_path)
+    s.save("instance-1", {"a": 1})
+    raw = s.path.read_bytes()
+    forged = raw[: raw.index(b"instance=instance-1\n") + 20 + 32] + pickle.dumps({"a": 2})
+    s.path.write_bytes(forged)
+    calls: list[bytes] = []
+    monkeypatch.setattr(snapshot.pickle, "loads", lambda data: calls.append(bytes(data)))
+    assert s.load("instance-1") is None and calls == []
+
+
+@pytest.mark.parametrize("cut", [0, 5, 30, -1])
+def test_a_truncated_or_foreign_file_is_refused(tmp_path: Path, cut: int) -> None:
+    s = store(tmp_path)
+    s.save("instance-1", {"a": list(range(100))})
+    raw = s.path.read_bytes()
+    s.path.write_bytes(raw[:cut] if cut >= 0 else b"not a snapshot at all")
+    assert s.load("instance-1") is None
+
+
+def test_a_save_replaces_the_file_whole(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.save("instance-1", {"v": 1})
+    s.save("instance-1", {"v": 2})
+    assert s.load("instance-1") == {"v": 2}
+    assert [p.name for p in tmp_path.iterdir()] == [s.path.name]  # no temporary file left
