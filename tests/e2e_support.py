@@ -44,6 +44,7 @@ class PouchSession:
         self.proc = await asyncio.create_subprocess_exec(
             "node", str(SCRIPT), orjson.dumps({"op": "session"}).decode(),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            limit=256 * 1024 * 1024,  # one answer line holds a device's docs
             env={**os.environ, "NODE_PATH": str(NODE_DIR / "node_modules")},
         )  # fmt: skip
         return self
