@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,14 +13,23 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 import yarl
 from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
-from proxy.devserver.backend import PouchServer
+from proxy.devserver.backend import CouchServer, PouchServer
 from proxy.settings import Settings, load_settings
 
 JWT_SECRET = "test-secret-" + "x" * 40
+# The backend of this run (see conftest.py): a CouchDB named here, else embedded pouchdb-server.
+TEST_COUCH_URL = os.environ.get("COUCHGATE_TEST_COUCH_URL", "")
+BACKEND_KIND = CouchServer.kind if TEST_COUCH_URL else PouchServer.kind
+ON_COUCHDB = CouchServer.kind == BACKEND_KIND
+# A difference CouchDB shows inside proxy/offline, left to the rework of that code (issue 17):
+# an offline user's own `_users` doc is forwarded with their own credentials, which CouchDB
+# 3.4's default `_users` security (members: _admin) refuses.
+OFFLINE_REWORK = pytest.mark.xfail(ON_COUCHDB, reason="offline rework pending (lead)", strict=False)
 MEMBER_ROLE = "member"
 
 

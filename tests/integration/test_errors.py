@@ -19,6 +19,7 @@ from proxy.settings import load_settings
 
 from support import (
     JWT_SECRET,
+    ON_COUCHDB,
     Gateway,
     TestUser,
     assert_couch_error,
@@ -70,7 +71,9 @@ async def test_malformed_paths_and_bodies_are_couchdb_shaped(
     )
     assert_couch_error(status, body, 400)  # CouchDB's own answer, passed through
     status, body, _ = await gateway.call("GET", "/_couchgate/nothing-here", auth=alice)
-    assert status in (400, 404)
+    # An unknown server path is forwarded: CouchDB 3.4 tells a non-admin 401 "You are not a
+    # server admin.", pouchdb-server answers 400 or 404.
+    assert status == 401 if ON_COUCHDB else status in (400, 404)
     assert_couch_error(status, body, status)
 
 
@@ -145,6 +148,7 @@ async def flaky_gateway(flaky_backend: PouchServer) -> AsyncIterator[Gateway]:
     await stop_gateway(gw)
 
 
+@pytest.mark.backend("pouchdb-server", reason="kills and restarts a pouchdb-server of its own")
 async def test_upstream_down_is_503_and_recovers(flaky_backend: PouchServer, flaky_gateway: Gateway) -> None:
     bob = basic("bob", "bob-pass")
     status, _, _ = await flaky_gateway.call("GET", "/_couchgate/ready")
