@@ -88,7 +88,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request[PRINCIPAL] = ANONYMOUS
         return await handler(request)
     principal = await request.app[AUTHENTICATOR].authenticate(
-        request.headers.get("Authorization"), request.headers.get("Cookie")
+        request.headers.get("Authorization"), request.headers.get("Cookie"), request.remote
     )
     if not principal.authenticated and not anonymous_allowed(request, name):
         # One answer for every route, as CouchDB gives it: 401 with a challenge, never 403.

@@ -38,7 +38,7 @@ async def issue_token(request: web.Request) -> web.Response:
     if not tokens.can_issue:
         raise NotImplementedHere("token issuing is not configured (COUCHGATE_JWT_SECRET)")
     name, password = await read_login(request)
-    user, roles = await check_password(request.app[COUCH], name, password)
+    user, roles = await check_password(request.app[COUCH], name, password, request.remote)
     if user is None:
         record(request, "token", "failure", user=name, reason="name or password incorrect")
         raise Unauthorized("Name or password is incorrect.", headers=CHALLENGE)
