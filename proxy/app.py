@@ -24,7 +24,7 @@ from proxy.conflicts.monitor import ConflictMonitor
 from proxy.conflicts.store import ConflictStore
 from proxy.couch.client import CouchClient, new_session
 from proxy.couch.security_cache import SecurityCache
-from proxy.errors import error_middleware
+from proxy.errors import error_middleware, remember_prepared
 from proxy.importer import routes as importer
 from proxy.keys import AUDIT, AUTHENTICATOR, COUCH, INDEX, SECURITY, SETTINGS, SINCE_CODEC, TOKENS, USERS
 from proxy.logs import request_id_middleware
@@ -60,6 +60,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(conflicts_ctx)
     app[METRICS] = Metrics()
     app.on_response_prepare.append(on_prepare_cors)
+    app.on_response_prepare.append(remember_prepared)
     add_routes(app)
     return app
 

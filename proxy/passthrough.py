@@ -19,7 +19,7 @@ from proxy.access.paths import BadPath, CouchPath
 from proxy.auth import acting
 from proxy.auth.principal import Principal
 from proxy.couch.client import LIVE_FEEDS, MAPPED_ERRORS
-from proxy.errors import BadRequest, PayloadTooLarge
+from proxy.errors import BadRequest, ClientGone, PayloadTooLarge
 from proxy.keys import COUCH, SETTINGS
 from proxy.logs import stamp_request_id
 from proxy.params import collect, read_body
@@ -83,11 +83,15 @@ def upstream_request_headers(request: web.Request, credentials: dict[str, str]) 
 
 async def limited_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
     seen = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
-        seen += len(chunk)
-        if seen > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-        yield chunk
+    try:
+        async for chunk in request.content.iter_chunked(CHUNK):
+            seen += len(chunk)
+            if seen > limit:
+                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+            yield chunk
+    except ConnectionResetError as exc:
+        # Not CouchDB's fault: the client left while its body was being sent upstream.
+        raise ClientGone("the client went away before its request was complete") from exc
 
 
 async def whole_body(request: web.Request, body: bytes | AsyncIterable[bytes] | None, limit: int) -> bytes:
