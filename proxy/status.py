@@ -9,7 +9,7 @@ from aiohttp import web
 from proxy import __version__
 from proxy.audit.log import AuditLog
 from proxy.errors import UpstreamError, error_response, json_response
-from proxy.keys import AUDIT, COUCH, SETTINGS
+from proxy.keys import AUDIT, COUCH, INDEX, SETTINGS
 
 
 async def health(request: web.Request) -> web.Response:
@@ -18,7 +18,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: CouchDB answers the service account and the main database exists."""
+    """Readiness: CouchDB answers the service account, the main database exists, and the scope
+    index has been built once (before that, an offline user's first request would wait for
+    the whole build: a first sync after a start several times slower than the next)."""
     db = request.app[SETTINGS].db
     try:
         result = await request.app[COUCH].json("GET", f"/{quote(db, safe='')}")
@@ -29,6 +31,9 @@ async def ready(request: web.Request) -> web.Response:
     if not result.ok:
         return error_response(503, "service_unavailable", f"CouchDB answered {result.status} for {db}")
     checks: dict[str, object] = {"upstream": "ok", "db": "ok"}
+    if not request.app[INDEX].built.is_set():
+        return error_response(503, "service_unavailable", "the scope index is still being built")
+    checks["index"] = "ok"
     sink = request.app[AUDIT]
     if isinstance(sink, AuditLog):
         audit = sink.health()
