@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.import_throughput [--sizes 10000 100000]
 
 For each size: half the docs already exist (identical content, so `unchanged`), half are
-new. couchgate runs as a subprocess against an in-memory pouchdb-server, with the audit
+new. couchgate runs as a subprocess against the backend (see bench/common.py), with the audit
 log off and then on; the direct baseline sends the same docs with `_bulk_docs` in batches
 of 500 to a database in the same state. Also reports couchgate's peak RSS during the
 NDJSON import. Results: docs/benchmarks.md.
@@ -19,9 +19,18 @@ import time
 import aiohttp
 import orjson
 
-from bench.common import couchgate, rss_mb, write_section
+from bench.common import (
+    add_backend_arg,
+    backend_flag,
+    couchgate,
+    describe,
+    open_backend,
+    rss_mb,
+    short_name,
+    write_section,
+)
 from proxy.couch.client import basic_auth_header
-from proxy.devserver.backend import PouchServer
+from proxy.devserver.backend import Backend
 
 
 def make_docs(n: int, prefix: str) -> list[dict[str, object]]:
@@ -29,7 +38,7 @@ def make_docs(n: int, prefix: str) -> list[dict[str, object]]:
              "fields": {"patient_id": str(100000 + i), "temperature": 36.6}} for i in range(n)]  # fmt: skip
 
 
-async def direct(backend: PouchServer, db: str, docs: list[dict[str, object]]) -> float:
+async def direct(backend: Backend, db: str, docs: list[dict[str, object]]) -> float:
     headers = {"Authorization": backend.auth_header, "Content-Type": "application/json"}
     async with aiohttp.ClientSession(headers=headers) as http:
         started = time.perf_counter()
@@ -68,9 +77,12 @@ def sample_rss(pid: int, samples: list[float], stop: threading.Event) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    add_backend_arg(parser)
     args = parser.parse_args()
+    flag = backend_flag(args.backend)
     rows = []
-    with PouchServer(heap_mb=12_288) as backend:
+    with open_backend(args.backend) as backend:
+        label, name = describe(backend), short_name(backend)
         auth = basic_auth_header(backend.admin_user, backend.admin_password)
         backend.request("PUT", "/unused")
         for audit in ("off", "on"):
@@ -94,13 +106,13 @@ def main() -> None:
                     assert summary == {"unchanged": n // 2, "created": n - n // 2}, summary
                     rows.append((audit, n, direct_s, import_s, peak[0], max(peak)))
     lines = [
-        f"Command: `.venv/bin/python -m bench.import_throughput --sizes {' '.join(map(str, args.sizes))}`",
+        f"Command: `.venv/bin/python -m bench.import_throughput --sizes {' '.join(map(str, args.sizes))}{' ' + flag if flag else ''}`",
         "(half of each input exists already with the same content; the direct baseline sends the same",
         "docs with plain `_bulk_docs` of 500 (the existing half comes back as conflicts), while the import",
         "reads each chunk first (`_all_docs?keys&include_docs`), compares, writes only what changes and",
-        "answers for every doc; in-memory pouchdb-server, couchgate as a subprocess, once with the audit",
+        f"answers for every doc; {label}, couchgate as a subprocess, once with the audit",
         "log off and once on: with it on, every doc (created or unchanged) gets an audit entry, batched",
-        "into one doc per 200 entries on the same single-threaded backend).",
+        "into one doc per 200 entries on the same backend).",
         "",
         "| audit log | docs | direct `_bulk_docs` | `/import` (NDJSON) | import docs/s | import / direct throughput | couchgate RSS before -> peak |",
         "|---|---|---|---|---|---|---|",
@@ -110,7 +122,7 @@ def main() -> None:
             f"| {audit} | {n:,} | {direct_s:.2f} s ({n / direct_s:,.0f} docs/s) | {import_s:.2f} s | {n / import_s:,.0f} "
             f"| {direct_s / import_s:.2f}x | {before:.0f} -> {top:.0f} MB |"
         )
-    write_section("Import throughput", "\n".join(lines))
+    write_section(f"Import throughput: {name}", "\n".join(lines))
     print("\n".join(lines))
 
 
