@@ -71,16 +71,26 @@ def push(url: str, auth: dict[str, Any], docs: list[dict[str, Any]], edit: bool)
     return result
 
 
-def people_of(gateway: str, user: str, limit: int = 50) -> list[str]:
-    """Some people the user may read (report subjects for the pushes)."""
-    rows = get_json(f"{gateway}/medic/_all_docs?include_docs=true", basic_auth_header(user, f"{user}-pass"))[
-        "rows"
+# Who submits each user's reports (a lineage, nearest first): the user's own contact.
+SUBMITTERS = {
+    "chw1": [AREA + "-chw", AREA, "d0-hc0", "d0"],
+    "chw_small": [f"{SMALL_HOUSEHOLDS[0]}-p0", SMALL_HOUSEHOLDS[0], AREA, "d0-hc0", "d0"],
+    "supervisor": ["d0-hc0-sup", "d0-hc0", "d0"],
+}
+
+
+def people_in(all_docs: dict[str, Any], limit: int = 50) -> list[str]:
+    """Some people among an `_all_docs?include_docs=true` answer (report subjects)."""
+    docs = [row["doc"] for row in all_docs["rows"]]
+    return [d["_id"] for d in docs if d.get("type") == "contact" and d.get("contact_type") == "person"][
+        :limit
     ]
-    return [
-        r["id"]
-        for r in rows
-        if r["doc"].get("type") == "contact" and r["doc"].get("contact_type") == "person"
-    ][:limit]
+
+
+def people_of(gateway: str, user: str) -> list[str]:
+    """Some people the user may read."""
+    auth = basic_auth_header(user, f"{user}-pass")
+    return people_in(get_json(f"{gateway}/medic/_all_docs?include_docs=true", auth))
 
 
 def add_small_user(backend: Backend) -> None:
@@ -108,12 +118,7 @@ def measure(spec: str, preset_name: str, rounds: int) -> dict[str, Any]:
         with couchgate(backend, "medic") as (gateway, _):
             wait_ready(gateway)
             admin_auth = basic_auth_header(backend.admin_user, backend.admin_password)
-            users = {
-                "chw1": ([AREA + "-chw", AREA, "d0-hc0", "d0"], people_of(gateway, "chw1")),
-                "chw_small": ([f"{SMALL_HOUSEHOLDS[0]}-p0", SMALL_HOUSEHOLDS[0], AREA, "d0-hc0", "d0"],
-                              people_of(gateway, "chw_small")),
-                "supervisor": (["d0-hc0-sup", "d0-hc0", "d0"], people_of(gateway, "supervisor")),
-            }  # fmt: skip
+            users = {user: (submitter, people_of(gateway, user)) for user, submitter in SUBMITTERS.items()}
             result["scope"] = {
                 u: get_json(f"{gateway}/_couchgate/users/{u}/scope", admin_auth)["total"] for u in users
             }
