@@ -139,31 +139,32 @@ async def run(args: argparse.Namespace) -> None:
                     "docs_file": docs_file,
                     "edit": args.edit,
                 }
-            client_side.clear()
-            upstream.clear()
-            profiler = cProfile.Profile() if args.profile else None
-            if profiler is not None:
-                profiler.enable()
-            cpu = time.process_time()
-            started = time.perf_counter()
-            proc = await asyncio.create_subprocess_exec(
-                "node", str(POUCH_JS), orjson.dumps(cmd).decode(), stdout=asyncio.subprocess.PIPE,
-                env={**os.environ, "NODE_PATH": str(NODE_DIR / "node_modules")},
-            )  # fmt: skip
-            out, _ = await proc.communicate()
-            wall = time.perf_counter() - started
-            cpu = time.process_time() - cpu
-            if profiler is not None:
-                profiler.disable()
+            for run_number in range(1, args.repeat + 1):
+                client_side.clear()
+                upstream.clear()
+                profiler = cProfile.Profile() if args.profile else None
+                if profiler is not None:
+                    profiler.enable()
+                cpu = time.process_time()
+                started = time.perf_counter()
+                proc = await asyncio.create_subprocess_exec(
+                    "node", str(POUCH_JS), orjson.dumps(cmd).decode(), stdout=asyncio.subprocess.PIPE,
+                    env={**os.environ, "NODE_PATH": str(NODE_DIR / "node_modules")},
+                )  # fmt: skip
+                out, _ = await proc.communicate()
+                wall = time.perf_counter() - started
+                cpu = time.process_time() - cpu
+                if profiler is not None:
+                    profiler.disable()
+                print(f"\n## run {run_number}: {out.decode().strip().splitlines()[-1][:300]}")
+                print(f"\nwall {wall * 1000:.0f} ms; couchgate CPU (this process) {cpu * 1000:.0f} ms")
+                report("Client requests through couchgate", client_side)
+                report("couchgate's upstream calls", upstream)
+                if profiler is not None:
+                    print(f"\ncouchgate's own functions, by cumulative CPU time (top {args.profile}):")
+                    pstats.Stats(profiler).sort_stats("cumulative").print_stats(r"proxy/", args.profile)
             if docs_file:
                 os.unlink(docs_file)
-            print(out.decode().strip().splitlines()[-1][:300])
-            print(f"\nwall {wall * 1000:.0f} ms; couchgate CPU (this process) {cpu * 1000:.0f} ms")
-            report("Client requests through couchgate", client_side)
-            report("couchgate's upstream calls", upstream)
-            if profiler is not None:
-                print(f"\ncouchgate's own functions, by cumulative CPU time (top {args.profile}):")
-                pstats.Stats(profiler).sort_stats("cumulative").print_stats(r"proxy/", args.profile)
         finally:
             await runner.cleanup()
 
@@ -176,6 +177,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=500)
     parser.add_argument("--edit", action="store_true")
     parser.add_argument("--no-audit", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="run the op this many times, each reported")
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="also print the top N of a cProfile"
     )
