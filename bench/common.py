@@ -141,8 +141,19 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
+LOAD_AT_START = os.getloadavg()
+
+
+def load_note() -> str:
+    """The machine's load while the benchmark ran: this 2-core machine is shared, and what
+    else runs on it moves single timings far more than it moves via/direct ratios."""
+    now = os.getloadavg()
+    return f"Load average (1 min) at start {LOAD_AT_START[0]:.1f}, at the end {now[0]:.1f}, on 2 cores."
+
+
 def write_section(title: str, body: str) -> None:
-    """Replace (or append) one `## title` section of docs/benchmarks.md."""
+    """Replace (or append) one `## title` section of docs/benchmarks.md, with the load note."""
+    body = body.rstrip() + "\n\n" + load_note()
     RESULTS.parent.mkdir(exist_ok=True)
     text = (
         RESULTS.read_text()
