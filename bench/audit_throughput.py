@@ -121,35 +121,41 @@ def main() -> None:
         label, name = describe(backend), short_name(backend)
         asyncio.run(load(backend.url, backend.admin_user, backend.admin_password, DB, preset("tiny")))
         online, offline = basic_auth_header("clerk", "clerk-pass"), basic_auth_header("chw1", "chw1-pass")
-        with couchgate(backend, DB, COUCHGATE_AUDIT_ENABLED="true", COUCHGATE_AUDIT_DB="bench-audit") as (on, _), \
+        with couchgate(backend, DB, COUCHGATE_AUDIT_ENABLED="true", COUCHGATE_AUDIT_DB="bench-audit",
+                       COUCHGATE_AUDIT_DURABLE="false") as (on, _), \
+             couchgate(backend, DB, COUCHGATE_AUDIT_ENABLED="true", COUCHGATE_AUDIT_DB="bench-audit",
+                       COUCHGATE_AUDIT_DURABLE="true") as (durable, _), \
              couchgate(backend, DB, COUCHGATE_AUDIT_ENABLED="false") as (off, _):  # fmt: skip
             for mode in ("put", "bulk", "offline"):
                 auth = offline if mode == "offline" else online
-                results: dict[str, list[float]] = {"on": [], "off": []}
-                for _ in range(args.rounds):  # alternate, so drift in the backend hits both alike
+                results: dict[str, list[float]] = {"on": [], "off": [], "durable": []}
+                for _ in range(args.rounds):  # alternate, so drift in the backend hits all alike
                     results["off"].append(asyncio.run(workload(off, auth, args.docs, args.clients, mode)))
                     results["on"].append(asyncio.run(workload(on, auth, args.docs, args.clients, mode)))
-                    # Its audit writes finish before the next "off" round.
+                    # Its audit writes finish before the next round.
                     written = int(asyncio.run(drain(on)).get("written", 0))
-                on_rate, off_rate = (
-                    sorted(results["on"])[len(results["on"]) // 2],
-                    sorted(results["off"])[len(results["off"]) // 2],
-                )
-                rows.append((mode, off_rate, on_rate))
+                    results["durable"].append(
+                        asyncio.run(workload(durable, auth, args.docs, args.clients, mode))
+                    )
+                    written += int(asyncio.run(drain(durable)).get("written", 0))
+                rates = {k: sorted(v)[len(v) // 2] for k, v in results.items()}
+                rows.append((mode, rates["off"], rates["on"], rates["durable"]))
         _, audit = backend.request("GET", "/bench-audit")
     lines = [
         f"Command: `.venv/bin/python -m bench.audit_throughput --docs {args.docs} --clients {args.clients} --rounds {args.rounds}"
         f"{' ' + flag if flag else ''}`",
         f"(median docs/s of the rounds; writing through couchgate to {label}",
-        "holding the `tiny` demo data, audit on and off alternating in the same run; after each",
-        '"on" round the run waits for its audit queue to drain before the next "off" round).',
+        "holding the `tiny` demo data; audit off, on with entries queued only (COUCHGATE_AUDIT_DURABLE=false)",
+        "and on with an intent stored before each write (durable, the default), in turn in the same run;",
+        "after each audited round the run waits for its audit queue to drain before the next round).",
         "",
-        "| workload | audit off | audit on | on / off |",
-        "|---|---|---|---|",
+        "| workload | audit off | audit on, queued | on / off | audit on, durable (intents) | durable / off |",
+        "|---|---|---|---|---|---|",
     ]
-    for mode, off_rate, on_rate in rows:
+    for mode, off_rate, on_rate, durable_rate in rows:
         lines.append(
-            f"| {LABELS[mode]} | {off_rate:,.0f} docs/s | {on_rate:,.0f} docs/s | {on_rate / off_rate:.2f}x |"
+            f"| {LABELS[mode]} | {off_rate:,.0f} docs/s | {on_rate:,.0f} docs/s | {on_rate / off_rate:.2f}x "
+            f"| {durable_rate:,.0f} docs/s | {durable_rate / off_rate:.2f}x |"
         )
     docs = audit.get("doc_count", 1) - 1 if isinstance(audit, dict) else 0  # less the index design doc
     lines.append(f"\nAudit entries written during the run: {written:,}, in {docs:,} batch docs.")

@@ -102,7 +102,10 @@ def wait_ready(url: str, within: float = 600) -> float:
 
 
 @contextmanager
-def couchgate(backend: Backend, db: str, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def couchgate(
+    backend: Backend, db: str, command: list[str] | None = None, **env: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """couchgate as a subprocess (`command`: another entry point than `couchgate serve`)."""
     port = free_port()
     environ = {
         **os.environ,
@@ -114,7 +117,8 @@ def couchgate(backend: Backend, db: str, **env: str) -> Iterator[tuple[str, subp
         "COUCHGATE_LOG_LEVEL": "WARNING",
         **env,
     }
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve"], env=environ, stderr=subprocess.DEVNULL)
+    command = command or [sys.executable, "-m", "proxy", "serve"]
+    proc = subprocess.Popen(command, env=environ, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -12,21 +12,38 @@ from aiohttp import web
 from proxy import dispatch, status
 from proxy.audit import routes as audit_routes
 from proxy.audit.api import NullAudit
+from proxy.audit.capture import background_intents
 from proxy.audit.events import audit_middleware
 from proxy.audit.log import AuditLog
 from proxy.audit.retention import Retention
 from proxy.auth import routes as auth_routes
 from proxy.auth.authenticator import Authenticator
+from proxy.auth.throttle import LoginThrottle, ThrottleLimits
+from proxy.auth.token_guard import TokenGuard
 from proxy.auth.tokens import TokenService
 from proxy.auth.users import UserInfoCache
 from proxy.conflicts import routes as conflicts
 from proxy.conflicts.monitor import ConflictMonitor
 from proxy.conflicts.store import ConflictStore
+from proxy.couch.backend_kind import BackendKind
 from proxy.couch.client import CouchClient, new_session
 from proxy.couch.security_cache import SecurityCache
 from proxy.errors import error_middleware, remember_prepared
 from proxy.importer import routes as importer
-from proxy.keys import AUDIT, AUTHENTICATOR, COUCH, INDEX, SECURITY, SETTINGS, SINCE_CODEC, TOKENS, USERS
+from proxy.keys import (
+    AUDIT,
+    AUTHENTICATOR,
+    BACKEND_KIND,
+    COUCH,
+    INDEX,
+    SECURITY,
+    SETTINGS,
+    SINCE_CODEC,
+    THROTTLE,
+    TOKEN_GUARD,
+    TOKENS,
+    USERS,
+)
 from proxy.logs import request_id_middleware
 from proxy.metrics import METRICS, Metrics, metrics
 from proxy.middlewares import auth_middleware, cors_middleware, on_prepare_cors
@@ -51,6 +68,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[TOKENS] = TokenService(settings)
+    app[THROTTLE] = LoginThrottle(throttle_limits(settings))
     app[AUDIT] = NullAudit()
     secret = settings.since_secret or settings.jwt_secret
     app[SINCE_CODEC] = SinceCodec(secret.get_secret_value().encode() if secret else secrets.token_bytes(32))
@@ -65,11 +83,23 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+def throttle_limits(settings: Settings) -> ThrottleLimits:
+    return ThrottleLimits(
+        enabled=settings.login_throttle,
+        free_per_name=settings.login_free_failures,
+        free_per_address=settings.login_free_failures_per_address,
+        base_delay=settings.login_base_delay,
+        max_delay=settings.login_max_delay,
+        forget_after=settings.login_forget_seconds,
+    )
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/_couchgate/health", status.health, name="health", allow_head=False)
     r.add_get("/_couchgate/ready", status.ready, name="ready", allow_head=False)
     r.add_post("/_couchgate/token", auth_routes.issue_token, name="issue_token")
+    r.add_post("/_couchgate/token/revoke", auth_routes.revoke_tokens, name="revoke_tokens")
     r.add_route("*", "/_session", auth_routes.session, name="session")
     r.add_get("/_couchgate/audit", audit_routes.list_entries, name="audit_list", allow_head=False)
     r.add_get(
@@ -105,7 +135,11 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     app[COUCH] = couch
     app[USERS] = UserInfoCache(couch, settings.db, settings.auth_cache_seconds)
     app[SECURITY] = SecurityCache(couch)
-    app[AUTHENTICATOR] = Authenticator(couch, app[USERS], app[TOKENS], settings.auth_cache_seconds)
+    app[BACKEND_KIND] = BackendKind(couch)
+    app[TOKEN_GUARD] = TokenGuard(couch, app[USERS], settings.auth_db, settings.auth_cache_seconds)
+    app[AUTHENTICATOR] = Authenticator(
+        couch, app[USERS], app[TOKENS], settings.auth_cache_seconds, app[THROTTLE], app[TOKEN_GUARD]
+    )
     try:
         yield
     finally:
@@ -135,9 +169,13 @@ async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
     log = AuditLog(
         app[COUCH], settings.audit_db, batch_size=settings.audit_batch_size,
         flush_interval=settings.audit_flush_interval, queue_max=settings.audit_queue_max,
+        watch_db=settings.db,
     )  # fmt: skip
     app[AUDIT] = log
     tasks = [asyncio.create_task(log.run(), name="audit-writer")]
+    if settings.audit_durable:
+        log.intents = log.intents_log()
+        tasks.append(asyncio.create_task(log.intents.run(), name="audit-intents"))
     if settings.audit_retention_days:
         retention = Retention(log, settings.audit_retention_days)
         tasks.append(
@@ -151,13 +189,15 @@ async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if log.intents is not None:
+            await log.intents.close()
         await log.close()
 
 
 async def conflicts_ctx(app: web.Application) -> AsyncIterator[None]:
     """The conflict monitor: metrics, the webhook, the optional background resolver."""
     settings = app[SETTINGS]
-    store = ConflictStore(app[COUCH], settings.db)
+    store = ConflictStore(app[COUCH], settings.db, background_intents(app[AUDIT], settings.db))
     webhook = str(settings.conflicts_webhook_url) if settings.conflicts_webhook_url else None
     monitor = ConflictMonitor(
         store, app[METRICS], app[AUDIT], app[COUCH].session, webhook, settings.conflicts_auto_resolve

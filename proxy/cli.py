@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from proxy.audit import cli as audit_cli
 from proxy.conflicts import cli as conflicts_cli
@@ -26,7 +27,7 @@ def serve(_: argparse.Namespace) -> int:
 def dev(args: argparse.Namespace) -> int:
     from proxy.devserver.run import run_dev
 
-    code: int = run_dev(args.preset, args.port, args.backend_port, args.seed)
+    code: int = run_dev(args.preset, args.port, args.backend_port, args.seed, args.on_disk, args.backend_dir)
     return code
 
 
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5988)
     p.add_argument("--backend-port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--on-disk", action="store_true", help="keep the backend's data on disk (else in memory)")
+    p.add_argument(
+        "--backend-dir", type=Path, default=None, help="the backend's directory (.couchgate/backend)"
+    )
     p.set_defaults(func=dev)
     audit_cli.add_parser(sub)
     import_cli.add_parser(sub)

@@ -7,17 +7,24 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
 
+import orjson
 from aiohttp import web
 
+from proxy import guard
 from proxy.access.config import UserCtx, is_offline
+from proxy.access.couch_security import DB_NAME, ILLEGAL_DB_REASON, SYSTEM_DBS
 from proxy.access.paths import CouchPath
 from proxy.audit import capture
 from proxy.auth.authenticator import CHALLENGE
 from proxy.auth.principal import Principal
-from proxy.errors import Unauthorized
+from proxy.couch.client import fail_fast
+from proxy.couch.validate import DocInvalid, validate_bulk, validate_put
+from proxy.errors import IllegalDatabaseName, Unauthorized, UpstreamTimeout, UpstreamUnavailable
 from proxy.keys import INDEX, PRINCIPAL, SETTINGS
+from proxy.methods import refuse_wrong_method
 from proxy.offline.routes import serve_offline
 from proxy.params import collect
 from proxy.passthrough import CAPTURE_LIMIT, credentials_for, forward, limited_body, parse_path
@@ -39,10 +46,26 @@ async def offline(request: web.Request, principal: Principal) -> bool:
     return is_offline(user, settings)
 
 
+async def serve_offline_fast(
+    request: web.Request, path: CouchPath, principal: Principal
+) -> web.StreamResponse:
+    """An offline user's request: a phone is waiting, so a CouchDB that stops answering is
+    503 after COUCHGATE_FIRST_BYTE_TIMEOUT (PouchDB retries it), not a wait of minutes."""
+    try:
+        with fail_fast():
+            return await serve_offline(request, path, principal)
+    except UpstreamTimeout as exc:
+        raise UpstreamUnavailable(exc.reason, headers={"Retry-After": "2"}) from exc
+
+
 async def couchdb_handler(request: web.Request) -> web.StreamResponse:
     """Any CouchDB path, for whoever couchgate lets through."""
+    await refuse_wrong_method(request)
     principal = request[PRINCIPAL]
     path = parse_path(request)
+    if not path.is_server and path.db not in SYSTEM_DBS and not DB_NAME.match(path.db or ""):
+        # CouchDB's own answer; the embedded backend breaks for good on some such names.
+        raise IllegalDatabaseName(ILLEGAL_DB_REASON.format(path.db))
     if not principal.authenticated and not is_public(request.method, path):
         raise Unauthorized("You are not authorized to access this resource.", headers=CHALLENGE)
     kind = capture.write_kind(request.method, path)
@@ -51,10 +74,15 @@ async def couchdb_handler(request: web.Request) -> web.StreamResponse:
     # Offline users' `GET /` too: answered from couchgate's copy of CouchDB's welcome.
     to_offline = not path.segments or not is_public(request.method, path)
     if principal.authenticated and to_offline and await offline(request, principal):
-        return await serve_offline(request, path, principal)
+        return await serve_offline_fast(request, path, principal)
     credentials = await credentials_for(request, principal, path)
+    # Requests that would harm the backend, or that a backend could misread (proxy.guard).
+    screened = await guard.screen(request, path, principal, credentials)
+    if screened.answer is not None:
+        return screened.answer
+    request = screened.request
     if kind is None:
-        return await forward(request, path, credentials)
+        return await forward(request, path, credentials, body=screened.body)
     # A write: recorded in the audit log with CouchDB's answer. JSON bodies up to the JSON
     # limit are read, chunked ones too, so each doc of a `_bulk_docs` gets its entry; larger
     # ones and attachments stream through, and their entries say what could not be known.
@@ -75,12 +103,83 @@ async def couchdb_handler(request: web.Request) -> web.StreamResponse:
         else:
             body_read = False
 
+    if captured is not None and kind in CHECKED_KINDS and request.method in ("PUT", "POST"):
+        named = check_body(request, path, kind, captured)
+        if named is not None:  # new docs given their ids, so that the intent can name them
+            captured = named
+            body = named if len(named) <= CAPTURE_LIMIT else in_slices(named)
+            length = "content-length"  # the client's no longer fits: the new one is counted
+            request = request.clone(
+                headers=[(k, v) for k, v in request.headers.items() if k.lower() != length]
+            )
+    await capture.intend(request, path.db, planned_writes(request, path, kind, captured), kind)
+
     def answered(status: int, raw: bytes) -> None:
         capture.record_write(request, path, kind, status, captured, raw, body_read=body_read)
 
     # A `_bulk_docs` answer has a row per doc: read as much of it as a JSON body may hold.
     limit = settings.max_json_bytes if kind == "bulk" else CAPTURE_LIMIT
     return await forward(request, path, credentials, body=body, on_answer=answered, capture_limit=limit)
+
+
+# Writes whose JSON body CouchDB parses as docs: checked first (proxy/couch/validate.py).
+CHECKED_KINDS = {"bulk", "doc", "create"}
+
+
+def check_body(request: web.Request, path: CouchPath, kind: str, raw: bytes) -> bytes | None:
+    """400 with CouchDB's error for a body CouchDB would refuse or fail on, before it is
+    forwarded: as CouchDB does, the first problem refuses the whole request. A body that is
+    not JSON at all is left to CouchDB, which says so itself. Returns the body again when new
+    docs in it were given ids (see `capture.name_new_docs`)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    try:
+        if kind == "bulk":
+            validate_bulk(body)
+        else:
+            validate_put(body, query_rev=request.query.get("rev"),
+                         new_edits=request.query.get("new_edits") != "false")  # fmt: skip
+    except DocInvalid as exc:
+        answer = orjson.dumps({"error": exc.error, "reason": exc.reason})
+        capture.record_write(request, path, kind, 400, raw, answer)  # refused as CouchDB would
+        raise exc.as_error() from None
+    durable = request.app[SETTINGS].audit_enabled and request.app[SETTINGS].audit_durable
+    if kind == "bulk" and body.get("new_edits", True) and durable and capture.name_new_docs(body["docs"]):
+        return orjson.dumps(body)
+    if kind == "create" and durable and capture.name_new_docs([body]):
+        return orjson.dumps(body)
+    return None
+
+
+def planned_writes(
+    request: web.Request, path: CouchPath, kind: str, captured: bytes | None
+) -> list[capture.Planned]:
+    """What a forwarded write may leave in CouchDB, for its intent (see proxy/audit/capture.py)."""
+    rev = request.query.get("rev") or request.headers.get("If-Match")
+    body = None
+    if captured is not None:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            body = orjson.loads(captured)
+    if kind == "bulk":
+        if not isinstance(body, dict) or not isinstance(body.get("docs"), list):
+            return []  # not itemised (past the JSON limit): the entries after it will say so
+        return [capture.planned(d, body.get("new_edits", True) is not False) for d in body["docs"]]
+    if kind == "purge":
+        return [[doc_id, None, None] for doc_id in body] if isinstance(body, dict) else []
+    if kind in ("doc", "create", "attachment") and request.method != "COPY":
+        new_edits = request.query.get("new_edits") != "false"
+        doc = dict(body) if isinstance(body, dict) and kind != "attachment" else {}
+        if path.doc_id is not None:
+            doc["_id"] = path.doc_id
+        return [capture.planned(doc, new_edits, rev=rev or doc.get("_rev"))]
+    if request.method == "COPY":
+        target = request.headers.get("Destination", "").split("?", 1)[0]
+        return [[target or None, None, None]]
+    if kind == "update_handler" and len(path.rest) > 2:
+        return [["/".join(path.rest[2:]), None, None]]
+    return []
 
 
 async def in_slices(raw: bytes) -> AsyncIterator[bytes]:

@@ -7,8 +7,10 @@
      ├── Forbidden                     403     forbidden
      ├── NotFound                      404     not_found
      ├── MethodNotAllowed              405     method_not_allowed
+     ├── RequestTimeout                408     request_timeout
      ├── Conflict                      409     conflict
      ├── PayloadTooLarge               413     too_large
+     ├── TooManyRequests               429     too_many_requests  (+ Retry-After)
      ├── ClientGone                    499     client_closed_request (never sent: logged)
      ├── NotImplementedHere            501     not_implemented
      └── UpstreamError                 502     bad_gateway
@@ -24,7 +26,9 @@ line for it.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
@@ -71,12 +75,24 @@ class MethodNotAllowed(CouchgateError):
     status, error = 405, "method_not_allowed"
 
 
+class RequestTimeout(CouchgateError):
+    status, error = 408, "request_timeout"
+
+
 class Conflict(CouchgateError):
     status, error = 409, "conflict"
 
 
 class PayloadTooLarge(CouchgateError):
     status, error = 413, "too_large"
+
+
+class TooManyRequests(CouchgateError):
+    status, error = 429, "too_many_requests"
+
+    def __init__(self, reason: str, retry_after: float = 1.0) -> None:
+        super().__init__(reason, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+        self.retry_after = retry_after
 
 
 class ClientGone(CouchgateError):
@@ -101,10 +117,21 @@ class UpstreamTimeout(UpstreamError):
     status, error = 504, "gateway_timeout"
 
 
+def dumps(value: object) -> bytes:
+    """JSON bytes of `value`. orjson writes at most 254 levels of nesting; CouchDB stores
+    deeper docs, so those are written by the standard library instead (a value too deep
+    even for it, or not JSON at all, is a bad request)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        try:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        except (RecursionError, ValueError, TypeError):
+            raise BadRequest("the JSON is nested too deeply, or holds values JSON cannot") from exc
+
+
 def json_response(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
-    )
+    return web.Response(body=dumps(body), status=status, content_type="application/json", headers=headers)
 
 
 def error_response(
@@ -120,16 +147,26 @@ _HTTP_ERRORS = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     409: "conflict",
     412: "precondition_failed",
     413: "too_large",
     415: "bad_content_type",
     416: "requested_range_not_satisfiable",
+    429: "too_many_requests",
+    431: "request_header_fields_too_large",
+    500: "internal_server_error",
+    504: "gateway_timeout",
 }
 
 
 async def remember_prepared(request: web.Request, response: web.StreamResponse) -> None:
     request[PREPARED] = response
+
+
+def error_name(status: int) -> str:
+    """CouchDB's `error` for an HTTP status."""
+    return _HTTP_ERRORS.get(status, "error")
 
 
 @web.middleware
@@ -143,9 +180,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        error = _HTTP_ERRORS.get(exc.status, "error")
+        error = error_name(exc.status)
         reason = exc.reason if exc.status != 404 else "missing"
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "www-authenticate"}}
+        kept = {"allow", "www-authenticate", "retry-after"}
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in kept}
         return error_response(exc.status, error, reason, headers)
     except ConnectionResetError:
         # The client went away: nothing left to answer, and nothing wrong. aiohttp finds

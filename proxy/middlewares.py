@@ -7,8 +7,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.access.paths import BadPath, CouchPath
+from proxy.audit.capture import record
 from proxy.auth.authenticator import CHALLENGE
 from proxy.auth.principal import ANONYMOUS
+from proxy.auth.throttle import LoginThrottled
+from proxy.clients import client_address
 from proxy.errors import Unauthorized
 from proxy.keys import AUTHENTICATOR, PRINCIPAL, SETTINGS
 from proxy.logs import USER_NAME_KEY
@@ -87,9 +90,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if name in UNAUTHENTICATED_ROUTES:
         request[PRINCIPAL] = ANONYMOUS
         return await handler(request)
-    principal = await request.app[AUTHENTICATOR].authenticate(
-        request.headers.get("Authorization"), request.headers.get("Cookie"), request.remote
-    )
+    try:
+        principal = await request.app[AUTHENTICATOR].authenticate(
+            request.headers.get("Authorization"), request.headers.get("Cookie"), client_address(request)
+        )
+    except LoginThrottled as exc:
+        record(request, "authenticate", "denied", user=exc.name, reason=exc.reason)
+        raise
     if not principal.authenticated and not anonymous_allowed(request, name):
         # One answer for every route, as CouchDB gives it: 401 with a challenge, never 403.
         raise Unauthorized("You are not authorized to access this resource.", headers=CHALLENGE)

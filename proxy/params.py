@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterable
+from itertools import accumulate
 from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import MultiMapping
 
 from proxy.errors import BadRequest, PayloadTooLarge
+
+# How deeply a JSON body may nest: far beyond any CHT doc, and within what couchgate (and
+# every JSON library on the way) writes back without recursing too deep.
+MAX_JSON_DEPTH = 200
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def json_depth(raw: bytes) -> int:
+    """How deeply the JSON text nests (brackets inside strings do not count); cheap when
+    the text holds fewer brackets than the limit, linear otherwise."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return MAX_JSON_DEPTH
+    brackets = _JSON_STRING.sub(b"", raw).translate(_BRACKETS, _NOT_BRACKETS)
+    return max(accumulate(memoryview(brackets).cast("b")), default=0)
+
+
+# The largest integer a parameter may hold: JSON numbers beyond it lose precision in
+# JavaScript clients, and orjson cannot write integers past 64 bits.
+MAX_INT = 2**53 - 1
 
 
 def nonneg_int(value: str | None, name: str) -> int | None:
@@ -18,18 +42,34 @@ def nonneg_int(value: str | None, name: str) -> int | None:
         number = int(value)
     except ValueError as exc:
         raise BadRequest(f"{name} must be a non-negative integer") from exc
-    if number < 0:
-        raise BadRequest(f"{name} must be a non-negative integer")
+    if not 0 <= number <= MAX_INT:
+        raise BadRequest(f"{name} must be a non-negative integer of at most {MAX_INT}")
     return number
+
+
+def limit_of(value: str | None, default: int, most: int) -> int:
+    """A `limit` parameter: 1 to `most` (400 otherwise, as the OpenAPI spec says), `default`
+    when absent."""
+    limit = nonneg_int(value, "limit")
+    if limit is None:
+        return default
+    if not 1 <= limit <= most:
+        raise BadRequest(f"limit must be between 1 and {most}")
+    return limit
 
 
 def true(value: str | None) -> bool:
     return value is not None and value.lower() == "true"
 
 
-def flag(value: str | None, name: str, default: bool) -> bool:
+def flag(query: MultiMapping[str], name: str, default: bool) -> bool:
     """A boolean parameter that decides whether something is written: `true` or `false`,
-    anything else refused (`dry_run=1` must not quietly mean a real write)."""
+    given once; anything else refused (`dry_run=1`, or `dry_run=true&dry_run=false`, must
+    not quietly mean a real write)."""
+    values = query.getall(name, [])
+    if len(values) > 1:
+        raise BadRequest(f"{name} may be given only once")
+    value = values[0] if values else None
     if value is None:
         return default
     if value.lower() not in ("true", "false"):
@@ -65,6 +105,8 @@ async def read_json(request: web.Request, limit: int, *, empty: Any = None) -> A
         if empty is not None:
             return empty
         raise BadRequest("request body must be JSON")
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -8,16 +8,18 @@ dropped; `Location` is rewritten to couchgate's address.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 from proxy.access.paths import BadPath, CouchPath
 from proxy.auth import acting
 from proxy.auth.principal import Principal
+from proxy.clients import client_view
 from proxy.couch.client import LIVE_FEEDS, MAPPED_ERRORS
 from proxy.errors import BadRequest, ClientGone, PayloadTooLarge
 from proxy.keys import COUCH, SETTINGS
@@ -38,6 +40,13 @@ HOP_BY_HOP = {
 }
 # Credentials are never copied from the client blindly: each principal gets its own.
 CREDENTIAL_HEADERS = {"authorization", "cookie"}
+# The only client headers forwarded to CouchDB (see `upstream_request_headers`): content
+# negotiation, the body's framing and type, revisions and ranges, COPY's destination.
+FORWARDED_REQUEST_HEADERS = frozenset({
+    "accept", "accept-encoding", "content-type", "content-length", "content-encoding", "content-md5",
+    "destination", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range",
+    "range", "user-agent", "x-couch-full-commit",
+})  # fmt: skip
 CHUNK = 64 * 1024
 log = logging.getLogger("couchgate.proxy")
 # A check of the request body that `credentials_for` asked `forward` to make (token callers).
@@ -58,26 +67,27 @@ def parse_path(request: web.Request) -> CouchPath:
 
 
 def upstream_request_headers(request: web.Request, credentials: dict[str, str]) -> CIMultiDict[str]:
+    """What CouchDB receives with a request: the client's headers that CouchDB's protocol
+    needs (an allow-list), the credentials couchgate chose, and `X-Forwarded-*` as couchgate
+    sees the client. Nothing else the client sent goes upstream: CouchDB's proxy
+    authentication reads `X-Auth-CouchDB-*` (or whatever names its config gives), and
+    forwarding headers decide the URLs it builds, so no such header may come from a caller."""
     headers: CIMultiDict[str] = CIMultiDict()
     dropped = hop_by_hop(request.headers)
     for key, value in request.headers.items():
         lower = key.lower()
-        if (
-            lower in dropped
-            or lower in CREDENTIAL_HEADERS
-            or lower.startswith("x-forwarded-")
-            or lower == "origin"
-        ):
-            continue
-        headers.add(key, value)
+        if lower in FORWARDED_REQUEST_HEADERS and lower not in dropped:
+            headers.add(key, value)
     headers.update(credentials)
     if request.query.get("feed") in LIVE_FEEDS:
         # Compressed live feeds stall heartbeats behind the compressor's buffer.
         headers["Accept-Encoding"] = "identity"
-    if request.remote:
-        headers["X-Forwarded-For"] = request.remote
-    headers["X-Forwarded-Proto"] = request.scheme
-    headers["X-Forwarded-Host"] = request.host
+    view = client_view(request)
+    if view.address:
+        headers["X-Forwarded-For"] = view.address
+    headers["X-Forwarded-Proto"] = view.scheme
+    if view.host is not None:
+        headers["X-Forwarded-Host"] = view.host
     return headers
 
 
@@ -110,21 +120,40 @@ def public_base(request: web.Request) -> str:
     configured = request.app[SETTINGS].public_url
     if configured is not None:
         return str(configured).rstrip("/")
-    return f"{request.scheme}://{request.host}"
+    view = client_view(request)
+    return f"{view.scheme}://{view.host or request.host}"
 
 
 async def credentials_for(request: web.Request, principal: Principal, path: CouchPath) -> dict[str, str]:
     """The upstream credentials of this request, or an error if CouchDB's rules deny it."""
-    if path.segments[:1] == ("_session",) or not principal.authenticated:
+    if path.segments[:1] == ("_session",):
         # CouchDB's own session protocol: the client's credentials, exactly as sent.
         return {k: v for k, v in request.headers.items() if k.lower() in CREDENTIAL_HEADERS}
+    if not principal.authenticated:
+        return {}  # anonymous: whatever the client sent was no credential couchgate could read
     if principal.upstream_headers:
+        if path.db == "_users" and not principal.is_admin:
+            # Not every backend keeps CouchDB's `_users` rules (pouchdb-server lets users
+            # change their own roles): couchgate holds these callers to them as it does
+            # token callers, and CouchDB then checks again with their own credentials.
+            await _authorize(request, principal, path)
         return dict(principal.upstream_headers)
     # A token caller: couchgate applies CouchDB's rules, then acts as the service account.
+    await _authorize(request, principal, path)
+    return {"Authorization": request.app[COUCH].service_auth}
+
+
+async def _authorize(request: web.Request, principal: Principal, path: CouchPath) -> None:
     check = await acting.authorize(request, principal, path)
     if check is not None:
         request[BODY_CHECK] = check  # made by `forward`, which reads the body
-    return {"Authorization": request.app[COUCH].service_auth}
+
+
+def rebuilt_query(params: Mapping[str, str] | MultiMapping[str]) -> str:
+    """A query string built from parsed parameters, never the client's raw one: what
+    CouchDB reads is what couchgate read (`a=1;b=2`, `+`, `%00`, doubled keys...)."""
+    items = list(params.items())
+    return "?" + urlencode(items, quote_via=quote, safe="") if items else ""
 
 
 AnswerHook = Callable[[int, bytes], None]
@@ -139,28 +168,29 @@ async def forward(
     body: bytes | AsyncIterable[bytes] | None = None,
     on_answer: AnswerHook | None = None,
     capture_limit: int = CAPTURE_LIMIT,
+    query: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
     """Stream the request to CouchDB and its answer back. `body`: send this instead of the
     request's own (already read, or partly read, by the caller); `on_answer`: called at the
-    end with the status and the first `capture_limit` bytes of the answer (for the audit log)."""
+    end with the status and the first `capture_limit` bytes of the answer (for the audit log);
+    `query`: the parameters to send (default: the request's, as couchgate parsed them)."""
     settings = request.app[SETTINGS]
     couch = request.app[COUCH]
     declared = request.content_length
     if declared is not None and declared > settings.max_body_bytes:
         raise PayloadTooLarge(f"request body is larger than {settings.max_body_bytes} bytes")
-    target = path.encoded()
-    if request.rel_url.raw_query_string:
-        target += "?" + request.rel_url.raw_query_string
+    target = path.encoded() + rebuilt_query(request.query if query is None else query)
     check = request.get(BODY_CHECK)
     if check is not None:
         del request[BODY_CHECK]
-        body = await whole_body(request, body, settings.max_json_bytes)
-        await check(body)
+        body = await check(await whole_body(request, body, settings.max_json_bytes))
     if body is not None:
         data: Any = body
     else:
         data = limited_body(request, settings.max_body_bytes) if request.body_exists else None
     headers = upstream_request_headers(request, credentials)
+    if isinstance(data, bytes):
+        headers.popall("Content-Length", None)  # a body given here is measured afresh
     if on_answer is not None:
         headers["Accept-Encoding"] = "identity"  # the audit log reads this answer
     own_credentials = credentials.get("Authorization") != couch.service_auth

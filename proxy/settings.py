@@ -5,6 +5,7 @@ Invalid settings fail at start with one line naming the variable (see `load_sett
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Annotated, Literal
@@ -27,6 +28,8 @@ class Settings(BaseSettings):
     audit_db: str = Field(default="medic-audit", pattern=r"^[a-z][a-z0-9_$()+/-]*$")
     # The audit log: written in batches off the request path (see proxy/audit/log.py).
     audit_enabled: bool = True
+    # Crash-proof: an intent is stored before each write is forwarded (proxy/audit/log.py).
+    audit_durable: bool = True
     audit_batch_size: int = Field(default=200, ge=1, le=10_000)
     audit_flush_interval: float = Field(default=0.5, gt=0)
     audit_queue_max: int = Field(default=100_000, ge=1)
@@ -48,15 +51,43 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_ttl_seconds: int = Field(default=900, ge=10, le=86400)
 
-    # How long a verified basic/cookie credential is trusted before asking CouchDB again.
+    # How long a verified basic/cookie credential, and what a bearer token's user is (exists,
+    # roles, password, logouts), is trusted before asking CouchDB again.
     auth_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
+    # Where logouts and `POST /_couchgate/token/revoke` are kept (admins only; made on first use).
+    auth_db: str = Field(default="couchgate-auth", pattern=r"^[a-z][a-z0-9_$()+/-]*$")
+
+    # Failed logins (Basic, POST /_session, POST /_couchgate/token), per user name and per client
+    # address: free failures, then delays from the base doubling up to the max; forgotten after
+    # a quiet spell. Never a permanent lockout.
+    login_throttle: bool = True
+    login_free_failures: int = Field(default=5, ge=1)
+    login_free_failures_per_address: int = Field(default=20, ge=1)
+    login_base_delay: float = Field(default=1.0, gt=0)
+    login_max_delay: float = Field(default=300.0, gt=0)
+    login_forget_seconds: float = Field(default=900.0, gt=0)
+
+    # The edge: proxies whose X-Forwarded-* headers are believed (IPs or CIDR networks), time
+    # limits for a request's head and for its body's progress, connections per client address.
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=20.0, gt=0)
+    body_min_bytes: int = Field(default=1024, ge=1)
+    max_connections_per_client: int = Field(default=128, ge=1)
 
     # Limits and timeouts.
     # CouchDB 3 accepts request bodies up to 4 GiB (max_http_request_size); so do we, streamed.
     max_body_bytes: int = Field(default=4 * 1024**3, ge=1024)
     max_json_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # Upstream timeouts (README, "Timeouts"): connecting; the first byte of CouchDB's answer
+    # where a phone is waiting (offline users, the index) and everywhere else; the longest
+    # silence inside a streamed answer.
     connect_timeout: float = Field(default=5.0, gt=0)
+    first_byte_timeout: float = Field(default=10.0, gt=0)
     request_timeout: float = Field(default=300.0, gt=0)
+    idle_timeout: float = Field(default=60.0, gt=0)
+    # Client connections served at once (0: from the open-file limit; see proxy/connections.py).
+    max_connections: int = Field(default=0, ge=0)
     upstream_pool_size: int = Field(default=100, ge=1)
 
     # Browser PouchDB: origins allowed to call couchgate with credentials ("*" echoes any origin).
@@ -77,7 +108,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
 
-    @field_validator("jwt_algorithms", "cors_origins", mode="before")
+    @field_validator("jwt_algorithms", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _list_from_env(cls, value: object) -> object:
         # From the environment: a JSON list, or the plain comma list people write (`*`, `HS256,RS256`).
@@ -94,6 +125,19 @@ class Settings(BaseSettings):
         if value.username or value.password:
             raise ValueError("put credentials in COUCHGATE_COUCH_USER/COUCHGATE_COUCH_PASSWORD, not the URL")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # a ValueError names this variable
+        return value
+
+    @model_validator(mode="after")
+    def _login_delays_grow(self) -> Settings:
+        if self.login_max_delay < self.login_base_delay:
+            raise ValueError("login_max_delay: must not be less than login_base_delay")
+        return self
 
     @model_validator(mode="after")
     def _jwt_keys_match_algorithms(self) -> Settings:

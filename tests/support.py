@@ -16,9 +16,11 @@ import orjson
 import pytest
 import yarl
 from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 
 from proxy.app import create_app
 from proxy.devserver.backend import CouchServer, PouchServer
+from proxy.edge import EdgeRunner
 from proxy.settings import Settings, load_settings
 
 JWT_SECRET = "test-secret-" + "x" * 40
@@ -26,9 +28,8 @@ JWT_SECRET = "test-secret-" + "x" * 40
 TEST_COUCH_URL = os.environ.get("COUCHGATE_TEST_COUCH_URL", "")
 BACKEND_KIND = CouchServer.kind if TEST_COUCH_URL else PouchServer.kind
 ON_COUCHDB = CouchServer.kind == BACKEND_KIND
-# A difference CouchDB shows inside proxy/offline, left to the rework of that code (issue 17):
-# an offline user's own `_users` doc is forwarded with their own credentials, which CouchDB
-# 3.4's default `_users` security (members: _admin) refuses.
+# Differences CouchDB shows inside proxy/offline, left to the rework of that code (issue 17;
+# each marked test says which).
 OFFLINE_REWORK = pytest.mark.xfail(ON_COUCHDB, reason="offline rework pending (lead)", strict=False)
 MEMBER_ROLE = "member"
 
@@ -100,8 +101,15 @@ class Gateway:
             return resp.status, body, resp.headers
 
 
+class GatewayServer(TestServer):
+    """A test server with couchgate's edge rules, as `couchgate serve` runs it."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return EdgeRunner(self.app, **kwargs)
+
+
 async def start_gateway(settings: Settings) -> Gateway:
-    server = TestServer(create_app(settings), host="127.0.0.1")
+    server = GatewayServer(create_app(settings), host="127.0.0.1")
     await server.start_server()
     http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
     return Gateway(f"http://127.0.0.1:{server.port}", settings, http, server)

@@ -4,8 +4,13 @@ Contacts are keyed by their own `_id`; tasks by `user`; targets by `owner`; user
 docs by their own `_id`; a report by its subject: the first present of
 `fields.patient_id`, `patient_id`, `fields.place_id`, `place_id`, `fields.patient_uuid`,
 `contact._id`, else `_unassigned`, and with `fields.needs_signoff` also by its submitter
-and every ancestor in the submitter's lineage. Shortcode keys (`patient_id`, `place_id`)
-stay as written: a user's subjects hold contacts' shortcodes too, which resolves them.
+and every ancestor in the submitter's lineage.
+
+These keys are where the index files a doc, not what grants it: the read rules
+(`proxy.access.read`) give each key its meaning. Ids and shortcodes are separate key
+spaces: only a report's subject taken from a shortcode field (`patient_id`, `place_id`)
+may name a contact by its shortcode (`ReportFacts.code_field`), and a shortcode is never
+a reserved value (`reserved`), so no contact can hold `_unassigned` or a user's doc id.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ GLOBAL_IDS = frozenset(
 GLOBAL_TYPES = frozenset({"form", "translations"})
 PLACE_TYPES = frozenset({"district_hospital", "health_center", "clinic"})
 UNASSIGNED = "_unassigned"
+USER_PREFIX = "org.couchdb.user:"
 
 PLACE, PERSON, CONTACT, REPORT, TASK, TARGET, USER_SETTINGS, GLOBAL, DESIGN, OTHER = (
     "place",
@@ -98,39 +104,55 @@ def parent_id(doc: Mapping[str, Any]) -> str | None:
     return _str(parent.get("_id")) if isinstance(parent, Mapping) else None
 
 
+def reserved(value: str) -> bool:
+    """Values no shortcode may take: they key other things (`_unassigned`, a user's own doc
+    id) or name no doc a contact could be (`_design/...`, `_local/...`)."""
+    return value.startswith(("_", USER_PREFIX))
+
+
 def shortcode(doc: Mapping[str, Any]) -> str | None:
-    return _str(doc.get("patient_id")) or _str(doc.get("place_id"))
+    """The contact's shortcode (`patient_id`, else `place_id`); a reserved value is none."""
+    code = _str(doc.get("patient_id")) or _str(doc.get("place_id"))
+    return None if code is None or reserved(code) else code
 
 
 @dataclass(frozen=True, slots=True)
 class ReportFacts:
-    subject: str
+    subject: str | None  # None: no subject field at all (the report is unassigned)
+    code_field: bool  # the subject came from a field that may hold a shortcode
     submitter: str | None
     private: bool
+    signoff: tuple[str, ...]  # with `fields.needs_signoff`: the submitter's lineage
 
 
-def report_subject(doc: Mapping[str, Any]) -> str:
+def report_subject(doc: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """The subject value and whether its field may hold a shortcode (`patient_id`,
+    `place_id`) rather than only an id (`patient_uuid`, the submitter)."""
     fields = doc.get("fields")
     fields = fields if isinstance(fields, Mapping) else {}
     contact = doc.get("contact")
-    for value in (
-        fields.get("patient_id"),
-        doc.get("patient_id"),
-        fields.get("place_id"),
-        doc.get("place_id"),
-        fields.get("patient_uuid"),
-        contact.get("_id") if isinstance(contact, Mapping) else None,
+    for value, code_field in (
+        (fields.get("patient_id"), True),
+        (doc.get("patient_id"), True),
+        (fields.get("place_id"), True),
+        (doc.get("place_id"), True),
+        (fields.get("patient_uuid"), False),
+        (contact.get("_id") if isinstance(contact, Mapping) else None, False),
     ):
         if _str(value):
-            return str(value)
-    return UNASSIGNED
+            return str(value), code_field
+    return None, False
 
 
 def report_facts(doc: Mapping[str, Any]) -> ReportFacts:
     fields = doc.get("fields")
-    private = bool(fields.get("private")) if isinstance(fields, Mapping) else False
+    fields = fields if isinstance(fields, Mapping) else {}
     submitter = lineage_ids(doc.get("contact"))
-    return ReportFacts(report_subject(doc), submitter[0] if submitter else None, private)
+    subject, code_field = report_subject(doc)
+    signoff = tuple(dict.fromkeys(submitter)) if fields.get("needs_signoff") else ()
+    return ReportFacts(
+        subject, code_field, submitter[0] if submitter else None, bool(fields.get("private")), signoff
+    )
 
 
 def replication_keys(doc: Mapping[str, Any], kind: str | None = None) -> tuple[str, ...]:
@@ -145,9 +167,11 @@ def replication_keys(doc: Mapping[str, Any], kind: str | None = None) -> tuple[s
         owner = _str(doc.get("owner"))
         return (owner,) if owner else ()
     if kind == REPORT:
-        keys = [report_subject(doc)]
-        fields = doc.get("fields")
-        if isinstance(fields, Mapping) and fields.get("needs_signoff"):
-            keys += lineage_ids(doc.get("contact"))
-        return tuple(dict.fromkeys(keys))
+        facts = report_facts(doc)
+        return report_keys(facts)
     return ()
+
+
+def report_keys(facts: ReportFacts) -> tuple[str, ...]:
+    subject = UNASSIGNED if facts.subject is None else facts.subject
+    return tuple(dict.fromkeys((subject, *facts.signoff)))

@@ -6,24 +6,26 @@ Fed one upstream change at a time (`apply`). It keeps:
   ordinal, the index's own change counter (upstream seqs are opaque and never compared);
 - postings: replication key -> doc ids, and per key the highest ordinal filed under it,
   so a user's incremental feed skips untouched keys;
-- the contact tree (parent pointers, children, shortcodes), which is the `ContactGraph`
-  the rules walk.
+- the contact tree (parent pointers, children, live shortcode holders), which is the
+  `ContactGraph` the rules walk.
 A contact that is created or moves re-sequences every doc keyed on it or on any contact
-below it: for users who gain those docs they arrive as changes, without a full backfill.
+below it, and a change of who holds a shortcode (or of whether they live) every doc keyed
+on that shortcode: for users who gain those docs they arrive as changes, without a full backfill.
 A deleted doc keeps the keys of its last live version, and a deleted contact its place in
-the tree, so a tombstone reaches the users who could read the doc.
+the tree (its shortcode then names nobody), so a tombstone reaches the users who could
+read the doc.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.access.config import AppSettings, UserCtx
-from proxy.access.decide import ContactNode, entry_readable, subjects
+from proxy.access.graph import ContactNode, Subjects, subjects
 from proxy.access.kinds import (
     CONTACT_KINDS,
     GLOBAL,
@@ -31,11 +33,10 @@ from proxy.access.kinds import (
     ReportFacts,
     contact_is_person,
     kind_of,
-    parent_id,
     replication_keys,
     report_facts,
-    shortcode,
 )
+from proxy.access.read import contact_node, entry_readable
 
 
 @dataclass(slots=True)
@@ -74,6 +75,7 @@ class ScopeIndex:
         self.globals: set[str] = set()
         self.nodes: dict[str, ContactNode] = {}
         self.kids: dict[str, set[str]] = {}
+        self.codes: dict[str, set[str]] = {}  # shortcode -> the contacts (deleted too) holding it
         # Private reports by submitter: whether one is readable depends on where its
         # submitter sits, so a submitter's move re-sequences them too.
         self.private_by_submitter: dict[str, set[str]] = {}
@@ -81,7 +83,7 @@ class ScopeIndex:
         # Bumped on every change to the contact tree: subjects and feeds computed for an
         # older tree are recomputed, others are refreshed with just the newer changes.
         self.tree_version = 0
-        self._subjects: OrderedDict[UserCtx, tuple[AppSettings, int, dict[str, int]]] = OrderedDict()
+        self._subjects: OrderedDict[UserCtx, tuple[AppSettings, int, Subjects]] = OrderedDict()
         self._feeds: OrderedDict[UserCtx, _UserFeed] = OrderedDict()
         self.person_types: frozenset[str] = frozenset({"person"})
 
@@ -92,6 +94,29 @@ class ScopeIndex:
 
     def children(self, contact_id: str) -> Iterable[str]:
         return self.kids.get(contact_id, ())
+
+    def holders(self, code: str) -> Collection[str]:
+        return self.codes.get(code, ())
+
+    def filed(self, key: str) -> Iterator[Entry]:
+        for doc_id in self.postings.get(key, ()):
+            yield self.entries[doc_id]
+
+    def affected(self, contact_id: str) -> Iterator[Entry]:
+        seen: set[str] = set()
+        stack = [contact_id]
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            stack.extend(self.kids.get(current, ()))
+            node = self.nodes.get(current)
+            for key in (current, node.shortcode if node is not None else None):
+                if key is not None:
+                    yield from self.filed(key)
+            for doc_id in self.private_by_submitter.get(current, ()):
+                yield self.entries[doc_id]
 
     # -- feeding ----------------------------------------------------------------------------
 
@@ -135,11 +160,15 @@ class ScopeIndex:
         else:
             self.globals.discard(doc_id)
         if kind in CONTACT_KINDS and not deleted:
-            self._update_contact(doc_id, doc)
-        elif old is not None and old.kind in CONTACT_KINDS and kind not in CONTACT_KINDS:
+            self._update_contact(doc_id, contact_node(doc))
+        elif kind in CONTACT_KINDS:
+            # A deleted contact keeps its place in the tree, so its tombstone (and the docs
+            # below it) stay with the users who could read it; its shortcode names nobody.
+            node = self.nodes.get(doc_id)
+            if node is not None:
+                self._update_contact(doc_id, ContactNode(doc_id, node.parent, node.shortcode, live=False))
+        elif old is not None and old.kind in CONTACT_KINDS:
             self._update_contact(doc_id, None)
-        # A deleted contact keeps its place in the tree, so its tombstone (and the docs
-        # keyed on it, which its users already hold) stay with the users who could read it.
 
     def _unfile(self, key: str, doc_id: str) -> None:
         ids = self.postings.get(key)
@@ -155,26 +184,44 @@ class ScopeIndex:
             if not ids:
                 del self.private_by_submitter[submitter]
 
-    def _update_contact(self, contact_id: str, doc: Mapping[str, Any] | None) -> None:
+    def _update_contact(self, contact_id: str, new: ContactNode | None) -> None:
         old = self.nodes.get(contact_id)
-        new = ContactNode(contact_id, parent_id(doc), shortcode(doc)) if doc is not None else None
         if old == new:
             return
         self.tree_version += 1
-        if old is not None and old.parent is not None:
-            siblings = self.kids.get(old.parent)
-            if siblings is not None:
-                siblings.discard(contact_id)
-                if not siblings:
-                    del self.kids[old.parent]
+        if old is not None and old.parent is not None and (new is None or new.parent != old.parent):
+            self._drop(self.kids, old.parent, contact_id)
+        if new is not None and new.parent is not None:
+            self.kids.setdefault(new.parent, set()).add(contact_id)
+        old_code = old.shortcode if old is not None else None
+        new_code = new.shortcode if new is not None else None
+        if old_code != new_code or (old is not None and new is not None and old.live != new.live):
+            # Who holds a shortcode, and whether they live, decides what it names: every
+            # doc keyed on it may change hands.
+            if old_code is not None:
+                self._drop(self.codes, old_code, contact_id)
+                self._bump_key(old_code, contact_id)
+            if new_code is not None:
+                self.codes.setdefault(new_code, set()).add(contact_id)
+                self._bump_key(new_code, contact_id)
         if new is None:
             del self.nodes[contact_id]
             return
         self.nodes[contact_id] = new
-        if new.parent is not None:
-            self.kids.setdefault(new.parent, set()).add(contact_id)
-        if old is None or old.parent != new.parent or old.shortcode != new.shortcode:
+        if old is None or old.parent != new.parent:
             self._resequence_below(contact_id)
+
+    @staticmethod
+    def _drop(sets: dict[str, set[str]], key: str, member: str) -> None:
+        found = sets.get(key)
+        if found is not None:
+            found.discard(member)
+            if not found:
+                del sets[key]
+
+    def _bump_key(self, key: str, moved: str) -> None:
+        for doc_id in list(self.postings.get(key, ())):
+            self._bump(doc_id, moved)
 
     def _resequence_below(self, contact_id: str) -> None:
         """Docs keyed on this contact or any below it become changes again."""
@@ -187,20 +234,18 @@ class ScopeIndex:
             stack.extend(self.kids.get(current, ()))
             node = self.nodes.get(current)
             for key in (current, node.shortcode if node else None):
-                if key is None:
-                    continue
-                for doc_id in self.postings.get(key, ()):
-                    self._bump(doc_id, contact_id)
-                self.key_max[key] = self.ordinal
-            for doc_id in self.private_by_submitter.get(current, ()):
+                if key is not None:
+                    self._bump_key(key, contact_id)
+            for doc_id in list(self.private_by_submitter.get(current, ())):
                 self._bump(doc_id, contact_id)
-                for key in self.entries[doc_id].keys:
-                    self.key_max[key] = self.ordinal
 
     def _bump(self, doc_id: str, moved: str) -> None:
+        """The doc becomes a change again, found under every one of its keys."""
         entry = self.entries[doc_id]
         if entry.id != moved or entry.ordinal != self.ordinal:  # the moved doc itself is fresh
             entry.ordinal = self._next()
+        for key in entry.keys:
+            self.key_max[key] = max(self.key_max.get(key, 0), entry.ordinal)
 
     def set_person_types(self, person_types: frozenset[str]) -> None:
         """From the settings' `contact_types`; contacts filed before keep their kind until
@@ -209,38 +254,36 @@ class ScopeIndex:
 
     # -- queries ----------------------------------------------------------------------------
 
-    def subjects_of(self, user: UserCtx, settings: AppSettings) -> dict[str, int]:
+    def subjects_of(self, user: UserCtx, settings: AppSettings) -> Subjects:
         """The user's subjects, cached until the tree or the settings change."""
         hit = self._subjects.get(user)
         if hit is not None and hit[0] is settings and hit[1] == self.tree_version:
             self._subjects.move_to_end(user)
             return hit[2]
-        depths = subjects(user, settings, self)
-        self._subjects[user] = (settings, self.tree_version, depths)
+        subj = subjects(user, settings, self)
+        self._subjects[user] = (settings, self.tree_version, subj)
         if len(self._subjects) > CACHED_USERS:
             self._subjects.popitem(last=False)
-        return depths
+        return subj
 
-    def _candidates(self, depths: Mapping[str, int], after: int) -> Iterator[str]:
-        for key in depths:
+    def _candidates(self, subj: Subjects, after: int) -> Iterator[str]:
+        for key in subj.lookup_keys():
             if self.key_max.get(key, 0) > after:
                 yield from self.postings.get(key, ())
         yield from self.globals
 
-    def _readable(
-        self, entry: Entry, user: UserCtx, settings: AppSettings, depths: Mapping[str, int]
-    ) -> bool:
-        return entry_readable(entry.id, entry.kind, entry.keys, entry.facts, user, settings, depths, self)
+    def _readable(self, entry: Entry, user: UserCtx, settings: AppSettings, subj: Subjects) -> bool:
+        return entry_readable(entry.id, entry.kind, entry.keys, entry.facts, user, settings, subj, self)
 
     def _scan(self, user: UserCtx, settings: AppSettings, ordinal: int) -> list[Entry]:
         """Readable entries above `ordinal`, found through the user's keys only."""
-        depths = self.subjects_of(user, settings)
+        subj = self.subjects_of(user, settings)
         found: dict[str, Entry] = {}
-        for doc_id in self._candidates(depths, ordinal):
+        for doc_id in self._candidates(subj, ordinal):
             entry = self.entries.get(doc_id)
             if entry is None or entry.ordinal <= ordinal or doc_id in found:
                 continue
-            if self._readable(entry, user, settings, depths):
+            if self._readable(entry, user, settings, subj):
                 found[doc_id] = entry
         return sorted(found.values(), key=lambda e: e.ordinal)
 
@@ -290,11 +333,11 @@ class ScopeIndex:
         return self._readable(entry, user, settings, self.subjects_of(user, settings))
 
     def readable_ids(self, ids: Iterable[str], user: UserCtx, settings: AppSettings) -> set[str]:
-        depths = self.subjects_of(user, settings)
+        subj = self.subjects_of(user, settings)
         found = set()
         for doc_id in ids:
             entry = self.entries.get(doc_id)
-            if entry is not None and self._readable(entry, user, settings, depths):
+            if entry is not None and self._readable(entry, user, settings, subj):
                 found.add(doc_id)
         return found
 

@@ -14,11 +14,19 @@ Kinds of forwarded write (`write_kind`) and their entries:
 
 A write whose docs cannot be itemised (a body past the JSON limit, an answer couchgate
 could not read) is never recorded as nothing: its entries say `unknown`.
+
+Crash-proof (COUCHGATE_AUDIT_DURABLE, on by default): before a write is forwarded, an
+intent (`action: intent`, `outcome: unknown`, `details.writes`: `[doc id, rev, generation]`
+of each doc it may write) is stored in the writer's chain of intents (`intend`); the entry
+recorded after CouchDB's answer says what happened. If couchgate dies in between, the
+intent is the write's entry, and `couchgate audit verify` counts the write as accounted for.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -27,6 +35,7 @@ from aiohttp import web
 from proxy.access.paths import CouchPath
 from proxy.audit.api import AuditEntry, Outcome, clean_text
 from proxy.audit.log import AuditLog
+from proxy.clients import client_address
 from proxy.keys import AUDIT, PRINCIPAL
 from proxy.logs import REQUEST_ID_KEY
 
@@ -45,7 +54,7 @@ def entry(request: web.Request, action: str, outcome: Outcome, **fields: Any) ->
         user=fields.pop("user", principal.name if principal else None),
         roles=principal.roles if principal else (),
         request_id=request.get(REQUEST_ID_KEY),
-        client=request.remote,
+        client=client_address(request),
         user_agent=clean_text(user_agent) if user_agent is not None else None,
         path=clean_text(request.rel_url.raw_path),
         **fields,
@@ -249,3 +258,71 @@ async def admit(request: web.Request) -> None:
     sink = request.app[AUDIT]
     if isinstance(sink, AuditLog):
         await sink.admit()
+
+
+# The intent of a write: [doc id, the rev it will have if known in advance (new_edits:false),
+# the generation it will have if it updates a known rev (else None: a create)].
+Planned = list[Any]
+INTENT_REASON = "recorded before the write was forwarded; the entry after it tells the outcome"
+
+
+def _generation(rev: object) -> int | None:
+    head = rev.split("-", 1)[0] if isinstance(rev, str) else ""
+    return int(head) if head.isdigit() else None
+
+
+def planned(doc: Any, new_edits: bool = True, rev: object = None) -> Planned:
+    """What writing `doc` will leave in CouchDB, as far as it is known before the write."""
+    if not isinstance(doc, dict):
+        return [None, None, None]
+    doc_id = _str(doc.get("_id"))
+    rev = rev if rev is not None else doc.get("_rev")
+    if not new_edits:
+        revisions = doc.get("_revisions")
+        if isinstance(revisions, dict) and isinstance(revisions.get("ids"), list) and revisions["ids"]:
+            return [doc_id, f"{revisions.get('start')}-{revisions['ids'][0]}", None]
+        return [doc_id, _str(rev), None]
+    before = _generation(rev)
+    return [doc_id, None, before + 1 if before is not None else None]
+
+
+def name_new_docs(docs: list[Any]) -> bool:
+    """Give each new doc without `_id` one (as CouchDB would: a random UUID), so its intent
+    can name it; True if any was named."""
+    named = False
+    for doc in docs:
+        if isinstance(doc, dict) and "_id" not in doc:
+            doc["_id"] = uuid.uuid4().hex
+            named = True
+    return named
+
+
+async def intend(request: web.Request, db: str | None, writes: list[Planned], action: str,
+                 **details: Any) -> None:  # fmt: skip
+    """Store the intent of a write before it is forwarded (503 if the audit log cannot)."""
+    sink = request.app[AUDIT]
+    if not isinstance(sink, AuditLog) or sink.intents is None:
+        return
+    ids = {w[0] for w in writes}
+    await sink.intend(entry(
+        request, "intent", "unknown", db=db, doc_id=next(iter(ids)) if len(ids) == 1 else None,
+        reason=INTENT_REASON, details={"for": action, "writes": writes, **details},
+    ))  # fmt: skip
+
+
+async def intend_docs(request: web.Request, db: str | None, docs: list[Any], new_edits: bool = True) -> None:
+    await intend(
+        request, db, [planned(d, new_edits) for d in docs], "bulk_docs" if len(docs) != 1 else "write"
+    )
+
+
+def background_intents(sink: object, db: str) -> Callable[[list[Any], bool], Awaitable[None]] | None:
+    """The intents of couchgate's own background writes (the conflict monitor's merges)."""
+
+    async def intend(docs: list[Any], new_edits: bool) -> None:
+        if isinstance(sink, AuditLog):
+            writes = [planned(d, new_edits) for d in docs]
+            await sink.intend(AuditEntry("intent", "unknown", user="couchgate", db=db, reason=INTENT_REASON,
+                                         details={"for": "auto_resolve", "writes": writes}))  # fmt: skip
+
+    return intend

@@ -8,6 +8,11 @@ entries) from where the first page was taken, so a burst of any size is shown wh
 `chain` view, one page at a time: an edited entry fails its hash, a removed entry or batch
 doc leaves a gap in seq; checkpoints (the `audit checkpoint` lines couchgate
 logs) also reveal a writer's newest entries being deleted, which no chain can show alone.
+It then checks for gaps: every revision the database's `_changes` shows (each leaf of each
+doc changed since the audit log began, `--since` to start elsewhere) must be accounted for
+by an entry that says it was written, or by the intent stored before a write whose outcome
+couchgate could not record (it stopped in between); any other is reported as a write with
+no entry. couchgate's own design docs (`_design/couchgate-*`) are not checked.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from proxy.audit.chain import ChainChecker, Checkpoint
-from proxy.audit.log import BATCH_TYPE, DESIGN_ID
+from proxy.audit.log import BATCH_TYPE, DESIGN_ID, INTENTS_SUFFIX, START_PREFIX
 from proxy.audit.query import AuditQuery, search
 from proxy.audit.retention import MARKER_PREFIX
 from proxy.couch.client import CouchClient, new_session
@@ -99,19 +104,92 @@ def checkpoints_from_log(lines: Iterable[str]) -> list[Checkpoint]:
     return list(newest.values())
 
 
-async def run_verify(settings: Settings, console: Console, checkpoints: Iterable[Checkpoint] = ()) -> int:
+GAP_PAGE = 500
+OWN_DESIGN = "_design/couchgate-"
+SHOWN = 20
+
+
+async def gap_start(couch: CouchClient, audit_db: str, db: str) -> Any:
+    """Where `db`'s `_changes` stood when the audit log began (0 when it was not noted)."""
+    marker = await couch.json("GET", f"/{quote(audit_db, safe='')}/{quote(START_PREFIX + db, safe='')}")
+    return marker.body.get("since", 0) if marker.ok and isinstance(marker.body, dict) else 0
+
+
+def accounted_for(rev: str, known: set[str]) -> bool:
+    head = rev.split("-", 1)[0]
+    return rev in known or "*" in known or f"gen:{head}" in known
+
+
+async def unaccounted(
+    couch: CouchClient, audit_db: str, db: str, since: Any
+) -> AsyncIterator[tuple[str, str]]:
+    """(doc id, rev) of each revision `_changes` shows after `since` that no entry accounts for."""
+    view = f"/{quote(audit_db, safe='')}/{DESIGN_ID}/_view/writes"
+    while True:
+        params = {"style": "all_docs", "limit": str(GAP_PAGE),
+                  "since": since if isinstance(since, str) else orjson.dumps(since).decode()}  # fmt: skip
+        result = await couch.json("GET", f"/{quote(db, safe='')}/_changes", params=params)
+        if result.status == 404:
+            return  # no such database: no write to account for
+        if not result.ok or not isinstance(result.body, dict):
+            raise UpstreamError(f"the changes feed of {db} answered {result.status}")
+        rows = [
+            r for r in result.body.get("results", []) if isinstance(r, dict) and isinstance(r.get("id"), str)
+        ]
+        ids = sorted({r["id"] for r in rows if not r["id"].startswith(OWN_DESIGN)})
+        known: dict[str, set[str]] = {i: set() for i in ids}
+        if ids:
+            answer = await couch.json("POST", view, body={"keys": [[db, i] for i in ids]})
+            if not answer.ok or not isinstance(answer.body, dict):
+                raise UpstreamError(f"the audit writes index answered {answer.status}")
+            for row in answer.body.get("rows", []):
+                key, value = row.get("key"), row.get("value")
+                if isinstance(key, list) and len(key) == 2 and key[1] in known and isinstance(value, str):
+                    known[key[1]].add(value)
+        for row in rows:
+            if row["id"] not in known:
+                continue
+            for change in row.get("changes") or []:
+                rev = change.get("rev") if isinstance(change, dict) else None
+                if isinstance(rev, str) and not accounted_for(rev, known[row["id"]]):
+                    yield row["id"], rev
+        since = result.body.get("last_seq", since)
+        if len(result.body.get("results", [])) < GAP_PAGE:
+            return
+
+
+async def run_verify(
+    settings: Settings, console: Console, checkpoints: Iterable[Checkpoint] = (),
+    gap_dbs: Iterable[str] | None = None, since: str | None = None,
+) -> int:  # fmt: skip
+    """The chains, then the gaps of `gap_dbs` (default: the main database); 1 on any problem."""
     async with couch_client(settings) as couch:
         checker = ChainChecker(await retention_markers(couch, settings.audit_db), checkpoints)
+        intents = 0
         async for entry in chain_entries(couch, settings.audit_db):
             checker.feed(entry)
+            intents += entry.get("action") == "intent"
+        gaps: list[tuple[str, str, str]] = []
+        for db in [settings.db] if gap_dbs is None else gap_dbs:
+            start = since if since is not None else await gap_start(couch, settings.audit_db, db)
+            gaps += [
+                (db, doc_id, rev) async for doc_id, rev in unaccounted(couch, settings.audit_db, db, start)
+            ]
     breaks = checker.finish()
-    entries, writers = checker.entries, len(checker.writers)
-    if not breaks:
-        console.print(f"[green]audit log intact[/green]: {entries} entries from {writers} writers")
-        return 0
+    entries = checker.entries - intents
+    writers = len({w.removesuffix(INTENTS_SUFFIX) for w in checker.writers})
     for problem in breaks:
         console.print(f"[red]break[/red] {problem}")
-    console.print(f"[red]{len(breaks)} breaks[/red] in {entries} entries")
+    for db, doc_id, rev in gaps[:SHOWN]:
+        console.print(f"[red]no entry[/red] for the write of {db}/{doc_id} rev {rev}")
+    if not breaks and not gaps:
+        console.print(f"[green]audit log intact[/green]: {entries} entries from {writers} writers "
+                      f"({intents} intents); every write in the database accounted for")  # fmt: skip
+        return 0
+    if breaks:
+        console.print(f"[red]{len(breaks)} breaks[/red] in {entries} entries")
+    if gaps:
+        console.print(f"[red]{len(gaps)} writes[/red] in the database have no audit entry")
     return 1
 
 
@@ -190,6 +268,15 @@ def add_parser(sub: Any) -> None:
                        help="a logged checkpoint: entries up to it must be there (repeatable)")  # fmt: skip
     check.add_argument("--checkpoints", metavar="LOGFILE",
                        help="couchgate's JSON log: the newest checkpoint of each writer in it")  # fmt: skip
+    check.add_argument(
+        "--db",
+        action="append",
+        dest="gap_dbs",
+        metavar="DB",
+        help="check this database's writes for gaps (repeatable; default: COUCHGATE_DB)",
+    )
+    check.add_argument("--since", help="the _changes seq to check from (default: where the audit log began)")
+    check.add_argument("--no-gaps", action="store_true", help="check the hash chains only")
     check.set_defaults(func=main)
 
 
@@ -206,7 +293,8 @@ def main(args: argparse.Namespace) -> int:
             if args.checkpoints:
                 with open(args.checkpoints, encoding="utf-8", errors="replace") as lines:
                     checkpoints += checkpoints_from_log(lines)
-            return asyncio.run(run_verify(settings, console, checkpoints))
+            gap_dbs = [] if args.no_gaps else args.gap_dbs
+            return asyncio.run(run_verify(settings, console, checkpoints, gap_dbs, args.since))
         return asyncio.run(run_tail(settings, args, console))
     except ValueError as exc:
         console.print(f"couchgate: a checkpoint is WRITER:SEQ:HASH ({exc})")

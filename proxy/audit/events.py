@@ -12,7 +12,6 @@ from proxy.auth.authenticator import AuthFailed
 from proxy.errors import Forbidden
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-RECORDED = web.RequestKey("audit_recorded", bool)  # set by handlers that record their own denial
 
 
 @web.middleware
@@ -23,6 +22,5 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
         record(request, "authenticate", "failure", reason=exc.reason)
         raise
     except Forbidden as exc:
-        if not request.get(RECORDED):
-            record(request, "request", "denied", reason=exc.reason)
+        record(request, "request", "denied", reason=exc.reason)
         raise

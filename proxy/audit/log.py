@@ -61,15 +61,33 @@ log = logging.getLogger("couchgate.audit")
 ENTRY_FIELDS = tuple(f.name for f in fields(AuditEntry))
 DESIGN_ID = "_design/couchgate-audit"
 BATCH_TYPE = "couchgate-audit-batch"
+INTENT_TYPE = "couchgate-audit-intents"  # batch docs of the chain of intents (see `intend`)
+INTENTS_SUFFIX = "~intents"  # a writer's chain of intents is the writer `<writer>~intents`
+START_PREFIX = "couchgate-audit-start:"  # + db: where its `_changes` stood when the log began
 MAX_BATCH_BYTES = 1_000_000  # well under CouchDB's max_document_size (8 MB by default)
 # One row per entry: keys prefixed by what they select on, newest last: [kind, value...,
 # ts, entry _id], value [writer, seq] (the entry's key in `chain`). The entry id makes
 # every key unique, so a page can start exactly at a key (no `startkey_docid`, which
 # pouchdb-server ignores).
 INDEX_MAP = """function (doc) {
-  if (doc.type !== 'couchgate-audit-batch' || !doc.entries) { return; }
-  for (var i = 0; i < doc.entries.length; i++) {
-    var e = doc.entries[i], ts = e.ts, id = e._id, at = [e.writer, e.seq];
+  if (!doc.entries) { return; }
+  var i, e, ts, id, at;
+  if (doc.type === 'couchgate-audit-intents') {
+    // Intents are listed by action (`action=intent`), and by doc with `action=intent&doc=`.
+    for (i = 0; i < doc.entries.length; i++) {
+      e = doc.entries[i]; ts = e.ts; id = e._id; at = [e.writer, e.seq];
+      emit(['action', e.action, ts, id], at);
+      emit(['action+outcome', e.action, e.outcome, ts, id], at);
+      var writes = (e.details && e.details.writes) || [];
+      for (var w = 0; w < writes.length; w++) {
+        if (writes[w] && writes[w][0]) { emit(['intent', writes[w][0], ts, id], at); }
+      }
+    }
+    return;
+  }
+  if (doc.type !== 'couchgate-audit-batch') { return; }
+  for (i = 0; i < doc.entries.length; i++) {
+    e = doc.entries[i]; ts = e.ts; id = e._id; at = [e.writer, e.seq];
     emit(['*', '', ts, id], at);
     if (e.doc_id) { emit(['doc', e.doc_id, ts, id], at); }
     if (e.user) { emit(['user', e.user, ts, id], at); }
@@ -83,7 +101,9 @@ INDEX_MAP = """function (doc) {
 # Every entry by [writer, seq], the entry itself as the value: each writer's chain in order
 # for `verify` to stream, and the entries of an index page looked up by key.
 CHAIN_MAP = """function (doc) {
-  if (doc.type !== 'couchgate-audit-batch' || !doc.entries) { return; }
+  if ((doc.type !== 'couchgate-audit-batch' && doc.type !== 'couchgate-audit-intents') || !doc.entries) {
+    return;
+  }
   for (var i = 0; i < doc.entries.length; i++) {
     var e = doc.entries[i];
     emit([e.writer, e.seq], e);
@@ -91,7 +111,9 @@ CHAIN_MAP = """function (doc) {
 }"""
 # Each batch doc by its newest entry's time, for retention: [writer, last seq, entries, rev].
 EXPIRY_MAP = """function (doc) {
-  if (doc.type !== 'couchgate-audit-batch' || !doc.entries) { return; }
+  if ((doc.type !== 'couchgate-audit-batch' && doc.type !== 'couchgate-audit-intents') || !doc.entries) {
+    return;
+  }
   var newest = 0, last = 0;
   for (var i = 0; i < doc.entries.length; i++) {
     var e = doc.entries[i];
@@ -100,6 +122,28 @@ EXPIRY_MAP = """function (doc) {
   }
   emit(newest, [doc.writer, last, doc.entries.length, doc._rev]);
 }"""
+# What the log says was written, for `couchgate audit verify`'s gap check: [db, doc id] ->
+# the rev an entry says was written, or what an intent announced (its exact rev when known
+# in advance, `gen:N` for the Nth revision of an update, `*` for a create).
+WRITES_MAP = """function (doc) {
+  if (!doc.entries) { return; }
+  var i, e;
+  if (doc.type === 'couchgate-audit-batch') {
+    for (i = 0; i < doc.entries.length; i++) {
+      e = doc.entries[i];
+      if (e.db && e.doc_id && e.rev_after) { emit([e.db, e.doc_id], e.rev_after); }
+    }
+  } else if (doc.type === 'couchgate-audit-intents') {
+    for (i = 0; i < doc.entries.length; i++) {
+      e = doc.entries[i];
+      var writes = (e.details && e.details.writes) || [];
+      for (var w = 0; w < writes.length; w++) {
+        var x = writes[w];
+        if (e.db && x && x[0]) { emit([e.db, x[0]], x[1] || (x[2] ? 'gen:' + x[2] : '*')); }
+      }
+    }
+  }
+}"""
 DESIGN = {
     "_id": DESIGN_ID,
     "language": "javascript",
@@ -107,6 +151,7 @@ DESIGN = {
         "index": {"map": INDEX_MAP},
         "chain": {"map": CHAIN_MAP},
         "expiry": {"map": EXPIRY_MAP},
+        "writes": {"map": WRITES_MAP},
     },
 }
 SECURITY = {"admins": {"names": [], "roles": []}, "members": {"names": [], "roles": ["_admin"]}}
@@ -135,12 +180,20 @@ class AuditLog:
     def __init__(
         self, couch: CouchClient, db: str, *, batch_size: int = 200, flush_interval: float = 0.5,
         queue_max: int = 100_000, admit_wait: float = 30.0, checkpoint_interval: float = 60.0,
-        max_batch_bytes: int = MAX_BATCH_BYTES,
+        max_batch_bytes: int = MAX_BATCH_BYTES, writer: str | None = None, batch_type: str = BATCH_TYPE,
+        watch_db: str | None = None,
     ) -> None:  # fmt: skip
         self.couch = couch
         self.db = db
         self.path = "/" + quote(db, safe="")
-        self.writer = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.writer = writer or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.batch_type = batch_type
+        # The database whose writes `couchgate audit verify` checks for gaps by default: the
+        # audit log notes where its `_changes` stood when the log began (see `ensure_db`).
+        self.watch_db = watch_db
+        # The chain of intents: an entry stored, durably, before each write is forwarded (see
+        # `intend`); None while the crash-proof mode is off (COUCHGATE_AUDIT_DURABLE=false).
+        self.intents: AuditLog | None = None
         self.batch_size = batch_size
         self.max_batch_bytes = max_batch_bytes
         self.flush_interval = flush_interval
@@ -163,13 +216,17 @@ class AuditLog:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._attempted = asyncio.Event()  # set after every flush attempt
 
     # -- recording (request path: no I/O) -----------------------------------------------------
 
     def record(self, entry: AuditEntry) -> None:
         """Queue one entry. Never raises: a failure is logged loudly and counted."""
+        self._record_safely(entry)
+
+    def _record_safely(self, entry: AuditEntry) -> bool:
         try:
-            self._record(entry)
+            return self._queue(entry)
         except Exception:
             self.failed += 1
             log.exception(
@@ -178,8 +235,42 @@ class AuditLog:
                 getattr(entry, "request_id", None),
                 extra={"audit_failed": self.failed},
             )
+            return False
 
-    def _record(self, entry: AuditEntry) -> None:
+    def intents_log(self) -> AuditLog:
+        """The chain of intents of this writer: its own writer name, its own batch docs, and
+        no waiting between flushes (each waits for a writer that needs one)."""
+        return AuditLog(
+            self.couch, self.db, batch_size=self.batch_size, flush_interval=3600.0,
+            queue_max=self.queue_max, writer=self.writer + INTENTS_SUFFIX, batch_type=INTENT_TYPE,
+            watch_db=self.watch_db, checkpoint_interval=self.checkpoint_interval,
+        )  # fmt: skip
+
+    async def intend(self, entry: AuditEntry) -> None:
+        """Store `entry` (an intent, in the chain of intents) before returning: the write it
+        announces may then be forwarded, and survives in the log whatever happens to this
+        process next. Raises UpstreamUnavailable (503: the write must not go ahead) when the
+        audit database cannot be written now."""
+        if self.intents is None:
+            return
+        await self.intents.record_durably(entry)
+
+    async def record_durably(self, entry: AuditEntry) -> None:
+        """`record`, then wait until the entry is stored (group commit: every entry queued
+        while a flush runs goes out in the next one)."""
+        if not self._record_safely(entry):
+            raise UpstreamUnavailable("the audit log could not record this write; try again later")
+        seq = self.seq
+        while self.last_written is None or self.last_written[0] < seq:
+            self._attempted.clear()
+            self._wake.set()
+            await self._attempted.wait()
+            if self.last_error is not None and (self.last_written is None or self.last_written[0] < seq):
+                raise UpstreamUnavailable(
+                    "the audit log cannot be written, so no write is forwarded; try again later"
+                )
+
+    def _queue(self, entry: AuditEntry) -> bool:
         ts = int(time.time() * 1000)
         seq = self.seq + 1
         doc: dict[str, Any] = {
@@ -211,10 +302,11 @@ class AuditLog:
                     "audit queue full (%d) while the audit database cannot be written: %d entries dropped",
                     len(self.queue), self.dropped, extra={"audit_dropped": self.dropped},
                 )  # fmt: skip
-            return
+            return False
         self.queue.append(doc)
         if len(self.queue) >= self.batch_size:
             self._wake.set()
+        return True
 
     @property
     def refusing(self) -> bool:
@@ -235,7 +327,8 @@ class AuditLog:
                 break  # the writer is slow but working: its entries are kept
             self._room.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._room.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._room.wait()
         if self.refusing:
             self.refused += 1
             if self.refused == 1 or self.refused % 1000 == 0:
@@ -255,7 +348,7 @@ class AuditLog:
         if result.status not in (201, 202, 412):
             raise UpstreamError(f"cannot create the audit database ({result.status})")
         security = await self.couch.json("PUT", f"{self.path}/_security", body=SECURITY)
-        if not security.ok:
+        if not security.ok and security.status != 409:  # 409: the other chain set it just now
             raise UpstreamError(f"cannot make the audit database admin-only ({security.status})")
         current = await self.couch.json("GET", f"{self.path}/{DESIGN_ID}")
         body = current.body if current.ok and isinstance(current.body, dict) else None
@@ -264,7 +357,21 @@ class AuditLog:
             saved = await self.couch.json("PUT", f"{self.path}/{DESIGN_ID}", body=doc)
             if not saved.ok and saved.status != 409:  # 409: another replica saved it first
                 raise UpstreamError(f"cannot save the audit index ({saved.status})")
+        if self.watch_db is not None:
+            await self._mark_start(self.watch_db)
         self.db_ready = True
+
+    async def _mark_start(self, db: str) -> None:
+        """Note, once, where `db`'s `_changes` stood when the audit log began: writes before
+        it were not made through an audited couchgate, so the gap check starts there."""
+        marker = f"{self.path}/{quote(START_PREFIX + db, safe='')}"
+        if (await self.couch.json("GET", marker)).ok:
+            return
+        info = await self.couch.json("GET", "/" + quote(db, safe=""))
+        if not info.ok or not isinstance(info.body, dict):
+            return  # the database does not exist yet: every write to it is checked
+        body = {"db": db, "since": info.body.get("update_seq"), "ts": int(time.time() * 1000)}
+        await self.couch.json("PUT", marker, body=body)  # 409: another replica noted it first
 
     async def flush(self) -> bool:
         """Write everything queued; False if the audit database cannot be written now."""
@@ -291,10 +398,27 @@ class AuditLog:
                 self.last_error = exc.reason
                 self._room.set()  # writes waiting for room learn that none is coming
                 return False
-            if self.last_error is not None:
-                log.warning("audit log writable again; %d entries written so far", self.written)
-            self.last_error = None
-            return True
+            else:
+                if self.last_error is not None:
+                    log.warning("audit log writable again; %d entries written so far", self.written)
+                self.last_error = None
+                return True
+            finally:
+                self._attempted.set()
+
+    async def retry_now(self, within: float = 0.5) -> None:
+        """While the audit database could not be written: have the writer try again now and
+        wait (at most `within` seconds) for that attempt, so `health()` tells the present."""
+        if self.intents is not None:
+            await self.intents.retry_now(within / 2)
+            within /= 2
+        if self.last_error is None:
+            return
+        self._attempted.clear()
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._attempted.wait()
 
     def next_batch(self) -> list[dict[str, Any]]:
         """The entries at the head of the queue that go into one batch doc: at most
@@ -310,11 +434,11 @@ class AuditLog:
         return batch
 
     @staticmethod
-    def batch_doc(writer: str, batch: list[dict[str, Any]]) -> dict[str, Any]:
+    def batch_doc(writer: str, batch: list[dict[str, Any]], batch_type: str = BATCH_TYPE) -> dict[str, Any]:
         first, last = batch[0], batch[-1]
         return {
             "_id": f"{writer}:{int(first['seq']):012d}",
-            "type": BATCH_TYPE,
+            "type": batch_type,
             "writer": writer,
             "first_seq": first["seq"],
             "last_seq": last["seq"],
@@ -324,7 +448,7 @@ class AuditLog:
 
     async def _write_batch(self, batch: list[dict[str, Any]]) -> int:
         """Store `batch` as one doc; how many of its entries (from the first) are stored."""
-        doc = self.batch_doc(self.writer, batch)
+        doc = self.batch_doc(self.writer, batch, self.batch_type)
         doc_path = f"{self.path}/{quote(doc['_id'], safe='')}"
         result = await self.couch.json("PUT", doc_path, body=doc)
         if result.ok:
@@ -361,7 +485,10 @@ class AuditLog:
     async def run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # shutdown's cancellation when the wake-up comes at the same moment.
+                async with asyncio.timeout(self.flush_interval):
+                    await self._wake.wait()
             self._wake.clear()
             await self.flush()
             self.checkpoint()
@@ -375,6 +502,8 @@ class AuditLog:
         log.error("audit log closed with %d entries unwritten", len(self.queue))
 
     def health(self) -> dict[str, Any]:
+        if self.intents is not None and self.last_error is None and self.intents.last_error is not None:
+            return {**self.intents.health(), "writer": self.writer}  # writes are refused: say so
         return {
             "writer": self.writer,
             "queued": len(self.queue),

@@ -40,8 +40,11 @@ class AuditQuery:
         """The index range to read (the key prefix) and whether that prefix covers every
         filter; filters it does not cover are applied to the rows read."""
         doc, user, action, outcome = self.doc_id, self.user, self.action, self.outcome
-        if doc is not None:
-            prefix: list[Any] = ["doc", doc]
+        if doc is not None and action == "intent":
+            prefix: list[Any] = ["intent", doc]  # intents stay out of a doc's history
+            action = None
+        elif doc is not None:
+            prefix = ["doc", doc]
         elif user is not None and action is not None:
             prefix = ["user+action", user, action]
         elif user is not None and outcome is not None:
@@ -61,12 +64,21 @@ class AuditQuery:
 
     def matches(self, doc: dict[str, Any]) -> bool:
         return (
-            (self.doc_id is None or doc.get("doc_id") == self.doc_id)
+            (self.doc_id is None or self.doc_id in names_of(doc))
             and (self.user is None or doc.get("user") == self.user)
             and (self.action is None or doc.get("action") == self.action)
             and (self.outcome is None or doc.get("outcome") == self.outcome)
             and (self.db is None or doc.get("db") == self.db)
         )
+
+
+def names_of(entry: dict[str, Any]) -> set[Any]:
+    """The doc ids an entry is about: its `doc_id`, or each doc an intent announced."""
+    if entry.get("action") != "intent":
+        return {entry.get("doc_id")}
+    details = entry.get("details")
+    writes = details.get("writes") if isinstance(details, dict) else None
+    return {w[0] for w in writes if isinstance(w, list) and w} if isinstance(writes, list) else set()
 
 
 def encode_bookmark(key: list[Any]) -> str:
@@ -98,6 +110,8 @@ async def search(couch: CouchClient, db: str, q: AuditQuery) -> dict[str, Any]:
     At most PAGES upstream pages are read per answer: when filters the index key does not
     cover drop that many rows, the page may be short (even empty) but `next` goes on."""
     prefix, covered = q.selector()
+    if q.until_ms is not None and q.until_ms < (q.since_ms or 0):
+        return {"entries": [], "next": None}  # before the first entry could be (1970): nothing
     high = [*prefix, q.until_ms, {}] if q.until_ms is not None else [*prefix, {}]
     low = [*prefix, q.since_ms if q.since_ms is not None else 0]
     params: dict[str, str] = {"descending": "true", "endkey": orjson.dumps(low).decode()}

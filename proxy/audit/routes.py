@@ -1,10 +1,11 @@
 """`GET /_couchgate/audit` (admins) and `GET /_couchgate/audit/docs/{id}` (anyone who may
-read that doc)."""
+read that doc; whoever is not an admin sees only the writes made, and of each only who,
+what and when: no client address, user agent, request, reason or refused attempt)."""
 
 from __future__ import annotations
 
 import calendar
-import time
+import re
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -15,7 +16,7 @@ from proxy.audit.query import MAX_LIMIT, AuditQuery, search
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, Forbidden, NotFound, NotImplementedHere, json_response
 from proxy.keys import AUDIT, COUCH, INDEX, PRINCIPAL, SETTINGS
-from proxy.params import nonneg_int
+from proxy.params import limit_of
 
 
 def audit_log(request: web.Request) -> AuditLog:
@@ -26,34 +27,39 @@ def audit_log(request: web.Request) -> AuditLog:
 
 
 MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+# What a doc's history shows to those who are not admins: who changed what, and when.
+HISTORY_FIELDS = frozenset(
+    {"time", "ts", "user", "action", "outcome", "db", "doc_id", "rev_before", "rev_after", "doc_type"}
+)
+
+
+# What the OpenAPI spec says `since` and `until` are (openapi.yaml): ms since the epoch, or
+# an ISO-8601 UTC date or time. Out-of-range fields roll over (`02-31` is March 2 or 3),
+# so every value of the documented shape is understood.
+TIME = re.compile(
+    r"^(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+    r"(?:T([01]\d|2[0-3]):([0-5]\d):([0-5]\d)(?:\.(\d{1,9}))?Z?)?$"
+)
 
 
 def parse_time(value: str | None, name: str) -> int | None:
     """Milliseconds since the epoch, from an ISO-8601 UTC time or a number of ms."""
     if value is None or value == "":
         return None
-    problem = f"{name} must be an ISO-8601 UTC time or milliseconds since the epoch"
-    if not value.isascii():
-        raise BadRequest(problem)
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         if int(value) > MAX_MS:
             raise BadRequest(f"{name} is past the year 9999")
         return int(value)
-    base, _, fraction = value.removesuffix("Z").partition(".")
-    if fraction and not fraction.isdigit():
-        raise BadRequest(problem)
-    for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
-        try:
-            parsed = time.strptime(base, fmt)
-        except ValueError:
-            continue
-        millis = int((fraction + "000")[:3])
-        return calendar.timegm(parsed) * 1000 + millis
-    raise BadRequest(problem)
+    match = TIME.match(value) if value.isascii() else None
+    if match is None:
+        raise BadRequest(f"{name} must be an ISO-8601 UTC time or milliseconds since the epoch")
+    year, month, day, hour, minute, second = (int(part or 0) for part in match.groups()[:6])
+    millis = int(((match.group(7) or "") + "000")[:3])
+    return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) * 1000 + millis
 
 
 def query_from(params: Mapping[str, str], **fixed: str) -> AuditQuery:
-    limit = nonneg_int(params.get("limit"), "limit") or 100
+    limit = limit_of(params.get("limit"), 100, MAX_LIMIT)
     since_ms = parse_time(params.get("since"), "since")
     until_ms = parse_time(params.get("until"), "until")
     if since_ms is not None and until_ms is not None and since_ms > until_ms:
@@ -62,10 +68,10 @@ def query_from(params: Mapping[str, str], **fixed: str) -> AuditQuery:
         doc_id=fixed.get("doc_id", params.get("doc")),
         user=params.get("user"),
         action=params.get("action"),
-        outcome=params.get("outcome"),
+        outcome=fixed.get("outcome", params.get("outcome")),
         since_ms=since_ms,
         until_ms=until_ms,
-        limit=min(max(limit, 1), MAX_LIMIT),
+        limit=limit,
         bookmark=params.get("next"),
         db=fixed.get("db", params.get("db")),
     )
@@ -114,5 +120,12 @@ async def doc_history(request: web.Request) -> web.Response:
         raise NotFound("missing")  # like any read of a doc outside one's scope
     log = audit_log(request)
     await log.flush()
-    query = query_from(request.query, doc_id=doc_id, db=db)
-    return json_response(await search(request.app[COUCH], log.db, query))
+    if request[PRINCIPAL].is_admin:
+        query = query_from(request.query, doc_id=doc_id, db=db)
+        return json_response(await search(request.app[COUCH], log.db, query))
+    # Everyone else sees who changed what and when: the writes made, never attempts that
+    # were refused, nor where from or with what anyone made them.
+    query = query_from(request.query, doc_id=doc_id, db=db, outcome="written")
+    page = await search(request.app[COUCH], log.db, query)
+    page["entries"] = [{k: v for k, v in e.items() if k in HISTORY_FIELDS} for e in page["entries"]]
+    return json_response(page)

@@ -4,7 +4,9 @@ Before it does, it makes the checks CouchDB would have made for that user
 (`proxy.access.couch_security`, pure). Most need only the path and the database's
 `_security`; a few need the request body (the `_id`s of `POST /db` and `_bulk_docs`, a
 user's own `_users` doc), which the forwarder reads (bounded) and hands to the
-`BodyCheck` returned here before anything is sent upstream.
+`BodyCheck` returned here before anything is sent upstream. What is sent is then the body
+as the check parsed it, written again (duplicate keys and other ambiguities of the
+client's bytes never reach CouchDB, which could read them differently).
 
 Known limitation: upstream `validate_doc_update` functions run with the service
 account's userCtx (an admin) for these callers; see `couch_security`. CouchDB's proxy
@@ -30,10 +32,11 @@ from proxy.errors import (
     IllegalDatabaseName,
     NotFound,
     UpstreamError,
+    dumps,
 )
 from proxy.keys import COUCH, SECURITY
 
-BodyCheck = Callable[[bytes], Awaitable[None]]
+BodyCheck = Callable[[bytes], Awaitable[bytes]]
 
 
 def refusal(verdict: Verdict) -> CouchgateError:
@@ -70,20 +73,23 @@ def parse(body: bytes) -> object:
         raise BadRequest("invalid UTF-8 JSON") from exc
 
 
-async def _no_design_docs(body: bytes, *, bulk: bool) -> None:
-    if couch_security.design_ids_in(parse(body), bulk=bulk):
+async def _no_design_docs(body: bytes, *, bulk: bool) -> bytes:
+    parsed = parse(body)
+    if couch_security.design_ids_in(parsed, bulk=bulk):
         raise Forbidden(couch_security.NOT_DB_ADMIN)
+    return dumps(parsed)
 
 
-async def _own_user_doc(request: web.Request, principal: Principal, path: CouchPath, body: bytes) -> None:
+async def _own_user_doc(request: web.Request, principal: Principal, path: CouchPath, body: bytes) -> bytes:
     doc_id = path.doc_id or ""
-    if request.query.get("new_edits") == "false":
+    if request.query.get("new_edits", "true").lower() != "true":
         raise Forbidden("Only admins may write user documents with new_edits=false.")
     new = parse(body)
     stored = await _stored_user_doc(request, doc_id)
     problem = couch_security.user_doc_problem(new, stored, principal.name or "", doc_id)
     if problem is not None:
         raise Forbidden(problem)
+    return dumps(new)
 
 
 async def _stored_user_doc(request: web.Request, doc_id: str) -> Mapping[str, object] | None:

@@ -5,9 +5,12 @@ Order: `Authorization: Bearer` (JWT), `Authorization: Basic` (checked against Co
 else anonymous. Verified basic and cookie credentials are cached briefly under a hash, so
 a replication's many requests cost one upstream check.
 
-Each check names the caller's address in `X-Forwarded-For`: CouchDB 3.4 locks an account
-out after repeated failures per (address, name), and without it every caller would share
-couchgate's address, so anyone could lock any user out everywhere.
+An `Authorization` header CouchDB could not read (another scheme, `Basic:` with a colon,
+Basic without a name, bearer tokens while they are off) is no credential, as in CouchDB:
+the caller is anonymous, which public routes answer and private ones refuse with 401.
+Wrong passwords count towards the login throttle (`proxy.auth.throttle`); a cached
+success is a match of the whole credential, so it never lets another password through.
+Bearer tokens are checked against their user's current state (`proxy.auth.token_guard`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from base64 import b64decode
 from http.cookies import CookieError, SimpleCookie
 
 from proxy.auth.principal import ANONYMOUS, AuthMethod, Principal
+from proxy.auth.throttle import LoginThrottle, LoginThrottled
+from proxy.auth.token_guard import TokenGuard, TokenRefused
 from proxy.auth.tokens import TokenError, TokenService
 from proxy.auth.users import UserInfoCache
 from proxy.couch.client import CouchClient, basic_auth_header
@@ -42,74 +47,97 @@ CHALLENGE = {"WWW-Authenticate": 'Bearer realm="couchgate"'}
 
 class Authenticator:
     def __init__(
-        self, couch: CouchClient, users: UserInfoCache, tokens: TokenService, cache_seconds: float
+        self,
+        couch: CouchClient,
+        users: UserInfoCache,
+        tokens: TokenService,
+        cache_seconds: float,
+        throttle: LoginThrottle,
+        guard: TokenGuard,
     ) -> None:
         self.couch = couch
         self.users = users
         self.tokens = tokens
         self.cache_seconds = cache_seconds
+        self.throttle = throttle
+        self.guard = guard
         self._cache: dict[str, tuple[float, str | None, tuple[str, ...]]] = {}
 
     async def authenticate(
         self, authorization: str | None, cookie_header: str | None, client: str | None = None
     ) -> Principal:
-        """`client`: the caller's address, for CouchDB's lockout of repeated failures."""
+        """The caller; `client` is its address (for the login throttle)."""
         if authorization:
             scheme, _, credentials = authorization.partition(" ")
             scheme = scheme.lower()
-            if scheme == "bearer":
+            if scheme == "bearer" and self.tokens.enabled:
                 return await self._bearer(credentials.strip())
-            if scheme == "basic":
-                return await self._basic(authorization, credentials.strip(), client)
-            raise AuthFailed("unsupported authorization scheme", headers=CHALLENGE)
+            basic = parse_basic(credentials) if scheme == "basic" else None
+            if basic is not None:
+                return await self._basic(authorization, basic[0], basic[1], client)
         session = auth_session_cookie(cookie_header)
         if session is not None:
             return await self._cookie(session, client)
         return ANONYMOUS
 
     async def _bearer(self, token: str) -> Principal:
-        if not self.tokens.enabled:
-            raise AuthFailed("bearer tokens are not enabled", headers=bearer_challenge("not enabled"))
         try:
             claims = self.tokens.verify(token)
         except TokenError as exc:
             raise AuthFailed(str(exc), headers=bearer_challenge(str(exc))) from exc
+        try:
+            await self.guard.check(claims)
+        except TokenRefused as exc:  # well signed, but its user no longer backs it
+            raise AuthFailed(exc.reason, headers=bearer_challenge(exc.reason)) from exc
         return await self._principal(claims.name, claims.roles, "jwt", ())
 
-    async def _basic(self, header: str, credentials: str, client: str | None) -> Principal:
-        try:
-            name, sep, _ = b64decode(credentials, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-            raise AuthFailed("malformed basic credentials", headers=CHALLENGE) from exc
-        if not sep or not name:
-            raise AuthFailed("malformed basic credentials", headers=CHALLENGE)
-        user, roles = await self._session_check("basic", {"Authorization": header}, client)
-        if user is None and "_admin" not in roles:
-            raise AuthFailed("Name or password is incorrect.", headers=CHALLENGE)
+    async def _basic(self, header: str, name: str, password: str, client: str | None) -> Principal:
+        key = self._key("basic", header)
+        hit = self._cached(key)
+        if hit is not None:
+            user, roles = hit
+        else:
+            wait = self.throttle.retry_after(name, client, password)
+            if wait is not None:
+                raise LoginThrottled(name, wait)
+            user, roles = await session_user(self.couch, {"Authorization": header}, client)
+            if user is None and "_admin" not in roles:
+                self.throttle.failed(name, client, password)
+                raise AuthFailed("Name or password is incorrect.", headers=CHALLENGE)
+            self.throttle.succeeded(name, password)
+            self._remember(key, user, roles)
         return await self._principal(user, roles, "basic", (("Authorization", header),))
 
     async def _cookie(self, session: str, client: str | None) -> Principal:
         cookie = f"AuthSession={session}"
-        user, roles = await self._session_check("cookie", {"Cookie": cookie}, client)
+        key = self._key("cookie", cookie)
+        hit = self._cached(key)
+        if hit is None:
+            hit = await session_user(self.couch, {"Cookie": cookie}, client)
+            self._remember(key, *hit)
+        user, roles = hit
         if user is None and "_admin" not in roles:
             # CouchDB treats an expired or forged session as no session at all.
             return ANONYMOUS
         return await self._principal(user, roles, "cookie", (("Cookie", cookie),))
 
-    async def _session_check(
-        self, kind: str, headers: dict[str, str], client: str | None
-    ) -> tuple[str | None, tuple[str, ...]]:
-        key = hashlib.sha256((kind + "\0" + next(iter(headers.values()))).encode()).hexdigest()
-        now = time.monotonic()
+    @staticmethod
+    def _key(kind: str, credential: str) -> str:
+        return hashlib.sha256((kind + "\0" + credential).encode()).hexdigest()
+
+    def _cached(self, key: str) -> tuple[str | None, tuple[str, ...]] | None:
         hit = self._cache.get(key)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1], hit[2]
-        name, roles = await session_user(self.couch, headers, client)
-        if name is not None or "_admin" in roles:
-            if len(self._cache) > 50_000:
-                self._cache.clear()
-            self._cache[key] = (now + self.cache_seconds, name, roles)
-        return name, roles
+        return None
+
+    def _remember(self, key: str, name: str | None, roles: tuple[str, ...]) -> None:
+        """Only successes are cached: a refused credential is asked about (and counted) again."""
+        if name is None and "_admin" not in roles:
+            return
+        if len(self._cache) > 50_000:
+            self._cache.clear()
+        self._cache[key] = (time.monotonic() + self.cache_seconds, name, roles)
 
     async def _principal(
         self,
@@ -133,6 +161,17 @@ class Authenticator:
         )
 
 
+def parse_basic(credentials: str) -> tuple[str, str] | None:
+    """(name, password) of Basic credentials, or None when CouchDB could not read them."""
+    try:
+        name, sep, password = b64decode(credentials.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    if not sep:
+        return None  # CouchDB reads no credential here; an empty name is a (wrong) one
+    return name, password
+
+
 def auth_session_cookie(cookie_header: str | None) -> str | None:
     if not cookie_header:
         return None
@@ -149,16 +188,18 @@ async def session_user(
     couch: CouchClient, headers: dict[str, str], client: str | None = None
 ) -> tuple[str | None, tuple[str, ...]]:
     """Who CouchDB's `GET /_session` says these credentials belong to; (None, ()) when
-    CouchDB refuses them. A CouchDB that cannot answer is 503, never "wrong password";
-    an account CouchDB has locked out (403) stays CouchDB's 403."""
-    if client:
-        headers = {**headers, "X-Forwarded-For": client}
-    result = await couch.json("GET", "/_session", headers=headers, use_service=False)
+    CouchDB refuses them. A CouchDB that cannot answer is 503, never "wrong password".
+
+    `client`: the caller's address, sent as `X-Forwarded-For`. CouchDB 3.4 locks an account
+    out after failed logins per (address, name), reading the address from that header when
+    the request comes from a local or private address (couchgate's): so the lockout hits
+    the guesser, not every user behind couchgate. Its refusal is passed on (403)."""
+    sent = {**headers, "X-Forwarded-For": client} if client else headers
+    result = await couch.json("GET", "/_session", headers=sent, use_service=False)
     if result.status >= 500:
         raise UpstreamUnavailable("CouchDB could not check the credentials")
-    if result.status == 403:
-        reason = result.body.get("reason") if isinstance(result.body, dict) else None
-        raise Forbidden(reason if isinstance(reason, str) else "You are not allowed to log in now.")
+    if result.status == 403 and isinstance(result.body, dict):
+        raise Forbidden(str(result.body.get("reason") or "the account is locked"))
     ctx = result.body.get("userCtx") if result.ok and isinstance(result.body, dict) else None
     if not isinstance(ctx, dict):
         return None, ()

@@ -1,4 +1,5 @@
-"""`POST /_couchgate/token` and the parts of `/_session` a token caller needs."""
+"""`POST /_couchgate/token`, `POST /_couchgate/token/revoke`, and couchgate's part in
+`/_session`: what a token caller needs, the login throttle, and logouts ending tokens."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from aiohttp import web
 from proxy.audit.api import Outcome
 from proxy.audit.capture import record
 from proxy.auth.authenticator import CHALLENGE, check_password
-from proxy.errors import BadRequest, NotImplementedHere, Unauthorized, json_response
-from proxy.keys import COUCH, PRINCIPAL, TOKENS
+from proxy.auth.throttle import LoginThrottled
+from proxy.clients import client_address
+from proxy.errors import BadRequest, Forbidden, NotImplementedHere, Unauthorized, json_response
+from proxy.keys import COUCH, PRINCIPAL, THROTTLE, TOKEN_GUARD, TOKENS
+from proxy.methods import refuse_unknown_method
 from proxy.params import read_body, read_json
 from proxy.passthrough import credentials_for, forward, parse_path
 
@@ -20,8 +24,7 @@ MAX_LOGIN_BODY = 64 * 1024
 
 async def read_login(request: web.Request) -> tuple[str, str]:
     if request.content_type == "application/x-www-form-urlencoded":
-        form = parse_qs((await read_body(request, MAX_LOGIN_BODY)).decode("utf-8", "replace"))
-        body: object = {k: v[0] for k, v in form.items()}
+        body: object = form_fields((await read_body(request, MAX_LOGIN_BODY)).decode("utf-8", "replace"))
     else:
         body = await read_json(request, MAX_LOGIN_BODY)
     if not isinstance(body, dict):
@@ -38,11 +41,18 @@ async def issue_token(request: web.Request) -> web.Response:
     if not tokens.can_issue:
         raise NotImplementedHere("token issuing is not configured (COUCHGATE_JWT_SECRET)")
     name, password = await read_login(request)
-    user, roles = await check_password(request.app[COUCH], name, password, request.remote)
+    throttle, client = request.app[THROTTLE], client_address(request)
+    throttled(request, "token", name, client, password)
+    # The password's fingerprint is read before the password is checked: if it changes in
+    # between, the token carries the old one and is refused from its first use.
+    account = await request.app[TOKEN_GUARD].account(name, fresh=True)
+    user, roles = await check_password(request.app[COUCH], name, password, client)
     if user is None:
+        throttle.failed(name, client, password)
         record(request, "token", "failure", user=name, reason="name or password incorrect")
         raise Unauthorized("Name or password is incorrect.", headers=CHALLENGE)
-    token, ttl = tokens.issue(user, roles)
+    throttle.succeeded(name, password)
+    token, ttl = tokens.issue(user, roles, account.credential)
     record(request, "token", "success", user=user)
     return json_response(
         {
@@ -58,6 +68,7 @@ async def issue_token(request: web.Request) -> web.Response:
 
 async def session(request: web.Request) -> web.StreamResponse:
     """CouchDB's `/_session`; a token caller's `GET` is answered here, CouchDB cannot know it."""
+    refuse_unknown_method(request)  # TRACE and the like: 405, as CouchDB answers them
     principal = request[PRINCIPAL]
     if principal.method == "jwt" and request.method in {"GET", "HEAD"}:
         return json_response(
@@ -69,25 +80,74 @@ async def session(request: web.Request) -> web.StreamResponse:
         )
     path = parse_path(request)
     credentials = await credentials_for(request, principal, path)
+    if request.method == "DELETE" and principal.name is not None:
+        # A logout ends the user's tokens too (issued before it, on every replica).
+        await request.app[TOKEN_GUARD].revoke(principal.name)
+        record(request, "token_revoke", "success", details={"name": principal.name, "by": "logout"})
     if request.method != "POST":
         return await forward(request, path, credentials)
     body = await read_body(request, MAX_LOGIN_BODY)
+    name, password = login_fields(request.content_type, body)
+    throttle, client = request.app[THROTTLE], client_address(request)
+    throttled(request, "login", name, client, password)
 
     def answered(status: int, _: bytes) -> None:
         # Never the password: only who tried and whether CouchDB accepted it.
         outcome: Outcome = "success" if status < 300 else "failure"
-        record(request, "login", outcome, user=login_name(request.content_type, body))
+        record(request, "login", outcome, user=name)
+        if status < 300:
+            throttle.succeeded(name, password)
+        elif status == 401:
+            throttle.failed(name, client, password)
 
     return await forward(request, path, credentials, body=body, on_answer=answered)
 
 
-def login_name(content_type: str, body: bytes) -> str | None:
+def throttled(
+    request: web.Request, action: str, name: str | None, client: str | None, password: str | None
+) -> None:
+    """Refuse (429, audited) a login that the throttle holds back."""
+    wait = request.app[THROTTLE].retry_after(name, client, password)
+    if wait is not None:
+        error = LoginThrottled(name, wait)
+        record(request, action, "denied", user=name, reason=error.reason)
+        raise error
+
+
+def form_fields(text: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(text).items()}
+
+
+def login_fields(content_type: str, body: bytes) -> tuple[str | None, str | None]:
+    """The name and password of a `POST /_session` body, as far as they can be read."""
+    parsed: object
     if content_type == "application/x-www-form-urlencoded":
-        names = parse_qs(body.decode("utf-8", "replace")).get("name")
-        return names[0] if names else None
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    name = parsed.get("name") if isinstance(parsed, dict) else None
-    return name if isinstance(name, str) else None
+        parsed = form_fields(body.decode("utf-8", "replace"))
+    else:
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None, None
+    if not isinstance(parsed, dict):
+        return None, None
+    name, password = parsed.get("name"), parsed.get("password")
+    return (
+        name if isinstance(name, str) and name else None,
+        password if isinstance(password, str) else None,
+    )
+
+
+async def revoke_tokens(request: web.Request) -> web.Response:
+    """End the caller's bearer tokens (an admin may name another user: `{"name": ...}`)."""
+    principal = request[PRINCIPAL]
+    body = await read_json(request, MAX_LOGIN_BODY, empty={})
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be an object")
+    name = body.get("name", principal.name)
+    if not isinstance(name, str) or not name:
+        raise BadRequest("name must be a non-empty string")
+    if name != principal.name and not principal.is_admin:
+        raise Forbidden("only admins may revoke another user's tokens")
+    not_before = await request.app[TOKEN_GUARD].revoke(name)
+    record(request, "token_revoke", "success", details={"name": name, "by": "request"})
+    return json_response({"ok": True, "name": name, "not_before_ms": not_before})

@@ -4,6 +4,10 @@ Keys are chosen by the token's declared algorithm from an allow-list: HMAC algor
 ever use the shared secret and RSA/EC algorithms only the public key, so a public key can
 never be replayed as an HMAC secret. `exp` is required; `aud` and `iss` are checked when
 configured.
+
+Tokens couchgate issues also carry `cg`: the issue time in milliseconds and a fingerprint
+of the user's password at issue time, which `proxy.auth.token_guard` compares with the
+user as CouchDB knows them now (tokens from elsewhere lack it: only their `iat` counts).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from jose.exceptions import ExpiredSignatureError, JWTClaimsError
 from proxy.settings import Settings
 
 ROLES_CLAIM = "_couchdb.roles"  # the claim CouchDB's own JWT handler reads
+OWN_CLAIM = "cg"  # couchgate's own: {"iat_ms": int, "cred": str}
 
 
 class TokenError(Exception):
@@ -29,6 +34,8 @@ class TokenClaims:
     name: str
     roles: tuple[str, ...]
     expires_at: int
+    issued_ms: int = 0  # when it was issued (0: not said, older than any revocation)
+    credential: str | None = None  # the password fingerprint at issue time, when couchgate issued it
 
 
 class TokenService:
@@ -52,11 +59,12 @@ class TokenService:
     def enabled(self) -> bool:
         return self.secret is not None or self.public_key is not None
 
-    def issue(self, name: str, roles: tuple[str, ...]) -> tuple[str, int]:
+    def issue(self, name: str, roles: tuple[str, ...], credential: str = "") -> tuple[str, int]:
         key = self.secret if self.issue_algorithm.startswith("HS") else self.private_key
         if key is None:
             raise TokenError("token issuing is not configured")
-        now = int(time.time())
+        now_ms = time.time_ns() // 1_000_000
+        now = now_ms // 1000
         claims: dict[str, object] = {
             "sub": name,
             ROLES_CLAIM: list(roles),
@@ -64,6 +72,7 @@ class TokenService:
             "nbf": now,
             "exp": now + self.ttl,
             "jti": uuid.uuid4().hex,
+            OWN_CLAIM: {"iat_ms": now_ms, "cred": credential},
         }
         if self.audience:
             claims["aud"] = self.audience
@@ -113,4 +122,17 @@ class TokenService:
             raise TokenError("token has no subject")
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise TokenError("token roles malformed")
-        return TokenClaims(name=name, roles=tuple(roles), expires_at=int(claims["exp"]))
+        own = claims.get(OWN_CLAIM)
+        own = own if isinstance(own, dict) else {}
+        issued = own.get("iat_ms")
+        if not isinstance(issued, int) or isinstance(issued, bool):
+            iat = claims.get("iat")
+            issued = int(iat * 1000) if isinstance(iat, int | float) and not isinstance(iat, bool) else 0
+        credential = own.get("cred")
+        return TokenClaims(
+            name=name,
+            roles=tuple(roles),
+            expires_at=int(claims["exp"]),
+            issued_ms=issued,
+            credential=credential if isinstance(credential, str) else None,
+        )

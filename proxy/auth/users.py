@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from proxy.auth.principal import as_tuple
-from proxy.couch.client import CouchClient
+from proxy.couch.client import CouchClient, JsonResult
+from proxy.errors import UpstreamUnavailable
+
+# The fields of a `_users` doc that change exactly when its password does.
+CREDENTIAL_FIELDS = ("password_scheme", "pbkdf2_prf", "iterations", "salt", "derived_key", "password_sha")
 
 
 @dataclass(frozen=True)
@@ -16,6 +21,8 @@ class UserInfo:
     contact_id: str | None = None
     roles: tuple[str, ...] = ()
     exists: bool = False
+    account: bool = False  # the `_users` doc exists
+    credential: str = ""  # a fingerprint of its password fields (see `credential_of`)
 
 
 class UserInfoCache:
@@ -33,14 +40,15 @@ class UserInfoCache:
         else:
             self._cache.pop(name, None)
 
-    async def get(self, name: str) -> UserInfo:
+    async def get(self, name: str, *, fresh: bool = False) -> UserInfo:
+        """`fresh`: read CouchDB now, whatever the cache holds."""
         now = time.monotonic()
         hit = self._cache.get(name)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > now and not fresh:
             return hit[1]
         doc_id = quote(f"org.couchdb.user:{name}", safe="")
-        user_doc = await self.couch.json("GET", f"/_users/{doc_id}")
-        settings_doc = await self.couch.json("GET", f"/{quote(self.db, safe='')}/{doc_id}")
+        user_doc = _readable(await self.couch.json("GET", f"/_users/{doc_id}"))
+        settings_doc = _readable(await self.couch.json("GET", f"/{quote(self.db, safe='')}/{doc_id}"))
         info = merge_user_docs(
             user_doc.body if user_doc.ok else None, settings_doc.body if settings_doc.ok else None
         )
@@ -65,4 +73,32 @@ def merge_user_docs(user_doc: object, settings_doc: object) -> UserInfo:
         if not roles and doc is user_doc:
             roles = as_tuple(doc.get("roles"))
     exists = isinstance(user_doc, dict) or isinstance(settings_doc, dict)
-    return UserInfo(facility_ids=facility, contact_id=contact, roles=roles, exists=exists)
+    account = isinstance(user_doc, dict)
+    return UserInfo(
+        facility_ids=facility,
+        contact_id=contact,
+        roles=roles,
+        exists=exists,
+        account=account,
+        credential=credential_of(str(user_doc.get("name")), user_doc) if isinstance(user_doc, dict) else "",
+    )
+
+
+def _readable(result: JsonResult) -> JsonResult:
+    """Fail closed: a user doc CouchDB could not read is no answer at all (503), never "no
+    such user", which would hand out a user's rights without their facility."""
+    if result.status >= 500:
+        raise UpstreamUnavailable("couchgate could not read the user's documents")
+    return result
+
+
+def credential_of(name: str, source: object) -> str:
+    """A fingerprint of what a user logs in with: the password fields of a `_users` doc, or
+    a server admin's hashed password (a string from CouchDB's config). It changes exactly
+    when the password does; it includes the random salt, so it tells nothing about the
+    password itself."""
+    if isinstance(source, dict):
+        parts = [str(source.get(field, "")) for field in CREDENTIAL_FIELDS]
+    else:
+        parts = ["admin", str(source)]
+    return hashlib.sha256("\0".join([name, *parts]).encode()).hexdigest()[:32]

@@ -5,6 +5,9 @@ which database is decided here:
 - server admins: the main database, or any other that exists (unknown: 404); never a
   system database (`_users`, `_replicator`, any name starting with `_`): 403;
 - online users with `can_resolve_conflicts`: the main database only;
+- a design doc (`_design/...`) is resolved or split only by db admins (server admins, or
+  `_security.admins` of the database), as CouchDB lets only them write one: resolving
+  writes the doc, and a design doc holds code (`validate_doc_update`, views);
 - offline users are refused (403), permission or not. The leaves of one conflict can lie
   in different scopes (a collision of someone's patient with someone else's report), a
   split rewrites references in docs anywhere in the database, and the listing would have
@@ -19,18 +22,28 @@ from typing import Any
 from aiohttp import web
 
 from proxy.access.config import UserCtx, has_permission, is_offline
-from proxy.access.couch_security import DB_NAME
+from proxy.access.couch_security import DB_NAME, NOT_DB_ADMIN, is_db_admin
+from proxy.audit import capture
 from proxy.audit.api import Outcome
 from proxy.audit.capture import record
 from proxy.conflicts import service, split
 from proxy.conflicts.bodies import resolve_request, split_request
 from proxy.conflicts.listing import describe, list_page
-from proxy.conflicts.store import UPDATES, ConflictStore, bookmark, unbookmark
+from proxy.conflicts.store import UPDATES, ConflictStore, Intend, bookmark, unbookmark
 from proxy.errors import BadRequest, Forbidden, NotFound, Unauthorized, json_response
-from proxy.keys import COUCH, INDEX, PRINCIPAL, SETTINGS
-from proxy.params import flag, nonneg_int, read_json
+from proxy.keys import COUCH, INDEX, PRINCIPAL, SECURITY, SETTINGS
+from proxy.params import flag, limit_of, read_json
 
 MAX_BODY = 8 * 1024 * 1024
+
+
+def intend_for(request: web.Request, db: str) -> Intend:
+    """The crash-proof audit's intent of each resolution write, as this caller's."""
+
+    async def intend(docs: list[dict[str, Any]], new_edits: bool) -> None:
+        await capture.intend_docs(request, db, docs, new_edits)
+
+    return intend
 
 
 async def store_for(request: web.Request) -> ConflictStore:
@@ -50,10 +63,10 @@ async def store_for(request: web.Request) -> ConflictStore:
             )
         if db != main:
             raise Forbidden(f"the conflict tools work on the main database only ({main})")
-        return ConflictStore(request.app[COUCH], db)
+        return ConflictStore(request.app[COUCH], db, intend_for(request, db))
     if db.startswith("_"):
         raise Forbidden("the conflict tools do not work on system databases")
-    store = ConflictStore(request.app[COUCH], db)
+    store = ConflictStore(request.app[COUCH], db, intend_for(request, db))
     if db != main and (not DB_NAME.match(db) or not await store.exists()):
         raise NotFound("Database does not exist.")
     return store
@@ -76,7 +89,7 @@ async def list_conflicts(request: web.Request) -> web.Response:
     is and updates it afterwards, so conflicts made since may be missing, and docs resolved
     since are dropped from the page (their leaves are read), which may make it short."""
     store = await store_for(request)
-    limit = min(nonneg_int(request.query.get("limit"), "limit") or 50, 500)
+    limit = limit_of(request.query.get("limit"), 50, 500)
     update = request.query.get("update", "true")
     if update not in UPDATES:
         raise BadRequest("update must be true, lazy or false")
@@ -90,12 +103,22 @@ async def show_conflict(request: web.Request) -> web.Response:
     return json_response(await describe(store, request.match_info["doc_id"]))
 
 
+async def may_write(request: web.Request, store: ConflictStore, doc_id: str) -> None:
+    """A resolution or split writes `doc_id`: a design doc only for db admins."""
+    principal = request[PRINCIPAL]
+    if doc_id.startswith("_design/") and not principal.is_admin:
+        security = await request.app[SECURITY].get(store.db)
+        if not is_db_admin(security, principal.name, principal.roles):
+            raise Forbidden(NOT_DB_ADMIN)
+
+
 async def resolve_conflict(request: web.Request) -> web.Response:
     """Pick a leaf, give a merged doc, or merge three-way (see service.resolve)."""
     store = await store_for(request)
-    dry_run = flag(request.query.get("dry_run"), "dry_run", default=False)
+    dry_run = flag(request.query, "dry_run", default=False)
     doc_id = request.match_info["doc_id"]
     resolution = resolve_request(await read_json(request, MAX_BODY), doc_id)
+    await may_write(request, store, doc_id)
     try:
         answer = await service.resolve(store, doc_id, resolution, dry_run, recorder(request, store.db))
     except service.Detailed as exc:
@@ -106,9 +129,10 @@ async def resolve_conflict(request: web.Request) -> web.Response:
 async def split_collision(request: web.Request) -> web.Response:
     """Give each doc of a UUID collision its own id and point references at it."""
     store = await store_for(request)
-    dry_run = flag(request.query.get("dry_run"), "dry_run", default=True)
+    dry_run = flag(request.query, "dry_run", default=True)
     doc_id = request.match_info["doc_id"]
     parsed = split_request(await read_json(request, MAX_BODY, empty={}))
+    await may_write(request, store, doc_id)
     settings = await request.app[INDEX].current_settings()
     try:
         answer = await split.split(store, doc_id, parsed, dry_run, settings.person_types)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import quote
 
@@ -51,12 +51,17 @@ def row_revs(row: dict[str, Any]) -> list[str]:
     return [rev for rev in revs if isinstance(rev, str)]
 
 
+# Stores the intent of a write before it is made (the crash-proof audit, proxy/audit/capture.py).
+Intend = Callable[[list[dict[str, Any]], bool], Awaitable[None]]
+
+
 class ConflictStore:
-    def __init__(self, couch: CouchClient, db: str) -> None:
+    def __init__(self, couch: CouchClient, db: str, intend: Intend | None = None) -> None:
         self.couch = couch
         self.db = db
         self.path = "/" + quote(db, safe="")
         self._ready = False
+        self.intend = intend
 
     async def exists(self) -> bool:
         result = await self.couch.json("GET", self.path)
@@ -150,6 +155,8 @@ class ConflictStore:
         """One `_bulk_docs`; its rows (CouchDB writes each doc on its own: some rows may
         fail while others succeed). A refusal of the whole request is the caller's fault
         (400) unless CouchDB says otherwise."""
+        if self.intend is not None:
+            await self.intend(docs, new_edits)
         result = await self.couch.json(
             "POST", f"{self.path}/_bulk_docs", body={"docs": docs, "new_edits": new_edits}
         )

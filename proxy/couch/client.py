@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import io
 import weakref
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -39,11 +40,24 @@ from aiohttp.client_reqrep import ConnectionKey
 from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
 
-from proxy.errors import CouchgateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import CouchgateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, dumps
 from proxy.settings import Settings
 
 JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
 LIVE_FEEDS = {"longpoll", "continuous", "eventsource"}
+# Set while serving an offline user (and in the index follower): CouchDB's answer must begin
+# within COUCHGATE_FIRST_BYTE_TIMEOUT, not COUCHGATE_REQUEST_TIMEOUT (see `CouchClient`).
+FAIL_FAST: contextvars.ContextVar[bool] = contextvars.ContextVar("couch_fail_fast", default=False)
+
+
+@contextmanager
+def fail_fast() -> Iterator[None]:
+    """Requests made inside give up on a silent CouchDB after the first-byte timeout."""
+    token = FAIL_FAST.set(True)
+    try:
+        yield
+    finally:
+        FAIL_FAST.reset(token)
 
 
 def basic_auth_header(user: str, password: str) -> str:
@@ -130,16 +144,21 @@ class CouchClient:
         self.base = settings.upstream
         self.db = settings.db
         self.service_auth = basic_auth_header(settings.couch_user, settings.couch_password.get_secret_value())
+        # Timeouts (README, "Timeouts"): connecting; the answer's first byte, short where a
+        # phone waits (FAIL_FAST) and long elsewhere (views may take minutes to build); and the
+        # longest silence inside a streamed answer once it began. Live feeds may rightly stay
+        # silent until the client's own `timeout`: their end is the client's or CouchDB's.
+        connect, first_byte = settings.connect_timeout, settings.first_byte_timeout
+        self.idle_timeout = settings.idle_timeout
         self.json_timeout = aiohttp.ClientTimeout(
-            total=settings.request_timeout, connect=settings.connect_timeout
+            total=settings.request_timeout, connect=connect, sock_read=settings.request_timeout
         )
-        # A streamed answer may take long in total, but not stall for longer than this.
+        self.fast_json_timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=first_byte)
         self.stream_timeout = aiohttp.ClientTimeout(
-            total=None, connect=settings.connect_timeout, sock_read=settings.request_timeout
+            total=None, connect=connect, sock_read=settings.request_timeout
         )
-        # Live feeds may rightly stay silent (no heartbeat asked for) until the client's own
-        # `timeout`, which CouchDB honours; their end is the client's or CouchDB's to choose.
-        self.feed_timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout)
+        self.fast_stream_timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=first_byte)
+        self.feed_timeout = aiohttp.ClientTimeout(total=None, connect=connect)
         # The `X-Couch-Request-ID` of the last answer read on each pooled connection.
         self._last_answer: weakref.WeakKeyDictionary[ResponseHandler, str] = weakref.WeakKeyDictionary()
 
@@ -179,10 +198,11 @@ class CouchClient:
             hdrs["Authorization"] = self.service_auth
         # A stream, not bytes: a `_bulk_docs` of a few hundred docs easily passes the size at
         # which aiohttp warns that one write of bytes blocks the event loop.
-        data = None if body is None else io.BytesIO(orjson.dumps(body))
+        data = None if body is None else io.BytesIO(dumps(body))
         try:
+            timeout = self.fast_json_timeout if FAIL_FAST.get() else self.json_timeout
             async with self.session.request(
-                method, self.url(path), data=data, params=params, headers=hdrs, timeout=self.json_timeout
+                method, self.url(path), data=data, params=params, headers=hdrs, timeout=timeout
             ) as resp:
                 self._own(resp)
                 raw = await resp.read()
@@ -205,17 +225,24 @@ class CouchClient:
         """A streamed request: the caller reads the body as it arrives."""
         live = is_live_feed(path_and_query)
         session = self.feeds if live else self.session
+        if live:
+            timeout = self.feed_timeout
+        else:
+            timeout = self.fast_stream_timeout if FAIL_FAST.get() else self.stream_timeout
         try:
             async with session.request(
                 method,
                 self.url(path_and_query),
                 headers=headers,
                 data=data,
-                timeout=self.feed_timeout if live else self.stream_timeout,
+                timeout=timeout,
                 allow_redirects=False,
                 skip_auto_headers=("Content-Type", "Accept-Encoding"),
             ) as resp:
                 self._own(resp)
+                if not live and resp.connection is not None and resp.connection.protocol is not None:
+                    # The answer has begun: from now on the bound is its silences, not its start.
+                    resp.connection.protocol.read_timeout = self.idle_timeout
                 yield resp
         except ConnectionResetError:
             raise  # the downstream client went away while we streamed to it

@@ -152,6 +152,14 @@ class PouchServer(AdminClient):
         self.stop()
         raise BackendError(f"pouchdb-server did not answer on {self.url} within {timeout:.0f}s")
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def exit_code(self) -> int | None:
+        """The process's exit status once it has ended by itself, else None."""
+        return self._proc.poll() if self._proc is not None else None
+
     def kill(self) -> None:
         """Stop the process abruptly (tests use this to take the upstream down)."""
         if self._proc is not None and self._proc.poll() is None:

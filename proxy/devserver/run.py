@@ -1,16 +1,20 @@
 """`couchgate dev` (what `make run` calls): an embedded pouchdb-server with the demo data
-set, and couchgate in front of it on 127.0.0.1:5988. Ctrl-C stops both."""
+set, and couchgate in front of it on 127.0.0.1:5988. The backend is restarted when it dies
+(`proxy.devserver.supervise`). Ctrl-C stops both."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from proxy.devserver.backend import PROJECT_ROOT, BackendError, PouchServer
-from proxy.seed.generator import DemoUser, preset
-from proxy.seed.loader import load
-from proxy.server import run_server
+from proxy.devserver.supervise import serve_dev
+from proxy.logs import configure_logging
+from proxy.seed.generator import DemoData, DemoUser, preset
+from proxy.seed.loader import load, restore_server_admins
 from proxy.settings import load_settings
 
 DB = "medic"
@@ -20,7 +24,8 @@ def banner(url: str, backend: PouchServer, users: list[DemoUser], docs: int) -> 
     lines = [
         "",
         f"couchgate      {url}   (PouchDB: new PouchDB('{url}/{DB}', {{auth: ...}}))",
-        f"backend        {backend.url}   (pouchdb-server)",
+        f"backend        {backend.url}   (pouchdb-server, pid {backend.pid}, "
+        f"{'in memory' if backend.in_memory else f'data in {backend.data_dir}'}; restarted if it dies)",
         f"demo data      {docs} docs in '{DB}'",
         f"health         {url}/_couchgate/health   ready: {url}/_couchgate/ready",
         "",
@@ -35,8 +40,29 @@ def banner(url: str, backend: PouchServer, users: list[DemoUser], docs: int) -> 
     return "\n".join(lines)
 
 
-def run_dev(preset_name: str = "small", port: int = 5988, backend_port: int = 0, seed: int = 1) -> int:
-    backend = PouchServer(port=backend_port, data_dir=PROJECT_ROOT / ".couchgate" / "backend")
+def reloader(backend: PouchServer, data: DemoData) -> Callable[[], Awaitable[None]]:
+    """What puts the demo data back after a restart: all of it in memory; on disk, the data
+    is kept and only the demo server admins (in the config file, written fresh) come back."""
+
+    async def reload() -> None:
+        if backend.in_memory:
+            await load(backend.url, backend.admin_user, backend.admin_password, DB, data)
+        else:
+            await restore_server_admins(backend.url, backend.admin_user, backend.admin_password, data)
+
+    return reload
+
+
+def run_dev(
+    preset_name: str = "small",
+    port: int = 5988,
+    backend_port: int = 0,
+    seed: int = 1,
+    on_disk: bool = False,
+    backend_dir: Path | None = None,
+) -> int:
+    data_dir = backend_dir or PROJECT_ROOT / ".couchgate" / "backend"
+    backend = PouchServer(port=backend_port, data_dir=data_dir, in_memory=not on_disk)
     try:
         backend.start()
         data = preset(preset_name, seed=seed)
@@ -52,7 +78,8 @@ def run_dev(preset_name: str = "small", port: int = 5988, backend_port: int = 0,
         )
         url = f"http://{settings.host}:{settings.port}"
         print(banner(url, backend, data.users, report.docs_total), flush=True)
-        run_server(settings, shutdown_timeout=5)
+        configure_logging(settings.log_level, settings.log_json)
+        asyncio.run(serve_dev(settings, backend, reloader(backend, data), shutdown_timeout=5))
     except KeyboardInterrupt:
         pass
     except (OSError, BackendError) as exc:

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from proxy.conflicts.model import generation
+from proxy.couch.validate import DocInvalid, validate_doc
 
 REVISION_FIELDS = ("_rev", "_revisions", "_conflicts", "_deleted_conflicts", "_local_seq", "_revs_info")
 # Top-level fields CouchDB accepts that start with `_` (after revision fields are dropped);
@@ -154,6 +155,10 @@ def prepare(
         raise Invalid(f"field {odd[0]!r}: top-level fields starting with _ are reserved by CouchDB")
     if "_attachments" in doc:
         _check_attachments(doc["_attachments"], max_attachment_bytes)
+    try:
+        validate_doc(doc)  # as CouchDB checks it: no doc of an import may fail the backend
+    except DocInvalid as exc:
+        raise Invalid(exc.reason) from None
     size = _body_size(doc)
     if size > max_doc_bytes:
         raise Invalid(f"the doc is {size} bytes, over the limit of {max_doc_bytes} (attachments not counted)")
@@ -173,7 +178,31 @@ def prepare(
 
 
 def same_content(imported: Mapping[str, Any], stored: Mapping[str, Any] | None) -> bool:
-    return stored is not None and canonical(imported) == canonical(stored)
+    """Equal as JSON values, not as text: `38.0` and `38` are one number (the embedded
+    backend stores the first as the second, CouchDB keeps it), so a re-import of the same
+    data is `unchanged`, whatever the backend did to its numbers."""
+    if stored is None:
+        return False
+    mine, theirs = canonical(imported), canonical(stored)
+    return mine == theirs or _numbers_as_values(orjson.loads(mine)) == _numbers_as_values(
+        orjson.loads(theirs)
+    )
+
+
+def _numbers_as_values(value: Any) -> Any:
+    """`value` with each number as the IEEE double a JSON number stands for (RFC 8259 6),
+    written as an int when it is integral: `38.0` -> 38, `-0.0` -> 0, and an integer past 2**53
+    that a JavaScript backend rounded equals the one it was rounded from."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        number = float(value)
+        return int(number) if number.is_integer() and abs(number) < 2**63 else number
+    if isinstance(value, dict):
+        return {k: _numbers_as_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers_as_values(v) for v in value]
+    return value
 
 
 def needs_attachment_data(imported: Mapping[str, Any], stored: Mapping[str, Any] | None) -> bool:

@@ -2,9 +2,10 @@
 every doc answered in input order; nothing stops at the first problem.
 
 Whose eyes look: admins and offline users read with the service account (an offline
-user's reads are judged here, doc by doc: a stored doc outside their scope is treated as
-missing, and a write onto it is `forbidden` with the same reason as any other doc outside
-their scope, so the answers are no existence oracle); online users read and write with
+user's docs are judged here by the write rules of `proxy.access.write`: a doc whose new
+version is outside their scope is `forbidden`, one onto a stored doc they may not see is a
+`conflict`, as for any id that is taken, and never `unchanged` or `skipped`, so the
+answers tell nothing about a doc outside the scope); online users read and write with
 their own credentials, so CouchDB's `_security` applies to both.
 
 Every chunk is read first (`_all_docs?keys&include_docs`), then only what must change is
@@ -27,11 +28,12 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from proxy.access.batch import authorize_batch
 from proxy.access.config import UserCtx
-from proxy.access.decide import OUTSIDE, authorize_batch, is_readable
 from proxy.access.kinds import CONTACT_KINDS, kind_of
+from proxy.access.read import body_readable
 from proxy.audit.api import Outcome
-from proxy.audit.capture import admit, record
+from proxy.audit.capture import admit, intend_docs, record
 from proxy.couch.client import CouchClient, JsonResult
 from proxy.errors import CouchgateError
 from proxy.importer.docs import (
@@ -54,7 +56,6 @@ IN_FLIGHT = 3
 RETRIES = 3
 GIVE_UP_AFTER = 3  # chunks failing upstream in a row before the rest is not even tried
 
-OUT_OF_SCOPE = OUTSIDE.reason  # one wording whether or not the doc exists (no existence oracle)
 UPSTREAM_FAILED = (
     "CouchDB failed while this doc was imported; it may or may not be written: import again (safe)"
 )
@@ -250,15 +251,15 @@ class Importer:
 
     async def _import(self, docs: list[Prepared], state: ChunkState, attempt: int = 0) -> None:
         answers = state.answers
-        stored = await self._stored([d.id for d in docs])
+        stored, deleted = await self._stored([d.id for d in docs])
         with_data = [d.id for d in docs if needs_attachment_data(d.doc, stored.get(d.id))]
         if with_data:  # compared by their bytes, read again with the attachments inline
-            stored.update(await self._stored(with_data, attachments=True))
+            stored.update((await self._stored(with_data, attachments=True))[0])
         for doc in docs:
             current = stored.get(doc.id)
             if current is not None:
                 state.rev_before[doc.index] = current["_rev"]
-        readable = await self._readable(stored)
+        readable, hidden = await self._readable(stored, deleted)
         changed = []
         for doc in docs:
             current = stored.get(doc.id)
@@ -266,7 +267,7 @@ class Importer:
                 answers[doc.index] = result(doc.index, doc.id, "unchanged", rev=current.get("_rev"))
             else:
                 changed.append(doc)
-        allowed = await self._judge(changed, stored, readable, answers)
+        allowed = await self._judge(changed, stored, hidden, answers)
         writes: list[tuple[Prepared, dict[str, Any], str]] = []  # (doc, body, status if written)
         branches: list[tuple[Prepared, dict[str, Any]]] = []
         for doc in allowed:
@@ -351,13 +352,16 @@ class Importer:
                     )
         return [(doc, body) for doc, body in branches if doc.index not in failed]
 
-    async def _stored(self, ids: list[str], attachments: bool = False) -> dict[str, dict[str, Any] | None]:
-        """The current winner of each id (None: missing or deleted), read as the caller
-        (online users) or the service account (admins; offline users, judged here);
-        `attachments`: with their data inline."""
+    async def _stored(
+        self, ids: list[str], attachments: bool = False
+    ) -> tuple[dict[str, dict[str, Any] | None], set[str]]:
+        """The current winner of each id (None: missing or deleted) and the deleted ids,
+        read as the caller (online users) or the service account (admins; offline users,
+        judged here); `attachments`: with their data inline."""
         found: dict[str, dict[str, Any] | None] = dict.fromkeys(ids)
+        deleted: set[str] = set()
         if not ids:
-            return found
+            return found, deleted
         params = {"include_docs": "true", **({"attachments": "true"} if attachments else {})}
         answer = await self.couch.json(
             "POST",
@@ -370,64 +374,54 @@ class Importer:
         if not answer.ok or not isinstance(answer.body, dict):
             raise UpstreamFailed(answer.status, answer.body)
         for row in answer.body.get("rows", []):
-            if isinstance(row, dict) and isinstance(row.get("doc"), dict):
+            if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+                continue
+            if isinstance(row.get("doc"), dict) and row["doc"].get("_deleted") is not True:
                 found[row["key"]] = row["doc"]
-        return found
+            elif isinstance(row.get("value"), dict) and row["value"].get("deleted") is True:
+                deleted.add(row["key"])
+        return found, deleted
 
-    async def _readable(self, stored: Mapping[str, dict[str, Any] | None]) -> set[str]:
-        """The stored docs the caller may see. Everyone but offline users sees them all."""
+    async def _readable(
+        self, stored: Mapping[str, dict[str, Any] | None], deleted: set[str]
+    ) -> tuple[set[str], set[str]]:
+        """The stored docs the caller may see, and the deleted ones whose last version they
+        could not (not theirs to bring back). Everyone but offline users sees them all."""
         present = [(i, d) for i, d in stored.items() if d is not None]
         user = self.plan.user
         if user is None:
-            return {i for i, _ in present}
+            return {i for i, _ in present}, set()
         sync = self.request.app[INDEX]
         await sync.sync()  # contacts written by earlier chunks are in the tree now
-        depths = sync.index.subjects_of(user, sync.settings)
-        return {i for i, d in present if is_readable(d, user, sync.settings, sync.index, depths)}
+        subj = sync.index.subjects_of(user, sync.settings)
+        readable = {i for i, d in present if body_readable(d, user, sync.settings, sync.index, subj)}
+        return readable, deleted - sync.index.readable_ids(deleted, user, sync.settings)
 
     async def _judge(
         self,
         docs: list[Prepared],
         stored: Mapping[str, dict[str, Any] | None],
-        readable: set[str],
+        hidden: set[str],
         answers: dict[int, dict[str, Any]],
     ) -> list[Prepared]:
-        """Offline users: the access rules, with this chunk's permitted contacts applied (in
-        a dry run, those of earlier chunks too). A stored doc the user may not read is judged
-        as missing; if the new doc would be allowed, the answer is still `forbidden` with the
-        reason any out-of-scope doc gets, so nothing tells whether it exists."""
+        """Offline users: the write rules, with this chunk's permitted contacts applied (in a
+        dry run, those of earlier chunks too). A doc onto a stored one the user may not see
+        is a `conflict`, as for any id that is taken, whatever its content."""
         user = self.plan.user
         if user is None or not docs:
             return docs
         sync = self.request.app[INDEX]  # brought level with CouchDB by `_readable`
-        visible = {i: (d if i in readable else None) for i, d in stored.items()}
-        hidden = {d.id for d in docs if stored.get(d.id) is not None and d.id not in readable}
         ids = {d.id for d in docs}
         carried = [c for i, c in self.carried.items() if i not in ids]
         batch = [d.doc for d in docs]
-        decisions = authorize_batch(user, sync.settings, sync.index, [*carried, *batch], visible)[
+        decisions = authorize_batch(user, sync.settings, sync.index, [*carried, *batch], stored, hidden)[
             len(carried) :
         ]
-        lent = [
-            d.id
-            for d, ok in zip(docs, decisions, strict=True)
-            if ok.allowed and d.id in hidden and kind_of(d.doc) in CONTACT_KINDS
-        ]
-        if lent:  # a contact that will be refused must not lend its place in the tree
-            kept = [d.doc for d in docs if d.id not in hidden]
-            again = iter(
-                authorize_batch(user, sync.settings, sync.index, [*carried, *kept], visible)[len(carried) :]
-            )
-            decisions = [
-                decision if d.id in hidden else next(again)
-                for d, decision in zip(docs, decisions, strict=True)
-            ]
         allowed = []
         for doc, decision in zip(docs, decisions, strict=True):
             if not decision.allowed:
-                answers[doc.index] = result(doc.index, doc.id, "forbidden", reason=decision.reason)
-            elif doc.id in hidden:
-                answers[doc.index] = result(doc.index, doc.id, "forbidden", reason=OUT_OF_SCOPE)
+                status = "conflict" if decision.error == "conflict" else "forbidden"
+                answers[doc.index] = result(doc.index, doc.id, status, reason=decision.reason)
             else:
                 allowed.append(doc)
                 if self.plan.dry_run and kind_of(doc.doc) in CONTACT_KINDS:
@@ -437,6 +431,8 @@ class Importer:
     async def _bulk(self, docs: list[dict[str, Any]], *, new_edits: bool) -> dict[str, dict[str, Any]]:
         """CouchDB's row for each doc, by id. A request CouchDB refuses as a whole for its
         content (400) is split until the doc at fault answers alone."""
+        # The crash-proof audit: the intent is stored before the write (proxy/audit/capture.py).
+        await intend_docs(self.request, self.plan.db_path.strip("/"), docs, new_edits)
         answer = await self._post(f"{self.plan.db_path}/_bulk_docs", {"docs": docs, "new_edits": new_edits})
         if isinstance(answer.body, list):
             return {row["id"]: row for row in answer.body if isinstance(row, dict) and "id" in row}

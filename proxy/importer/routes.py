@@ -96,7 +96,7 @@ async def plan_for(request: web.Request, db: str) -> Plan:
     return Plan(
         db_path=db_path,
         mode=mode,  # type: ignore[arg-type]
-        dry_run=flag(request.query.get("dry_run"), "dry_run", default=False),
+        dry_run=flag(request.query, "dry_run", default=False),
         user=user,
         credentials=credentials,
         is_admin=principal.is_admin,

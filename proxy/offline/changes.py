@@ -17,12 +17,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.errors import BadRequest, json_response
+from proxy.errors import BadRequest, dumps, json_response
 from proxy.keys import COUCH
 from proxy.logs import stamp_request_id
+from proxy.offline import leaves, query
+from proxy.offline.revisions import failed
 from proxy.offline.since import Since, SinceCodec
 from proxy.offline.view import Entry, UserView
-from proxy.params import nonneg_int, read_json, true
+from proxy.params import nonneg_int, read_json
 
 MAX_TIMEOUT_MS = 5 * 60 * 1000
 DEFAULT_TIMEOUT_MS = 60 * 1000
@@ -44,7 +46,7 @@ class FeedParams:
 
 
 async def parse_params(request: web.Request) -> FeedParams:
-    q = request.query
+    q = query.parse(request.query, query.CHANGES)
     feed = q.get("feed", "normal")
     if feed not in {"normal", "longpoll", "continuous"}:
         raise BadRequest(f"feed={feed} is not supported; use normal, longpoll or continuous")
@@ -74,14 +76,14 @@ async def parse_params(request: web.Request) -> FeedParams:
         heartbeat_ms = 60_000 if heartbeat == "true" else nonneg_int(heartbeat, "heartbeat")
         if heartbeat_ms is not None:
             heartbeat_ms = max(heartbeat_ms, 100)
-    timeout = nonneg_int(q.get("timeout"), "timeout")
+    timeout = q.get("timeout")
     return FeedParams(
         since=q.get("since"),
-        limit=nonneg_int(q.get("limit"), "limit"),
+        limit=q.get("limit"),
         all_docs=style == "all_docs",
-        include_docs=true(q.get("include_docs")),
-        conflicts=true(q.get("conflicts")),
-        descending=true(q.get("descending")),
+        include_docs=q.get("include_docs", False),
+        conflicts=q.get("conflicts", False),
+        descending=q.get("descending", False),
         feed=feed,
         heartbeat_ms=heartbeat_ms,
         timeout_ms=min(timeout if timeout is not None else DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS),
@@ -130,18 +132,62 @@ class Feed:
         self.ordinal = max(self.ordinal, end)
         return entries, self.token(self.ordinal)
 
-    def row(self, entry: Entry, docs: dict[str, Any]) -> dict[str, Any]:
-        revs = list(entry.leaves) if self.params.all_docs and entry.leaves else [entry.rev]
-        row: dict[str, Any] = {
-            "seq": self.token(entry.ordinal),
-            "id": entry.id,
-            "changes": [{"rev": r} for r in revs],
-        }
-        if entry.deleted:
-            row["deleted"] = True
-        if self.params.include_docs:
-            row["doc"] = docs.get(entry.id) or {"_id": entry.id, "_rev": entry.rev, "_deleted": True}
-        return row
+    def rows(
+        self, entries: list[Entry], docs: dict[str, dict[str, Any]] | None, leaves: dict[str, list[str]]
+    ) -> list[dict[str, Any]]:
+        """The rows of a page. With `docs` (include_docs), each row shows the body that was
+        read and judged: its revision may be newer than the index's, and a doc whose body
+        could not be served (it left the scope, or is gone) has no row in this page. With
+        `style=all_docs`, a conflict leaf is named only if the user may see it (`leaves`)."""
+        rows = []
+        for entry in entries:
+            rev, deleted = entry.rev, entry.deleted
+            doc: dict[str, Any] | None = None
+            if docs is not None:
+                doc = tombstone(entry.id, entry.rev) if entry.deleted else docs.get(entry.id)
+                if doc is None:
+                    continue
+                rev, deleted = str(doc["_rev"]), doc.get("_deleted") is True
+            revs = [rev]
+            if self.params.all_docs:
+                revs += [leaf for leaf in leaves.get(entry.id, ()) if leaf not in (rev, entry.rev)]
+            row: dict[str, Any] = {
+                "seq": self.token(entry.ordinal),
+                "id": entry.id,
+                "changes": [{"rev": r} for r in revs],
+            }
+            if deleted:
+                row["deleted"] = True
+            if doc is not None:
+                row["doc"] = doc
+            rows.append(row)
+        return rows
+
+
+async def page_leaves(
+    request: web.Request, feed: Feed, db_path: str, entries: list[Entry]
+) -> dict[str, list[str]]:
+    """The conflict leaves of a page the user may be told of (`style=all_docs` only)."""
+    if not feed.params.all_docs:
+        return {}
+    conflicted = {e.id: list(e.leaves) for e in entries if len(e.leaves) > 1}
+    return await leaves.visible_leaves(request, feed.view, db_path, conflicted) if conflicted else {}
+
+
+async def page_rows(
+    request: web.Request, feed: Feed, db_path: str, entries: list[Entry]
+) -> list[dict[str, Any]]:
+    """A page's rows, with the bodies and leaves the user may see."""
+    docs = (
+        await fetch_docs(request, feed.view, db_path, entries, feed.params.conflicts)
+        if feed.params.include_docs
+        else None
+    )
+    return feed.rows(entries, docs, await page_leaves(request, feed, db_path, entries))
+
+
+def tombstone(doc_id: str, rev: str) -> dict[str, Any]:
+    return {"_id": doc_id, "_rev": rev, "_deleted": True}
 
 
 def db_info(view: UserView, codec: SinceCodec, db: str) -> web.Response:
@@ -174,20 +220,31 @@ def db_info(view: UserView, codec: SinceCodec, db: str) -> web.Response:
 
 
 async def fetch_docs(
-    request: web.Request, db_path: str, entries: list[Entry], conflicts: bool
-) -> dict[str, Any]:
+    request: web.Request, view: UserView, db_path: str, entries: list[Entry], conflicts: bool
+) -> dict[str, dict[str, Any]]:
+    """The current bodies of a page's live docs, each judged before it may be served (a
+    doc deleted upstream meanwhile: its tombstone). A failed read fails the request: a
+    page is never sent with bodies missing or made up."""
     live = [e.id for e in entries if not e.deleted]
     if not live:
         return {}
-    params = {"include_docs": "true"}
-    if conflicts:
-        params["conflicts"] = "true"
+    params = {"include_docs": "true", **({"conflicts": "true"} if conflicts else {})}
     result = await request.app[COUCH].json("POST", f"{db_path}/_all_docs", body={"keys": live}, params=params)
-    docs: dict[str, Any] = {}
-    if result.ok and isinstance(result.body, dict):
-        for row in result.body.get("rows", []):
-            if isinstance(row, dict) and isinstance(row.get("doc"), dict):
-                docs[row["id"]] = row["doc"]
+    rows = result.body.get("rows") if result.ok and isinstance(result.body, dict) else None
+    if not isinstance(rows, list):
+        raise failed(result)
+    docs: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+            continue
+        doc, value = row.get("doc"), row.get("value")
+        if isinstance(doc, dict) and isinstance(doc.get("_rev"), str):
+            if view.servable(doc):
+                docs[row["id"]] = doc
+        elif isinstance(value, dict) and value.get("deleted") is True and isinstance(value.get("rev"), str):
+            docs[row["id"]] = tombstone(row["id"], value["rev"])
+    if conflicts:
+        await leaves.filter_conflicts(request, view, db_path, docs.values())
     return docs
 
 
@@ -201,8 +258,7 @@ async def changes(
     entries, last_seq = feed.page()
     if params.feed == "longpoll" and not entries:
         return await _longpoll(request, feed, db_path)
-    docs = await fetch_docs(request, db_path, entries, params.conflicts) if params.include_docs else {}
-    results = [feed.row(e, docs) for e in entries]
+    results = await page_rows(request, feed, db_path, entries)
     return json_response({"results": results, "last_seq": last_seq, "pending": 0})
 
 
@@ -237,11 +293,8 @@ async def _longpoll(request: web.Request, feed: Feed, db_path: str) -> web.Strea
     last_seq = feed.token(feed.ordinal)
     while not entries and await _wait(feed, response, deadline):
         entries, last_seq = feed.page()
-    docs = (
-        await fetch_docs(request, db_path, entries, feed.params.conflicts) if feed.params.include_docs else {}
-    )
-    body = {"results": [feed.row(e, docs) for e in entries], "last_seq": last_seq, "pending": 0}
-    await response.write(orjson.dumps(body) + b"\n")
+    body = {"results": await page_rows(request, feed, db_path, entries), "last_seq": last_seq, "pending": 0}
+    await response.write(dumps(body) + b"\n")
     await response.write_eof()
     return response
 
@@ -257,12 +310,8 @@ async def _continuous(request: web.Request, feed: Feed, db_path: str) -> web.Str
             feed.params.limit = limit - sent  # never let the page run past what may be sent
         entries, last_seq = feed.page()
         if entries:
-            docs = (
-                await fetch_docs(request, db_path, entries, feed.params.conflicts)
-                if feed.params.include_docs
-                else {}
-            )
-            await response.write(b"".join(orjson.dumps(feed.row(e, docs)) + b"\n" for e in entries))
+            rows = await page_rows(request, feed, db_path, entries)
+            await response.write(b"".join(dumps(row) + b"\n" for row in rows))
             sent += len(entries)
             if limit and sent >= limit:
                 break

@@ -13,6 +13,7 @@ from aiohttp import web
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, MethodNotAllowed, json_response
 from proxy.keys import COUCH
+from proxy.offline import query
 from proxy.params import read_json
 
 LOCAL = "_local/"
@@ -28,8 +29,9 @@ async def local_doc(request: web.Request, db_path: str, user: str, local_id: str
     couch = request.app[COUCH]
     upstream_id = private_id(user, local_id)
     path = f"{db_path}/{quote_id(upstream_id)}"
+    params = query.encode(query.parse(request.query, query.LOCAL))
     if request.method in {"GET", "HEAD"}:
-        result = await couch.json("GET", path, params=dict(request.query))
+        result = await couch.json("GET", path, params=params)
     elif request.method == "PUT":
         body = await read_json(request, MAX_LOCAL_BODY)
         if not isinstance(body, dict):
@@ -37,7 +39,7 @@ async def local_doc(request: web.Request, db_path: str, user: str, local_id: str
         body["_id"] = upstream_id
         result = await couch.json("PUT", path, body=body)
     elif request.method == "DELETE":
-        result = await couch.json("DELETE", path, params=dict(request.query))
+        result = await couch.json("DELETE", path, params=params)
     else:
         raise MethodNotAllowed("Only GET, HEAD, PUT and DELETE are allowed for _local documents.")
     body = result.body

@@ -51,6 +51,7 @@ async def change_password(request: web.Request, path: CouchPath, own_id: str) ->
     new_doc = {**_rest(stored.body), "_id": own_id, "password": body["password"]}
     if "_rev" in body:
         new_doc["_rev"] = body["_rev"]
+    await capture.intend_docs(request, path.db, [new_doc])
     result = await couch.json("PUT", target, body=new_doc)
     answer = result.body if isinstance(result.body, dict) else {}
     capture.record(

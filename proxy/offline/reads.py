@@ -6,6 +6,7 @@ A doc outside the user's scope looks exactly like a missing doc: same status, sa
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import orjson
@@ -15,9 +16,10 @@ from proxy.access.paths import CouchPath
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, json_response
 from proxy.keys import COUCH
-from proxy.offline.revisions import MISSING, REV, missing_revs, not_found, service
+from proxy.offline import leaves, query
+from proxy.offline.revisions import MISSING, REV, failed, missing_revs, not_found, service
 from proxy.offline.view import UserView
-from proxy.params import nonneg_int, read_json
+from proxy.params import read_json
 from proxy.passthrough import forward
 
 MAX_BODY = 32 * 1024 * 1024
@@ -26,16 +28,21 @@ MAX_BODY = 32 * 1024 * 1024
 async def get_attachment(
     request: web.Request, view: UserView, path: CouchPath, db_path: str
 ) -> web.StreamResponse:
+    """An attachment of the revision the index judged (or of a named revision judged itself):
+    never of a newer winner that may have left the scope since."""
     doc_id = path.doc_id or ""
+    params = query.parse(request.query, query.ATTACHMENT)
+    rev = params.get("rev")
+    if rev is None:
+        await view.sync.sync()  # the winner as of now (read-your-writes), then pinned
     if not await view.readable_now([doc_id]):
         raise not_found()
-    rev = request.query.get("rev")
-    if rev is not None and rev != view.winner_rev(doc_id):
-        # An attachment of another revision: only if that revision is readable itself.
+    winner = view.winner_rev(doc_id)
+    if rev is not None and rev != winner:
         result = await request.app[COUCH].json("GET", f"{db_path}/{quote_id(doc_id)}", params={"rev": rev})
-        if not result.ok or not isinstance(result.body, dict) or not view.revision_readable(result.body):
+        if not result.ok or not isinstance(result.body, dict) or not view.servable(result.body):
             raise not_found()
-    return await forward(request, path, service(request))
+    return await forward(request, path, service(request), query={"rev": rev or winner or ""})
 
 
 async def revs_diff(request: web.Request, view: UserView, db_path: str) -> web.Response:
@@ -51,9 +58,25 @@ async def revs_diff(request: web.Request, view: UserView, db_path: str) -> web.R
     asked = {doc_id: revs for doc_id, revs in body.items() if doc_id in readable}
     if asked:
         result = await request.app[COUCH].json("POST", f"{db_path}/_revs_diff", body=asked)
-        if isinstance(result.body, dict):
-            answer.update(result.body)
+        if not result.ok or not isinstance(result.body, dict):
+            raise failed(result)
+        answer.update(result.body)
+        # A conflict leaf the user may not see is, for them, a revision CouchDB lacks.
+        present = [
+            (doc_id, rev) for doc_id, revs in asked.items() for rev in revs
+            if view.is_leaf(doc_id, rev) and rev not in _missing(answer.get(doc_id))
+        ]  # fmt: skip
+        shown = await leaves.servable(request, view, db_path, present) if present else set()
+        for doc_id, rev in present:
+            if (doc_id, rev) not in shown:
+                entry = answer.setdefault(doc_id, {"missing": []})
+                entry.setdefault("missing", []).append(rev)
     return json_response({k: answer[k] for k in body if k in answer})
+
+
+def _missing(entry: Any) -> list[Any]:
+    missing = entry.get("missing") if isinstance(entry, dict) else None
+    return missing if isinstance(missing, list) else []
 
 
 def _missing_row(doc_id: object, rev: object) -> dict[str, Any]:
@@ -66,93 +89,131 @@ def _missing_row(doc_id: object, rev: object) -> dict[str, Any]:
     return {"id": doc_id, "docs": [{"error": error}]}
 
 
-def _readable_revisions(view: UserView, row: Any) -> Any:
-    """A `_bulk_get` row with each revision the user may not see itself made missing."""
+def _servable_revisions(view: UserView, row: Any) -> Any:
+    """A `_bulk_get` row with each revision the user may not see made missing."""
     docs = row.get("docs") if isinstance(row, dict) else None
     if not isinstance(docs, list):
         return row
     for i, item in enumerate(docs):
         doc = item.get("ok") if isinstance(item, dict) else None
-        if isinstance(doc, dict) and not view.revision_readable(doc):
+        if isinstance(doc, dict) and not view.servable(doc):
             docs[i] = _missing_row(doc.get("_id"), doc.get("_rev"))["docs"][0]
     return row
 
 
-async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Response:
-    body = await read_json(request, MAX_BODY)
-    docs = body.get("docs") if isinstance(body, dict) else None
-    if not isinstance(docs, list) or not all(
-        isinstance(d, dict) and isinstance(d.get("id"), str) for d in docs
-    ):
+def _bulk_get_item(d: Any) -> dict[str, Any]:
+    """One asked-for doc, rebuilt from what couchgate reads of it (`id`, `rev`, `atts_since`)."""
+    if not isinstance(d, dict) or not isinstance(d.get("id"), str):
         raise BadRequest('_bulk_get needs {"docs": [{"id": ..., "rev": ...}, ...]}')
-    for d in docs:
-        if "rev" in d and not (isinstance(d["rev"], str) and REV.match(d["rev"])):
+    item: dict[str, Any] = {"id": d["id"]}
+    if "rev" in d:
+        if not (isinstance(d["rev"], str) and REV.match(d["rev"])):
             raise BadRequest("each rev must be a revision string")
+        item["rev"] = d["rev"]
+    if "atts_since" in d:
+        since = d["atts_since"]
+        if not isinstance(since, list) or not all(isinstance(r, str) and REV.match(r) for r in since):
+            raise BadRequest("atts_since must be an array of revisions")
+        item["atts_since"] = since
+    return item
+
+
+async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Response:
+    params = query.parse(request.query, query.BULK_GET)
+    body = await read_json(request, MAX_BODY)
+    raw_docs = body.get("docs") if isinstance(body, dict) else None
+    if not isinstance(raw_docs, list):
+        raise BadRequest('_bulk_get needs {"docs": [{"id": ..., "rev": ...}, ...]}')
+    docs = [_bulk_get_item(d) for d in raw_docs]
     readable = await view.readable_now(d["id"] for d in docs)
-    latest = request.query.get("latest") == "true"
-    wanted: list[dict[str, Any]] = []
+    latest = params.get("latest", False)
     missing_pairs: set[tuple[str, str]] = set()
     if latest:  # a missing rev is never sent upstream with `latest` (it crashes pouchdb-server)
         by_id: dict[str, list[str]] = {}
         for d in docs:
-            if d["id"] in readable and isinstance(d.get("rev"), str):
+            if d["id"] in readable and "rev" in d:
                 by_id.setdefault(d["id"], []).append(d["rev"])
         missing_pairs = await missing_revs(request, view, db_path, by_id)
-    asked_at: set[int] = set()
-    for i, d in enumerate(docs):
+    # Each distinct request once upstream (pouchdb-server folds repeats into one row,
+    # CouchDB answers each): one row per distinct request, in order.
+    distinct: dict[bytes, dict[str, Any]] = {}
+    for d in docs:
         if d["id"] in readable and (d["id"], d.get("rev")) not in missing_pairs:
-            wanted.append(d)
-            asked_at.add(i)
-    upstream_rows: list[Any] = []
-    if wanted:
+            distinct.setdefault(orjson.dumps(d, option=orjson.OPT_SORT_KEYS), d)
+    answered: dict[bytes, Any] = {}
+    if distinct:
         result = await request.app[COUCH].json(
-            "POST", f"{db_path}/_bulk_get", body={"docs": wanted}, params=dict(request.query)
+            "POST",
+            f"{db_path}/_bulk_get",
+            body={"docs": list(distinct.values())},
+            params=query.encode(params),
         )
-        if isinstance(result.body, dict):
-            upstream_rows = list(result.body.get("results") or [])
-    # Upstream answers one row per requested doc, in order; put ours in between.
-    rows: list[Any] = []
-    upstream_iter = iter(upstream_rows)
-    for i, d in enumerate(docs):
-        if i in asked_at:
-            rows.append(_readable_revisions(view, next(upstream_iter, _missing_row(d["id"], d.get("rev")))))
+        rows = result.body.get("results") if result.ok and isinstance(result.body, dict) else None
+        if not isinstance(rows, list) or len(rows) != len(distinct):
+            raise failed(result)
+        answered = dict(zip(distinct, rows, strict=True))
+    results = []
+    for d in docs:
+        row = answered.get(orjson.dumps(d, option=orjson.OPT_SORT_KEYS))
+        if row is None:
+            results.append(_missing_row(d["id"], d.get("rev")))
         else:
-            rows.append(_missing_row(d["id"], d.get("rev")))
-    return json_response({"results": rows})
+            results.append(_servable_revisions(view, copy.deepcopy(row)))
+    return json_response({"results": results})
+
+
+async def _all_docs_rows(
+    request: web.Request, view: UserView, db_path: str, keys: list[str], params: dict[str, Any]
+) -> dict[str, Any]:
+    """CouchDB's `_all_docs` rows for these keys, each doc body judged before it is served
+    (a body the user may not see now, the row of a missing doc)."""
+    wanted = {
+        k: v
+        for k, v in params.items()
+        if k in {"include_docs", "conflicts", "attachments", "att_encoding_info"}
+    }
+    result = await request.app[COUCH].json(
+        "POST", f"{db_path}/_all_docs", body={"keys": keys}, params=query.encode(wanted)
+    )
+    rows = result.body.get("rows") if result.ok and isinstance(result.body, dict) else None
+    if not isinstance(rows, list):
+        raise failed(result)
+    found: dict[str, Any] = {}
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+            continue
+        doc = row.get("doc")
+        if isinstance(doc, dict) and not view.servable(doc):
+            continue
+        found[row["key"]] = row
+    if wanted.get("conflicts") and wanted.get("include_docs"):
+        served = [r["doc"] for r in found.values() if isinstance(r.get("doc"), dict)]
+        await leaves.filter_conflicts(request, view, db_path, served)
+    return found
 
 
 async def all_docs(request: web.Request, view: UserView, db_path: str) -> web.Response:
-    q = request.query
+    params = query.parse(request.query, query.ALL_DOCS)
     body = await read_json(request, MAX_BODY, empty={}) if request.method == "POST" else {}
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
-    keys = body.get("keys")
-    if keys is None and "keys" in q:
-        keys = _json_param(q["keys"], "keys")
-    include_docs = q.get("include_docs") == "true"
-    params = {k: v for k, v in q.items() if k in {"include_docs", "conflicts", "attachments", "update_seq"}}
-    couch = request.app[COUCH]
+    keys = body.get("keys", params.get("keys"))
+    if keys is None and "key" in params:
+        keys = [params["key"]]
     if keys is not None:
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise BadRequest("keys must be an array of strings")
         readable = view.readable_ids(keys)
-        found: dict[str, Any] = {}
         asked = [k for k in dict.fromkeys(keys) if k in readable]
-        if asked:
-            result = await couch.json("POST", f"{db_path}/_all_docs", body={"keys": asked}, params=params)
-            for row in (result.body or {}).get("rows", []) if isinstance(result.body, dict) else []:
-                if isinstance(row, dict) and "key" in row:
-                    found[row["key"]] = row
+        found = await _all_docs_rows(request, view, db_path, asked, params) if asked else {}
         rows = [found.get(k) or {"key": k, "error": "not_found"} for k in keys]
-        total = view.live_count()
-        return json_response({"total_rows": total, "offset": 0, "rows": rows})
+        return json_response({"total_rows": view.live_count(), "offset": 0, "rows": rows})
     ids = sorted(view.live_ids())
     total = len(ids)
-    descending = q.get("descending") == "true"
-    start = _key(q, body, "startkey", "start_key")
-    end = _key(q, body, "endkey", "end_key")
-    inclusive_end = q.get("inclusive_end", "true") != "false"
-    if descending:
+    start = _key(params, body, "startkey", "start_key")
+    end = _key(params, body, "endkey", "end_key")
+    inclusive_end = params.get("inclusive_end", True)
+    if params.get("descending", False):
         ids.reverse()
         selected = [
             i for i in ids
@@ -163,38 +224,29 @@ async def all_docs(request: web.Request, view: UserView, db_path: str) -> web.Re
             i for i in ids
             if (start is None or i >= start) and (end is None or (i <= end if inclusive_end else i < end))
         ]  # fmt: skip
-    skip = nonneg_int(q.get("skip"), "skip") or 0
-    limit = nonneg_int(q.get("limit"), "limit")
-    offset = ids.index(selected[0]) + skip if selected else total
+    skip = params.get("skip", 0)
+    limit = params.get("limit")
+    offset = ids.index(selected[0]) + min(skip, len(selected)) if selected else total
     page = selected[skip:] if limit is None else selected[skip : skip + limit]
     rows = []
     if page:
-        result = await couch.json("POST", f"{db_path}/_all_docs", body={"keys": page}, params=params)
-        by_key = {
-            row["key"]: row
-            for row in ((result.body or {}).get("rows", []) if isinstance(result.body, dict) else [])
-            if isinstance(row, dict) and "key" in row and "error" not in row
-        }
-        rows = [by_key[i] for i in page if i in by_key and not (by_key[i].get("value") or {}).get("deleted")]
-        if not include_docs:
+        found = await _all_docs_rows(request, view, db_path, page, params)
+        rows = [
+            found[i] for i in page
+            if i in found and "error" not in found[i] and not (found[i].get("value") or {}).get("deleted")
+        ]  # fmt: skip
+        if not params.get("include_docs", False):
             for row in rows:
                 row.pop("doc", None)
     return json_response({"total_rows": total, "offset": offset, "rows": rows})
 
 
-def _json_param(raw: str, name: str) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"{name} must be JSON") from exc
-
-
-def _key(q: Any, body: dict[str, Any], *names: str) -> str | None:
+def _key(params: dict[str, Any], body: dict[str, Any], *names: str) -> str | None:
     for name in names:
         if name in body:
             value = body[name]
-        elif name in q:
-            value = _json_param(q[name], name)
+        elif name in params:
+            value = params[name]
         else:
             continue
         if not isinstance(value, str):

@@ -1,31 +1,30 @@
 """One doc for offline users: `GET /{db}/{id}`, with `rev=` and `open_revs=`.
 
-The index judges a doc by its current winner; a past or conflicting revision is returned
-only if that revision is readable itself (`proxy.access.decide.revision_readable`), else
-it looks missing. pouchdb-server dies on `latest=true` for a rev it lacks, so a rev is
-known to exist before `latest` is ever sent with it.
+The index decides whether the user may see the doc at all (else it looks missing); every
+body read from CouchDB is then judged itself before it is served (`UserView.servable`),
+so a doc that moved out of scope a moment ago, or a past or conflicting revision placed
+elsewhere, looks missing too. What goes upstream is rebuilt from the parsed parameters
+(`proxy.offline.query`). pouchdb-server dies on `latest=true` for a rev it lacks, so a
+rev is known to exist before `latest` is ever sent with it.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from proxy.access.paths import CouchPath
-from proxy.couch.client import quote_id
-from proxy.errors import BadRequest, NotFound, json_response
+from proxy.couch.client import JsonResult, quote_id
+from proxy.errors import NotFound, UpstreamError, dumps, json_response
 from proxy.keys import COUCH
+from proxy.offline import leaves, query
 from proxy.offline.view import UserView
-from proxy.params import true
-from proxy.passthrough import forward
 
 MISSING = "missing"
-REV = re.compile(r"^[0-9]{1,10}-[0-9a-zA-Z]{1,64}$")
+REV = query.REV
 
 
 def not_found() -> NotFound:
@@ -34,6 +33,11 @@ def not_found() -> NotFound:
 
 def service(request: web.Request) -> dict[str, str]:
     return {"Authorization": request.app[COUCH].service_auth}
+
+
+def failed(result: JsonResult) -> UpstreamError:
+    """An upstream read a decision needed did not answer as it should: refuse (fail closed)."""
+    return UpstreamError(f"CouchDB answered {result.status} to a read couchgate needed")
 
 
 async def missing_revs(
@@ -46,9 +50,10 @@ async def missing_revs(
     if not ask:
         return set()
     result = await request.app[COUCH].json("POST", f"{db_path}/_revs_diff", body=ask)
-    body = result.body if result.ok and isinstance(result.body, dict) else {}
+    if not result.ok or not isinstance(result.body, dict):
+        raise failed(result)
     pairs: set[tuple[str, str]] = set()
-    for doc_id, entry in body.items():
+    for doc_id, entry in result.body.items():
         missing = entry.get("missing") if isinstance(entry, dict) else None
         if isinstance(missing, list):
             pairs.update((doc_id, rev) for rev in missing if isinstance(rev, str))
@@ -57,75 +62,58 @@ async def missing_revs(
 
 async def get_doc(request: web.Request, view: UserView, path: CouchPath, db_path: str) -> web.StreamResponse:
     doc_id = path.doc_id or ""
+    params = query.parse(request.query, query.DOC)
     if not await view.readable_now([doc_id]):
         raise not_found()
-    query = request.query
-    if "open_revs" in query:
-        return await open_revs(request, view, db_path, doc_id, parse_open_revs(query["open_revs"]))
-    rev = query.get("rev")
-    if rev is None:
-        return await forward(request, path, service(request))  # the winner, judged by the index
-    if not REV.match(rev):
-        raise BadRequest("Invalid rev format")
-    return await doc_at_rev(request, view, path, db_path, doc_id, rev)
-
-
-async def doc_at_rev(
-    request: web.Request, view: UserView, path: CouchPath, db_path: str, doc_id: str, rev: str
-) -> web.StreamResponse:
-    if rev == view.winner_rev(doc_id):
-        # The index judged this very revision, and it exists, so `latest` is safe too.
-        return await forward(request, path, service(request))
+    if "open_revs" in params:
+        return await open_revs(request, view, db_path, doc_id, params)
+    rev = params.get("rev")
+    latest = params.pop("latest", False)
     couch = request.app[COUCH]
     target = f"{db_path}/{quote_id(doc_id)}"
-    checked = await couch.json("GET", target, params={"rev": rev})  # never `latest` for a rev unknown yet
-    if checked.status == 404:
-        raise not_found()
-    if not checked.ok or not isinstance(checked.body, dict):
-        return json_response(checked.body, status=checked.status)
-    if not true(request.query.get("latest")):
-        if not view.revision_readable(checked.body):
+    if latest and rev is not None and not view.is_leaf(doc_id, rev):
+        # `latest`: the newest leaf below `rev`, asked for only once `rev` is known to exist.
+        if (doc_id, rev) in await missing_revs(request, view, db_path, {doc_id: [rev]}):
             raise not_found()
-        return await forward(request, path, service(request))  # a revision never changes
-    # `latest`: the answer is the newest leaf below `rev`; that is the revision to judge.
-    result = await couch.json("GET", target, params=dict(request.query))
-    if result.ok and isinstance(result.body, dict) and not view.revision_readable(result.body):
+        params["latest"] = True
+    result = await couch.json("GET", target, params=query.encode(params))
+    if result.status == 404:
         raise not_found()
-    return json_response(result.body, status=result.status)
-
-
-def parse_open_revs(value: str) -> list[str] | str:
-    if value == "all":
-        return "all"
-    try:
-        revs = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest("open_revs must be `all` or a JSON array of revisions") from exc
-    if not isinstance(revs, list) or not all(isinstance(r, str) and REV.match(r) for r in revs):
-        raise BadRequest("open_revs must be `all` or a JSON array of revisions")
-    return revs
+    if not result.ok or not isinstance(result.body, dict):
+        if 400 <= result.status < 500:
+            return json_response(result.body, status=result.status)
+        raise failed(result)
+    if not view.servable(result.body):
+        raise not_found()
+    await leaves.filter_conflicts(request, view, db_path, [result.body])
+    headers = {"ETag": f'"{result.body["_rev"]}"'} if isinstance(result.body.get("_rev"), str) else None
+    return json_response(result.body, headers=headers)
 
 
 async def open_revs(
-    request: web.Request, view: UserView, db_path: str, doc_id: str, revs: list[str] | str
+    request: web.Request, view: UserView, db_path: str, doc_id: str, params: dict[str, Any]
 ) -> web.StreamResponse:
+    revs = params["open_revs"]
     missing: set[tuple[str, str]] = set()
     if isinstance(revs, list) and revs:
         missing = await missing_revs(request, view, db_path, {doc_id: revs})
     asked = revs if revs == "all" else [r for r in revs if (doc_id, r) not in missing]
     rows: list[Any] = []
     if asked:
-        params = {k: v for k, v in request.query.items() if k != "open_revs"}
-        params["open_revs"] = asked if isinstance(asked, str) else orjson.dumps(asked).decode()
-        result = await request.app[COUCH].json("GET", f"{db_path}/{quote_id(doc_id)}", params=params)
-        if not result.ok:
-            return json_response(result.body, status=result.status)
-        rows = result.body if isinstance(result.body, list) else []
+        result = await request.app[COUCH].json(
+            "GET", f"{db_path}/{quote_id(doc_id)}", params=query.encode({**params, "open_revs": asked})
+        )
+        if not result.ok or not isinstance(result.body, list):
+            if result.status == 404:
+                raise not_found()
+            raise failed(result)
+        rows = result.body
     answer: list[Any] = []
     for row in rows:
         doc = row.get("ok") if isinstance(row, dict) else None
-        if isinstance(doc, dict) and not view.revision_readable(doc):
-            answer.append({"missing": doc.get("_rev")})
+        if isinstance(doc, dict) and not view.servable(doc):
+            if revs != "all":  # a leaf not asked for by name is not named at all
+                answer.append({"missing": doc.get("_rev")})
         else:
             answer.append(row)
     answer += [{"missing": r} for r in revs if isinstance(revs, list) and (doc_id, r) in missing]
@@ -141,9 +129,9 @@ def multipart_mixed(rows: list[Any]) -> web.Response:
     parts = [f"--{boundary}".encode()]
     for row in rows:
         if isinstance(row, dict) and "ok" in row:
-            head, body = b"Content-Type: application/json", orjson.dumps(row["ok"])
+            head, body = b"Content-Type: application/json", dumps(row["ok"])
         else:
-            head, body = b'Content-Type: application/json; error="true"', orjson.dumps(row)
+            head, body = b'Content-Type: application/json; error="true"', dumps(row)
         parts.append(b"\r\n" + head + b"\r\n\r\n" + body + f"\r\n--{boundary}".encode())
     parts.append(b"--")
     return web.Response(

@@ -6,8 +6,15 @@ upstream `_changes` feed (normal mode) from the index's checkpoint and applies e
   CouchDB's at the start of the request (read-your-writes, across replicas too); calls are
   coalesced, so under load one upstream read serves every waiting request;
 - a follower task holds a continuous `_changes` feed open only as a wake-up signal and calls
-  `sync()` when anything changes, so live feeds wake within milliseconds; it reconnects
-  with backoff.
+  `sync()` when anything changes, so live feeds wake within milliseconds.
+
+When CouchDB stops answering (a round fails, or the follower's feed misses its heartbeats
+for `SILENT_AFTER` seconds), the index is `failing`: requests that need it get 503 at once
+instead of queueing behind rounds that time out, and readiness says 503. The follower then
+probes CouchDB every `PROBE_INTERVAL` seconds with a short request, and the first answer
+starts a round right away, so waiting live feeds hear of changes within about a second of
+CouchDB answering again; the index is level (and ready) once that round has completed.
+Backoff grows only while CouchDB answers the probe but rounds still fail.
 The checkpoint is CouchDB's opaque `last_seq`, handed back as `since` and never compared.
 The index lives in memory and is rebuilt from CouchDB on start.
 
@@ -40,8 +47,9 @@ import orjson
 
 from proxy.access.config import AppSettings
 from proxy.access.scope_index import ScopeIndex
-from proxy.couch.client import MAPPED_ERRORS, CouchClient
+from proxy.couch.client import MAPPED_ERRORS, CouchClient, fail_fast
 from proxy.errors import UpstreamError, UpstreamUnavailable
+from proxy.offline.leaf_cache import Revisions
 from proxy.offline.welcome import Welcome
 
 log = logging.getLogger("couchgate.index")
@@ -52,6 +60,13 @@ BATCH = 2000
 FREEZE_EVERY_ROWS = 20_000
 RETRYABLE: tuple[type[BaseException], ...] = (UpstreamError, *MAPPED_ERRORS)
 USER_PREFIX = "org.couchdb.user:"
+HEARTBEAT_MS = 5000  # asked of the follower's continuous feed
+SILENT_AFTER = 3 * HEARTBEAT_MS / 1000  # a feed silent this long is dead (a paused or lost CouchDB)
+PROBE_INTERVAL = 0.5  # while CouchDB does not answer: how often the follower asks again
+PROBE_TIMEOUT = 1.0
+MAX_BACKOFF = 30.0
+PROBE_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE, TimeoutError)
+UNAVAILABLE = "couchgate cannot reach CouchDB right now; try again shortly"
 
 
 class IndexSync:
@@ -63,6 +78,7 @@ class IndexSync:
         self.path = "/" + quote(db, safe="")
         self.index = ScopeIndex()
         self.welcome = Welcome(couch)  # CouchDB's `GET /`, for offline users
+        self.revisions = Revisions()  # what the rules read of conflict leaves (proxy.offline.leaves)
         self.epoch = uuid.uuid4().hex[:12]
         self.settings = AppSettings.from_doc(None)
         self.since: Any = 0
@@ -75,6 +91,10 @@ class IndexSync:
         self._wake = asyncio.Event()
         self._settings_loaded = False
         self._rows_unfrozen = 0
+        # Why the index cannot be brought level with CouchDB now (None: it can).
+        self.failing: str | None = None
+        self.probes = 0  # probes CouchDB did not answer (the follower asks every PROBE_INTERVAL)
+        self._round_error: str | None = None  # the outcome of the newest round
 
     # -- syncing ---------------------------------------------------------------------------
 
@@ -94,14 +114,27 @@ class IndexSync:
         self._settings_loaded = True
         return self.settings
 
-    async def sync(self) -> None:
-        """Return once the index holds at least CouchDB's state as of this call."""
+    async def sync(self, *, probe: bool = False) -> None:
+        """Return once the index holds at least CouchDB's state as of this call; raise
+        UpstreamUnavailable at once while the index is `failing` (unless `probe`: the
+        follower's attempt to end that), and when the round this call waited for failed
+        (a failure is shared by every caller waiting for that round, not retried by each)."""
+        if self.failing is not None and not probe:
+            raise UpstreamUnavailable(UNAVAILABLE, headers=RETRY_AFTER)
         wanted = self._rounds_started + 1
         async with self._lock:
             if self._rounds_started >= wanted:
-                return  # a round that began after our call has just completed
+                # A round that began after our call has just ended: its outcome is ours.
+                if self._round_error is not None:
+                    raise UpstreamUnavailable(UNAVAILABLE, headers=RETRY_AFTER)
+                return
             self._rounds_started += 1
-            applied = await self._pull()
+            try:
+                applied = await self._pull()
+            except RETRYABLE as exc:
+                self._round_error = self.failing = _why(exc)
+                raise
+            self._round_error = self.failing = None
             self._rows_unfrozen += applied
             if self._rows_unfrozen >= FREEZE_EVERY_ROWS:
                 self._rows_unfrozen = 0
@@ -173,7 +206,8 @@ class IndexSync:
         """Wait until a sync applies something; False on timeout."""
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait(), limit)
+                async with asyncio.timeout(limit):
+                    await self._changed.wait()
             except TimeoutError:
                 return False
             return True
@@ -181,29 +215,53 @@ class IndexSync:
     # -- the follower ----------------------------------------------------------------------
 
     async def follow(self) -> None:
-        """Run until cancelled: build the index, then sync whenever CouchDB reports a change."""
-        backoff = 0.5
-        waker = asyncio.create_task(self._sync_on_wake())
+        """Run until cancelled: build the index, then sync whenever CouchDB reports a change;
+        after a failure, probe until CouchDB answers and go on at once (see the docstring)."""
+        streak = 0  # attempts in a row that failed although CouchDB answered the probe before them
+        with fail_fast():  # rounds serve waiting phones: a silent CouchDB is a failure soon
+            waker = asyncio.create_task(self._sync_on_wake())
         try:
             while True:
                 try:
-                    await self.sync()
+                    with fail_fast():
+                        await self.sync(probe=True)
+                    streak = 0
                     await self._listen()
-                    backoff = 0.5
+                    continue  # the feed ended cleanly: open it again
                 except RETRYABLE as exc:
-                    log.warning(
-                        "index follower lost CouchDB, retrying in %.1fs: %s", backoff, type(exc).__name__
-                    )
+                    self.failing = self.failing or _why(exc)
+                    log.warning("index follower lost CouchDB: %s", type(exc).__name__)
                 except Exception:
                     # A bug must not end the follower for the life of the process: live
                     # feeds would stop waking. Log it and go on after the backoff.
-                    log.exception("index follower failed, retrying in %.1fs", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                    self.failing = self.failing or "the index follower failed"
+                    log.exception("index follower failed")
+                streak += 1
+                if streak > 1:
+                    await asyncio.sleep(min(PROBE_INTERVAL * 2 ** (streak - 2), MAX_BACKOFF))
+                if not await self._until_answering():
+                    streak = 1  # CouchDB was down, not failing our rounds: no backoff to carry
         finally:
             waker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await waker
+
+    async def _until_answering(self) -> bool:
+        """Probe CouchDB every PROBE_INTERVAL until it answers; True if the first probe did."""
+        first = True
+        while True:
+            try:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+                # cancellation of a shutdown when its inner call ends at the same moment.
+                async with asyncio.timeout(PROBE_TIMEOUT):
+                    result = await self.couch.json("GET", self.path)
+                if result.status < 500:
+                    return first
+            except PROBE_ERRORS:
+                pass
+            self.probes += 1
+            first = False
+            await asyncio.sleep(PROBE_INTERVAL)
 
     async def _listen(self) -> None:
         headers = {
@@ -212,26 +270,44 @@ class IndexSync:
             "Accept-Encoding": "identity",
         }
         since = self.since if isinstance(self.since, str) else orjson.dumps(self.since).decode()
-        target = f"{self.path}/_changes?feed=continuous&heartbeat=10000&since={quote(since, safe='')}"
+        target = (
+            f"{self.path}/_changes?feed=continuous&heartbeat={HEARTBEAT_MS}&since={quote(since, safe='')}"
+        )
         async with self.couch.stream("GET", target, headers=headers) as resp:
             if resp.status != 200:
                 raise UpstreamError(f"CouchDB answered {resp.status} to the index's continuous feed")
-            async for line in resp.content:
-                if line.strip():
-                    self._wake.set()
+            while True:
+                try:
+                    # Heartbeats arrive every HEARTBEAT_MS: silence past SILENT_AFTER is a CouchDB
+                    # that stopped answering (paused, or a connection lost without a reset).
+                    async with asyncio.timeout(SILENT_AFTER):
+                        line = await resp.content.readline()
+                except TimeoutError as exc:
+                    raise UpstreamUnavailable("CouchDB's changes feed went silent") from exc
+                if not line:
+                    return
+                if line.strip() or self.failing is not None:
+                    self._wake.set()  # a change; or CouchDB answers again after a failed round
 
     async def _sync_on_wake(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             try:
-                await self.sync()
+                await self.sync(probe=True)
             except RETRYABLE as exc:
                 log.warning("index sync failed: %s", type(exc).__name__)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(PROBE_INTERVAL)
             except Exception:
                 log.exception("index sync failed")
                 await asyncio.sleep(0.5)
+
+
+RETRY_AFTER = {"Retry-After": "2"}
+
+
+def _why(exc: BaseException) -> str:
+    return exc.reason if isinstance(exc, UpstreamError) else "CouchDB is not reachable"
 
 
 def freeze_long_lived() -> None:

@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import Any, Protocol
 
 from proxy.access.config import AppSettings, UserCtx
-from proxy.access.decide import revision_readable, scope_inputs
+from proxy.access.read import body_readable, scope_inputs
 from proxy.auth.principal import Principal
 from proxy.offline.since import fingerprint
 from proxy.offline.sync import IndexSync
@@ -56,7 +56,7 @@ class UserView:
     @cached_property
     def fingerprint(self) -> str:
         """Everything but the contact tree that decides what this user may read."""
-        return fingerprint(*scope_inputs(self.user, self.settings, self.sync.index))
+        return fingerprint(*scope_inputs(self.user, self.settings))
 
     @property
     def current_ordinal(self) -> int:
@@ -88,18 +88,28 @@ class UserView:
         entry = self.sync.index.entries.get(doc_id)
         return entry.rev if entry is not None else None
 
-    def revision_readable(self, doc: Mapping[str, Any]) -> bool:
-        """For a doc whose id the caller found readable: may the user see this revision of
-        it? The winner the index judged is; another revision is judged by its content."""
-        if doc.get("_rev") == self.winner_rev(str(doc.get("_id"))):
-            return True
+    def servable(self, doc: Mapping[str, Any]) -> bool:
+        """May this body, read from CouchDB just now, be served to the user? Judged on the
+        body itself, in the tree as the index has it: the winner the index judged is the
+        same revision (revisions never change), anything else (a newer winner the index has
+        not seen yet, a past or conflicting revision) is judged on its content."""
+        entry = self.sync.index.entries.get(str(doc.get("_id")))
+        if entry is not None and not entry.deleted and doc.get("_rev") == entry.rev and "_deleted" not in doc:
+            return self.sync.index.is_readable_id(entry.id, self.user, self.settings)
         index = self.sync.index
-        return revision_readable(
+        return body_readable(
             doc, self.user, self.settings, index, index.subjects_of(self.user, self.settings)
         )
 
-    def can_read(self, doc_id: str) -> bool:
-        return self.sync.index.is_readable_id(doc_id, self.user, self.settings)
+    def hidden(self, ids: Iterable[str]) -> set[str]:
+        """Of these ids, those the index knows as deleted docs the user could not read: a
+        write must not bring such a doc back (into the user's area or anywhere)."""
+        index = self.sync.index
+        return {
+            i for i in ids
+            if (e := index.entries.get(i)) is not None and e.deleted
+            and not index.is_readable_id(i, self.user, self.settings)
+        }  # fmt: skip
 
     async def readable_now(self, ids: Iterable[str]) -> set[str]:
         """Readable ids, syncing the index first only if some id is not (yet) readable:

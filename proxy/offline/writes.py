@@ -1,14 +1,18 @@
 """Writes for offline users: `_bulk_docs`, doc PUT/POST/DELETE, attachment PUT/DELETE.
 
-Every doc is judged by `proxy.access.decide.authorize_batch` with the other docs of the same
-request applied (a new household, its people and their reports may arrive together).
-Permitted docs are written with the service account; refused ones are answered per doc as
-`{"id", "error": "forbidden", "reason"}` in request order, never dropped silently. Every
-doc gets an audit entry, also when CouchDB refuses the whole request.
+Every doc is judged by `proxy.access.batch.authorize_batch` with the other docs of the
+same request applied (a new household, its people and their reports may arrive together).
+What goes upstream is rebuilt from what was parsed and judged (the docs as parsed, the
+parameters couchgate knows), written with the service account; refused docs are answered
+per doc, in request order, never dropped silently: `forbidden`, or CouchDB's own
+`conflict` where the stored doc is one the user may not see (`proxy.access.write` W4).
+Every doc gets an audit entry, also when CouchDB refuses the whole request. A failed read
+of the stored docs refuses the write (fail closed).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import defaultdict, deque
 from typing import Any
@@ -16,35 +20,47 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.access.decide import OUTSIDE, Decision, authorize_batch
+from proxy.access.batch import authorize_batch
 from proxy.access.paths import CouchPath
+from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision
 from proxy.audit import capture
 from proxy.audit.api import Outcome
-from proxy.audit.events import RECORDED
 from proxy.couch.client import quote_id
-from proxy.errors import BadRequest, Forbidden, json_response
+from proxy.errors import BadRequest, error_response, json_response
 from proxy.keys import COUCH, SETTINGS
+from proxy.offline import checked, query
+from proxy.offline.revisions import failed
 from proxy.offline.view import UserView
 from proxy.params import read_json
 from proxy.passthrough import forward
 
 
 async def stored_winners(
-    request: web.Request, db_path: str, ids: list[str]
-) -> dict[str, dict[str, Any] | None]:
-    """The current winning revision of each doc (None: missing or deleted)."""
+    request: web.Request, view: UserView, db_path: str, ids: list[str]
+) -> tuple[dict[str, dict[str, Any] | None], set[str]]:
+    """The live winner of each id (None: missing or deleted), and the ids whose deleted
+    winner the user could not read (such a doc is not the user's to bring back)."""
     stored: dict[str, dict[str, Any] | None] = dict.fromkeys(ids)
     unique = list(dict.fromkeys(ids))
     if not unique:
-        return stored
+        return stored, set()
     result = await request.app[COUCH].json(
         "POST", f"{db_path}/_all_docs", body={"keys": unique}, params={"include_docs": "true"}
     )
-    rows = result.body.get("rows", []) if result.ok and isinstance(result.body, dict) else []
+    rows = result.body.get("rows") if result.ok and isinstance(result.body, dict) else None
+    if not isinstance(rows, list):
+        raise failed(result)
+    deleted = set()
     for row in rows:
-        if isinstance(row, dict) and isinstance(row.get("doc"), dict):
-            stored[row["key"]] = row["doc"]
-    return stored
+        if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+            continue
+        doc, value = row.get("doc"), row.get("value")
+        if isinstance(doc, dict) and doc.get("_deleted") is not True:
+            stored[row["key"]] = doc
+        elif isinstance(value, dict) and value.get("deleted") is True:
+            deleted.add(row["key"])
+    readable = view.readable_ids(deleted)
+    return stored, deleted - readable
 
 
 def _audit(request: web.Request, db: str, doc: dict[str, Any], stored: Any, outcome: Outcome,
@@ -71,13 +87,55 @@ def _action(doc: dict[str, Any], stored: Any) -> str:
 async def judge(
     request: web.Request, view: UserView, db_path: str, docs: list[dict[str, Any]]
 ) -> tuple[list[Decision], dict[str, Any]]:
-    stored = await stored_winners(request, db_path, [d["_id"] for d in docs])
-    decisions = authorize_batch(view.user, view.settings, view.sync.index, docs, stored)
+    stored, hidden = await stored_winners(request, view, db_path, [d["_id"] for d in docs])
+    decisions = authorize_batch(view.user, view.settings, view.sync.index, docs, stored, hidden)
     return decisions, stored
+
+
+def _refused_row(doc_id: str, decision: Decision, new_edits: bool) -> dict[str, Any]:
+    """A refused doc's row. A replication push (`new_edits: false`) is only ever told
+    `forbidden` (PouchDB stops replicating on any other error); it goes on."""
+    if decision.error == "conflict" and new_edits:
+        return {"id": doc_id, "error": "conflict", "reason": CONFLICT_REASON}
+    if decision.error != "forbidden" and new_edits:
+        return {"id": doc_id, "error": decision.error, "reason": decision.reason}
+    return {"id": doc_id, "error": "forbidden", "reason": decision.why}
+
+
+REV_HASH = re.compile(r"^[0-9a-zA-Z]{1,64}$")
+MAX_REVISIONS = 1000
+
+
+def check_revisions(doc: dict[str, Any], new_edits: bool) -> None:
+    """`_rev` and `_revisions` as CouchDB must see them (400 otherwise): a malformed
+    revision path has taken pouchdb-server down for everyone."""
+    rev = doc.get("_rev")
+    if rev is not None:
+        if not isinstance(rev, str) or not query.REV.match(rev) or rev.startswith("0"):
+            raise BadRequest("Invalid rev format")
+    elif not new_edits:
+        raise BadRequest("new_edits=false needs a _rev for every document")
+    if "_revisions" not in doc:
+        return
+    revisions = doc["_revisions"]
+    start = revisions.get("start") if isinstance(revisions, dict) else None
+    ids = revisions.get("ids") if isinstance(revisions, dict) else None
+    if (
+        not isinstance(start, int) or isinstance(start, bool) or not isinstance(ids, list)
+        or not 1 <= len(ids) <= min(start, MAX_REVISIONS)
+        or not all(isinstance(i, str) and REV_HASH.match(i) for i in ids)
+        or (rev is not None and rev != f"{start}-{ids[0]}")
+    ):  # fmt: skip
+        raise BadRequest("_revisions must be {start, ids} naming the document's _rev and its ancestors")
 
 
 async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str) -> web.Response:
     body = await read_json(request, request.app[SETTINGS].max_json_bytes)
+    docs, refused = checked.split_bulk(request, db, body)  # docs CouchDB would refuse: rows of their own
+    return checked.with_refused(await _bulk_docs(request, view, db, db_path, body), docs, refused)
+
+
+async def _bulk_docs(request: web.Request, view: UserView, db: str, db_path: str, body: Any) -> web.Response:
     if not isinstance(body, dict) or not isinstance(body.get("docs"), list):
         raise BadRequest("POST body must include `docs` parameter.")
     new_edits = body.get("new_edits", True) is not False
@@ -89,11 +147,13 @@ async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str)
             doc["_id"] = uuid.uuid4().hex
         if not isinstance(doc.get("_id"), str) or not doc["_id"]:
             raise BadRequest("every document needs a string _id")
+        check_revisions(doc, new_edits)
         docs.append(doc)
     decisions, stored = await judge(request, view, db_path, docs)
     allowed = [d for d, ok in zip(docs, decisions, strict=True) if ok.allowed]
     upstream: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
     if allowed:
+        await capture.intend_docs(request, db, allowed, new_edits)  # crash-proof audit: stored first
         result = await request.app[COUCH].json(
             "POST", f"{db_path}/_bulk_docs", body={"docs": allowed, "new_edits": new_edits}
         )
@@ -102,9 +162,9 @@ async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str)
             # every doc still gets its entry, the refused ones as refused.
             for doc, decision in zip(docs, decisions, strict=True):
                 before = stored.get(doc["_id"])
-                refused: tuple[Outcome, str | None] = ("forbidden", decision.reason)
-                failed = (capture.outcome_of(result.status), _reason(result.body))
-                what, why = failed if decision.allowed else refused
+                refused: tuple[Outcome, str | None] = ("forbidden", decision.why)
+                failure = (capture.outcome_of(result.status), _reason(result.body))
+                what, why = failure if decision.allowed else refused
                 _audit(request, db, doc, before, what, None, why, _action(doc, before))
             return json_response(result.body, status=result.status)
         for written in result.body:  # pouchdb-server does not keep request order: match by id
@@ -116,10 +176,10 @@ async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str)
         doc_id = doc["_id"]
         action = _action(doc, stored.get(doc_id))
         if not decision.allowed:
-            row = {"id": doc_id, "error": "forbidden", "reason": decision.reason}
-            _audit(request, db, doc, stored.get(doc_id), "forbidden", None, decision.reason, action)
+            row = _refused_row(doc_id, decision, new_edits)
+            _audit(request, db, doc, stored.get(doc_id), "forbidden", None, decision.why, action)
         elif upstream[doc_id]:
-            row = upstream[doc_id].popleft()
+            row = same_conflict(upstream[doc_id].popleft())
             if "error" in row:
                 outcome: Outcome = "conflict" if row["error"] == "conflict" else "invalid"
                 _audit(request, db, doc, stored.get(doc_id), outcome, None, str(row.get("reason")), action)
@@ -134,44 +194,75 @@ async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str)
     return json_response(answer, status=201)
 
 
+def same_conflict(answer: Any) -> Any:
+    """CouchDB 3's wording of a conflict, whatever the backend's (pouchdb-server drops the
+    full stop): a conflict couchgate answers for a doc outside the scope (W4) and one the
+    backend answers for a missing doc must read the same."""
+    if isinstance(answer, dict) and answer.get("error") == "conflict":
+        return {**answer, "reason": CONFLICT_REASON}
+    return answer
+
+
+def if_match_rev(request: web.Request) -> str | None:
+    """The revision an `If-Match` header names (an ETag: the rev in quotes)."""
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    return query.rev("If-Match", raw.strip().strip('"'))
+
+
+def _refusal(request: web.Request, db: str, doc: dict[str, Any], stored: Any, decision: Decision,
+             action: str) -> web.Response:  # fmt: skip
+    _audit(request, db, doc, stored, "forbidden", None, decision.why, action)
+    return error_response(decision.status, decision.error, decision.reason)
+
+
 async def write_doc(
     request: web.Request, view: UserView, path: CouchPath, db: str, db_path: str
 ) -> web.Response:
     """PUT /{db}/{id}, DELETE /{db}/{id}?rev=, POST /{db}."""
+    params = query.parse(request.query, query.WRITE)
+    header_rev = if_match_rev(request)
+    query_rev = params.pop("rev", None)
+    if query_rev is not None and header_rev is not None and query_rev != header_rev:
+        raise BadRequest("Document rev and etag have different values")
+    rev = query_rev or header_rev
     if request.method == "DELETE":
-        doc: dict[str, Any] = {"_id": path.doc_id, "_deleted": True}
-        rev = request.query.get("rev") or request.headers.get("If-Match")
-        if rev:
-            doc["_rev"] = rev
+        if rev is None:
+            # CouchDB's answer to a delete that names no revision (it never deletes "the winner").
+            return error_response(409, "conflict", CONFLICT_REASON)
+        doc: dict[str, Any] = {"_id": path.doc_id, "_rev": rev, "_deleted": True}
     else:
         body = await read_json(request, request.app[SETTINGS].max_json_bytes)
         if not isinstance(body, dict):
             raise BadRequest("Document must be a JSON object")
+        checked.check_doc(request, db, body)
         doc = body
         if path.doc_id is not None:
             doc["_id"] = path.doc_id
-        elif not isinstance(doc.get("_id"), str):
+        elif not isinstance(doc.get("_id"), str) or not doc["_id"]:
             doc["_id"] = uuid.uuid4().hex
-        if "rev" in request.query and "_rev" not in doc:
-            doc["_rev"] = request.query["rev"]
+        if rev is not None:
+            if "_rev" in doc and doc["_rev"] != rev:
+                raise BadRequest("Document rev from request body and query string have different values")
+            doc["_rev"] = rev
+        check_revisions(doc, params.get("new_edits", True))
     decisions, stored = await judge(request, view, db_path, [doc])
-    action = _action(doc, stored.get(doc["_id"]))
+    before = stored.get(doc["_id"])
+    action = _action(doc, before)
     if not decisions[0].allowed:
-        _audit(request, db, doc, stored.get(doc["_id"]), "forbidden", None, decisions[0].reason, action)
-        request[RECORDED] = True
-        raise Forbidden(decisions[0].reason)
+        return _refusal(request, db, doc, before, decisions[0], action)
     couch = request.app[COUCH]
     target = f"{db_path}/{quote_id(doc['_id'])}"
-    params = {k: v for k, v in request.query.items() if k in {"rev", "batch", "new_edits"}}
+    await capture.intend_docs(request, db, [doc], params.get("new_edits", True))
     if request.method == "DELETE":
-        result = await couch.json("DELETE", target, params=params)
+        result = await couch.json("DELETE", target, params={"rev": rev or ""})
     else:
-        result = await couch.json("PUT", target, body=doc, params=params)
+        result = await couch.json("PUT", target, body=doc, params=query.encode(params))
     rev_after = result.body.get("rev") if result.ok and isinstance(result.body, dict) else None
     reason = None if result.ok else _reason(result.body)
-    outcome = capture.outcome_of(result.status)
-    _audit(request, db, doc, stored.get(doc["_id"]), outcome, rev_after, reason, action)
-    return json_response(result.body, status=result.status)
+    _audit(request, db, doc, before, capture.outcome_of(result.status), rev_after, reason, action)
+    return json_response(same_conflict(result.body), status=result.status)
 
 
 async def write_attachment(
@@ -179,17 +270,20 @@ async def write_attachment(
 ) -> web.StreamResponse:
     """An attachment write changes no field the rules look at: judged as an update of its doc."""
     doc_id = path.doc_id or ""
-    found = (await stored_winners(request, db_path, [doc_id]))[doc_id]
+    params = query.parse(request.query, query.ATTACHMENT)
+    stored, hidden = await stored_winners(request, view, db_path, [doc_id])
+    found = stored[doc_id]
     if found is None:
         decision = OUTSIDE  # the same answer as for a foreign doc: no existence oracle
     else:
         index = view.sync.index
-        decision = authorize_batch(view.user, view.settings, index, [dict(found)], {doc_id: found})[0]
-    stored = found or {"_id": doc_id}
+        decision = authorize_batch(view.user, view.settings, index, [dict(found)], {doc_id: found}, hidden)[0]
+    target_doc = found or {"_id": doc_id}
     if not decision.allowed:
-        _audit(request, db, stored, found, "forbidden", None, decision.reason, "attachment")
-        request[RECORDED] = True
-        raise Forbidden(decision.reason)
+        _audit(request, db, target_doc, found, "forbidden", None, decision.why, "attachment")
+        return error_response(
+            403, "forbidden", OUTSIDE.reason if decision.rule in {"W3", "W4"} else decision.reason
+        )
 
     def answered(status: int, raw: bytes) -> None:
         try:
@@ -198,8 +292,13 @@ async def write_attachment(
             answer = None
         rev_after = answer.get("rev") if status < 300 and isinstance(answer, dict) else None
         reason = None if status < 300 else _reason(answer)
-        _audit(request, db, stored, stored, capture.outcome_of(status), rev_after, reason, "attachment")
+        _audit(
+            request, db, target_doc, target_doc, capture.outcome_of(status), rev_after, reason, "attachment"
+        )
 
+    rev = request.query.get("rev") or request.headers.get("If-Match")
+    await capture.intend(request, db, [capture.planned({"_id": doc_id}, rev=rev)], "attachment")
     return await forward(
-        request, path, {"Authorization": request.app[COUCH].service_auth}, on_answer=answered
-    )
+        request, path, {"Authorization": request.app[COUCH].service_auth}, on_answer=answered,
+        query=query.encode(params),
+    )  # fmt: skip

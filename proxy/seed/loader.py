@@ -47,6 +47,15 @@ async def make_server_admin(http: aiohttp.ClientSession, base: str, name: str, p
     raise RuntimeError(f"cannot make {name} a server admin: no config endpoint")
 
 
+async def restore_server_admins(couch_url: str, admin_user: str, admin_password: str, data: DemoData) -> None:
+    """Make the demo's server admins admins again (after a backend restart that forgot them)."""
+    headers = {"Authorization": basic_auth_header(admin_user, admin_password)}
+    async with aiohttp.ClientSession(headers=headers, cookie_jar=aiohttp.DummyCookieJar()) as http:
+        for user in data.users:
+            if user.server_admin:
+                await make_server_admin(http, couch_url.rstrip("/"), user.name, user.password)
+
+
 def batches(docs: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
     while batch := list(itertools.islice(docs, size)):
         yield batch

@@ -37,8 +37,8 @@ async def test_push_new_household_people_reports_and_a_forbidden_doc(
 ) -> None:
     chw_docs = [
         place("house_new", "clinic", "area1", "hc1", "district1"),
-        person("p_new", "house_new", "area1", "hc1", "district1", shortcode="5555"),
-        report("r_new", ("chw1_person", "area1", "hc1", "district1"), patient_id="5555"),
+        person("p_new", "house_new", "area1", "hc1", "district1"),
+        report("r_new", ("chw1_person", "area1", "hc1", "district1"), patient_uuid="p_new"),
         report("r_forbidden", ("chw1_person", "area1"), patient_uuid="p9"),
     ]
     result = await run_pouch(

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
-from aiohttp import web
 
 from proxy.app import create_app
 from proxy.devserver.backend import PouchServer
-from proxy.logs import AccessLogger
+from proxy.server import start
 from proxy.settings import Settings
 
 from offline_data import auth
@@ -22,17 +22,15 @@ from support import TestUser, basic, eventually, gateway_settings
 
 @asynccontextmanager
 async def served(settings: Settings) -> AsyncIterator[tuple[str, int]]:
-    """couchgate run as `run_server` runs it (aiohttp's defaults: a handler is not cancelled
-    when its client leaves; test servers cancel it), with couchgate's access logger."""
-    runner = web.AppRunner(create_app(settings), access_log_class=AccessLogger)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        assert site._server is not None
-        yield "127.0.0.1", site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    finally:
-        await runner.cleanup()
+    """couchgate run as `couchgate serve` runs it (proxy.server.start: its runner, its access
+    logger, and aiohttp's defaults, under which a handler is not cancelled when its client
+    leaves; test servers cancel it)."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        runner = await start(create_app(settings), sock, shutdown_timeout=5)
+        try:
+            yield "127.0.0.1", sock.getsockname()[1]
+        finally:
+            await runner.cleanup()
 
 
 async def leave_after_first_bytes(host: str, port: int, target: str, authorization: str) -> bytes:

@@ -237,7 +237,12 @@ async def test_rs256_tokens_and_no_key_confusion(
 
 
 def token_for(name: str, roles: list[str]) -> str:
-    claims = {"sub": name, "_couchdb.roles": roles, "exp": int(time.time()) + 600}
+    # Signed by the test: `iat` (a token without one counts as older than any logout of its
+    # user) and couchgate's own issue time in ms (a logout earlier in the same second of
+    # `iat` would otherwise end it), no password fingerprint (not checked when absent).
+    now_ms = time.time_ns() // 1_000_000
+    now = now_ms // 1000
+    claims = {"sub": name, "_couchdb.roles": roles, "iat": now, "exp": now + 600, "cg": {"iat_ms": now_ms}}
     return "Bearer " + jwt.encode(claims, JWT_SECRET, algorithm="HS256")
 
 
@@ -293,6 +298,9 @@ async def test_token_db_admin_writes_design_docs_and_members_write_docs(
 ) -> None:
     security = {"admins": {"names": [], "roles": ["ops"]}, "members": {"names": [], "roles": ["member"]}}
     assert backend.request("PUT", f"/{db}/_security", security)[0] == 200
+    # A token is honoured only while its user exists with the roles it grants.
+    dba = {"_id": "org.couchdb.user:dba", "name": "dba", "password": "x", "type": "user", "roles": ["ops"]}
+    assert backend.request("PUT", "/_users/org.couchdb.user:dba", dba)[0] in (201, 409)
     ops = token_for("dba", ["ops"])
     view = {"views": {"by_a": {"map": "function (doc) { if (doc.a) { emit(doc.a, null); } }"}}}
     status, body, _ = await gateway.call("PUT", f"/{db}/_design/x", auth=ops, json=view)

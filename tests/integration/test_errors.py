@@ -175,8 +175,11 @@ async def test_upstream_down_is_503_and_recovers(flaky_backend: PouchServer, fla
     status, body, _ = await flaky_gateway.call("GET", "/_couchgate/health")
     assert status == 200  # liveness does not depend on CouchDB
     await asyncio.to_thread(flaky_backend.restart)
-    status, body, _ = await flaky_gateway.call("GET", "/_couchgate/ready")
-    assert status == 200, body
+
+    async def ready() -> bool:  # once the index is level with CouchDB again (within a second)
+        return (await flaky_gateway.call("GET", "/_couchgate/ready"))[0] == 200
+
+    assert await eventually(ready)
     status, body, _ = await flaky_gateway.call("PUT", "/medic/after", auth=bob, json={"ok": 1})
     assert status == 201, body
 

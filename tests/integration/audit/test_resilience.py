@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import AsyncIterator
 
 import pytest
 from audit_support import audit_settings, chain_breaks, entries, stored
@@ -18,6 +19,7 @@ from support import (
     Gateway,
     TestUser,
     assert_couch_error,
+    audited_gateway,
     eventually,
     gateway_settings,
     start_gateway,
@@ -44,9 +46,18 @@ async def readiness(gw: Gateway) -> tuple[int, dict[str, object]]:
     return status, body
 
 
+@pytest.fixture
+async def queueing(backend: PouchServer, db: str) -> AsyncIterator[Gateway]:
+    """The audit log without intents (COUCHGATE_AUDIT_DURABLE=false): entries queue while
+    the audit database cannot be written, writes go on."""
+    async with audited_gateway(backend, db, audit_durable=False) as gw:
+        yield gw
+
+
 async def test_unwritable_audit_db_queues_entries_and_readiness_says_so(
-    agw: Gateway, backend: PouchServer, db: str, users: dict[str, TestUser]
+    queueing: Gateway, backend: PouchServer, db: str, users: dict[str, TestUser]
 ) -> None:
+    agw = queueing
     audit_db = agw.settings.audit_db
     await agw.call("PUT", f"/{db}/first", auth=users["alice"].auth, json={})
     await entries(agw, backend)  # flushed, so the database exists
@@ -141,7 +152,7 @@ async def test_a_write_waits_for_room_in_a_full_queue_instead_of_dropping(
 async def test_writes_are_refused_503_while_the_audit_db_is_down_and_the_queue_full(
     backend: PouchServer, db: str, users: dict[str, TestUser]
 ) -> None:
-    settings = audit_settings(backend, db, audit_queue_max=3)
+    settings = audit_settings(backend, db, audit_queue_max=3, audit_durable=False)
     gw = await start_gateway(settings)
     alice = users["alice"].auth
     try:

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-import time
-import urllib.request
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from proxy.devserver.backend import PouchServer, free_port
-
+import processes
 from support import Gateway
 
 
@@ -53,34 +45,4 @@ def peak_rss_kb(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-@asynccontextmanager
-async def couchgate_process(
-    backend: PouchServer, db: str, **env: str
-) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
-    """`python -m proxy serve` against the test backend; stopped on exit."""
-    port = free_port()
-    environ = {**os.environ, "COUCHGATE_COUCH_URL": backend.url, "COUCHGATE_COUCH_USER": backend.admin_user,
-               "COUCHGATE_COUCH_PASSWORD": backend.admin_password, "COUCHGATE_DB": db,
-               "COUCHGATE_PORT": str(port), **env}  # fmt: skip
-    server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", env=environ, stderr=asyncio.subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                await asyncio.to_thread(urllib.request.urlopen, f"{url}/_couchgate/health", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.returncode is None, "couchgate did not start"
-                await asyncio.sleep(0.1)
-        yield url, server
-    finally:
-        if server.returncode is None:
-            server.terminate()
-            try:
-                await asyncio.wait_for(server.wait(), 30)
-            except TimeoutError:
-                server.kill()
-                await server.wait()
+couchgate_process = processes.couchgate_process  # kept where the import tests look for it

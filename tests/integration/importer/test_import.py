@@ -151,14 +151,14 @@ async def test_overwrite_lands_on_top_of_a_concurrent_update(
     concurrent: list[str] = []
 
     async def read_then_someone_writes(self: engine.Importer, ids: list[str]) -> Any:
-        found = await read(self, ids)
+        found, deleted = await read(self, ids)
         if not concurrent and found.get("busy"):
             status, body = await asyncio.to_thread(
                 backend.request, "PUT", f"/{db}/busy", {"_rev": found["busy"]["_rev"], "v": "theirs"}
             )
             assert status == 201, body
             concurrent.append(body["rev"])
-        return found
+        return found, deleted
 
     monkeypatch.setattr(engine.Importer, "_stored", read_then_someone_writes)
     answer = await do_import(gateway, path, alice, [{"_id": "busy", "v": "ours"}], "?on_conflict=overwrite")
@@ -252,8 +252,8 @@ async def test_offline_supervisor_imports_own_subtree_and_gets_forbidden_for_oth
 ) -> None:
     docs = [
         place("house_imp", "clinic", "area2", "hc1", "district1"),
-        person("p_imp", "house_imp", "area2", "hc1", "district1", shortcode="7777"),
-        report("r_imp", ("p_imp", "house_imp", "area2", "hc1"), patient_id="7777"),
+        person("p_imp", "house_imp", "area2", "hc1", "district1"),
+        report("r_imp", ("p_imp", "house_imp", "area2", "hc1"), patient_id="p_imp"),
         report("r_elsewhere", ("p9", "house3", "area3"), patient_uuid="p9"),
         {"_id": "settings", "settings": {}},
     ]
@@ -355,3 +355,23 @@ async def test_ndjson_import_memory_is_flat_in_the_input_size(
     finally:
         backend.request("DELETE", "/unrelated-mem")
     assert large - small < 12 * 1024, (small, large)  # ten times the input, the same peak (within 12 MB)
+
+
+@pytest.mark.parametrize("mode", ["skip", "overwrite", "keep_both"])
+async def test_reimport_of_integral_floats_is_a_no_op(
+    gateway: Gateway, db: str, users: dict[str, TestUser], backend: PouchServer, mode: str
+) -> None:
+    """`38.0` is stored as `38` by the embedded backend (as JavaScript has it): the same data
+    imported again is `unchanged`, adds no revision and no conflict branch, whatever the mode."""
+    alice, path = users["alice"].auth, f"/{db}/_couchgate/import"
+    docs = [{"_id": f"w{i}", "weight": 38.0, "temp": -0.0, "nested": {"h": [1.0, 2.5]}} for i in range(3)]
+    first = await do_import(gateway, path, alice, docs, f"?on_conflict={mode}")
+    assert {s for _, s in statuses(first)} == {"created"}
+    revs = {d["_id"]: backend.request("GET", f"/{db}/{d['_id']}")[1]["_rev"] for d in docs}
+    again = await do_import(gateway, path, alice, docs, f"?on_conflict={mode}")
+    assert statuses(again) == [(d["_id"], "unchanged") for d in docs]
+    for doc in docs:
+        _, stored = backend.request("GET", f"/{db}/{doc['_id']}?conflicts=true")
+        assert stored["_rev"] == revs[doc["_id"]] and "_conflicts" not in stored, stored
+    changed = await do_import(gateway, path, alice, [{**docs[0], "weight": 38.5}], f"?on_conflict={mode}")
+    assert statuses(changed) != [("w0", "unchanged")]  # a real change is still seen

@@ -9,17 +9,13 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.access.batch import authorize_batch
 from proxy.access.config import AppSettings, UserCtx, replication_depths
-from proxy.access.decide import (
-    authorize_batch,
-    authorize_write,
-    is_readable,
-    revision_readable,
-    scope_inputs,
-    subjects,
-)
+from proxy.access.graph import WalkScope, subjects
 from proxy.access.kinds import contact_is_person, kind_of, replication_keys, report_facts
+from proxy.access.read import body_readable, scope_inputs
 from proxy.access.scope_index import ScopeIndex
+from proxy.access.write import authorize_write
 
 FIELDS = [
     "_id", "_rev", "_deleted", "type", "contact_type", "parent", "contact", "fields", "patient_id",
@@ -86,13 +82,14 @@ def test_rules_never_raise_on_arbitrary_json(doc: dict[str, Any], other: dict[st
     replication_keys(doc)
     report_facts(doc)
     contact_is_person(doc, s.person_types)
-    depths = subjects(USER, s, index)
-    scope_inputs(USER, s, index)
-    is_readable(doc, USER, s, index)
-    revision_readable(doc, USER, s, index, depths)
+    subj = subjects(USER, s, index)
+    scope_inputs(USER, s)
+    body_readable(doc, USER, s, index, subj)
+    body_readable(doc, USER, s, index, WalkScope(USER, s, index))
     authorize_write(USER, s, index, doc, other)
+    authorize_write(USER, s, index, doc, None, hidden=True)
     authorize_write(USER, s, index, {**doc, "_deleted": True}, None)
-    authorize_batch(USER, s, index, [doc, other], {})
+    authorize_batch(USER, s, index, [doc, other], {}, {str(other.get("_id"))})
     index.readable_entries(USER, s)
     index.count_by_kind(USER, s)
     index.readable_ids(["a1", "h1", str(doc.get("_id"))], USER, s)

@@ -2,9 +2,11 @@
 incremental client following `changes_since` never misses a doc it may read (no gaps),
 after random creates, updates, moves, deletes, settings changes and user changes.
 
-The oracle (`Oracle`) is written here from DESIGN.md sections 1-2 alone and shares no code
-with `proxy.access`: it walks each contact up through the stored docs' `parent` ids to
-find its distance below a facility, and reads every doc's fields itself.
+The oracle (`Oracle`) is written here from the read rules of docs/design.md alone and
+shares no code with `proxy.access`: it walks each contact up through the stored docs'
+`parent` ids to find its distance below a facility, and reads every doc's fields itself.
+Shortcodes are drawn from a pool that includes contact ids, user doc ids and
+`_unassigned`, so planted and colliding keys are exercised all the time.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from proxy.access.config import AppSettings, UserCtx
-from proxy.access.decide import scope_inputs
+from proxy.access.read import scope_inputs
 from proxy.access.scope_index import ScopeIndex
 
 PLACES = ["d1", "d2", "hc1", "hc2", "a1", "a2", "a3", "h1", "h2", "h3"]
@@ -28,6 +30,8 @@ OTHERS = ["t1", "g1", "org.couchdb.user:u1", "org.couchdb.user:u2"]
 GLOBALS = ["resources", "form:visit", "_design/medic-client", "_design/other"]
 CONTACTS = PLACES + PEOPLE + TYPED
 SHORTCODES = ["S1", "S2", "S3"]
+# What a contact's shortcode may be: codes, other contacts' ids, reserved values.
+CODE_POOL = [*SHORTCODES, "S1", "p1", "h1", "a3", "org.couchdb.user:u1", "_unassigned"]
 USERS = ["u1", "u2", "u3"]
 ROLES = ["chw", "sup", "clerk"]
 CONTACT_TYPES = ["household", "patient", "unknown_type"]
@@ -38,6 +42,10 @@ DEPTHS = [None, -1, 0, 1, 2, 3]
 GLOBAL_IDS = {"settings", "resources", "branding", "partners", "service-worker-meta", "zscore-charts",
               "privacy-policies", "_design/medic-client"}  # fmt: skip
 PLACE_TYPES = {"district_hospital", "health_center", "clinic"}
+
+
+def reserved(value: str) -> bool:
+    return value.startswith("_") or value.startswith("org.couchdb.user:")
 
 
 def is_contact(body: dict[str, Any]) -> bool:
@@ -55,8 +63,9 @@ def lineage(node: Any) -> list[str]:
 
 
 class Oracle:
-    def __init__(self, bodies: dict[str, dict[str, Any]], app: dict[str, Any]) -> None:
+    def __init__(self, bodies: dict[str, dict[str, Any]], deleted: set[str], app: dict[str, Any]) -> None:
         self.bodies = bodies  # the last live body of every doc, deleted ones included
+        self.deleted = deleted
         self.app = app
 
     def parent(self, contact_id: str) -> str | None:
@@ -92,6 +101,7 @@ class Oracle:
         return (None if depth in (None, -1) else depth), (None if report in (None, -1) else report)
 
     def subjects(self, user: UserCtx) -> dict[str, int]:
+        """Contact id -> distance below the nearest facility, deleted contacts included."""
         limit, _ = self.depths(user.roles)
         found: dict[str, int] = {}
         candidates = [c for c, b in self.bodies.items() if is_contact(b)] + list(user.facility_ids)
@@ -99,19 +109,33 @@ class Oracle:
             ds = [d for f in user.facility_ids if (d := self.distance(contact_id, f)) is not None]
             if ds and (limit is None or min(ds) <= limit):
                 found[contact_id] = min(ds)
-                body = self.bodies.get(contact_id) or {}
-                code = body.get("patient_id") or body.get("place_id") if is_contact(body) else None
-                if isinstance(code, str):
-                    found[code] = min(found.get(code, min(ds)), min(ds))
         return found
+
+    def code_of(self, contact_id: str) -> str | None:
+        body = self.bodies[contact_id]
+        code = body.get("patient_id") or body.get("place_id")
+        return code if isinstance(code, str) and code and not reserved(code) else None
+
+    def names(self, value: str, code_field: bool) -> str | None:
+        """The one contact a report's subject value names (see `resolve`), or None."""
+        if reserved(value):
+            return None
+        contacts = [c for c, b in self.bodies.items() if is_contact(b)]
+        by_id = value in contacts
+        if not code_field:
+            return value if by_id else None
+        holders = {c for c in contacts if self.code_of(c) == value}
+        answering = holders | ({value} if by_id else set())
+        if len(answering) != 1:
+            return None
+        (found,) = answering
+        return None if found in holders and found in self.deleted else found
 
     def readable(self, user: UserCtx) -> set[str]:
         tree = self.subjects(user)
         own = f"org.couchdb.user:{user.name}"
         unassigned = self.app["unallocated"] and any(r in self.app["unallocated_roles"] for r in user.roles)
         _, report_depth = self.depths(user.roles)
-        own_codes = {self.bodies.get(c, {}).get(k) for c in (*user.facility_ids, user.contact_id)
-                     for k in ("patient_id", "place_id") if c and is_contact(self.bodies.get(c, {}))}  # fmt: skip
         out = set()
         for doc_id, body in self.bodies.items():
             t = body.get("type")
@@ -128,38 +152,39 @@ class Oracle:
                 if doc_id in tree:
                     out.add(doc_id)
             elif t == "task":
-                if body.get("user") in tree or body.get("user") == own:
+                if body.get("user") == own:
                     out.add(doc_id)
             elif t == "target":
-                if body.get("owner") in tree or body.get("owner") == own:
+                if body.get("owner") in tree:
                     out.add(doc_id)
-            elif t == "data_record" and self.report_readable(body, user, tree, own, unassigned, report_depth,
-                                                             own_codes):  # fmt: skip
+            elif t == "data_record" and self.report_readable(body, user, tree, unassigned, report_depth):
                 out.add(doc_id)
         return out
 
-    def report_readable(self, body: dict[str, Any], user: UserCtx, tree: dict[str, int], own: str,
-                        unassigned: bool, report_depth: int | None, own_codes: set[Any]) -> bool:  # fmt: skip
+    def report_readable(self, body: dict[str, Any], user: UserCtx, tree: dict[str, int], unassigned: bool,
+                        report_depth: int | None) -> bool:  # fmt: skip
         fields = body.get("fields") or {}
         submitter_line = lineage(body.get("contact"))
-        subject = "_unassigned"
-        for value in (fields.get("patient_id"), body.get("patient_id"), fields.get("place_id"),
-                      body.get("place_id"), fields.get("patient_uuid"),
-                      submitter_line[0] if submitter_line else None):  # fmt: skip
+        subject: str | None = None
+        code_field = False
+        for value, is_code_field in ((fields.get("patient_id"), True), (body.get("patient_id"), True),
+                                     (fields.get("place_id"), True), (body.get("place_id"), True),
+                                     (fields.get("patient_uuid"), False),
+                                     (submitter_line[0] if submitter_line else None, False)):  # fmt: skip
             if isinstance(value, str) and value:
-                subject = value
+                subject, code_field = value, is_code_field
                 break
-        keys = {subject, *(submitter_line if fields.get("needs_signoff") else [])}
-        contact_keys = {k for k in keys if k in tree}
-        other_keys = {k for k in keys if k == own or (k == "_unassigned" and unassigned)}
-        if not contact_keys and not other_keys:
+        named = self.names(subject, code_field) if subject is not None else None
+        contacts = {c for c in (named, *(submitter_line if fields.get("needs_signoff") else [])) if c in tree}
+        unallocated = subject is None and unassigned
+        if not contacts and not unallocated:
             return False
         submitter = submitter_line[0] if submitter_line else None
-        own_subject = subject in {*user.facility_ids, user.contact_id} or subject in own_codes
-        if fields.get("private") and own_subject and submitter not in tree and submitter != own:
+        own_subject = named is not None and named in {*user.facility_ids, user.contact_id}
+        if fields.get("private") and own_subject and submitter not in tree:
             return False
-        too_deep = report_depth is not None and all(tree[k] > report_depth for k in contact_keys)
-        if too_deep and not other_keys:
+        too_deep = report_depth is not None and all(tree[k] > report_depth for k in contacts)
+        if too_deep and not unallocated:
             return submitter is not None and submitter == user.contact_id
         return True
 
@@ -206,7 +231,7 @@ class IndexMachine(RuleBasedStateMachine):
         self.index.apply(dict(doc), self.counter)
 
     @rule(doc_id=st.sampled_from(PLACES + PEOPLE), parent=st.sampled_from([*PLACES, *TYPED, None]),
-          grandparent=st.sampled_from([*PLACES, None]), code=st.sampled_from([*SHORTCODES, None]))  # fmt: skip
+          grandparent=st.sampled_from([*PLACES, None]), code=st.sampled_from([*CODE_POOL, None]))  # fmt: skip
     def upsert_contact(
         self, doc_id: str, parent: str | None, grandparent: str | None, code: str | None
     ) -> None:
@@ -226,7 +251,7 @@ class IndexMachine(RuleBasedStateMachine):
             doc["parent"] = {"_id": parent}
         self.write(doc)
 
-    @rule(doc_id=st.sampled_from(REPORTS), subject=st.none() | st.sampled_from([*CONTACTS, *SHORTCODES]),
+    @rule(doc_id=st.sampled_from(REPORTS), subject=st.none() | st.sampled_from([*CONTACTS, *CODE_POOL]),
           submitter=st.none() | st.sampled_from([*PEOPLE, *TYPED]), signoff=st.booleans(), private=st.booleans(),
           where=st.sampled_from(["patient_uuid", "patient_id", "place_id", "top_patient_id"]))  # fmt: skip
     def upsert_report(self, doc_id: str, subject: str | None, submitter: str | None, signoff: bool,
@@ -284,13 +309,13 @@ class IndexMachine(RuleBasedStateMachine):
         if not hasattr(self, "index"):
             return
         app = self.app_settings()
-        oracle = Oracle(self.bodies, self.app)
+        oracle = Oracle(self.bodies, self.deleted, self.app)
         for name, user in self.users.items():
             expected = oracle.readable(user)
             got = {e.id for e in self.index.readable_entries(user, app)}
             assert got == expected, (name, got ^ expected)
             # A client following the feed: a backfill from 0 when its scope inputs change.
-            fingerprint = scope_inputs(user, app, self.index)
+            fingerprint = scope_inputs(user, app)
             if self.prints.get(name) != fingerprint:
                 self.prints[name] = fingerprint
                 self.cursor[name] = 0

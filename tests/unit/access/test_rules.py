@@ -1,4 +1,7 @@
-"""DESIGN.md sections 1-3, rule by rule, each with allow and deny cases (pure, no I/O)."""
+"""The access rules, rule by rule, each with allow and deny cases (pure, no I/O).
+
+Write decisions carry the id of the rule that made them (`proxy.access.write`), and the
+tests check it, so a test proves which rule refused, not only that something did."""
 
 from __future__ import annotations
 
@@ -7,26 +10,44 @@ from typing import Any
 
 import pytest
 
+from proxy.access.batch import authorize_batch
 from proxy.access.config import AppSettings, UserCtx, has_permission, is_offline, replication_depths
-from proxy.access.decide import OUTSIDE, ContactNode, authorize_batch, authorize_write, is_readable, subjects
+from proxy.access.graph import ContactNode, Subjects, WalkScope, subjects
 from proxy.access.kinds import UNASSIGNED, kind_of, replication_keys
+from proxy.access.read import body_readable
+from proxy.access.write import OUTSIDE, authorize_write
 
 
 class Graph:
-    """A contact graph from a plain list of docs: the naive oracle's view of the tree."""
+    """A contact graph from a plain list of docs: the naive oracle's view of the tree. A
+    doc with `"_deleted": true` is a deleted contact (it keeps its place)."""
 
     def __init__(self, docs: Iterable[dict[str, Any]]) -> None:
         self.nodes: dict[str, ContactNode] = {}
         for d in docs:
             if kind_of(d) in {"place", "person", "contact"}:
                 parent = (d.get("parent") or {}).get("_id")
-                self.nodes[d["_id"]] = ContactNode(d["_id"], parent, d.get("patient_id") or d.get("place_id"))
+                code = d.get("patient_id") or d.get("place_id")
+                self.nodes[d["_id"]] = ContactNode(d["_id"], parent, code, d.get("_deleted") is not True)
 
     def contact(self, contact_id: str) -> ContactNode | None:
         return self.nodes.get(contact_id)
 
     def children(self, contact_id: str) -> list[str]:
         return [n.id for n in self.nodes.values() if n.parent == contact_id]
+
+    def holders(self, code: str) -> list[str]:
+        return [n.id for n in self.nodes.values() if n.shortcode == code]
+
+    def filed(self, key: str) -> list[Any]:
+        return []  # no stored docs but contacts: tests/security and the index tests cover claims
+
+    def affected(self, contact_id: str) -> list[Any]:
+        return []
+
+
+def is_readable(doc: dict[str, Any], user: UserCtx, s: AppSettings, graph: Any) -> bool:
+    return body_readable(doc, user, s, graph, subjects(user, s, graph))
 
 
 def lineage(*ids: str) -> dict[str, Any] | None:
@@ -143,27 +164,22 @@ def test_malformed_settings_count_as_absent() -> None:
 
 
 def test_subjects_walk_down_to_depth_with_shortcodes() -> None:
-    assert set(subjects(CHW, settings(depth=1), G)) == {
-        "a1",
-        "chw",
-        "C001",
-        "h1",
-        "typed_hh",
-        "org.couchdb.user:u",
-    }
+    shallow = subjects(CHW, settings(depth=1), G)
+    assert set(shallow.contacts) == {"a1", "chw", "h1", "typed_hh"}
+    assert set(shallow.codes) == {"C001"} and shallow.own == "org.couchdb.user:u"
     deep = subjects(CHW, settings(), G)
-    assert deep["gc"] == 3 and deep["P001"] == 2 and "p2" not in deep
+    assert deep.contacts["gc"] == 3 and deep.codes["P001"] == 2 and "p2" not in deep.contacts
 
 
 def test_multiple_facilities_and_unallocated() -> None:
     user = UserCtx("u", ("chw",), ("a1", "a2"), "chw")
-    assert {"p1", "p2"} <= set(subjects(user, settings(), G))
-    assert UNASSIGNED in subjects(CHW, settings(unallocated=True), G)
-    assert UNASSIGNED not in subjects(CHW, settings(unallocated=False), G)
+    assert {"p1", "p2"} <= set(subjects(user, settings(), G).contacts)
+    assert subjects(CHW, settings(unallocated=True), G).unassigned
+    assert not subjects(CHW, settings(unallocated=False), G).unassigned
     no_permission = AppSettings.from_doc(
         {"settings": {"district_admins_access_unallocated_messages": True, "permissions": {}}}
     )
-    assert UNASSIGNED not in subjects(CHW, no_permission, G)
+    assert not subjects(CHW, no_permission, G).unassigned
 
 
 @pytest.mark.parametrize(
@@ -295,30 +311,49 @@ def test_never_allowed(new: dict[str, Any]) -> None:
     assert write(new)[0] is False
 
 
+def decide(new: dict[str, Any], stored: dict[str, Any] | None = None, s: AppSettings | None = None,
+           user: UserCtx = CHW, hidden: bool = False, graph: Any = G) -> tuple[bool, str, str]:  # fmt: skip
+    d = authorize_write(user, s or settings(), graph, new, stored, hidden=hidden)
+    return d.allowed, d.rule, d.error
+
+
 def test_stored_purged_and_scope_of_both_versions() -> None:
-    assert not write(report(patient_uuid="p1"), {**report(patient_uuid="p1"), "purged": True})[0]
-    assert not write(report(patient_uuid="p2"))[0]  # new version outside
-    ok, reason = write(report(patient_uuid="p1"), report(patient_uuid="p2"))  # stored outside
-    assert not ok and reason == OUTSIDE.reason
-    assert not write(contact("p2", "h1", "a1", type_="person"), contact("p2", "h2", "a2", type_="person"))[0]
+    assert decide(report(patient_uuid="p1"), {**report(patient_uuid="p1"), "purged": True})[:2] == (
+        False,
+        "W7",
+    )
+    assert decide(report(patient_uuid="p2"))[:2] == (False, "W3")  # new version outside
+    # Stored outside, new version in scope: the conflict a made-up `_rev` on a missing doc gets.
+    assert decide(report(patient_uuid="p1"), report(patient_uuid="p2")) == (False, "W4", "conflict")
+    moved_in = contact("p2", "h1", "a1", type_="person")
+    assert decide(moved_in, contact("p2", "h2", "a2", type_="person")) == (False, "W4", "conflict")
 
 
-def test_one_reason_whether_a_foreign_doc_exists_or_not() -> None:
-    """No existence oracle: every answer about a doc outside the scope is the same, and no
-    reason that depends on the stored doc (permissions, purged) is given before scope."""
+def test_no_answer_depends_on_a_foreign_doc_existing() -> None:
+    """No existence oracle: a write about a doc outside the scope gets the answer the same
+    write gets for a missing doc (`forbidden` W3/W4 with one reason; `conflict` where a
+    missing doc with a made-up `_rev` would conflict upstream), and no reason that depends
+    on the stored doc (permissions, purged) is given before scope."""
     foreign = report("rf", patient_uuid="p2")
     no_update = settings(perms=[p for p in ALL_PERMS if p != "can_update_reports"])
-    cases = [
+    forbidden = [
         (report("rf", patient_uuid="p2"), None, None),  # create outside
         (report("rf", patient_uuid="p2"), foreign, None),  # update outside
-        (report("rf", patient_uuid="p1"), foreign, None),  # pull a foreign doc into scope
-        (report("rf", patient_uuid="p1"), foreign, no_update),  # no update permission either
-        (report("rf", patient_uuid="p1"), {**foreign, "purged": True}, None),
         ({"_id": "rf", "_deleted": True}, foreign, None),  # delete a foreign doc
         ({"_id": "rf", "_deleted": True}, None, None),  # delete a missing doc
     ]
-    for new, stored, s in cases:
+    for new, stored, s in forbidden:
         assert write(new, stored, s) == (False, OUTSIDE.reason), (new, stored)
+    conflicts = [
+        (report("rf", patient_uuid="p1"), foreign, None),  # pull a foreign doc into scope
+        (report("rf", patient_uuid="p1"), foreign, no_update),  # no update permission either
+        (report("rf", patient_uuid="p1"), {**foreign, "purged": True}, None),
+    ]
+    for new, stored, s in conflicts:
+        assert decide(new, stored, s) == (False, "W4", "conflict"), (new, stored)
+    # A deleted doc whose last version was outside the scope is not the user's to bring back.
+    assert decide(report("rf", patient_uuid="p1"), None, hidden=True) == (False, "W4", "conflict")
+    assert decide({"_id": "rf", "_deleted": True}, None, hidden=True)[:2] == (False, "W3")
     # A tombstone that carries an in-scope body, with nothing stored, is judged by it.
     assert write({**report("rf", patient_uuid="p1"), "_deleted": True}, None)[0]
 
@@ -330,8 +365,8 @@ def test_admins_may_write_anything() -> None:
 def test_same_request_rule_household_people_reports() -> None:
     docs = [
         contact("hn", "a1", "hc"),
-        contact("pn", "hn", "a1", type_="person", patient_id="PN1"),
-        report("rn", patient_id="PN1"),
+        contact("pn", "hn", "a1", type_="person"),
+        report("rn", patient_id="pn"),
         report("rx", patient_uuid="p2"),
     ]
     decisions = authorize_batch(CHW, settings(), G, docs, {})
@@ -355,7 +390,7 @@ def test_malformed_depths_fail_closed(bad: object) -> None:
     doc = {"settings": {"replication_depth": [{"role": "chw", "depth": bad, "report_depth": bad}]}}
     s = AppSettings.from_doc(doc)
     assert replication_depths(CHW, s) == (0, 0)
-    assert set(subjects(CHW, s, G)) == {"a1", "org.couchdb.user:u"}
+    assert set(subjects(CHW, s, G).contacts) == {"a1"}
     assert len(s.problems) == 2 and "invalid" in s.problems[0]
     # Next to a valid entry of another role, the invalid one neither widens nor narrows.
     doc["settings"]["replication_depth"].append({"role": "sup", "depth": 2, "report_depth": 1})
@@ -453,3 +488,166 @@ def test_the_own_id_places_no_contact_outside_the_tree() -> None:
     assert is_readable(inside, CHW, settings(), Graph([*TREE, inside]))
     assert readable({"_id": "t", "type": "task", "user": "org.couchdb.user:u"})
     assert not readable({"_id": "org.couchdb.user:u", "type": "target", "owner": "p2"})
+
+
+# -- key spaces: no value a user writes names what the tree does not give them -------------
+
+FOREIGN = [
+    contact("d2", type_="district_hospital"),
+    contact("hc2", "d2", type_="health_center"),
+    contact("a3", "hc2", "d2"),
+    contact("p9", "a3", "hc2", "d2", type_="person", patient_id="P009"),
+]
+
+
+def tree(*extra: dict[str, Any]) -> Graph:
+    return Graph([*TREE, *FOREIGN, *extra])
+
+
+def reads(doc: dict[str, Any], graph: Graph, user: UserCtx = CHW, s: AppSettings | None = None) -> bool:
+    return is_readable(doc, user, s or settings(), graph)
+
+
+@pytest.mark.parametrize(
+    ("planted", "target"),
+    [
+        # a shortcode equal to a foreign contact's id: reports naming that id stay its own
+        ({"patient_id": "hc2"}, report("rh", submitter=("p9",), patient_id="hc2")),
+        ({"place_id": "a3"}, report("ra", submitter=("p9",), place_id="a3")),
+        # a shortcode equal to another user's doc id or `_unassigned` names nothing
+        ({"patient_id": "org.couchdb.user:v"}, {"_id": "t", "type": "task", "user": "org.couchdb.user:v"}),
+        ({"patient_id": "org.couchdb.user:v"}, report("ru", submitter=("p9",), patient_id="org.couchdb.user:v")),
+        ({"patient_id": UNASSIGNED}, {"_id": "sms", "type": "data_record", "fields": {}}),
+        ({"patient_id": UNASSIGNED}, report("r_", submitter=("p9",), patient_id=UNASSIGNED)),
+        # a shortcode never stands for a target's owner or a contact's own id
+        ({"patient_id": "p9"}, {"_id": "g", "type": "target", "owner": "p9"}),
+        ({"patient_id": "p9"}, contact("p9", "a3", "hc2", "d2", type_="person")),
+    ],
+)  # fmt: skip
+def test_a_planted_shortcode_names_nothing_foreign(planted: dict[str, Any], target: dict[str, Any]) -> None:
+    plant = contact("mine", "h1", "a1", type_="person", **planted)
+    assert not reads(target, tree(plant))
+    # ...and the user cannot plant it in the first place (W9: taken), but for a reserved
+    # value, which is no shortcode at all (it names nothing).
+    allowed, rule, _ = decide(plant, graph=tree())
+    code = planted.get("patient_id") or planted.get("place_id")
+    assert (allowed, rule) == ((True, "allowed") if code.startswith(("_", "org.")) else (False, "W9"))
+    # A contact may keep or drop the shortcode it has, never take another.
+    p1 = contact("p1", "h1", "a1", type_="person", patient_id="P001")
+    assert decide({**p1, "x": 1}, p1)[1] == "allowed"
+    assert decide({k: v for k, v in p1.items() if k != "patient_id"}, p1)[1] == "allowed"
+    assert decide({**p1, "patient_id": "P002"}, p1)[1] == "W9"  # p2's
+    assert decide({**p1, "patient_id": "h2"}, p1)[1] == "W9"  # an id
+    assert decide(contact("fresh", "h1", "a1", type_="person", patient_id="P777"))[1] == "allowed"
+
+
+def test_a_contact_whose_id_is_a_foreign_shortcode_takes_nothing() -> None:
+    """`_id` "P009" is not p9's shortcode P009: reports by shortcode keep naming p9."""
+    plant = contact("P009", "h1", "a1", type_="person")
+    by_code = report("rc", submitter=("p9",), patient_id="P009")
+    assert not reads(by_code, tree(plant))
+    # An id that is also another contact's shortcode names nobody, even for p9's own user
+    # (no leak, at worst a loss); offline users cannot make such a collision (W10).
+    assert not reads(by_code, tree(plant), user=UserCtx("w", ("chw",), ("a3",), "p9"))
+    assert reads(by_code, tree(), user=UserCtx("w", ("chw",), ("a3",), "p9"))
+    assert decide(plant, graph=tree())[:2] == (False, "W10")
+
+
+def test_shortcodes_resolve_only_when_held_by_exactly_one_live_contact() -> None:
+    by_code = report("rc", patient_id="P001")
+    assert reads(by_code, tree())
+    twin = contact("twin", "a3", "hc2", "d2", type_="person", patient_id="P001")
+    assert not reads(by_code, tree(twin))  # held twice: names nobody
+    gone = {**contact("p1", "h1", "a1", type_="person", patient_id="P001"), "_deleted": True}
+    assert not reads(by_code, Graph([*[d for d in TREE if d["_id"] != "p1"], gone]))  # deleted holder
+    # Ids are another key space: the same report by id still names p1 while it lives or not.
+    assert reads(report("ri", patient_uuid="p1"), Graph([*[d for d in TREE if d["_id"] != "p1"], gone]))
+
+
+def test_tasks_only_for_their_own_user_and_user_settings_only_own() -> None:
+    as_contact = contact("org.couchdb.user:v", "h1", "a1", type_="person")  # a contact with v's doc id
+    graph = tree(as_contact)
+    assert reads(as_contact, graph)  # in scope where the tree puts it
+    assert not reads({"_id": "t", "type": "task", "user": "org.couchdb.user:v"}, graph)
+    assert not reads({"_id": "org.couchdb.user:v", "type": "user-settings"}, graph)
+    assert decide(as_contact)[:2] == (False, "W10")  # a reserved id is not a contact's
+
+
+# -- moves: a contact's new version is judged where it goes ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "moved",
+    [
+        contact("h1", "hc2", "d2"),  # own household under a foreign health center
+        contact("h1"),  # detached from the tree
+        contact("p1", "a3", "hc2", type_="person", patient_id="P001"),  # a person out
+        contact("h1", "p1", "h1", "a1"),  # under its own child: a loop reaching no facility
+    ],
+)  # fmt: skip
+def test_moving_own_contacts_out_is_refused_where_they_go(moved: dict[str, Any]) -> None:
+    stored = next(d for d in TREE if d["_id"] == moved["_id"])
+    assert decide(moved, stored)[:2] == (False, "W3")
+    decisions = authorize_batch(
+        CHW, settings(), G, [moved, report("r", patient_uuid="h1")], {moved["_id"]: stored}
+    )
+    assert decisions[0].rule == "W3"  # refused as the move it is, never judged at its old place
+    assert decisions[1].allowed  # a refused move lends nothing, and takes nothing away
+
+
+def test_a_refused_move_is_final_in_a_batch() -> None:
+    """The batch overlay drops a refused contact and judges the others again; a refused
+    one is never judged again (the old bug: judged without its own move, it passed)."""
+    out = contact("h1", "hc2", "d2")
+    person_below = contact("p1", "h1", "a1", type_="person", patient_id="P001", x=1)
+    stored = {"h1": contact("h1", "a1"), "p1": contact("p1", "h1", "a1", type_="person", patient_id="P001")}
+    decisions = authorize_batch(CHW, settings(), G, [out, person_below], stored)
+    # p1 was judged below the moved h1 (outside): refusals are final, so it stays refused
+    # (safe; alone it is allowed), and h1 was never judged at its old place.
+    assert [(d.allowed, d.rule) for d in decisions] == [(False, "W3"), (False, "W3")]
+    assert authorize_batch(CHW, settings(), G, [person_below], stored)[0].allowed
+
+
+# -- the submitter of a report ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("submitter", "signoff", "rule"),
+    [
+        (("chw", "a1", "hc", "d"), False, "allowed"),
+        (("p2", "h2", "a2"), False, "W11"),  # another area's contact
+        (("p9", "a3", "hc2"), True, "W11"),
+        ((), False, "W11"),  # no submitter at all
+        (("chw", "a1", "hc2", "d2"), True, "W11"),  # own submitter, lineage into a foreign area
+        (("chw", "a1", "hc", "d"), True, "allowed"),  # the real lineage: up to the supervisors
+    ],
+)  # fmt: skip
+def test_a_report_names_a_submitter_of_the_users_area(
+    submitter: tuple[str, ...], signoff: bool, rule: str
+) -> None:
+    doc = report("rs", submitter=submitter, patient_uuid="p1", needs_signoff=signoff)
+    if not submitter:
+        doc.pop("contact")
+    assert decide(doc)[1] == rule
+    # An edit that keeps the stored submitter is not judged on it again.
+    if rule == "W11" and submitter:
+        assert decide({**doc, "x": 1}, doc)[1] == "allowed"
+
+
+def test_the_users_own_contact_may_submit_from_outside_the_facility() -> None:
+    user = UserCtx("u", ("chw",), ("h1",), "chw")  # own contact in a1, facility h1 below it
+    assert decide(report("ro", submitter=("chw", "a1"), patient_uuid="p1"), user=user)[1] == "allowed"
+
+
+# -- the two ways to know a scope agree --------------------------------------------------------
+
+
+def test_walking_up_agrees_with_walking_down() -> None:
+    graph = tree(contact("loop1", "loop2"), contact("loop2", "loop1"), contact("orphan", "nowhere"))
+    for depth in (None, 0, 1, 2, 3):
+        for user in (CHW, UserCtx("s", ("chw",), ("hc", "a1", "loop1")), UserCtx("n", ("chw",), ())):
+            s = settings(depth=depth)
+            down: Subjects = subjects(user, s, graph)
+            up = WalkScope(user, s, graph)
+            for contact_id in [*graph.nodes, "nowhere", *user.facility_ids]:
+                assert up.depth(contact_id) == down.depth(contact_id), (depth, user, contact_id)

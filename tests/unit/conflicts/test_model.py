@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import MultiDict
 
 from proxy.conflicts.model import (
     MergeConflict,
@@ -135,8 +136,11 @@ def test_leaves_that_count_and_the_winner() -> None:
     assert classify([edit, other, mine]) == "concurrent_edit"
 
 
-def test_boolean_flags_are_true_or_false() -> None:
-    assert flag(None, "dry_run", True) is True and flag("FALSE", "dry_run", True) is False
+def test_boolean_flags_are_true_or_false_and_given_once() -> None:
+    assert flag(MultiDict(), "dry_run", True) is True
+    assert flag(MultiDict(dry_run="FALSE"), "dry_run", True) is False
     for value in ("1", "yes", ""):
         with pytest.raises(BadRequest):
-            flag(value, "dry_run", False)
+            flag(MultiDict(dry_run=value), "dry_run", False)
+    with pytest.raises(BadRequest):  # the first value must not quietly win (it did: a real write)
+        flag(MultiDict([("dry_run", "true"), ("dry_run", "false")]), "dry_run", True)
