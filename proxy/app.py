@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy import dispatch, status
+from proxy import dispatch, observe, status, users_at_risk
 from proxy.audit import routes as audit_routes
+from proxy.audit import verify_route
 from proxy.audit.api import NullAudit
 from proxy.audit.capture import background_intents
 from proxy.audit.events import audit_middleware
@@ -25,6 +26,7 @@ from proxy.auth.users import UserInfoCache
 from proxy.conflicts import routes as conflicts
 from proxy.conflicts.monitor import ConflictMonitor
 from proxy.conflicts.store import ConflictStore
+from proxy.console import routes as console
 from proxy.couch.backend_kind import BackendKind
 from proxy.couch.client import CouchClient, new_session
 from proxy.couch.security_cache import SecurityCache
@@ -39,6 +41,7 @@ from proxy.keys import (
     SECURITY,
     SETTINGS,
     SINCE_CODEC,
+    SINCE_KEY,
     THROTTLE,
     TOKEN_GUARD,
     TOKENS,
@@ -58,10 +61,12 @@ def create_app(settings: Settings) -> web.Application:
         # Outermost first: every response gets a request id and a CouchDB-shaped error body.
         middlewares=[
             request_id_middleware,
+            observe.request_metrics_middleware,
             error_middleware,
             cors_middleware,
             audit_middleware,
             auth_middleware,
+            observe.caller_middleware,
         ],
         # Bodies are streamed by the handlers and limited there; this bounds what aiohttp buffers.
         client_max_size=settings.max_json_bytes,
@@ -71,11 +76,14 @@ def create_app(settings: Settings) -> web.Application:
     app[THROTTLE] = LoginThrottle(throttle_limits(settings))
     app[AUDIT] = NullAudit()
     secret = settings.since_secret or settings.jwt_secret
-    app[SINCE_CODEC] = SinceCodec(secret.get_secret_value().encode() if secret else secrets.token_bytes(32))
+    since_key = secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
+    app[SINCE_CODEC] = SinceCodec(since_key)
+    app[SINCE_KEY] = since_key
     app.cleanup_ctx.append(upstream_ctx)
     app.cleanup_ctx.append(index_ctx)
     app.cleanup_ctx.append(audit_ctx)
     app.cleanup_ctx.append(conflicts_ctx)
+    app.cleanup_ctx.append(users_at_risk.users_ctx)
     app[METRICS] = Metrics()
     app.on_response_prepare.append(on_prepare_cors)
     app.on_response_prepare.append(remember_prepared)
@@ -105,7 +113,11 @@ def add_routes(app: web.Application) -> None:
     r.add_get(
         "/_couchgate/audit/docs/{doc_id:.+}", audit_routes.doc_history, name="audit_doc", allow_head=False
     )
+    r.add_get("/_couchgate/audit/verify", verify_route.verify, name="audit_verify", allow_head=False)
+    r.add_get("/_couchgate/users", users_at_risk.list_users, name="users_list", allow_head=False)
     r.add_get("/_couchgate/users/{name}/scope", scope.user_scope, name="user_scope", allow_head=False)
+    r.add_get("/_couchgate/console", console.console, name="console", allow_head=False)
+    r.add_get("/_couchgate/console/{asset}", console.console_asset, name="console_asset", allow_head=False)
     r.add_get("/_couchgate/metrics", metrics, name="metrics", allow_head=False)
     r.add_get("/{db}/_couchgate/conflicts", conflicts.list_conflicts, name="conflicts_list", allow_head=False)
     r.add_post(
@@ -132,6 +144,8 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     session = new_session(settings)
     feeds = new_session(settings, feeds=True)
     couch = CouchClient(session, settings, feeds)
+    for traced in (session, feeds):
+        observe.trace_upstream(traced, app[METRICS])
     app[COUCH] = couch
     app[USERS] = UserInfoCache(couch, settings.db, settings.auth_cache_seconds)
     app[SECURITY] = SecurityCache(couch)

@@ -5,6 +5,8 @@ DELETEs whose meaning a backend could get wrong. Offline users never reach a raw
 
 Refused or answered here on every backend (the answers are CouchDB's own, or a 400 where
 CouchDB would crash into a 500):
+- any reach for couchgate's own `_local` docs (offline users' checkpoints and removals
+  ledgers), and `_local_docs`, which would list them: 403 for all but server admins;
 - `PUT`/`DELETE /{db}` by anyone but a server admin: 401 `You are not a server admin.`;
 - `_changes` filters of the wrong form (`filter=x`, `filter=_unknown`, `filter=_view`
   without `view=ddoc/view`), repeated `filter`/`view`;
@@ -27,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 import orjson
 from aiohttp import web
@@ -36,7 +38,7 @@ from proxy.access.paths import CouchPath
 from proxy.audit import capture
 from proxy.auth.principal import Principal
 from proxy.couch.client import JsonResult, quote_id
-from proxy.errors import BadRequest, Conflict, NotFound, Unauthorized, json_response
+from proxy.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, json_response
 from proxy.keys import BACKEND_KIND, COUCH, SETTINGS
 from proxy.params import read_body
 
@@ -88,6 +90,8 @@ async def _screen(
         return Screened(request)
     if path.is_server or len(path.segments) < 2:
         return Screened(request)
+    if not principal.is_admin and _couchgates_own(path, request):
+        raise Forbidden("This document is couchgate's own.")
     kind = capture.write_kind(method, path)
     if method == "DELETE" and kind in ("doc", "attachment"):
         return await _delete(request, path, credentials)
@@ -101,6 +105,20 @@ async def _screen(
     elif method == "GET" and path.doc_id is not None and not path.rest and _latest(request):
         return await _open_revs(request, path, credentials)
     return Screened(request)
+
+
+# `_local` docs couchgate keeps in the main database for offline users (their replication
+# checkpoints, their removals ledgers): no other caller reads, writes or lists them.
+OWN_LOCAL = "_local/couchgate"
+
+
+def _couchgates_own(path: CouchPath, request: web.Request) -> bool:
+    if path.segments[1] == "_local_docs":
+        return True  # it would list them (CouchDB 3 lets members list every _local doc)
+    if (path.doc_id or "").startswith(OWN_LOCAL):
+        return True
+    destination = request.headers.get("Destination") if request.method == "COPY" else None
+    return destination is not None and unquote(destination).lstrip("/").startswith(OWN_LOCAL)
 
 
 async def _fragile(request: web.Request) -> bool:

@@ -30,5 +30,6 @@ SECURITY = web.AppKey("security", SecurityCache)
 AUDIT = web.AppKey("audit", AuditSink)
 INDEX = web.AppKey("index", IndexSync)
 SINCE_CODEC = web.AppKey("since_codec", SinceCodec)
+SINCE_KEY = web.AppKey("since_key", bytes)  # the secret behind since tokens and made-up revisions
 
 PRINCIPAL = web.RequestKey("principal", Principal)

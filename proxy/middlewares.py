@@ -64,8 +64,9 @@ async def on_prepare_cors(request: web.Request, response: web.StreamResponse) ->
         response.headers.add("Vary", "Origin")
 
 
-# Routes that answer without looking at credentials (probes must not depend on CouchDB auth).
-UNAUTHENTICATED_ROUTES = {"health", "ready"}
+# Routes that answer without looking at credentials (probes must not depend on CouchDB auth;
+# the console's static files hold no data).
+UNAUTHENTICATED_ROUTES = {"health", "ready", "console", "console_asset"}
 # Routes anonymous callers may reach: logging in, and CouchDB's welcome (`GET /`, below).
 ANONYMOUS_ROUTES = {"health", "ready", "issue_token", "session"}
 

@@ -149,6 +149,11 @@ async def _authorize(request: web.Request, principal: Principal, path: CouchPath
         request[BODY_CHECK] = check  # made by `forward`, which reads the body
 
 
+def is_attachment(path: CouchPath) -> bool:
+    """A doc's attachment (design docs' functions, `_view` and the like, start with `_`)."""
+    return path.doc_id is not None and bool(path.rest) and not path.rest[0].startswith("_")
+
+
 def rebuilt_query(params: Mapping[str, str] | MultiMapping[str]) -> str:
     """A query string built from parsed parameters, never the client's raw one: what
     CouchDB reads is what couchgate read (`a=1;b=2`, `+`, `%00`, doubled keys...)."""
@@ -206,6 +211,11 @@ async def forward(
             if lower == "location" and value.startswith(couch.base):
                 value = public_base(request) + value[len(couch.base) :]
             response.headers.add(key, value)
+        if is_attachment(path):
+            # Stored content is anyone's: never let it run as a page of couchgate's origin
+            # (CouchDB 3 sends the same sandbox; pouchdb-server sends none).
+            response.headers["Content-Security-Policy"] = "sandbox"
+            response.headers["X-Content-Type-Options"] = "nosniff"
         if upstream.content_length is None and request.method != "HEAD":
             if request.version >= HttpVersion11:
                 response.enable_chunked_encoding()

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
 
     # Offline users: how many docs a user may replicate before the scope report warns.
     scope_warn_docs: int = Field(default=10_000, ge=1)
+    # The users-at-risk list (GET /_couchgate/users): how often the docs in each offline
+    # user's scope are recounted in the background, and the window (seconds) over which
+    # their sync errors and refusals are counted.
+    users_refresh_interval: float = Field(default=60.0, gt=0)
+    users_activity_window: float = Field(default=86400.0, gt=0)
     # Key for signing offline users' `since` tokens; random per process when unset.
     since_secret: SecretStr | None = None
 

@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy import observe
 from proxy.access.paths import CouchPath
 from proxy.audit.api import AuditEntry, Outcome, clean_text
 from proxy.audit.log import AuditLog
@@ -63,6 +64,7 @@ def entry(request: web.Request, action: str, outcome: Outcome, **fields: Any) ->
 
 def record(request: web.Request, action: str, outcome: Outcome, **fields: Any) -> None:
     request.app[AUDIT].record(entry(request, action, outcome, **fields))
+    observe.audited(action, outcome)  # metrics: refusals and failed logins are counted from here
 
 
 def write_kind(method: str, path: CouchPath) -> str | None:

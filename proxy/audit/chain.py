@@ -63,6 +63,7 @@ class ChainChecker:
         self.checkpoints = {c.writer: c for c in checkpoints}
         self.breaks: list[Break] = []
         self.entries = 0
+        self.intents = 0  # of `entries`, the intents stored before writes
         self.writers: set[str] = set()
         self._writer: str | None = None
         self._expected = 1
@@ -75,6 +76,7 @@ class ChainChecker:
             self._end_writer()
             self._start_writer(writer)
         self.entries += 1
+        self.intents += entry.get("action") == "intent"
         seq = int(entry.get("seq", 0))
         if seq != self._expected:
             self.breaks.append(Break(writer, self._expected, "missing"))

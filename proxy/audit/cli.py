@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -83,9 +84,15 @@ async def chain_entries(couch: CouchClient, db: str) -> AsyncIterator[dict[str, 
         start = rows[PAGE]["key"]
 
 
+CHECKPOINT = re.compile(r"(.+):([0-9]{1,15}):([^:]+)")  # as openapi/openapi.yaml says
+
+
 def parse_checkpoint(text: str) -> Checkpoint:
-    writer, seq, digest = text.rsplit(":", 2)
-    return Checkpoint(writer, int(seq), digest)
+    """WRITER:SEQ:HASH (ValueError otherwise)."""
+    match = CHECKPOINT.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not WRITER:SEQ:HASH: {text!r}")
+    return Checkpoint(match[1], int(match[2]), match[3])
 
 
 def checkpoints_from_log(lines: Iterable[str]) -> list[Checkpoint]:
@@ -158,24 +165,30 @@ async def unaccounted(
             return
 
 
+async def verify_log(couch: CouchClient, db: str, checkpoints: Iterable[Checkpoint] = ()) -> ChainChecker:
+    """Every writer's chain checked, entry by entry (`checker.breaks` lists what is wrong)."""
+    checker = ChainChecker(await retention_markers(couch, db), checkpoints)
+    async for entry in chain_entries(couch, db):
+        checker.feed(entry)
+    checker.finish()
+    return checker
+
+
 async def run_verify(
     settings: Settings, console: Console, checkpoints: Iterable[Checkpoint] = (),
     gap_dbs: Iterable[str] | None = None, since: str | None = None,
 ) -> int:  # fmt: skip
     """The chains, then the gaps of `gap_dbs` (default: the main database); 1 on any problem."""
     async with couch_client(settings) as couch:
-        checker = ChainChecker(await retention_markers(couch, settings.audit_db), checkpoints)
-        intents = 0
-        async for entry in chain_entries(couch, settings.audit_db):
-            checker.feed(entry)
-            intents += entry.get("action") == "intent"
+        checker = await verify_log(couch, settings.audit_db, checkpoints)
         gaps: list[tuple[str, str, str]] = []
         for db in [settings.db] if gap_dbs is None else gap_dbs:
             start = since if since is not None else await gap_start(couch, settings.audit_db, db)
             gaps += [
                 (db, doc_id, rev) async for doc_id, rev in unaccounted(couch, settings.audit_db, db, start)
             ]
-    breaks = checker.finish()
+    breaks = checker.breaks
+    intents = checker.intents
     entries = checker.entries - intents
     writers = len({w.removesuffix(INTENTS_SUFFIX) for w in checker.writers})
     for problem in breaks:

@@ -208,6 +208,8 @@ class AuditLog:
         self.dropped = 0
         self.failed = 0  # entries that could not be built at all (logged with their traceback)
         self.refused = 0  # writes answered 503 because the queue was full and the db down
+        self.batches = 0  # batch docs stored (metrics)
+        self.write_failures = 0  # flushes that failed (metrics)
         self.last_error: str | None = None
         self.db_ready = False
         self.last_written: tuple[int, str] | None = None  # (seq, hash) of the newest entry stored
@@ -386,10 +388,12 @@ class AuditLog:
                     for _ in range(stored):
                         self.queue.popleft()
                     self.written += stored
+                    self.batches += 1
                     self.last_written = (int(batch[stored - 1]["seq"]), str(batch[stored - 1]["hash"]))
                     if len(self.queue) < self.high_water:
                         self._room.set()
             except UpstreamError as exc:
+                self.write_failures += 1
                 if self.last_error is None:
                     log.error(
                         "audit log cannot be written (%s); %d entries queued", exc.reason, len(self.queue),

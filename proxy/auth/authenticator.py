@@ -21,6 +21,7 @@ import time
 from base64 import b64decode
 from http.cookies import CookieError, SimpleCookie
 
+from proxy import observe
 from proxy.auth.principal import ANONYMOUS, AuthMethod, Principal
 from proxy.auth.throttle import LoginThrottle, LoginThrottled
 from proxy.auth.token_guard import TokenGuard, TokenRefused
@@ -97,14 +98,19 @@ class Authenticator:
         if hit is not None:
             user, roles = hit
         else:
-            wait = self.throttle.retry_after(name, client, password)
+            wait = self.throttle.admit(name, client, password)
             if wait is not None:
+                observe.auth_throttled()  # metrics
                 raise LoginThrottled(name, wait)
-            user, roles = await session_user(self.couch, {"Authorization": header}, client)
+            try:
+                user, roles = await session_user(self.couch, {"Authorization": header}, client)
+            except BaseException:
+                self.throttle.release(name, client)  # no answer on the password
+                raise
             if user is None and "_admin" not in roles:
                 self.throttle.failed(name, client, password)
                 raise AuthFailed("Name or password is incorrect.", headers=CHALLENGE)
-            self.throttle.succeeded(name, password)
+            self.throttle.succeeded(name, password, client)
             self._remember(key, user, roles)
         return await self._principal(user, roles, "basic", (("Authorization", header),))
 

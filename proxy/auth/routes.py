@@ -8,6 +8,7 @@ from urllib.parse import parse_qs
 import orjson
 from aiohttp import web
 
+from proxy import observe
 from proxy.audit.api import Outcome
 from proxy.audit.capture import record
 from proxy.auth.authenticator import CHALLENGE, check_password
@@ -45,13 +46,17 @@ async def issue_token(request: web.Request) -> web.Response:
     throttled(request, "token", name, client, password)
     # The password's fingerprint is read before the password is checked: if it changes in
     # between, the token carries the old one and is refused from its first use.
-    account = await request.app[TOKEN_GUARD].account(name, fresh=True)
-    user, roles = await check_password(request.app[COUCH], name, password, client)
+    try:
+        account = await request.app[TOKEN_GUARD].account(name, fresh=True)
+        user, roles = await check_password(request.app[COUCH], name, password, client)
+    except BaseException:
+        throttle.release(name, client)  # no answer on the password
+        raise
     if user is None:
         throttle.failed(name, client, password)
         record(request, "token", "failure", user=name, reason="name or password incorrect")
         raise Unauthorized("Name or password is incorrect.", headers=CHALLENGE)
-    throttle.succeeded(name, password)
+    throttle.succeeded(name, password, client)
     token, ttl = tokens.issue(user, roles, account.credential)
     record(request, "token", "success", user=user)
     return json_response(
@@ -88,34 +93,55 @@ async def session(request: web.Request) -> web.StreamResponse:
         return await forward(request, path, credentials)
     body = await read_body(request, MAX_LOGIN_BODY)
     name, password = login_fields(request.content_type, body)
+    if name is None or password is None:
+        # Only what couchgate read is sent: a name CouchDB (or pouchdb-server) would read
+        # otherwise, an array say, would not be the name the throttle counts.
+        raise BadRequest("name and password are required strings")
     throttle, client = request.app[THROTTLE], client_address(request)
     throttled(request, "login", name, client, password)
+    heard = False
 
     def answered(status: int, _: bytes) -> None:
+        nonlocal heard
+        heard = True
         # Never the password: only who tried and whether CouchDB accepted it.
         outcome: Outcome = "success" if status < 300 else "failure"
         record(request, "login", outcome, user=name)
         if status < 300:
-            throttle.succeeded(name, password)
+            throttle.succeeded(name, password, client)
         elif status == 401:
             throttle.failed(name, client, password)
+        else:
+            throttle.release(name, client)
 
-    return await forward(request, path, credentials, body=body, on_answer=answered)
+    rebuilt = orjson.dumps({"name": name, "password": password})
+    try:
+        return await forward(
+            request,
+            path,
+            {**credentials, "Content-Type": "application/json"},
+            body=rebuilt,
+            on_answer=answered,
+        )
+    finally:
+        if not heard:
+            throttle.release(name, client)
 
 
 def throttled(
     request: web.Request, action: str, name: str | None, client: str | None, password: str | None
 ) -> None:
     """Refuse (429, audited) a login that the throttle holds back."""
-    wait = request.app[THROTTLE].retry_after(name, client, password)
+    wait = request.app[THROTTLE].admit(name, client, password)
     if wait is not None:
+        observe.auth_throttled()  # metrics
         error = LoginThrottled(name, wait)
         record(request, action, "denied", user=name, reason=error.reason)
         raise error
 
 
 def form_fields(text: str) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(text).items()}
+    return {k: v[0] for k, v in parse_qs(text, keep_blank_values=True).items()}
 
 
 def login_fields(content_type: str, body: bytes) -> tuple[str | None, str | None]:

@@ -13,6 +13,10 @@ syncing meanwhile, a password that this process has seen succeed for that name r
 is not a guess: it is still checked by CouchDB (a changed password fails, and counts),
 but the block does not apply to it. Only keyed hashes of such passwords are kept.
 
+Attempts in flight count as failures until CouchDB has answered them (`admit`
+takes a slot, `failed`, `succeeded` or `release` gives it back): a burst of parallel
+guesses gets the free failures, not one per request that arrived before the first answer.
+
 State is per process: with N replicas an attacker gets up to N times the attempts (less
 with session affinity). Memory is bounded: past `max_keys` records the stalest go.
 """
@@ -24,7 +28,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.errors import TooManyRequests
 
@@ -44,6 +48,10 @@ class _Record:
     failures: int = 0
     last_failure: float = 0.0
     blocked_until: float = 0.0
+    pending: list[float] = field(default_factory=list)  # attempts in flight (since when)
+
+
+IN_FLIGHT_SECONDS = 60.0  # an attempt never answered stops counting after this
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,9 @@ class LoginThrottle:
         record = self._records.get(key)
         if record is None:
             return None
-        if now >= record.blocked_until and now - record.last_failure > self.limits.forget_after:
+        record.pending = [t for t in record.pending if now - t < IN_FLIGHT_SECONDS]
+        stale = now - record.last_failure > self.limits.forget_after
+        if now >= record.blocked_until and stale and not record.pending:
             del self._records[key]
             return None
         return record
@@ -91,24 +101,46 @@ class LoginThrottle:
         expires = self._known.get(self._fingerprint(name, secret))
         return expires is not None and expires > now
 
+    def admit(self, name: str | None, address: str | None, secret: str | None = None) -> float | None:
+        """As `retry_after`; when the login may be tried now (None), the attempt takes a slot
+        until `failed`, `succeeded` or `release` says how it ended."""
+        wait = self.retry_after(name, address, secret)
+        if wait is None and self.limits.enabled:
+            now = self.clock()
+            for key, _ in self._keys(name, address):
+                (self._live(key, now) or self._records.setdefault(key, _Record())).pending.append(now)
+        return wait
+
     def retry_after(self, name: str | None, address: str | None, secret: str | None = None) -> float | None:
         """Seconds until a login as `name` from `address` may be tried, or None if it may be
-        now. `secret`: the password offered, exempt from the block if it succeeded lately."""
+        now (attempts in flight count as failures). `secret`: the password offered, exempt
+        from the block if it succeeded lately."""
         if not self.limits.enabled:
             return None
         now = self.clock()
         if name and secret is not None and self._is_known(name, secret, now):
-            return None
+            return None  # a password that worked lately passes the block
         wait = 0.0
-        for key, _ in self._keys(name, address):
+        for key, free in self._keys(name, address):
             record = self._live(key, now)
             if record is not None:
                 wait = max(wait, record.blocked_until - now)
+                if record.pending and record.failures + len(record.pending) >= free:
+                    # As many attempts in flight as failures left: wait for their answers.
+                    wait = max(wait, self.limits.base_delay)
         return wait if wait > 0 else None
+
+    def release(self, name: str | None, address: str | None) -> None:
+        """An attempt that took a slot ended without an answer on the password."""
+        for key, _ in self._keys(name, address):
+            record = self._records.get(key)
+            if record is not None and record.pending:
+                record.pending.pop(0)
 
     def failed(self, name: str | None, address: str | None, secret: str | None = None) -> None:
         if not self.limits.enabled:
             return
+        self.release(name, address)
         now = self.clock()
         if name and secret is not None:
             self._known.pop(self._fingerprint(name, secret), None)  # no longer the password
@@ -123,8 +155,11 @@ class LoginThrottle:
         if len(self._records) > self.max_keys:
             self._prune(now)
 
-    def succeeded(self, name: str | None, secret: str | None = None) -> None:
-        if not self.limits.enabled or not name:
+    def succeeded(self, name: str | None, secret: str | None = None, address: str | None = None) -> None:
+        if not self.limits.enabled:
+            return
+        self.release(name, address)
+        if not name:
             return
         self._records.pop(("name", name), None)
         if secret is not None:

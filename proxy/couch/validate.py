@@ -123,14 +123,36 @@ def _is_base64(data: str) -> bool:
     return True
 
 
+# A content type a response header can carry back: printable, bounded.
+MEDIA_TYPE = re.compile(r"^[\x20-\x7e]+$")
+MAX_MEDIA_TYPE = 255
+
+
+def _media_type(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_MEDIA_TYPE and MEDIA_TYPE.match(value) is not None
+
+
+def default_content_types(doc: object) -> None:
+    """Give inline attachments without a `content_type` CouchDB's own default, so what is
+    forwarded is what CouchDB would store (couchgate rebuilds the bodies it forwards);
+    pouchdb-server would store none and then fail every read of the attachment."""
+    attachments = doc.get("_attachments") if isinstance(doc, dict) else None
+    if isinstance(attachments, dict):
+        for att in attachments.values():
+            if isinstance(att, dict) and att.get("stub") is not True and "content_type" not in att:
+                att["content_type"] = "application/octet-stream"
+
+
 def _attachments(value: object) -> None:
     if not isinstance(value, dict):
         raise _member("_attachments")
     for name, att in value.items():
         if not isinstance(att, dict):
             raise _bad(f"Invalid attachment data for {name}")
-        if "content_type" in att and not isinstance(att["content_type"], str):
-            raise _bad(f"Attachment {name}: content_type must be a string")
+        if "content_type" in att and not _media_type(att["content_type"]):
+            # What a header cannot carry: pouchdb-server stores it and then fails every read
+            # of the attachment (a PouchDB pull of the doc stops there, for every reader).
+            raise _bad(f"Attachment {name}: content_type must be a media type such as text/plain")
         for field in ("length", "encoded_length", "revpos"):
             number = att.get(field)
             if field in att and (not isinstance(number, int) or isinstance(number, bool) or number < 0):

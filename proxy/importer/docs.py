@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from proxy.conflicts.model import generation
-from proxy.couch.validate import DocInvalid, validate_doc
+from proxy.couch.validate import DocInvalid, default_content_types, validate_doc
 
 REVISION_FIELDS = ("_rev", "_revisions", "_conflicts", "_deleted_conflicts", "_local_seq", "_revs_info")
 # Top-level fields CouchDB accepts that start with `_` (after revision fields are dropped);
@@ -156,6 +156,7 @@ def prepare(
     if "_attachments" in doc:
         _check_attachments(doc["_attachments"], max_attachment_bytes)
     try:
+        default_content_types(doc)
         validate_doc(doc)  # as CouchDB checks it: no doc of an import may fail the backend
     except DocInvalid as exc:
         raise Invalid(exc.reason) from None

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from proxy import observe
 from proxy.access.batch import authorize_batch
 from proxy.access.config import UserCtx
 from proxy.access.kinds import CONTACT_KINDS, kind_of
@@ -458,6 +459,7 @@ class Importer:
         summary = self.plan.summary
         for row in rows:
             summary[row["status"]] = summary.get(row["status"], 0) + 1
+        observe.imported(rows, self.plan.dry_run)  # metrics
         if self.plan.dry_run:
             return
         types = {d.index: t for d in docs if isinstance(t := d.doc.get("type"), str)}

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy import observe
 from proxy.errors import BadRequest, dumps, json_response
 from proxy.keys import COUCH
 from proxy.logs import stamp_request_id
@@ -253,6 +254,8 @@ async def changes(
 ) -> web.StreamResponse:
     params = await parse_params(request)
     feed = Feed(view, codec, params)
+    if feed.ordinal == 0 and params.since not in (None, "", "0", "now"):
+        observe.backfill_started()  # metrics: a since token that could not be resumed
     if params.feed == "continuous":
         return await _continuous(request, feed, db_path)
     entries, last_seq = feed.page()

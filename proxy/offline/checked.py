@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 
 from proxy.audit import capture
-from proxy.couch.validate import DocInvalid, bulk_request, validate_put
+from proxy.couch.validate import DocInvalid, bulk_request, default_content_types, validate_put
 from proxy.errors import BadRequest
 
 
@@ -32,6 +32,7 @@ def split_bulk(request: web.Request, db: str, body: Any) -> tuple[list[Any], dic
     for index, doc in enumerate(docs):
         if not isinstance(doc, dict):
             raise BadRequest("Document must be a JSON object")
+        default_content_types(doc)
         try:
             validate_put(doc, query_rev=None, new_edits=new_edits)
         except DocInvalid as exc:
@@ -62,6 +63,7 @@ def with_refused(response: web.Response, docs: list[Any], refused: dict[int, dic
 
 def check_doc(request: web.Request, db: str, doc: dict[str, Any]) -> None:
     """A single-doc write (`PUT`, `POST /db`): 400 with CouchDB's error if CouchDB would refuse it."""
+    default_content_types(doc)
     try:
         validate_put(
             doc, query_rev=request.query.get("rev"), new_edits=request.query.get("new_edits") != "false"

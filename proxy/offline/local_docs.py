@@ -1,18 +1,19 @@
 """`_local` docs (replication checkpoints) of offline users, kept apart per user.
 
-`_local/X` of user U is stored upstream as `_local/couchgate~<hash of U>~X`, so no user can
+`_local/X` of user U is stored upstream as `_local/couchgate~<keyed hash of U>~X`, so no user can
 read or overwrite another's checkpoint, and ids are rewritten back in every answer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 
 from aiohttp import web
 
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, MethodNotAllowed, json_response
-from proxy.keys import COUCH
+from proxy.keys import COUCH, SINCE_KEY
 from proxy.offline import query
 from proxy.params import read_json
 
@@ -20,14 +21,16 @@ LOCAL = "_local/"
 MAX_LOCAL_BODY = 1024 * 1024
 
 
-def private_id(user: str, local_id: str) -> str:
-    digest = hashlib.sha256(user.encode()).hexdigest()[:24]
+def private_id(key: bytes, user: str, local_id: str) -> str:
+    """The upstream id of a user's `_local` doc: keyed, so no one without couchgate's secret
+    can name another user's (and `proxy.guard` keeps every other caller away from them)."""
+    digest = hmac.new(key, f"local\0{user}".encode(), hashlib.sha256).hexdigest()[:24]
     return f"{LOCAL}couchgate~{digest}~{local_id[len(LOCAL) :]}"
 
 
 async def local_doc(request: web.Request, db_path: str, user: str, local_id: str) -> web.Response:
     couch = request.app[COUCH]
-    upstream_id = private_id(user, local_id)
+    upstream_id = private_id(request.app[SINCE_KEY], user, local_id)
     path = f"{db_path}/{quote_id(upstream_id)}"
     params = query.encode(query.parse(request.query, query.LOCAL))
     if request.method in {"GET", "HEAD"}:

@@ -49,14 +49,14 @@ async def serve_offline(request: web.Request, path: CouchPath, principal: Princi
     if path.db != db or path.is_server:
         raise refuse()
     sync = request.app[INDEX]
+    if not sync.built.is_set():
+        await sync.sync()  # the index's first build: nothing to answer from before it
     db_path = "/" + quote(db, safe="")
     name = principal.name or ""
     method = request.method
     second = path.segments[1] if len(path.segments) > 1 else None
     if second is None:
         if method in READ:
-            if not sync.built.is_set():
-                await sync.sync()  # the index's first build: nothing to answer from before it
             return changes.db_info(UserView.of(sync, principal), request.app[SINCE_CODEC], db)
         if method == "POST":
             await sync.sync()

@@ -85,6 +85,7 @@ class IndexSync:
         self.on_user_change = on_user_change
         self.built = asyncio.Event()
         self.last_sync_at = 0.0
+        self.restarts = 0  # times the follower lost CouchDB and started again (metrics)
         self._lock = asyncio.Lock()
         self._rounds_started = 0
         self._changed = asyncio.Condition()
@@ -236,6 +237,7 @@ class IndexSync:
                     # feeds would stop waking. Log it and go on after the backoff.
                     self.failing = self.failing or "the index follower failed"
                     log.exception("index follower failed")
+                self.restarts += 1
                 streak += 1
                 if streak > 1:
                     await asyncio.sleep(min(PROBE_INTERVAL * 2 ** (streak - 2), MAX_BACKOFF))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 
+from proxy import observe
 from proxy.access.config import AppSettings, UserCtx
 from proxy.access.read import body_readable, scope_inputs
 from proxy.auth.principal import Principal
@@ -94,12 +95,15 @@ class UserView:
         same revision (revisions never change), anything else (a newer winner the index has
         not seen yet, a past or conflicting revision) is judged on its content."""
         entry = self.sync.index.entries.get(str(doc.get("_id")))
-        if entry is not None and not entry.deleted and doc.get("_rev") == entry.rev and "_deleted" not in doc:
-            return self.sync.index.is_readable_id(entry.id, self.user, self.settings)
         index = self.sync.index
-        return body_readable(
-            doc, self.user, self.settings, index, index.subjects_of(self.user, self.settings)
-        )
+        if entry is not None and not entry.deleted and doc.get("_rev") == entry.rev and "_deleted" not in doc:
+            ok = index.is_readable_id(entry.id, self.user, self.settings)
+        else:
+            subj = index.subjects_of(self.user, self.settings)
+            ok = body_readable(doc, self.user, self.settings, index, subj)
+        if ok:
+            observe.doc_served()  # metrics: every body served passes here
+        return ok
 
     def hidden(self, ids: Iterable[str]) -> set[str]:
         """Of these ids, those the index knows as deleted docs the user could not read: a

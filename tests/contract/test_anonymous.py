@@ -13,9 +13,10 @@ from proxy.settings import load_settings
 
 from support import assert_couch_error
 
-# Public to anonymous callers: probes, logging in, and (below) CouchDB's welcome `GET /`.
-PUBLIC_ROUTES = {"health", "ready", "issue_token", "session"}
-SAMPLE = {"db": "medic", "doc_id": "doc-1", "name": "chw1", "path": "medic/_all_docs"}
+# Public to anonymous callers: probes, logging in, the console's static files (its data
+# comes from the protected routes), and (below) CouchDB's welcome `GET /`.
+PUBLIC_ROUTES = {"health", "ready", "issue_token", "session", "console", "console_asset"}
+SAMPLE = {"db": "medic", "doc_id": "doc-1", "name": "chw1", "path": "medic/_all_docs", "asset": "app.js"}
 ANY_METHOD = ("GET", "PUT", "POST", "DELETE", "COPY")
 
 

@@ -7,6 +7,7 @@ lockout, the right password honoured once the delay has passed.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
 from collections.abc import AsyncIterator
@@ -212,3 +213,36 @@ def test_memory_stays_bounded() -> None:
         t.failed(f"name{i}", f"10.0.{i // 256}.{i % 256}")
     assert len(t._records) <= 101
     assert t.retry_after("name999", None) is not None  # the latest survive
+
+
+async def test_parallel_guesses_get_the_free_failures_not_one_each(backend: PouchServer, db: str) -> None:
+    """Found by the third attack round: 100 guesses sent at once were all checked (the check
+    and the count were two steps). Attempts in flight count now."""
+    gw = await start_gateway(gateway_settings(backend, db, **FAST))
+    try:
+        user = new_user(backend)
+        statuses = await asyncio.gather(*(basic_status(gw, db, user.name, f"nope{i}") for i in range(60)))
+        checked = sum(1 for status, _, _ in statuses if status == 401)
+        assert checked <= FAST["login_free_failures"] + 1, [s for s, _, _ in statuses]
+        assert all(status in (401, 429) for status, _, _ in statuses)
+    finally:
+        await stop_gateway(gw)
+
+
+async def test_a_session_login_name_is_a_string_or_nothing(backend: PouchServer, db: str) -> None:
+    """Found by the third attack round: `{"name": ["chw1"]}` is chw1 to pouchdb-server but
+    not to the throttle; couchgate sends CouchDB only the name it counted."""
+    gw = await start_gateway(gateway_settings(backend, db, **FAST))
+    try:
+        user = new_user(backend)
+        for name in ([user.name], [[user.name]], {"n": user.name}, 5):
+            status, body, _ = await gw.call(
+                "POST", "/_session", json={"name": name, "password": user.password}
+            )
+            assert_couch_error(status, body, 400, "bad_request")
+        status, body, _ = await gw.call(
+            "POST", "/_session", json={"name": user.name, "password": user.password}
+        )
+        assert status == 200 and body["name"] == user.name, body
+    finally:
+        await stop_gateway(gw)

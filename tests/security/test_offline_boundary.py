@@ -607,3 +607,68 @@ async def test_malformed_special_fields_never_reach_the_backend(
             assert status == 400, (method, status, answer)
     assert backend.request("GET", "/")[0] == 200
     assert backend.request("GET", f"/{medic}/p_shape")[0] == 404
+
+
+# -- found by the third attack round ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain\r\nX-Evil: 1", "a\x00b", "x" * 300])
+async def test_an_attachment_another_user_cannot_read_is_never_stored(
+    gw: Gateway, medic: str, backend: PouchServer, content_type: str | None
+) -> None:
+    """An attachment without a (valid) content type was stored, and every read of it failed
+    on pouchdb-server: the supervisor's PouchDB pull stopped there, for good. Missing, it
+    gets CouchDB's default; malformed, it is refused."""
+    att: dict[str, Any] = {"data": "aGVsbG8="}
+    if content_type is not None:
+        att["content_type"] = content_type
+    doc = {**person("p_att", "house1", "area1", "hc1", "district1"), "_attachments": {"a": att}}
+    status, rows, _ = await gw.call("POST", f"/{medic}/_bulk_docs", auth=CHW1, json={"docs": [doc]})
+    if content_type is None:
+        assert status == 201 and rows[0].get("ok"), rows
+        status, _, headers = await gw.call("GET", f"/{medic}/p_att/a", auth=SUP)
+        assert status == 200 and headers["Content-Type"] == "application/octet-stream"
+    else:
+        assert status == 201 and rows[0]["error"] in ("bad_request", "doc_validation"), rows
+        assert backend.request("GET", f"/{medic}/p_att")[0] == 404
+
+
+async def test_attachments_never_run_as_pages_of_couchgate(gw: Gateway, medic: str) -> None:
+    page = {"content_type": "text/html", "data": "PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg=="}
+    doc = {**person("p_html", "house1", "area1", "hc1", "district1"), "_attachments": {"x.html": page}}
+    status, body, _ = await gw.call("PUT", f"/{medic}/p_html", auth=CHW1, json=doc)
+    assert status == 201, body
+    admin = "Basic " + __import__("base64").b64encode(b"admin:pass").decode()
+    for who in (SUP, admin):
+        status, _, headers = await gw.call("GET", f"/{medic}/p_html/x.html", auth=who)
+        assert status == 200 and headers["Content-Security-Policy"] == "sandbox"
+        assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_offline_users_local_docs_are_nobody_elses(
+    gw: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """An online member computed chw1's checkpoint id (an unkeyed hash of the name) and read,
+    overwrote and deleted it. The ids are keyed now, and no caller but an admin reaches
+    couchgate's own `_local` docs, nor lists `_local` docs at all."""
+    import hashlib
+
+    status, _, _ = await gw.call("PUT", f"/{medic}/_local/cp", auth=CHW1, json={"last_seq": "mine"})
+    assert status == 201
+    clerk = auth("clerk")
+    guessed = f"_local/couchgate~{hashlib.sha256(b'chw1').hexdigest()[:24]}~cp"
+    assert backend.request("GET", f"/{medic}/{guessed}")[0] == 404  # the old unkeyed id is gone
+    status, listed = backend.request("GET", f"/{medic}/_local/cp")
+    assert status == 404, listed  # nothing un-namespaced either
+    for method, path, json, headers in (
+        ("GET", f"/{medic}/{guessed}", None, None),
+        ("PUT", f"/{medic}/{guessed}", {"last_seq": "clobbered"}, None),
+        ("DELETE", f"/{medic}/{guessed}?rev=0-1", None, None),
+        ("GET", f"/{medic}/_local_docs", None, None),
+        ("COPY", f"/{medic}/p1", None, {"Destination": guessed}),
+        ("GET", f"/{medic}/_local/couchgate-ledger~x", None, None),
+    ):
+        status, body, _ = await gw.call(method, path, auth=clerk, json=json, headers=headers)
+        assert_couch_error(status, body, 403, "forbidden")
+    status, mine, _ = await gw.call("GET", f"/{medic}/_local/cp", auth=CHW1)
+    assert status == 200 and mine["last_seq"] == "mine"
