@@ -13,7 +13,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 import yarl
 from aiohttp.test_utils import TestServer
 from aiohttp.web_runner import BaseRunner
@@ -28,9 +27,6 @@ JWT_SECRET = "test-secret-" + "x" * 40
 TEST_COUCH_URL = os.environ.get("COUCHGATE_TEST_COUCH_URL", "")
 BACKEND_KIND = CouchServer.kind if TEST_COUCH_URL else PouchServer.kind
 ON_COUCHDB = CouchServer.kind == BACKEND_KIND
-# Differences CouchDB shows inside proxy/offline, left to the rework of that code (issue 17;
-# each marked test says which).
-OFFLINE_REWORK = pytest.mark.xfail(ON_COUCHDB, reason="offline rework pending (lead)", strict=False)
 MEMBER_ROLE = "member"
 
 

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from proxy.access.batch import authorize_batch
 from proxy.access.paths import CouchPath
-from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision
+from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision, made_up_rev
 from proxy.audit import capture
 from proxy.audit.api import Outcome
 from proxy.couch.client import quote_id
@@ -85,10 +85,12 @@ def _action(doc: dict[str, Any], stored: Any) -> str:
 
 
 async def judge(
-    request: web.Request, view: UserView, db_path: str, docs: list[dict[str, Any]]
+    request: web.Request, view: UserView, db_path: str, docs: list[dict[str, Any]], new_edits: bool
 ) -> tuple[list[Decision], dict[str, Any]]:
     stored, hidden = await stored_winners(request, view, db_path, [d["_id"] for d in docs])
     decisions = authorize_batch(view.user, view.settings, view.sync.index, docs, stored, hidden)
+    if new_edits:
+        decisions = [made_up_rev(d, stored[d["_id"]], ok) for d, ok in zip(docs, decisions, strict=True)]
     return decisions, stored
 
 
@@ -149,7 +151,7 @@ async def _bulk_docs(request: web.Request, view: UserView, db: str, db_path: str
             raise BadRequest("every document needs a string _id")
         check_revisions(doc, new_edits)
         docs.append(doc)
-    decisions, stored = await judge(request, view, db_path, docs)
+    decisions, stored = await judge(request, view, db_path, docs, new_edits)
     allowed = [d for d, ok in zip(docs, decisions, strict=True) if ok.allowed]
     upstream: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
     if allowed:
@@ -247,7 +249,7 @@ async def write_doc(
                 raise BadRequest("Document rev from request body and query string have different values")
             doc["_rev"] = rev
         check_revisions(doc, params.get("new_edits", True))
-    decisions, stored = await judge(request, view, db_path, [doc])
+    decisions, stored = await judge(request, view, db_path, [doc], params.get("new_edits", True))
     before = stored.get(doc["_id"])
     action = _action(doc, before)
     if not decisions[0].allowed:

@@ -12,7 +12,6 @@ from proxy.keys import COUCH, SINCE_CODEC
 
 from offline_data import CHW1_READS, SUPERVISOR_READS, auth, person, place, report
 from support import (
-    OFFLINE_REWORK,
     ON_COUCHDB,
     Gateway,
     assert_couch_error,
@@ -289,7 +288,6 @@ async def test_everything_else_is_403(
     assert_couch_error(status, body, 403, "forbidden")
 
 
-@OFFLINE_REWORK
 async def test_own_user_doc_and_medic_client_ddoc_are_allowed(
     gw: Gateway, medic: str, backend: PouchServer
 ) -> None:

@@ -11,12 +11,11 @@ import pytest
 from proxy.devserver.backend import PouchServer
 
 from offline_data import auth, lineage
-from support import OFFLINE_REWORK, Gateway, assert_couch_error, basic
+from support import Gateway, assert_couch_error, basic
 
 OWN = "/_users/org.couchdb.user:{}"
 
 
-@OFFLINE_REWORK
 async def test_own_users_doc_is_readable_but_rights_are_not_writable(
     gw: Gateway, medic: str, backend: PouchServer
 ) -> None:
@@ -60,7 +59,6 @@ def pw_user(backend: PouchServer) -> Iterator[str]:
     backend.request("DELETE", f"{OWN.format(name)}?rev={current['_rev']}")
 
 
-@OFFLINE_REWORK
 async def test_password_change_keeps_every_right_from_the_stored_doc(
     gw: Gateway, medic: str, backend: PouchServer, pw_user: str
 ) -> None:
