@@ -39,7 +39,6 @@ HOP_BY_HOP = {
     "host",
 }
 # Credentials are never copied from the client blindly: each principal gets its own.
-CREDENTIAL_HEADERS = {"authorization", "cookie"}
 # The only client headers forwarded to CouchDB (see `upstream_request_headers`): content
 # negotiation, the body's framing and type, revisions and ranges, COPY's destination.
 FORWARDED_REQUEST_HEADERS = frozenset({
@@ -127,8 +126,13 @@ def public_base(request: web.Request) -> str:
 async def credentials_for(request: web.Request, principal: Principal, path: CouchPath) -> dict[str, str]:
     """The upstream credentials of this request, or an error if CouchDB's rules deny it."""
     if path.segments[:1] == ("_session",):
-        # CouchDB's own session protocol: the client's credentials, exactly as sent.
-        return {k: v for k, v in request.headers.items() if k.lower() in CREDENTIAL_HEADERS}
+        # CouchDB's own session protocol: the client's credentials, exactly as sent; an
+        # `Authorization` couchgate did not read as Basic credentials is none (CouchDB 3.4
+        # answers `Basic %%%` with a 500 `badarg`, even on `GET /_session`).
+        return {
+            k: v for k, v in request.headers.items()
+            if k.lower() == "cookie" or (k.lower() == "authorization" and principal.method == "basic")
+        }  # fmt: skip
     if not principal.authenticated:
         return {}  # anonymous: whatever the client sent was no credential couchgate could read
     if principal.upstream_headers:

@@ -415,3 +415,13 @@ async def test_token_caller_sees_other_users_docs_as_missing(
 async def test_invalid_database_name_from_a_token_caller_is_400(gateway: Gateway) -> None:
     status, body, _ = await gateway.call("GET", "/Not_A_DB/doc", auth=token_for("alice", ["member"]))
     assert_couch_error(status, body, 400, "illegal_database_name")
+
+
+@pytest.mark.parametrize("header", ["Basic %%%not-base64", "Basic: " + base64.b64encode(b"alice:x").decode()])
+async def test_session_with_an_unreadable_authorization_is_anonymous(gateway: Gateway, header: str) -> None:
+    """CouchDB 3.4 answers `Basic %%%` with a 500 `badarg` on `/_session` too: couchgate
+    sends it no header it could not read, and the caller is anonymous as on `GET /`."""
+    status, body, _ = await gateway.call("GET", "/_session", headers={"Authorization": header})
+    assert status == 200 and body["userCtx"]["name"] is None, body
+    status, body, _ = await gateway.call("GET", "/", headers={"Authorization": header})
+    assert status == 200 and "version" in body, body
