@@ -37,7 +37,15 @@ from proxy.audit.api import Outcome
 from proxy.audit.capture import admit, intend_docs, record
 from proxy.couch.client import CouchClient, JsonResult
 from proxy.errors import CouchgateError
-from proxy.importer.docs import Invalid, Prepared, branch_rev, branch_would_win, prepare, same_content
+from proxy.importer.docs import (
+    Invalid,
+    Prepared,
+    branch_rev,
+    branch_would_win,
+    needs_attachment_data,
+    prepare,
+    same_content,
+)
 from proxy.importer.source import BadLine
 from proxy.keys import INDEX
 
@@ -245,6 +253,9 @@ class Importer:
     async def _import(self, docs: list[Prepared], state: ChunkState, attempt: int = 0) -> None:
         answers = state.answers
         stored, deleted = await self._stored([d.id for d in docs])
+        with_data = [d.id for d in docs if needs_attachment_data(d.doc, stored.get(d.id))]
+        if with_data:  # compared by their bytes, read again with the attachments inline
+            stored.update((await self._stored(with_data, attachments=True))[0])
         for doc in docs:
             current = stored.get(doc.id)
             if current is not None:
@@ -342,19 +353,22 @@ class Importer:
                     )
         return [(doc, body) for doc, body in branches if doc.index not in failed]
 
-    async def _stored(self, ids: list[str]) -> tuple[dict[str, dict[str, Any] | None], set[str]]:
+    async def _stored(
+        self, ids: list[str], attachments: bool = False
+    ) -> tuple[dict[str, dict[str, Any] | None], set[str]]:
         """The current winner of each id (None: missing or deleted) and the deleted ids,
         read as the caller (online users) or the service account (admins; offline users,
-        judged here)."""
+        judged here); `attachments`: with their data inline."""
         found: dict[str, dict[str, Any] | None] = dict.fromkeys(ids)
         deleted: set[str] = set()
         if not ids:
             return found, deleted
+        params = {"include_docs": "true", **({"attachments": "true"} if attachments else {})}
         answer = await self.couch.json(
             "POST",
             f"{self.plan.db_path}/_all_docs",
             body={"keys": ids},
-            params={"include_docs": "true"},
+            params=params,
             headers=self.plan.read_as,
             use_service=self.plan.read_as is None,
         )

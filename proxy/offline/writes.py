@@ -12,6 +12,7 @@ of the stored docs refuses the write (fail closed).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections import defaultdict, deque
@@ -22,10 +23,10 @@ from aiohttp import web
 
 from proxy.access.batch import authorize_batch
 from proxy.access.paths import CouchPath
-from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision
+from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision, made_up_rev
 from proxy.audit import capture
 from proxy.audit.api import Outcome
-from proxy.couch.client import quote_id
+from proxy.couch.client import JsonResult, quote_id
 from proxy.errors import BadRequest, error_response, json_response
 from proxy.keys import COUCH, SETTINGS
 from proxy.offline import checked, query
@@ -35,19 +36,32 @@ from proxy.offline.view import UserView
 from proxy.params import read_json
 from proxy.passthrough import forward
 
+INCLUDE_DOCS = {"include_docs": "true"}
+
 
 async def stored_winners(
-    request: web.Request, view: UserView, db_path: str, ids: list[str]
+    request: web.Request, view: UserView, db_path: str, ids: list[str], *, sync: bool = False
 ) -> tuple[dict[str, dict[str, Any] | None], set[str]]:
     """The live winner of each id (None: missing or deleted), and the ids whose deleted
-    winner the user could not read (such a doc is not the user's to bring back)."""
+    winner the user could not read (such a doc is not the user's to bring back). `sync`:
+    bring the index level with CouchDB (read-your-writes) while the docs are read, not
+    before: on CouchDB each is a round trip a push pays per batch."""
     stored: dict[str, dict[str, Any] | None] = dict.fromkeys(ids)
     unique = list(dict.fromkeys(ids))
-    if not unique:
+
+    async def read() -> JsonResult | None:
+        if not unique:
+            return None
+        couch = request.app[COUCH]
+        return await couch.json("POST", f"{db_path}/_all_docs", body={"keys": unique}, params=INCLUDE_DOCS)
+
+    if sync:
+        _, result = await asyncio.gather(view.sync.sync(), read())
+        view.settings = view.sync.settings
+    else:
+        result = await read()
+    if result is None:
         return stored, set()
-    result = await request.app[COUCH].json(
-        "POST", f"{db_path}/_all_docs", body={"keys": unique}, params={"include_docs": "true"}
-    )
     rows = result.body.get("rows") if result.ok and isinstance(result.body, dict) else None
     if not isinstance(rows, list):
         raise failed(result)
@@ -86,10 +100,12 @@ def _action(doc: dict[str, Any], stored: Any) -> str:
 
 
 async def judge(
-    request: web.Request, view: UserView, db_path: str, docs: list[dict[str, Any]]
+    request: web.Request, view: UserView, db_path: str, docs: list[dict[str, Any]], new_edits: bool
 ) -> tuple[list[Decision], dict[str, Any]]:
-    stored, hidden = await stored_winners(request, view, db_path, [d["_id"] for d in docs])
+    stored, hidden = await stored_winners(request, view, db_path, [d["_id"] for d in docs], sync=True)
     decisions = authorize_batch(view.user, view.settings, view.sync.index, docs, stored, hidden)
+    if new_edits:
+        decisions = [made_up_rev(d, stored[d["_id"]], ok) for d, ok in zip(docs, decisions, strict=True)]
     return decisions, stored
 
 
@@ -157,7 +173,7 @@ async def _bulk_docs(request: web.Request, view: UserView, db: str, db_path: str
         docs = [d for d in docs if (d["_id"], d["_rev"]) not in made]
         if not docs:
             return json_response([], status=201)
-    decisions, stored = await judge(request, view, db_path, docs)
+    decisions, stored = await judge(request, view, db_path, docs, new_edits)
     allowed = [d for d, ok in zip(docs, decisions, strict=True) if ok.allowed]
     upstream: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
     if allowed:
@@ -255,7 +271,7 @@ async def write_doc(
                 raise BadRequest("Document rev from request body and query string have different values")
             doc["_rev"] = rev
         check_revisions(doc, params.get("new_edits", True))
-    decisions, stored = await judge(request, view, db_path, [doc])
+    decisions, stored = await judge(request, view, db_path, [doc], params.get("new_edits", True))
     before = stored.get(doc["_id"])
     action = _action(doc, before)
     if not decisions[0].allowed:
