@@ -364,17 +364,41 @@ class Importer:
         if not ids:
             return found, deleted
         params = {"include_docs": "true", **({"attachments": "true"} if attachments else {})}
-        answer = await self.couch.json(
-            "POST",
-            f"{self.plan.db_path}/_all_docs",
-            body={"keys": ids},
-            params=params,
-            headers=self.plan.read_as,
-            use_service=self.plan.read_as is None,
-        )
-        if not answer.ok or not isinstance(answer.body, dict):
-            raise UpstreamFailed(answer.status, answer.body)
-        for row in answer.body.get("rows", []):
+
+        async def read(keys: list[str]) -> list[Any]:
+            if not keys:
+                return []
+            answer = await self.couch.json(
+                "POST",
+                f"{self.plan.db_path}/_all_docs",
+                body={"keys": keys},
+                params=params,
+                headers=self.plan.read_as,
+                use_service=self.plan.read_as is None,
+            )
+            if not answer.ok or not isinstance(answer.body, dict):
+                raise UpstreamFailed(answer.status, answer.body)
+            rows = answer.body.get("rows", [])
+            return rows if isinstance(rows, list) else []
+
+        sync = self.request.app[INDEX]
+        if self.plan.db_path == sync.path and sync.built.is_set():
+            # The scope index knows every id of its database: once it is level with
+            # CouchDB as of now, an id it does not know does not exist, and is not read (a
+            # fresh import reads nothing); an id it learnt meanwhile is read after. When
+            # the index cannot be brought level, every id is read.
+            known = [i for i in ids if i in sync.index.entries]
+            level, rows = await asyncio.gather(sync.sync(), read(known), return_exceptions=True)
+            if isinstance(rows, BaseException):
+                raise rows
+            learnt = set(known)
+            rest = [i for i in ids if i not in learnt]
+            rows += await read(
+                rest if isinstance(level, BaseException) else [i for i in rest if i in sync.index.entries]
+            )
+        else:
+            rows = await read(ids)
+        for row in rows:
             if not isinstance(row, dict) or not isinstance(row.get("key"), str):
                 continue
             if isinstance(row.get("doc"), dict) and row["doc"].get("_deleted") is not True:

@@ -26,7 +26,7 @@ from proxy.access.paths import CouchPath
 from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision, made_up_rev
 from proxy.audit import capture
 from proxy.audit.api import Outcome
-from proxy.couch.client import JsonResult, quote_id
+from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, error_response, json_response
 from proxy.keys import COUCH, SETTINGS
 from proxy.offline import checked, query
@@ -48,23 +48,29 @@ async def stored_winners(
     before: on CouchDB each is a round trip a push pays per batch."""
     stored: dict[str, dict[str, Any] | None] = dict.fromkeys(ids)
     unique = list(dict.fromkeys(ids))
+    index = view.sync.index
 
-    async def read() -> JsonResult | None:
-        if not unique:
-            return None
+    async def read(keys: list[str]) -> list[Any]:
+        if not keys:
+            return []
         couch = request.app[COUCH]
-        return await couch.json("POST", f"{db_path}/_all_docs", body={"keys": unique}, params=INCLUDE_DOCS)
+        result = await couch.json("POST", f"{db_path}/_all_docs", body={"keys": keys}, params=INCLUDE_DOCS)
+        rows = result.body.get("rows") if result.ok and isinstance(result.body, dict) else None
+        if not isinstance(rows, list):
+            raise failed(result)
+        return rows
 
     if sync:
-        _, result = await asyncio.gather(view.sync.sync(), read())
+        # Only ids the index knows are read (a push of new docs reads nothing): once the
+        # index is level with CouchDB as of this call, an id it does not know was not in
+        # the database then; one it learnt meanwhile is read after.
+        known = [i for i in unique if i in index.entries]
+        _, rows = await asyncio.gather(view.sync.sync(), read(known))
         view.settings = view.sync.settings
+        learnt = set(known)
+        rows += await read([i for i in unique if i not in learnt and i in index.entries])
     else:
-        result = await read()
-    if result is None:
-        return stored, set()
-    rows = result.body.get("rows") if result.ok and isinstance(result.body, dict) else None
-    if not isinstance(rows, list):
-        raise failed(result)
+        rows = await read(unique)
     deleted = set()
     for row in rows:
         if not isinstance(row, dict) or not isinstance(row.get("key"), str):
