@@ -382,11 +382,13 @@ class Importer:
             return rows if isinstance(rows, list) else []
 
         sync = self.request.app[INDEX]
-        if self.plan.db_path == sync.path and sync.built.is_set():
+        if self.plan.db_path == sync.path and sync.built.is_set() and self.plan.user is None:
             # The scope index knows every id of its database: once it is level with
             # CouchDB as of now, an id it does not know does not exist, and is not read (a
             # fresh import reads nothing); an id it learnt meanwhile is read after. When
-            # the index cannot be brought level, every id is read.
+            # the index cannot be brought level, every id is read. Not for offline users:
+            # what is read must not depend on whether a foreign id exists (their batches
+            # would time it); members and admins may read every doc anyway.
             known = [i for i in ids if i in sync.index.entries]
             level, rows = await asyncio.gather(sync.sync(), read(known), return_exceptions=True)
             if isinstance(rows, BaseException):

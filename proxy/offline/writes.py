@@ -16,6 +16,7 @@ import asyncio
 import re
 import uuid
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -42,15 +43,23 @@ INCLUDE_DOCS = {"include_docs": "true"}
 async def stored_winners(
     request: web.Request, view: UserView, db_path: str, ids: list[str], *, sync: bool = False
 ) -> tuple[dict[str, dict[str, Any] | None], set[str]]:
-    """The live winner of each id (None: missing or deleted), and the ids whose deleted
-    winner the user could not read (such a doc is not the user's to bring back). `sync`:
-    bring the index level with CouchDB (read-your-writes) while the docs are read, not
-    before: on CouchDB each is a round trip a push pays per batch."""
+    """The live winner of each id (None: missing or deleted), and the ids that are not the
+    user's to write (None too): whose winner the index says they cannot read, or whose
+    deleted winner's last version they could not. `sync`: bring the index level with
+    CouchDB (read-your-writes) while the docs are read, not before (on CouchDB each is a
+    round trip a push pays per batch).
+
+    Only the docs the user may read are read upstream: an id the index, once level, does
+    not know did not exist (a push of new docs reads nothing), and one it knows but the
+    user may not read is refused as it stands in the index, unread, so that a foreign id
+    and a missing one cost the same (no timing oracle) and no foreign body is fetched.
+    What the index learnt while it was brought level is read after."""
     stored: dict[str, dict[str, Any] | None] = dict.fromkeys(ids)
     unique = list(dict.fromkeys(ids))
     index = view.sync.index
 
-    async def read(keys: list[str]) -> list[Any]:
+    async def read(keys: Iterable[str]) -> list[Any]:
+        keys = list(keys)
         if not keys:
             return []
         couch = request.app[COUCH]
@@ -60,15 +69,15 @@ async def stored_winners(
             raise failed(result)
         return rows
 
+    foreign: set[str] = set()
     if sync:
-        # Only ids the index knows are read (a push of new docs reads nothing): once the
-        # index is level with CouchDB as of this call, an id it does not know was not in
-        # the database then; one it learnt meanwhile is read after.
-        known = [i for i in unique if i in index.entries]
-        _, rows = await asyncio.gather(view.sync.sync(), read(known))
+        first = view.readable_ids(i for i in unique if i in index.entries)
+        _, rows = await asyncio.gather(view.sync.sync(), read(first))
         view.settings = view.sync.settings
-        learnt = set(known)
-        rows += await read([i for i in unique if i not in learnt and i in index.entries])
+        known = [i for i in unique if i in index.entries]
+        readable_now = view.readable_ids(known)
+        rows += await read(i for i in known if i in readable_now and i not in first)
+        foreign = {i for i in known if i not in readable_now and i not in first}
     else:
         rows = await read(unique)
     deleted = set()
@@ -81,7 +90,7 @@ async def stored_winners(
         elif isinstance(value, dict) and value.get("deleted") is True:
             deleted.add(row["key"])
     readable = view.readable_ids(deleted)
-    return stored, deleted - readable
+    return stored, (deleted - readable) | foreign
 
 
 def _audit(request: web.Request, db: str, doc: dict[str, Any], stored: Any, outcome: Outcome,

@@ -294,6 +294,17 @@ async def test_writes_of_new_docs_read_no_stored_docs(backend: PouchServer, medi
         _, p1 = backend.request("GET", f"/{medic}/p1")
         edit = {"docs": [{**p1, "name": "edited"}]}
         assert await upstream_posts(gw, backend, push, edit, auth("chw1")) == 2  # the read, the write
+        # A foreign doc is refused from the index, unread: it costs what a missing id costs.
+        _, p3 = backend.request("GET", f"/{medic}/p3")
+        status, rows, _ = await gw.call(
+            "POST", push, auth=auth("chw1"), json={"docs": [{**p3, "parent": lineage("house1", "area1")}]}
+        )
+        assert status == 201 and rows[0]["error"] == "conflict", rows
+        before = await scrape(gw, backend)
+        await gw.call("POST", push, auth=auth("chw1"), json={"docs": [{**p3, "name": "x"}]})
+        after = await scrape(gw, backend)
+        metric = "couchgate_upstream_requests_total"
+        assert after.value(metric, method="POST") == before.value(metric, method="POST")  # no read, no write
         imported = f"/{medic}/_couchgate/import"
         assert await upstream_posts(gw, backend, imported, new("r_imp"), admin(backend)) == 1
         assert (
