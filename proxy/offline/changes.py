@@ -111,6 +111,9 @@ class Page:
         return bool(self.entries or self.removed)
 
 
+REMOVALS_PER_PAGE = 1000  # removal rows a page may hold whatever its `limit`
+
+
 class Feed:
     """Computes pages of one user's changes, and what left their scope (`removals`)."""
 
@@ -195,12 +198,16 @@ class Feed:
 
     def page(self) -> Page:
         """The next rows and the `last_seq` that follows them; advances the feed. Removals
-        come first and count against `limit` too: a page they fill ends with a token of the
-        same position that says how far they went."""
+        come first, up to `limit` or REMOVALS_PER_PAGE, whichever is more, and count against
+        `limit`: a page they fill ends with a token of the same position that says how far
+        they went. (A removal row is small, and each page judges what left and reads and
+        writes the user's ledger again: PouchDB's pages of 100 made a pull removing 2,000
+        docs cost more than pulling them.)"""
         removed = self.backlog or self.left()
         limit = self.params.limit
-        if limit is not None and limit > 0 and len(removed) > limit and self.since_in is not None:
-            removed, self.backlog = removed[:limit], removed[limit:]
+        cap = max(limit, REMOVALS_PER_PAGE) if limit is not None and limit > 0 else None
+        if cap is not None and len(removed) > cap and self.since_in is not None:
+            removed, self.backlog = removed[:cap], removed[cap:]
             last = removed[-1]
             held = replace(self.since_in, removed_to=(last.ordinal, last.id))
             return Page([], removed, self.codec.encode(self.user, held))
@@ -211,7 +218,7 @@ class Feed:
         current = self.view.current_ordinal
         if self.params.descending:
             entries.reverse()
-        room = limit - len(removed) if limit is not None and limit > 0 else None
+        room = max(limit - len(removed), 0) if limit is not None and limit > 0 else None
         if room is not None and len(entries) > room:
             entries = entries[:room]
             reached = entries[-1].ordinal if entries else self.ordinal

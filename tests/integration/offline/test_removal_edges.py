@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from proxy.devserver.backend import PouchServer
+from proxy.offline import changes as changes_module
 
 from offline_data import auth, lineage
 from support import Gateway, eventually, index_level
@@ -102,12 +103,15 @@ async def test_a_removal_never_names_the_revision_that_took_the_doc_away(
     assert not row.get("deleted") and row["changes"][0]["rev"] == now["_rev"], row
 
 
-@pytest.mark.parametrize("limit", [1, 2, 5])
-async def test_limit_holds_for_removals_and_paging_loses_none(
-    gw: Gateway, medic: str, backend: PouchServer, limit: int
+@pytest.mark.parametrize(("limit", "per_page"), [(1, 0), (2, 0), (5, 0), (1, 4), (2, 4)])
+async def test_removals_page_and_paging_loses_none(
+    gw: Gateway, medic: str, backend: PouchServer, monkeypatch: pytest.MonkeyPatch, limit: int, per_page: int
 ) -> None:
-    """Six docs leave at once: pages of `limit` rows carry them all, each once, then the
-    feed goes on with its changes from where the device stood."""
+    """Six docs leave at once: pages of at most `limit` rows, or of REMOVALS_PER_PAGE
+    removals where that is more, carry them all, each once, then the feed goes on with its
+    changes from where the device stood."""
+    monkeypatch.setattr(changes_module, "REMOVALS_PER_PAGE", per_page)
+    cap = max(limit, per_page)
     first = await changes(gw, medic, "chw1")
     move_house(backend, medic, "area2", "hc1", "district1")
     backend.request("PUT", f"/{medic}/r_new", {"type": "data_record", "form": "visit",
@@ -117,7 +121,9 @@ async def test_limit_holds_for_removals_and_paging_loses_none(
     since, removed, changed = first["last_seq"], [], []
     for _ in range(20):
         page = await changes(gw, medic, "chw1", f"&since={since}&limit={limit}")
-        assert len(page["results"]) <= limit, page
+        assert len(page["results"]) <= cap, page
+        if not removed:
+            assert len(page["results"]) == cap  # the first page is full of removals
         removed += [r["id"] for r in page["results"] if r.get("deleted")]
         changed += [r["id"] for r in page["results"] if not r.get("deleted")]
         since = page["last_seq"]
