@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.audit_throughput [--docs 4000] [--clients 8] [--rounds 3]
 
 Two couchgate processes, one with the audit log on and one with it off, in front of the
-same in-memory pouchdb-server holding the `tiny` demo data set in `medic`. Workloads:
+same backend (see bench/common.py) holding the `tiny` demo data set in `medic`. Workloads:
 - an online user (`clerk`, data entry) writing single docs (PUT) and `_bulk_docs` of 100;
 - an offline CHW (`chw1`) pushing reports about a patient of their area as PouchDB does:
   `_bulk_docs` of 100 with `new_edits: false`, each doc judged by the access rules.
@@ -25,9 +25,16 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.common import couchgate, write_section
+from bench.common import (
+    add_backend_arg,
+    backend_flag,
+    couchgate,
+    describe,
+    open_backend,
+    short_name,
+    write_section,
+)
 from proxy.couch.client import basic_auth_header
-from proxy.devserver.backend import PouchServer
 from proxy.seed.generator import preset
 from proxy.seed.loader import load
 
@@ -105,10 +112,13 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=4000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    add_backend_arg(parser)
     args = parser.parse_args()
+    flag = backend_flag(args.backend)
     rows = []
     written = 0
-    with PouchServer(heap_mb=12_288) as backend:
+    with open_backend(args.backend) as backend:
+        label, name = describe(backend), short_name(backend)
         asyncio.run(load(backend.url, backend.admin_user, backend.admin_password, DB, preset("tiny")))
         online, offline = basic_auth_header("clerk", "clerk-pass"), basic_auth_header("chw1", "chw1-pass")
         with couchgate(backend, DB, COUCHGATE_AUDIT_ENABLED="true", COUCHGATE_AUDIT_DB="bench-audit",
@@ -132,8 +142,9 @@ def main() -> None:
                 rows.append((mode, rates["off"], rates["on"], rates["durable"]))
         _, audit = backend.request("GET", "/bench-audit")
     lines = [
-        f"Command: `.venv/bin/python -m bench.audit_throughput --docs {args.docs} --clients {args.clients} --rounds {args.rounds}`",
-        "(median docs/s of the rounds; writing through couchgate to an in-memory pouchdb-server",
+        f"Command: `.venv/bin/python -m bench.audit_throughput --docs {args.docs} --clients {args.clients} --rounds {args.rounds}"
+        f"{' ' + flag if flag else ''}`",
+        f"(median docs/s of the rounds; writing through couchgate to {label}",
         "holding the `tiny` demo data; audit off, on with entries queued only (COUCHGATE_AUDIT_DURABLE=false)",
         "and on with an intent stored before each write (durable, the default), in turn in the same run;",
         "after each audited round the run waits for its audit queue to drain before the next round).",
@@ -148,7 +159,7 @@ def main() -> None:
         )
     docs = audit.get("doc_count", 1) - 1 if isinstance(audit, dict) else 0  # less the index design doc
     lines.append(f"\nAudit entries written during the run: {written:,}, in {docs:,} batch docs.")
-    write_section("Audit log overhead", "\n".join(lines))
+    write_section(f"Audit log overhead: {name}", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.import_throughput [--sizes 10000 100000]
 
 For each size: half the docs already exist (identical content, so `unchanged`), half are
-new. couchgate runs as a subprocess against an in-memory pouchdb-server, with the audit
+new. couchgate runs as a subprocess against the backend (see bench/common.py), with the audit
 log off, on (queued) and on (durable: intents); the direct baseline sends the same docs with `_bulk_docs` in batches
 of 500 to a database in the same state. Also reports couchgate's peak RSS during the
 NDJSON import. Results: docs/benchmarks.md.
@@ -19,16 +19,25 @@ import time
 import aiohttp
 import orjson
 
-from bench.common import couchgate, rss_mb, write_section
+from bench.common import (
+    add_backend_arg,
+    backend_flag,
+    couchgate,
+    describe,
+    open_backend,
+    rss_mb,
+    short_name,
+    write_section,
+)
 from proxy.audit.cli import couch_client, unaccounted
 from proxy.couch.client import basic_auth_header
-from proxy.devserver.backend import PouchServer
+from proxy.devserver.backend import Backend
 from proxy.settings import load_settings
 
 MODES = {"off": "off", "on": "on, queued", "durable": "on, durable"}
 
 
-async def gap_check(backend: PouchServer, db: str, audit_db: str, since: object) -> tuple[float, int]:
+async def gap_check(backend: Backend, db: str, audit_db: str, since: object) -> tuple[float, int]:
     """The time `couchgate audit verify` takes to account for every write of `db`."""
     settings = load_settings(couch_url=backend.url, couch_user=backend.admin_user,
                              couch_password=backend.admin_password, audit_db=audit_db)  # fmt: skip
@@ -43,7 +52,7 @@ def make_docs(n: int, prefix: str) -> list[dict[str, object]]:
              "fields": {"patient_id": str(100000 + i), "temperature": 36.6}} for i in range(n)]  # fmt: skip
 
 
-async def direct(backend: PouchServer, db: str, docs: list[dict[str, object]]) -> float:
+async def direct(backend: Backend, db: str, docs: list[dict[str, object]]) -> float:
     headers = {"Authorization": backend.auth_header, "Content-Type": "application/json"}
     async with aiohttp.ClientSession(headers=headers) as http:
         started = time.perf_counter()
@@ -83,10 +92,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    add_backend_arg(parser)
     args = parser.parse_args()
+    flag = backend_flag(args.backend)
     rows = []
     gaps: dict[int, tuple[float, int]] = {}
-    with PouchServer(heap_mb=12_288) as backend:
+    with open_backend(args.backend) as backend:
+        label, name = describe(backend), short_name(backend)
         auth = basic_auth_header(backend.admin_user, backend.admin_password)
         backend.request("PUT", "/unused")
         for audit in args.modes:
@@ -118,15 +130,16 @@ def main() -> None:
                             gap_check(backend, f"import-{audit}-{n}", f"bench-audit-{audit}", preloaded)
                         )
     lines = [
-        f"Command: `.venv/bin/python -m bench.import_throughput --sizes {' '.join(map(str, args.sizes))}`",
+        f"Command: `.venv/bin/python -m bench.import_throughput --sizes {' '.join(map(str, args.sizes))}"
+        f"{' ' + flag if flag else ''}`",
         "(half of each input exists already with the same content; the direct baseline sends the same",
         "docs with plain `_bulk_docs` of 500 (the existing half comes back as conflicts), while the import",
         "reads each chunk first (`_all_docs?keys&include_docs`), compares, writes only what changes and",
-        "answers for every doc; in-memory pouchdb-server, couchgate as a subprocess, once with the audit",
+        f"answers for every doc; {label}, couchgate as a subprocess, once with the audit",
         "log off, on without intents (COUCHGATE_AUDIT_DURABLE=false: entries queue, a crash loses the queued",
         "ones) and on with them (durable, the default: an intent naming the chunk's writes is stored before",
         "each chunk's `_bulk_docs`); with the log on, every doc (created or unchanged) gets an audit entry,",
-        "batched into one doc per 200 entries on the same single-threaded backend).",
+        "batched into one doc per 200 entries on the same backend).",
         "",
         "| audit log | docs | direct `_bulk_docs` | `/import` (NDJSON) | import docs/s | import / direct throughput | couchgate RSS before -> peak |",
         "|---|---|---|---|---|---|---|",
@@ -141,7 +154,7 @@ def main() -> None:
             f"\n`couchgate audit verify`'s gap check over the {n - n // 2:,} docs the {n:,}-doc durable import "
             f"created: {seconds:.2f} s ({(n - n // 2) / seconds:,.0f} docs/s), {missing} writes without an entry."
         )
-    write_section("Import throughput", "\n".join(lines))
+    write_section(f"Import throughput: {name}", "\n".join(lines))
     print("\n".join(lines))
 
 

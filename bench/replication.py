@@ -1,15 +1,16 @@
 """Offline replication through couchgate versus direct replication, in one run.
 
-    .venv/bin/python -m bench.replication --preset 100k [--preset 1m]
+    .venv/bin/python -m bench.replication --preset 100k [--preset 1m] [--backend couchdb:PORT]
 
-For each data size: loads the demo data set into an in-memory pouchdb-server, starts
+For each data size: loads the demo data set into the backend (see bench/common.py), starts
 couchgate, and measures (real PouchDB 9 in Node, from tests/e2e/pouch.js):
 - the initial pull of a CHW and of a supervisor through couchgate, versus a direct pull
   of a database that holds exactly the docs they may read;
 - a no-op pull from the checkpoint (nothing changed), both ways (the median of NOOPS);
 - upstream write -> arrival on a longpolling client (p50, p99);
-- the scope index's build time from scratch and its memory (RSS against an empty db).
-Results go to docs/benchmarks.md.
+- the scope index's build time from scratch and its memory (RSS against an empty db);
+- the first pull after a fresh couchgate says ready, against the pulls after it.
+Results go to docs/benchmarks.md, a section per backend.
 """
 
 from __future__ import annotations
@@ -17,15 +18,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-import urllib.request
 from typing import Any
 
 import aiohttp
 import orjson
 
-from bench.common import couchgate, median, percentile, rss_mb, run_pouch, write_section
+from bench.common import (
+    add_backend_arg,
+    backend_flag,
+    couchgate,
+    describe,
+    get_json,
+    median,
+    open_backend,
+    percentile,
+    rss_mb,
+    run_pouch,
+    short_name,
+    wait_ready,
+    write_section,
+)
 from proxy.couch.client import basic_auth_header
-from proxy.devserver.backend import PouchServer
+from proxy.devserver.backend import Backend
 from proxy.seed.generator import preset
 from proxy.seed.loader import load
 
@@ -33,15 +47,11 @@ USERS = ("chw1", "supervisor")
 # No-op pulls per round: a no-op takes milliseconds, so one is mostly noise; each round
 # reports the median of these, and the table the median of the rounds'.
 NOOPS = 10
+# Fresh starts of couchgate for the first-pull measure; after each, a first and a second pull.
+RESTARTS = 3
 
 
-def get(url: str, auth: str) -> Any:
-    request = urllib.request.Request(url, headers={"Authorization": auth, "Accept": "application/json"})
-    with urllib.request.urlopen(request, timeout=600) as resp:
-        return orjson.loads(resp.read())
-
-
-async def copy_readable(gateway: str, backend: PouchServer, user: str, target: str) -> int:
+async def copy_readable(gateway: str, backend: Backend, user: str, target: str) -> int:
     """A database holding exactly what `user` may read, for the direct baseline."""
     backend.request("PUT", f"/{target}")
     auth = basic_auth_header(user, f"{user}-pass")
@@ -60,7 +70,7 @@ async def copy_readable(gateway: str, backend: PouchServer, user: str, target: s
     return len(docs)
 
 
-async def longpoll_latency(gateway: str, backend: PouchServer, rounds: int) -> list[float]:
+async def longpoll_latency(gateway: str, backend: Backend, rounds: int) -> list[float]:
     auth = basic_auth_header("chw1", "chw1-pass")
     admin = basic_auth_header(backend.admin_user, backend.admin_password)
     samples: list[float] = []
@@ -85,9 +95,29 @@ async def longpoll_latency(gateway: str, backend: PouchServer, rounds: int) -> l
     return samples
 
 
-def measure(preset_name: str, rounds: int) -> dict[str, Any]:
+def pull(url: str, user: str, noops: int = 1) -> dict[str, Any]:
+    return run_pouch(
+        {"op": "pull_timed", "url": url, "noops": noops, "auth": {"basic": [user, f"{user}-pass"]}}
+    )
+
+
+def first_after_start(backend: Backend, user: str) -> dict[str, Any]:
+    """Fresh couchgates: how long until ready, the first pull once it is, and the one after
+    it (each into an empty local db); medians over RESTARTS starts."""
+    ready, first, second = [], [], []
+    for _ in range(RESTARTS):
+        with couchgate(backend, "medic") as (gateway, _):
+            ready.append(wait_ready(gateway))
+            first.append(pull(f"{gateway}/medic", user)["first_ms"])
+            second.append(pull(f"{gateway}/medic", user)["first_ms"])
+    return {"ready_s": median(ready), "first_ms": median(first), "later_ms": median(second)}
+
+
+def measure(spec: str, preset_name: str, rounds: int) -> dict[str, Any]:
     result: dict[str, Any] = {"preset": preset_name}
-    with PouchServer(heap_mb=12_288) as backend:
+    with open_backend(spec) as backend:
+        result["backend"] = describe(backend)
+        result["backend_name"] = short_name(backend)
         data = preset(preset_name)
         t = time.perf_counter()
         report = asyncio.run(load(backend.url, backend.admin_user, backend.admin_password, "medic", data))
@@ -99,7 +129,7 @@ def measure(preset_name: str, rounds: int) -> dict[str, Any]:
         with couchgate(backend, "medic") as (gateway, proc):
             admin = basic_auth_header(backend.admin_user, backend.admin_password)
             t = time.perf_counter()
-            scopes = {u: get(f"{gateway}/_couchgate/users/{u}/scope", admin) for u in USERS}
+            scopes = {u: get_json(f"{gateway}/_couchgate/users/{u}/scope", admin) for u in USERS}
             result["build_s"] = time.perf_counter() - t
             result["rss_full_mb"] = rss_mb(proc.pid)
             for user in USERS:
@@ -123,6 +153,8 @@ def measure(preset_name: str, rounds: int) -> dict[str, Any]:
             samples = asyncio.run(longpoll_latency(gateway, backend, 50))
             result["latency_p50_ms"] = percentile(samples, 50)
             result["latency_p99_ms"] = percentile(samples, 99)
+        for user in USERS:
+            result[user]["after_start"] = first_after_start(backend, user)
     return result
 
 
@@ -147,6 +179,16 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {r['docs']:,} | {r['build_s']:.1f} s | {memory:.0f} MB ({memory / r['docs'] * 1e6:.0f} MB per million docs) "
             f"| {r['latency_p50_ms']:.0f} ms | {r['latency_p99_ms']:.0f} ms |"
         )
+    lines += ["", "First pull after a fresh couchgate says ready (`/_couchgate/ready` 200), against the pull "
+              f"after it (each into an empty local db; medians over {RESTARTS} starts):", "",
+              "| data | user | start to ready | first pull | second pull | first / second |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results:
+        for user in USERS:
+            a = r[user]["after_start"]
+            lines.append(
+                f"| {r['docs']:,} | {user} | {a['ready_s']:.1f} s | {a['first_ms'] / 1000:.2f} s "
+                f"| {a['later_ms'] / 1000:.2f} s | {a['first_ms'] / a['later_ms']:.2f}x |"
+            )
     if len(results) > 1:
         base = results[0]
         lines += ["", f"Cost growth against {base['docs']:,} docs (the same users; 1.00x = no growth):", "",
@@ -172,19 +214,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", action="append", help="demo data size (repeatable): 100k, 1m, ...")
     parser.add_argument("--rounds", type=int, default=3)
+    add_backend_arg(parser)
     args = parser.parse_args()
     presets = args.preset or ["100k"]
-    results = [measure(p, args.rounds) for p in presets]
+    results = [measure(args.backend, p, args.rounds) for p in presets]
+    flag = backend_flag(args.backend)
     body = "\n".join([
         f"Command: `.venv/bin/python -m bench.replication {' '.join('--preset ' + p for p in presets)}"
-        f" --rounds {args.rounds}` (medians of {args.rounds} rounds; PouchDB 9 in Node, in-memory",
-        "pouchdb-server 4.2.0, both on this 2-core machine; 'direct' pulls a database holding exactly",
+        f" --rounds {args.rounds}{' ' + flag if flag else ''}` (medians of {args.rounds} rounds; PouchDB 9 in Node,",
+        f"{results[0]['backend']}, both on this 2-core machine; 'direct' pulls a database holding exactly",
         "the user's readable docs, as the admin, straight from the backend; a round's no-op figure is",
         f"the median of {NOOPS} no-op pulls in a row from the same checkpoint).",
         "",
         table(results),
     ])  # fmt: skip
-    write_section("Offline replication", body)
+    write_section(f"Offline replication: {results[0]['backend_name']}", body)
     print(table(results))
 
 

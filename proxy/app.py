@@ -30,7 +30,7 @@ from proxy.console import routes as console
 from proxy.couch.backend_kind import BackendKind
 from proxy.couch.client import CouchClient, new_session
 from proxy.couch.security_cache import SecurityCache
-from proxy.errors import error_middleware
+from proxy.errors import error_middleware, remember_prepared
 from proxy.importer import routes as importer
 from proxy.keys import (
     AUDIT,
@@ -92,6 +92,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(users_at_risk.users_ctx)
     app[METRICS] = Metrics()
     app.on_response_prepare.append(on_prepare_cors)
+    app.on_response_prepare.append(remember_prepared)
     add_routes(app)
     return app
 

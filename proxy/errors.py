@@ -11,13 +11,17 @@
      ├── Conflict                      409     conflict
      ├── PayloadTooLarge               413     too_large
      ├── TooManyRequests               429     too_many_requests  (+ Retry-After)
+     ├── ClientGone                    499     client_closed_request (never sent: logged)
      ├── NotImplementedHere            501     not_implemented
      └── UpstreamError                 502     bad_gateway
           ├── UpstreamUnavailable      503     service_unavailable
           └── UpstreamTimeout          504     gateway_timeout
 
 Low-level client errors are mapped to `UpstreamError`s in `proxy.couch.client`; anything
-else that escapes a handler becomes a 500 whose body never carries exception text.
+else that escapes a handler becomes a 500 whose body never carries exception text. A
+client that went away (`ConnectionResetError`) is no error: the response under way, or a
+499 ("client closed request") if none was, goes back to aiohttp, which writes the access
+line for it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from aiohttp import web
 log = logging.getLogger("couchgate.errors")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The response whose headers were sent, if any (set on `on_response_prepare`).
+PREPARED = web.RequestKey("prepared_response", web.StreamResponse)
 
 
 class CouchgateError(Exception):
@@ -87,6 +93,12 @@ class TooManyRequests(CouchgateError):
     def __init__(self, reason: str, retry_after: float = 1.0) -> None:
         super().__init__(reason, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
         self.retry_after = retry_after
+
+
+class ClientGone(CouchgateError):
+    """The client went away while couchgate still read its request."""
+
+    status, error = 499, "client_closed_request"
 
 
 class NotImplementedHere(CouchgateError):
@@ -148,6 +160,10 @@ _HTTP_ERRORS = {
 }
 
 
+async def remember_prepared(request: web.Request, response: web.StreamResponse) -> None:
+    request[PREPARED] = response
+
+
 def error_name(status: int) -> str:
     """CouchDB's `error` for an HTTP status."""
     return _HTTP_ERRORS.get(status, "error")
@@ -170,9 +186,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in exc.headers.items() if k.lower() in kept}
         return error_response(exc.status, error, reason, headers)
     except ConnectionResetError:
-        # The client went away while we were streaming to it: nothing left to answer.
-        log.info("client connection lost")
-        raise
+        # The client went away: nothing left to answer, and nothing wrong. aiohttp finds
+        # the connection gone when it finishes this response, and logs the access.
+        log.debug("the client went away before its answer was complete")
+        prepared = request.get(PREPARED)
+        return prepared if prepared is not None else web.Response(status=ClientGone.status)
     except Exception:
         log.exception("unhandled error")
         return error_response(500, "internal_server_error", "couchgate could not complete the request")

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from urllib.parse import unquote_plus
 
 import orjson
 from aiohttp import web
@@ -20,6 +21,9 @@ _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 USER_NAME_KEY = web.RequestKey("user_name", str)
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Query parameters whose values are never logged (names compared case-insensitively).
+_SECRET_PARAM = re.compile(r"pass|pwd|token|secret|auth|credential|session|cookie|signature|api_?key", re.I)
+REDACTED = "REDACTED"
 
 
 class JsonFormatter(logging.Formatter):
@@ -81,17 +85,35 @@ def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None
     response.headers[REQUEST_ID_HEADER] = request.get(REQUEST_ID_KEY, REQUEST_ID.get())
 
 
+def redacted_query(raw: str) -> str:
+    """A raw query string with the values of secret-looking parameters replaced."""
+    pairs = []
+    for pair in raw.split("&"):
+        name, sep, value = pair.partition("=")
+        if sep and _SECRET_PARAM.search(unquote_plus(name)):
+            value = REDACTED
+        pairs.append(name + sep + value)
+    return "&".join(pairs)
+
+
 class AccessLogger(AbstractAccessLogger):
+    """One line per request, the query string included (secrets redacted). A client that
+    went away before its answer was complete is logged too (see `proxy.errors`): with the
+    status it was being sent, or 499 when nothing had been sent yet."""
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        query = redacted_query(request.rel_url.raw_query_string)
+        target = request.rel_url.raw_path + (f"?{query}" if query else "")
         self.logger.info(
             "%s %s %s",
             request.method,
-            request.rel_url.raw_path,
+            target,
             response.status,
             extra={
                 "request_id": request.get(REQUEST_ID_KEY, "-"),
                 "method": request.method,
                 "path": request.rel_url.raw_path,
+                "query": query,
                 "status": response.status,
                 "duration_ms": round(time * 1000, 1),
                 "remote": request.remote,

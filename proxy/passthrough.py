@@ -21,7 +21,7 @@ from proxy.auth import acting
 from proxy.auth.principal import Principal
 from proxy.clients import client_view
 from proxy.couch.client import LIVE_FEEDS, MAPPED_ERRORS
-from proxy.errors import BadRequest, PayloadTooLarge
+from proxy.errors import BadRequest, ClientGone, PayloadTooLarge
 from proxy.keys import COUCH, SETTINGS
 from proxy.logs import stamp_request_id
 from proxy.params import collect, read_body
@@ -39,7 +39,6 @@ HOP_BY_HOP = {
     "host",
 }
 # Credentials are never copied from the client blindly: each principal gets its own.
-CREDENTIAL_HEADERS = {"authorization", "cookie"}
 # The only client headers forwarded to CouchDB (see `upstream_request_headers`): content
 # negotiation, the body's framing and type, revisions and ranges, COPY's destination.
 FORWARDED_REQUEST_HEADERS = frozenset({
@@ -93,11 +92,15 @@ def upstream_request_headers(request: web.Request, credentials: dict[str, str]) 
 
 async def limited_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
     seen = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
-        seen += len(chunk)
-        if seen > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-        yield chunk
+    try:
+        async for chunk in request.content.iter_chunked(CHUNK):
+            seen += len(chunk)
+            if seen > limit:
+                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+            yield chunk
+    except ConnectionResetError as exc:
+        # Not CouchDB's fault: the client left while its body was being sent upstream.
+        raise ClientGone("the client went away before its request was complete") from exc
 
 
 async def whole_body(request: web.Request, body: bytes | AsyncIterable[bytes] | None, limit: int) -> bytes:
@@ -123,8 +126,13 @@ def public_base(request: web.Request) -> str:
 async def credentials_for(request: web.Request, principal: Principal, path: CouchPath) -> dict[str, str]:
     """The upstream credentials of this request, or an error if CouchDB's rules deny it."""
     if path.segments[:1] == ("_session",):
-        # CouchDB's own session protocol: the client's credentials, exactly as sent.
-        return {k: v for k, v in request.headers.items() if k.lower() in CREDENTIAL_HEADERS}
+        # CouchDB's own session protocol: the client's credentials, exactly as sent; an
+        # `Authorization` couchgate did not read as Basic credentials is none (CouchDB 3.4
+        # answers `Basic %%%` with a 500 `badarg`, even on `GET /_session`).
+        return {
+            k: v for k, v in request.headers.items()
+            if k.lower() == "cookie" or (k.lower() == "authorization" and principal.method == "basic")
+        }  # fmt: skip
     if not principal.authenticated:
         return {}  # anonymous: whatever the client sent was no credential couchgate could read
     if principal.upstream_headers:

@@ -1,4 +1,11 @@
-"""Fixtures shared by every test: a real pouchdb-server and couchgate on real ports."""
+"""Fixtures shared by every test: a real backend and couchgate on real ports.
+
+The backend is an embedded pouchdb-server, or the Apache CouchDB that
+`COUCHGATE_TEST_COUCH_URL` names (`http://admin:pass@127.0.0.1:5984`, a server admin's
+credentials in the URL). A test that holds only on one of them says so with
+`@pytest.mark.backend("pouchdb-server" | "couchdb", reason=...)`: elsewhere it is skipped
+with that reason.
+"""
 
 from __future__ import annotations
 
@@ -8,39 +15,80 @@ from typing import Any
 
 import pytest
 
-from proxy.devserver.backend import PouchServer
+from proxy.devserver.backend import Backend, CouchServer, PouchServer
 
 from offline_data import DOCS, PASSWORD, USERS, auth
-from support import MEMBER_ROLE, Gateway, TestUser, gateway_settings, start_gateway, stop_gateway
+from support import (
+    BACKEND_KIND,
+    MEMBER_ROLE,
+    TEST_COUCH_URL,
+    Gateway,
+    TestUser,
+    gateway_settings,
+    start_gateway,
+    stop_gateway,
+)
+
+
+def pytest_report_header() -> str:
+    where = CouchServer.at(TEST_COUCH_URL).url if TEST_COUCH_URL else "embedded, started by the tests"
+    return f"backend: {BACKEND_KIND} ({where})"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("backend"):
+        if BACKEND_KIND not in mark.args:
+            pytest.skip(f"{'/'.join(mark.args)} only: {mark.kwargs.get('reason', '')}")
 
 
 @pytest.fixture(scope="session")
-def backend() -> Iterator[PouchServer]:
-    """One pouchdb-server for the session; each test uses databases of its own."""
-    with PouchServer() as server:
+def backend() -> Iterator[Backend]:
+    """One backend for the session; each test uses databases of its own."""
+    with CouchServer.at(TEST_COUCH_URL) if TEST_COUCH_URL else PouchServer() as server:
         yield server
 
 
 @pytest.fixture(scope="session")
-def users(backend: PouchServer) -> dict[str, TestUser]:
+def users(backend: Backend) -> dict[str, TestUser]:
     """`alice` is a member of every test database, `mallory` of none."""
     made = {
         "alice": TestUser("alice", "alice-pass", (MEMBER_ROLE,)),
         "mallory": TestUser("mallory", "mallory-pass", ("stranger",)),
     }
     for user in made.values():
-        status, body = backend.request(
-            "PUT",
-            f"/_users/org.couchdb.user:{user.name}",
-            {"_id": f"org.couchdb.user:{user.name}", "name": user.name, "password": user.password,
-             "roles": list(user.roles), "type": "user"},
-        )  # fmt: skip
-        assert status in (201, 409), body
+        put_user(backend, {"name": user.name, "password": user.password, "roles": list(user.roles)})
     return made
 
 
 @pytest.fixture
-def db(backend: PouchServer, users: dict[str, TestUser]) -> Iterator[str]:
+def fresh_user(backend: Backend) -> Iterator[TestUser]:
+    """A member of the test databases of its own, for tests that send wrong passwords:
+    CouchDB 3.4 locks an account out after 5 failed logins in 5 minutes from one address,
+    and every test client comes from 127.0.0.1."""
+    user = TestUser(f"u-{uuid.uuid4().hex[:10]}", "fresh-pass", (MEMBER_ROLE,))
+    put_user(backend, {"name": user.name, "password": user.password, "roles": list(user.roles)})
+    yield user
+    doc_id = f"/_users/org.couchdb.user:{user.name}"
+    _, current = backend.request("GET", doc_id)
+    if isinstance(current, dict) and "_rev" in current:
+        backend.request("DELETE", f"{doc_id}?rev={current['_rev']}")
+
+
+def put_user(backend: Backend, fields: dict[str, Any]) -> None:
+    """Create or reset a `_users` doc: a CouchDB the tests did not start may hold it from an
+    earlier run, changed by a test (a new password, other roles)."""
+    doc_id = f"org.couchdb.user:{fields['name']}"
+    doc = {"_id": doc_id, "type": "user", **fields}
+    status, body = backend.request("PUT", f"/_users/{doc_id}", doc)
+    if status == 409:
+        _, current = backend.request("GET", f"/_users/{doc_id}")
+        assert isinstance(current, dict), current
+        status, body = backend.request("PUT", f"/_users/{doc_id}", {**doc, "_rev": current["_rev"]})
+    assert status == 201, body
+
+
+@pytest.fixture
+def db(backend: Backend, users: dict[str, TestUser]) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:12]}"
     status, body = backend.request("PUT", f"/{name}")
     assert status == 201, body
@@ -52,7 +100,7 @@ def db(backend: PouchServer, users: dict[str, TestUser]) -> Iterator[str]:
 
 
 @pytest.fixture
-async def gateway(backend: PouchServer, db: str) -> AsyncIterator[Gateway]:
+async def gateway(backend: Backend, db: str) -> AsyncIterator[Gateway]:
     gw = await start_gateway(gateway_settings(backend, db))
     try:
         yield gw
@@ -64,30 +112,19 @@ async def gateway(backend: PouchServer, db: str) -> AsyncIterator[Gateway]:
 
 
 @pytest.fixture(scope="session")
-def offline_users(backend: PouchServer) -> dict[str, str]:
+def offline_users(backend: Backend) -> dict[str, str]:
     for name, fields in USERS.items():
-        status, body = backend.request(
-            "PUT",
-            f"/_users/org.couchdb.user:{name}",
-            {
-                "_id": f"org.couchdb.user:{name}",
-                "name": name,
-                "password": PASSWORD.format(name),
-                "type": "user",
-                **fields,
-            },
-        )
-        assert status in (201, 409), body
+        put_user(backend, {"name": name, "password": PASSWORD.format(name), **fields})
     return {name: auth(name) for name in USERS}
 
 
-def load(backend: PouchServer, db: str, docs: list[dict[str, Any]]) -> None:
+def load(backend: Backend, db: str, docs: list[dict[str, Any]]) -> None:
     status, body = backend.request("POST", f"/{db}/_bulk_docs", {"docs": docs})
     assert status == 201 and all("error" not in r for r in body), body
 
 
 @pytest.fixture
-def medic(backend: PouchServer, offline_users: dict[str, str]) -> Iterator[str]:
+def medic(backend: Backend, offline_users: dict[str, str]) -> Iterator[str]:
     name = f"medic-{uuid.uuid4().hex[:10]}"
     assert backend.request("PUT", f"/{name}")[0] == 201
     security = {
@@ -101,7 +138,7 @@ def medic(backend: PouchServer, offline_users: dict[str, str]) -> Iterator[str]:
 
 
 @pytest.fixture
-async def gw(backend: PouchServer, medic: str) -> AsyncIterator[Gateway]:
+async def gw(backend: Backend, medic: str) -> AsyncIterator[Gateway]:
     gateway = await start_gateway(gateway_settings(backend, medic, auth_cache_seconds=0.5))
     try:
         yield gateway

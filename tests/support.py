@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,12 +18,16 @@ from aiohttp.test_utils import TestServer
 from aiohttp.web_runner import BaseRunner
 
 from proxy.app import create_app
-from proxy.devserver.backend import PouchServer
+from proxy.devserver.backend import CouchServer, PouchServer
 from proxy.edge import EdgeRunner
 from proxy.keys import INDEX
 from proxy.settings import Settings, load_settings
 
 JWT_SECRET = "test-secret-" + "x" * 40
+# The backend of this run (see conftest.py): a CouchDB named here, else embedded pouchdb-server.
+TEST_COUCH_URL = os.environ.get("COUCHGATE_TEST_COUCH_URL", "")
+BACKEND_KIND = CouchServer.kind if TEST_COUCH_URL else PouchServer.kind
+ON_COUCHDB = CouchServer.kind == BACKEND_KIND
 MEMBER_ROLE = "member"
 
 

@@ -33,7 +33,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import unquote
+from urllib.parse import unquote_plus
 
 from proxy.access.paths import CouchPath
 
@@ -101,7 +101,7 @@ def destination_id(header: str | None) -> str | None:
     """The doc id a COPY writes to: CouchDB reads `Destination` as `<id>[?rev=...]`."""
     if header is None:
         return None
-    return unquote(header.split("?", 1)[0])
+    return unquote_plus(header.split("?", 1)[0])  # as CouchDB does: a raw `+` is a space
 
 
 def decide(

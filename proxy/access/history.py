@@ -33,16 +33,18 @@ from proxy.access.kinds import ReportFacts
 @dataclass(frozen=True, slots=True)
 class Version:
     """What the rules read of a doc for a span of its revisions (a new span starts when
-    any of it changes), and the ordinal the span began at."""
+    any of it changes), the ordinal the span began at, and its last revision (what a device
+    that synced within the span holds, or an ancestor of it)."""
 
     deleted: bool
     kind: str
     keys: tuple[str, ...]
     facts: ReportFacts | None
     born: int
+    rev: str = ""
 
     def __reduce__(self) -> tuple[type[Version], tuple[object, ...]]:  # a plain tuple (snapshots)
-        return Version, (self.deleted, self.kind, self.keys, self.facts, self.born)
+        return Version, (self.deleted, self.kind, self.keys, self.facts, self.born, self.rev)
 
 
 class Marks:

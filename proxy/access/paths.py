@@ -3,14 +3,19 @@
 `%2F`, `%5F`, doubled slashes and trailing slashes are folded here once, and requests are
 forwarded upstream in the canonical encoding built from the same parts, so what a rule
 saw is exactly what CouchDB receives.
+
+Segments are decoded as CouchDB decodes them (mochiweb's `unquote`): a raw `+` is a space,
+`%2B` a plus. So `+` is always sent escaped: left raw, CouchDB would read a space, and a
+doc, attachment or database would be written under a name nobody asked for.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote_plus
 
-_PCHAR_SAFE = "-._~!$&'()*+,;=:@"
+# RFC 3986 pchar sub-delims that CouchDB reads literally: everything but `+`.
+_PCHAR_SAFE = "-._~!$&'()*,;=:@"
 
 
 class BadPath(ValueError):
@@ -28,7 +33,7 @@ class CouchPath:
             if not raw:
                 continue
             try:
-                part = unquote(raw, errors="strict")
+                part = decode_segment(raw)
             except UnicodeDecodeError as exc:
                 raise BadPath("path is not valid UTF-8") from exc
             if part in {".", ".."} or "\x00" in part:
@@ -70,6 +75,11 @@ class CouchPath:
 
     def encoded(self) -> str:
         return "/" + "/".join(_encode(part) for part in self.segments)
+
+
+def decode_segment(raw: str) -> str:
+    """One raw path segment (or a `Destination` header's id) as CouchDB reads it."""
+    return unquote_plus(raw, errors="strict")
 
 
 def _join_doc_ids(parts: list[str]) -> tuple[str, ...]:

@@ -75,6 +75,24 @@ class _UserFeed:
 CACHED_USERS = 512
 
 
+def as_held(entry: Entry, held: list[Version], current: Version, before: Entry | None = None) -> Entry:
+    """The entry of a doc that left, standing on the revisions the device may hold: for
+    each version of it the user could read (one when the device's position is known, any
+    in the span otherwise), its last revision; the current one only while the doc itself
+    has not changed since. Never the revision of a version the user could not read: its id
+    (a hash of its body) must not reach the device, whose made-up deletion names its parent.
+    `before`: what was found for the doc already (its revisions are kept)."""
+    revs = [entry.rev if v is current or not v.rev else v.rev for v in held]
+    if before is not None:
+        revs = [before.rev, *before.leaves, *revs]
+    others = [leaf for leaf in entry.leaves if leaf != entry.rev]  # conflicts it may hold
+    leaves = tuple(dict.fromkeys([*reversed(revs), *others]))
+    if leaves == entry.leaves and leaves[0] == entry.rev:
+        return entry
+    return Entry(entry.id, leaves[0], entry.deleted, entry.ordinal, leaves, entry.kind,
+                 entry.keys, entry.facts, entry.person, entry.born)  # fmt: skip
+
+
 WINDOW_POINTS = 64  # moments of a placed position's span judged for what left (at most)
 
 
@@ -165,11 +183,15 @@ class ScopeIndex:
             person = contact_is_person(doc, self.person_types) if kind in CONTACT_KINDS else None
         entry = Entry(doc_id, rev, deleted, self._next(), leaves or (rev,), kind, keys, facts, person)
         entry.born = entry.ordinal
+        node = contact_node(doc) if kind in CONTACT_KINDS and not deleted else None
         if old is not None:
-            if (old.kind, old.keys, old.facts, old.deleted) == (kind, keys, facts, deleted):
+            # A contact's place in the tree is part of what the rules read of it: a move
+            # starts a new version too (so a removal stands on the revision before it).
+            moved = node is not None and old.kind in CONTACT_KINDS and self.nodes.get(doc_id) != node
+            if (old.kind, old.keys, old.facts, old.deleted) == (kind, keys, facts, deleted) and not moved:
                 entry.born = old.born
             else:
-                past = Version(old.deleted, old.kind, old.keys, old.facts, old.born)
+                past = Version(old.deleted, old.kind, old.keys, old.facts, old.born, old.rev)
                 self.history.replaced(doc_id, entry.ordinal, past, keys)
             for key in old.keys:
                 if key not in keys:
@@ -186,8 +208,8 @@ class ScopeIndex:
             self.globals.add(doc_id)  # a deleted global doc's tombstone reaches everyone
         else:
             self.globals.discard(doc_id)
-        if kind in CONTACT_KINDS and not deleted:
-            self._update_contact(doc_id, contact_node(doc))
+        if node is not None:
+            self._update_contact(doc_id, node)
         elif kind in CONTACT_KINDS:
             # A deleted contact keeps its place in the tree, so its tombstone (and the docs
             # below it) stay with the users who could read it; its shortcode names nobody.
@@ -439,7 +461,7 @@ class ScopeIndex:
                 if past is None or past.deleted:
                     continue  # not there yet, or a tombstone: nothing to take off the device
                 if entry_readable(doc_id, past.kind, past.keys, past.facts, then, settings_then, subj, graph):
-                    found[doc_id] = entry
+                    found[doc_id] = as_held(entry, [past], current)
         if until is not None and until > ordinal:
             self._left_within(user, settings, then, ordinal, until, now, found)
         return sorted(found.values(), key=lambda e: e.ordinal)
@@ -462,6 +484,7 @@ class ScopeIndex:
         tombstone it ignores. Past WINDOW_POINTS such moments, evenly spread ones are
         judged (docs/removals.md: a scope that flapped in between may be missed)."""
         history = self.history
+        judged: set[str] = set()
         moments = sorted(
             {t for t, _, _ in history.tree if after < t <= until}
             | {t for t, _ in history.settings if after < t <= until}
@@ -477,17 +500,20 @@ class ScopeIndex:
             for key in subj.lookup_keys():
                 for doc_id in (*self.postings.get(key, ()), *history.departed_from(key, after)):
                     entry = self.entries.get(doc_id)
-                    if entry is None or doc_id in found or self._readable(entry, user, settings, now):
+                    if entry is None or doc_id in judged or self._readable(entry, user, settings, now):
                         continue
                     current = Version(entry.deleted, entry.kind, entry.keys, entry.facts, entry.born)
                     versions = [history.version_at(doc_id, after, current)]
                     versions += history.versions_born(doc_id, after, until, current)
-                    if any(
-                        v is not None and not v.deleted
+                    held = [
+                        v for v in versions
+                        if v is not None and not v.deleted
                         and entry_readable(doc_id, v.kind, v.keys, v.facts, then, settings_at, subj, graph)
-                        for v in versions
-                    ):  # fmt: skip
-                        found[doc_id] = entry
+                    ]  # fmt: skip
+                    judged.add(doc_id)
+                    if held:  # with what the exact judgement at `after` found
+                        before = found.get(doc_id)
+                        found[doc_id] = as_held(entry, held, current, before)
 
     def _moves_scope(
         self, user: UserCtx, settings: AppSettings, nodes_then: Mapping[str, ContactNode | None]

@@ -37,6 +37,11 @@ allowed write of an offline user says `allowed`, an admin's `W1`):
         a stub is no way to copy another doc's attachment
     W12 `can_edit`
     W13 the permission for the kind and operation (create, update, delete)
+    W15 (`made_up_rev`, for edits, not replication) a write that names a `_rev` of a doc
+        with no live version is CouchDB's `conflict`, whatever the backend would do:
+        CouchDB 3.4 answers so for a deleted doc, but may write a missing one under a child
+        of the made-up revision, which would tell a missing doc from one outside the scope
+        (W4 answers `conflict` for that)
 
 Every field is read defensively: wrong JSON types count as absent, so no doc can make a
 decision raise.
@@ -101,6 +106,14 @@ PERMISSIONS = {
 # Fields of the user's own user-settings doc that fill in the user's rights where the
 # `_users` doc lacks them (`proxy.auth.users.merge_user_docs`).
 OWN_RIGHTS = ("facility_id", "contact_id", "roles")
+
+
+def made_up_rev(doc: Mapping[str, Any], stored: Mapping[str, Any] | None, decision: Decision) -> Decision:
+    """W15, over a decision already made for an edit (`new_edits`): a refusal stands; an
+    allowed write naming a `_rev` where no live version is stored is a conflict."""
+    if decision.allowed and stored is None and doc.get("_rev") is not None and not doc.get("_deleted"):
+        return Decision(False, CONFLICT_REASON, "W15", error="conflict")
+    return decision
 
 
 def refuse(rule: str, reason: str) -> Decision:

@@ -10,6 +10,14 @@ Every low-level failure talking to CouchDB leaves this module as an `UpstreamErr
     an upstream body that is not JSON         -> UpstreamError (502)
     a CouchgateError from our own request
     body iterator (wrapped by aiohttp)        -> that error itself (e.g. 413)
+    a second answer to an earlier request     -> UpstreamError (502)
+
+A kept-alive connection carries one answer per request, in order. If CouchDB ever writes
+more (CouchDB 3.4.3 can, when a database is deleted under a filtered `_changes`), every
+later request on that connection would read the answer meant for the one before it, so:
+the pool never hands out a connection with unread bytes on it or whose last exchange did
+not end (`CleanConnector`), and an answer carrying the `X-Couch-Request-ID` of the previous
+answer on its connection is refused and the connection closed (`CouchClient`).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import asyncio
 import base64
 import contextvars
 import io
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -26,6 +35,10 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import aiohttp
 import orjson
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 
 from proxy.errors import CouchgateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, dumps
 from proxy.settings import Settings
@@ -81,6 +94,23 @@ MAPPED_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class StrayAnswer(aiohttp.ClientError):
+    """An answer that belongs to an earlier request on the same connection."""
+
+
+class CleanConnector(aiohttp.TCPConnector):
+    """A pool that reuses a connection only if nothing is pending on it: no bytes arrived
+    while it was idle (an answer nobody asked for) and its last answer was read to the end.
+    aiohttp checks only that the socket is open."""
+
+    async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
+        while True:
+            conn = await super()._get(key, traces)
+            if conn is None or (conn.protocol is not None and not conn.protocol.should_close):
+                return conn
+            conn.close()  # dropped; the loop takes the next idle one, or a new connection
+
+
 @dataclass(frozen=True)
 class JsonResult:
     status: int
@@ -129,9 +159,25 @@ class CouchClient:
         )
         self.fast_stream_timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=first_byte)
         self.feed_timeout = aiohttp.ClientTimeout(total=None, connect=connect)
+        # The `X-Couch-Request-ID` of the last answer read on each pooled connection.
+        self._last_answer: weakref.WeakKeyDictionary[ResponseHandler, str] = weakref.WeakKeyDictionary()
 
     def url(self, path: str) -> str:
         return self.base + path
+
+    def _own(self, resp: aiohttp.ClientResponse) -> None:
+        """Refuse an answer that repeats the request id of the one before it on the same
+        connection: CouchDB answered that earlier request twice, and this answer is not ours."""
+        request_id = resp.headers.get("X-Couch-Request-ID")
+        # The connection it came on; a short answer has already given it back to the pool.
+        protocol = getattr(resp, "_protocol", None)
+        if request_id is None or not isinstance(protocol, ResponseHandler):
+            return
+        if self._last_answer.get(protocol) == request_id:
+            protocol.close()  # what follows on it (this request's own answer) is out of step
+            resp.close()
+            raise StrayAnswer("an answer to an earlier request")
+        self._last_answer[protocol] = request_id
 
     async def json(
         self,
@@ -158,6 +204,7 @@ class CouchClient:
             async with self.session.request(
                 method, self.url(path), data=data, params=params, headers=hdrs, timeout=timeout
             ) as resp:
+                self._own(resp)
                 raw = await resp.read()
                 parsed = orjson.loads(raw) if raw else None
                 return JsonResult(resp.status, parsed, resp.headers)
@@ -192,6 +239,7 @@ class CouchClient:
                 allow_redirects=False,
                 skip_auto_headers=("Content-Type", "Accept-Encoding"),
             ) as resp:
+                self._own(resp)
                 if not live and resp.connection is not None and resp.connection.protocol is not None:
                     # The answer has begun: from now on the bound is its silences, not its start.
                     resp.connection.protocol.read_timeout = self.idle_timeout
@@ -210,7 +258,7 @@ def new_session(settings: Settings, *, feeds: bool = False) -> aiohttp.ClientSes
     """The upstream session; `feeds`: the one for live feeds, whose pool has no limit (each
     feed is one caller listening, bounded by the callers couchgate has)."""
     limit = 0 if feeds else settings.upstream_pool_size
-    connector = aiohttp.TCPConnector(limit=limit, enable_cleanup_closed=True)
+    connector = CleanConnector(limit=limit, enable_cleanup_closed=True)
     # DummyCookieJar: CouchDB's AuthSession cookie must never be replayed for another user.
     return aiohttp.ClientSession(
         connector=connector,

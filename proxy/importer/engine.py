@@ -37,7 +37,15 @@ from proxy.audit.api import Outcome
 from proxy.audit.capture import admit, intend_docs, record
 from proxy.couch.client import CouchClient, JsonResult
 from proxy.errors import CouchgateError
-from proxy.importer.docs import Invalid, Prepared, branch_rev, branch_would_win, prepare, same_content
+from proxy.importer.docs import (
+    Invalid,
+    Prepared,
+    branch_rev,
+    branch_would_win,
+    needs_attachment_data,
+    prepare,
+    same_content,
+)
 from proxy.importer.source import BadLine
 from proxy.keys import INDEX
 
@@ -245,6 +253,9 @@ class Importer:
     async def _import(self, docs: list[Prepared], state: ChunkState, attempt: int = 0) -> None:
         answers = state.answers
         stored, deleted = await self._stored([d.id for d in docs])
+        with_data = [d.id for d in docs if needs_attachment_data(d.doc, stored.get(d.id))]
+        if with_data:  # compared by their bytes, read again with the attachments inline
+            stored.update((await self._stored(with_data, attachments=True))[0])
         for doc in docs:
             current = stored.get(doc.id)
             if current is not None:
@@ -342,25 +353,54 @@ class Importer:
                     )
         return [(doc, body) for doc, body in branches if doc.index not in failed]
 
-    async def _stored(self, ids: list[str]) -> tuple[dict[str, dict[str, Any] | None], set[str]]:
+    async def _stored(
+        self, ids: list[str], attachments: bool = False
+    ) -> tuple[dict[str, dict[str, Any] | None], set[str]]:
         """The current winner of each id (None: missing or deleted) and the deleted ids,
         read as the caller (online users) or the service account (admins; offline users,
-        judged here)."""
+        judged here); `attachments`: with their data inline."""
         found: dict[str, dict[str, Any] | None] = dict.fromkeys(ids)
         deleted: set[str] = set()
         if not ids:
             return found, deleted
-        answer = await self.couch.json(
-            "POST",
-            f"{self.plan.db_path}/_all_docs",
-            body={"keys": ids},
-            params={"include_docs": "true"},
-            headers=self.plan.read_as,
-            use_service=self.plan.read_as is None,
-        )
-        if not answer.ok or not isinstance(answer.body, dict):
-            raise UpstreamFailed(answer.status, answer.body)
-        for row in answer.body.get("rows", []):
+        params = {"include_docs": "true", **({"attachments": "true"} if attachments else {})}
+
+        async def read(keys: list[str]) -> list[Any]:
+            if not keys:
+                return []
+            answer = await self.couch.json(
+                "POST",
+                f"{self.plan.db_path}/_all_docs",
+                body={"keys": keys},
+                params=params,
+                headers=self.plan.read_as,
+                use_service=self.plan.read_as is None,
+            )
+            if not answer.ok or not isinstance(answer.body, dict):
+                raise UpstreamFailed(answer.status, answer.body)
+            rows = answer.body.get("rows", [])
+            return rows if isinstance(rows, list) else []
+
+        sync = self.request.app[INDEX]
+        if self.plan.db_path == sync.path and sync.built.is_set() and self.plan.user is None:
+            # The scope index knows every id of its database: once it is level with
+            # CouchDB as of now, an id it does not know does not exist, and is not read (a
+            # fresh import reads nothing); an id it learnt meanwhile is read after. When
+            # the index cannot be brought level, every id is read. Not for offline users:
+            # what is read must not depend on whether a foreign id exists (their batches
+            # would time it); members and admins may read every doc anyway.
+            known = [i for i in ids if i in sync.index.entries]
+            level, rows = await asyncio.gather(sync.sync(), read(known), return_exceptions=True)
+            if isinstance(rows, BaseException):
+                raise rows
+            learnt = set(known)
+            rest = [i for i in ids if i not in learnt]
+            rows += await read(
+                rest if isinstance(level, BaseException) else [i for i in rest if i in sync.index.entries]
+            )
+        else:
+            rows = await read(ids)
+        for row in rows:
             if not isinstance(row, dict) or not isinstance(row.get("key"), str):
                 continue
             if isinstance(row.get("doc"), dict) and row["doc"].get("_deleted") is not True:

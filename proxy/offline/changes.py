@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -111,6 +111,9 @@ class Page:
         return bool(self.entries or self.removed)
 
 
+REMOVALS_PER_PAGE = 1000  # removal rows a page may hold whatever its `limit`
+
+
 class Feed:
     """Computes pages of one user's changes, and what left their scope (`removals`)."""
 
@@ -128,6 +131,8 @@ class Feed:
         self.then: UserCtx | None = None
         self.then_at: tuple[int, ...] = ()  # one ordinal, or two bracketing a foreign token
         self.everything = False
+        self.since_in: Since | None = None  # the device's token, while removals are being sent
+        self.backlog: list[Entry] = []  # removals a `limit` held back (this request's next pages)
         self.ordinal = self._start_ordinal(params.since)
 
     def _start_ordinal(self, raw: str | None) -> int:
@@ -138,21 +143,32 @@ class Feed:
         since = self.codec.decode(self.user, raw)
         if since is None:
             return 0  # unknown: backfill everything readable (and no removals)
-        if since.epoch == self.view.epoch or since.ordinal <= self.view.sync.past_epochs.get(since.epoch, -1):
-            self.then_at = (since.ordinal,)  # numbered by this index (before a restart, maybe)
+        at = since.ordinal if since.removals_at is None else max(since.ordinal, since.removals_at)
+        if since.epoch == self.view.epoch or at <= self.view.sync.past_epochs.get(since.epoch, -1):
+            self.then_at = (at,)  # numbered by this index (before a restart, maybe)
+            start = since.ordinal
         else:
             span = self.view.place(since.level, since.issued)
             if span is None:
                 return 0  # older than this index can vouch for: backfill, no removals
-            self.then_at = span
+            self.then_at, start = span, span[0]
         self.then = UserCtx(self.user, since.roles, since.facilities, since.contact)
+        self.since_in = since
         if since.fingerprint != self.fingerprint:
             self.everything = True
             return 0  # the scope changed: backfill everything readable, remove what left
-        return self.then_at[0]
+        return start
 
     def token(self, ordinal: int) -> str:
         return issue(self.view, self.codec, ordinal)
+
+    def _token_after(self, ordinal: int) -> str:
+        """The token after a page: removals were judged as of `then_at` (now), changes sent
+        up to `ordinal` (behind it when `limit` cut the changes short)."""
+        judged = self.then_at[0] if self.then is not None and self.then_at else None
+        return issue(
+            self.view, self.codec, ordinal, judged if judged is not None and judged > ordinal else None
+        )
 
     def left(self) -> list[Entry]:
         """What left the user's scope since the device's position (then moves to now)."""
@@ -171,29 +187,46 @@ class Feed:
                 oldest = self.view.sync.index.history.since  # (docs/removals.md, the horizon)
                 for entry in self.view.left_scope(self.then, oldest, everything=True):
                     found.setdefault(entry.id, entry)
-        gone = sorted(found.values(), key=lambda e: e.ordinal)
+        gone = sorted(found.values(), key=lambda e: (e.ordinal, e.id))
+        sent = self.since_in.removed_to if self.since_in is not None else None
+        if sent is not None:
+            gone = [e for e in gone if (e.ordinal, e.id) > sent]
         self.then, self.then_at, self.everything = self.view.user, (self.view.current_ordinal,), False
         if self.params.doc_ids is not None:
             gone = [e for e in gone if e.id in self.params.doc_ids]
         return gone
 
     def page(self) -> Page:
-        """The next rows and the `last_seq` that follows them; advances the feed."""
-        removed = self.left()
+        """The next rows and the `last_seq` that follows them; advances the feed. Removals
+        come first, up to `limit` or REMOVALS_PER_PAGE, whichever is more, and count against
+        `limit`: a page they fill ends with a token of the same position that says how far
+        they went. (A removal row is small, and each page judges what left and reads and
+        writes the user's ledger again: PouchDB's pages of 100 made a pull removing 2,000
+        docs cost more than pulling them.)"""
+        removed = self.backlog or self.left()
+        limit = self.params.limit
+        cap = max(limit, REMOVALS_PER_PAGE) if limit is not None and limit > 0 else None
+        if cap is not None and len(removed) > cap and self.since_in is not None:
+            removed, self.backlog = removed[:cap], removed[cap:]
+            last = removed[-1]
+            held = replace(self.since_in, removed_to=(last.ordinal, last.id))
+            return Page([], removed, self.codec.encode(self.user, held))
+        self.backlog, self.since_in = [], None
         entries = self.view.entries_after(self.ordinal)
         if self.params.doc_ids is not None:
             entries = [e for e in entries if e.id in self.params.doc_ids]
         current = self.view.current_ordinal
         if self.params.descending:
             entries.reverse()
-        limit = self.params.limit
-        if limit is not None and limit > 0 and len(entries) > limit:
-            entries = entries[:limit]
-            end = current if self.params.descending else entries[-1].ordinal
+        room = max(limit - len(removed), 0) if limit is not None and limit > 0 else None
+        if room is not None and len(entries) > room:
+            entries = entries[:room]
+            reached = entries[-1].ordinal if entries else self.ordinal
+            end = current if self.params.descending else reached
         else:
             end = current
         self.ordinal = max(self.ordinal, end)
-        return Page(entries, removed, self.token(self.ordinal))
+        return Page(entries, removed, self._token_after(self.ordinal))
 
     def rows(
         self,
@@ -280,13 +313,14 @@ async def page_rows(request: web.Request, feed: Feed, db_path: str, page: Page) 
     return rows
 
 
-def issue(view: UserView, codec: SinceCodec, ordinal: int) -> str:
+def issue(view: UserView, codec: SinceCodec, ordinal: int, removals_at: int | None = None) -> str:
     """The user's token for `ordinal`: where it stands in this index, who the user is, and
-    between which times CouchDB's state lies that a device holding it has."""
+    between which times CouchDB's state lies that a device holding it has (`removals_at`:
+    what left was sent as of that later ordinal)."""
     user = view.user
     since = Since(
         view.epoch, ordinal, view.fingerprint, user.facility_ids, user.roles, user.contact_id,
-        level=view.level_at(ordinal), issued=time.time_ns() // 1_000_000,
+        level=view.level_at(ordinal), issued=time.time_ns() // 1_000_000, removals_at=removals_at,
     )  # fmt: skip
     return codec.encode(user.name, since)
 

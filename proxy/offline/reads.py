@@ -230,6 +230,11 @@ async def made_docs(
     bodies = {}
     for (doc_id, rev), m in made.items():
         leaf = upstream.get((doc_id, m.upstream))
+        if leaf is None and m.deleted:
+            # The leaf it grew from is gone upstream (stemmed past the revs limit by later
+            # edits, or compacted): a deletion needs no body, only the leaf's own id to
+            # stand on. Never a not_found: PouchDB would stop every pull that lists it.
+            leaf = {}
         if leaf is None:
             continue
         if not m.deleted and (doc_id not in readable or not view.servable(leaf)):

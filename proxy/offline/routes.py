@@ -14,18 +14,19 @@ from aiohttp import web
 from proxy.access.paths import CouchPath
 from proxy.auth.principal import Principal
 from proxy.errors import Forbidden, MethodNotAllowed, json_response
-from proxy.keys import INDEX, SINCE_CODEC
+from proxy.keys import COUCH, INDEX, SINCE_CODEC
 from proxy.offline import changes, local_docs, own_user, reads, revisions, writes
 from proxy.offline.view import UserView
-from proxy.passthrough import credentials_for, forward
+from proxy.passthrough import forward
 
 READ = {"GET", "HEAD"}
 GLOBAL_DESIGN = "_design/medic-client"
 # Endpoints answered from the index's view of what exists: they wait for it to be level
 # with CouchDB. Reads of given ids (`_bulk_get`, docs) sync only when an id is not readable
 # yet; `_revs_diff` never needs to (an id it cannot see is reported missing, and a second
-# push of a doc CouchDB already has is a no-op).
-SYNCED_ENDPOINTS = {"_changes", "_all_docs", "_bulk_docs"}
+# push of a doc CouchDB already has is a no-op). Doc writes (`_bulk_docs`, PUT, POST,
+# DELETE) sync while they read the stored docs (`writes.judge`).
+SYNCED_ENDPOINTS = {"_changes", "_all_docs"}
 
 
 def refuse() -> Forbidden:
@@ -42,7 +43,9 @@ async def serve_offline(request: web.Request, path: CouchPath, principal: Princi
         own = f"org.couchdb.user:{principal.name}"
         if path.doc_id == own and not path.rest:
             if request.method in READ:
-                return await forward(request, path, await credentials_for(request, principal, path))
+                # With the service account, as its writes are (`own_user`): CouchDB 3 makes
+                # `_users` admin-only by default, where the user's own credentials get 403.
+                return await forward(request, path, {"Authorization": request.app[COUCH].service_auth})
             if request.method == "PUT":
                 return await own_user.change_password(request, path, own)
         raise refuse()
@@ -59,7 +62,6 @@ async def serve_offline(request: web.Request, path: CouchPath, principal: Princi
         if method in READ:
             return changes.db_info(UserView.of(sync, principal), request.app[SINCE_CODEC], db)
         if method == "POST":
-            await sync.sync()
             return await writes.write_doc(request, UserView.of(sync, principal), path, db, db_path)
         raise refuse()
     doc_id = path.doc_id
@@ -71,8 +73,8 @@ async def serve_offline(request: web.Request, path: CouchPath, principal: Princi
         if second in SYNCED_ENDPOINTS:
             await sync.sync()  # read-your-writes: the index is at least as new as CouchDB was now
         return await _db_endpoint(request, UserView.of(sync, principal), second, db, db_path)
-    if request.method not in READ:
-        await sync.sync()
+    if request.method not in READ and path.rest:
+        await sync.sync()  # an attachment's write (a doc's syncs in `writes.judge`)
     view = UserView.of(sync, principal)
     if doc_id.startswith("_design/") and (doc_id != GLOBAL_DESIGN or method not in READ):
         raise refuse()

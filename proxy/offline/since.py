@@ -17,6 +17,10 @@ other users' writes. It carries:
   holds: it holds everything CouchDB held at `lt` and nothing CouchDB did not hold at `it`.
   Another replica, or this one after a restart without its snapshot, places the token
   between two of its own ordinals by them (`proxy.offline.changes.Feed`).
+- `rc`: in a page that `limit` cut short while sending removals, the last removal sent
+  ((ordinal, doc id)); the next request judges the same position again and goes on after it.
+- `rp`: the ordinal as of which the device was sent what left, when its changes are sent
+  only up to `o` (a `limit`ed page after removals).
 
 Reading one back never fails: a token that is unknown, forged, or for another user yields
 None, and the feed restarts safely (a backfill), never with a gap.
@@ -47,6 +51,11 @@ class Since:
     # The device holds CouchDB's state as of some time between these (wall clock, ms).
     level: int = 0
     issued: int = 0
+    # Removals of this position already sent, up to this (ordinal, doc id) (a `limit`ed page).
+    removed_to: tuple[int, str] | None = None
+    # The device was sent the removals as of this later ordinal (its changes only up to
+    # `ordinal`: a `limit`ed page); what left is judged from here next.
+    removals_at: int | None = None
 
 
 NONCE = 12
@@ -62,6 +71,10 @@ class SinceCodec:
             "fa": since.facilities, "ro": since.roles, "co": since.contact,
             "lt": since.level, "it": since.issued,
         }  # fmt: skip
+        if since.removed_to is not None:
+            body["rc"] = list(since.removed_to)
+        if since.removals_at is not None:
+            body["rp"] = since.removals_at
         nonce = os.urandom(NONCE)
         sealed = self._aead.encrypt(nonce, orjson.dumps(body), user.encode())
         return base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
@@ -82,17 +95,27 @@ class SinceCodec:
         if not isinstance(epoch, str) or not isinstance(ordinal, int) or not isinstance(fingerprint, str):
             return None
         facilities, roles, contact = body.get("fa", []), body.get("ro", []), body.get("co")
-        level, issued = body.get("lt", 0), body.get("it", 0)
+        level, issued, cursor, removals_at = (
+            body.get("lt", 0),
+            body.get("it", 0),
+            body.get("rc"),
+            body.get("rp"),
+        )
         if (
             not isinstance(facilities, list) or not all(isinstance(f, str) for f in facilities)
             or not isinstance(roles, list) or not all(isinstance(r, str) for r in roles)
             or not (contact is None or isinstance(contact, str))
             or not isinstance(level, int) or not isinstance(issued, int)
+            or not (cursor is None or (isinstance(cursor, list) and len(cursor) == 2
+                                       and isinstance(cursor[0], int) and isinstance(cursor[1], str)))
+            or not (removals_at is None or isinstance(removals_at, int))
         ):  # fmt: skip
             return None
+        removed_to = (cursor[0], cursor[1]) if cursor is not None else None
         return Since(
-            epoch, max(ordinal, 0), fingerprint, tuple(facilities), tuple(roles), contact, level, issued
-        )
+            epoch, max(ordinal, 0), fingerprint, tuple(facilities), tuple(roles), contact, level, issued,
+            removed_to, removals_at,
+        )  # fmt: skip
 
 
 def fingerprint(*parts: object) -> str:

@@ -42,7 +42,7 @@ from proxy.errors import UpstreamError
 log = logging.getLogger(__name__)
 
 MAGIC = b"couchgate index snapshot\n"
-FORMAT = 1
+FORMAT = 2  # 2: a Version carries its last revision
 INSTANCE_DOC = "_local/couchgate-instance"
 
 

@@ -12,9 +12,11 @@ of the stored docs refuses the write (fail closed).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -22,7 +24,7 @@ from aiohttp import web
 
 from proxy.access.batch import authorize_batch
 from proxy.access.paths import CouchPath
-from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision
+from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision, made_up_rev
 from proxy.audit import capture
 from proxy.audit.api import Outcome
 from proxy.couch.client import quote_id
@@ -35,22 +37,49 @@ from proxy.offline.view import UserView
 from proxy.params import read_json
 from proxy.passthrough import forward
 
+INCLUDE_DOCS = {"include_docs": "true"}
+
 
 async def stored_winners(
-    request: web.Request, view: UserView, db_path: str, ids: list[str]
+    request: web.Request, view: UserView, db_path: str, ids: list[str], *, sync: bool = False
 ) -> tuple[dict[str, dict[str, Any] | None], set[str]]:
-    """The live winner of each id (None: missing or deleted), and the ids whose deleted
-    winner the user could not read (such a doc is not the user's to bring back)."""
+    """The live winner of each id (None: missing or deleted), and the ids that are not the
+    user's to write (None too): whose winner the index says they cannot read, or whose
+    deleted winner's last version they could not. `sync`: bring the index level with
+    CouchDB (read-your-writes) while the docs are read, not before (on CouchDB each is a
+    round trip a push pays per batch).
+
+    Only the docs the user may read are read upstream: an id the index, once level, does
+    not know did not exist (a push of new docs reads nothing), and one it knows but the
+    user may not read is refused as it stands in the index, unread, so that a foreign id
+    and a missing one cost the same (no timing oracle) and no foreign body is fetched.
+    What the index learnt while it was brought level is read after."""
     stored: dict[str, dict[str, Any] | None] = dict.fromkeys(ids)
     unique = list(dict.fromkeys(ids))
-    if not unique:
-        return stored, set()
-    result = await request.app[COUCH].json(
-        "POST", f"{db_path}/_all_docs", body={"keys": unique}, params={"include_docs": "true"}
-    )
-    rows = result.body.get("rows") if result.ok and isinstance(result.body, dict) else None
-    if not isinstance(rows, list):
-        raise failed(result)
+    index = view.sync.index
+
+    async def read(keys: Iterable[str]) -> list[Any]:
+        keys = list(keys)
+        if not keys:
+            return []
+        couch = request.app[COUCH]
+        result = await couch.json("POST", f"{db_path}/_all_docs", body={"keys": keys}, params=INCLUDE_DOCS)
+        rows = result.body.get("rows") if result.ok and isinstance(result.body, dict) else None
+        if not isinstance(rows, list):
+            raise failed(result)
+        return rows
+
+    foreign: set[str] = set()
+    if sync:
+        first = view.readable_ids(i for i in unique if i in index.entries)
+        _, rows = await asyncio.gather(view.sync.sync(), read(first))
+        view.settings = view.sync.settings
+        known = [i for i in unique if i in index.entries]
+        readable_now = view.readable_ids(known)
+        rows += await read(i for i in known if i in readable_now and i not in first)
+        foreign = {i for i in known if i not in readable_now and i not in first}
+    else:
+        rows = await read(unique)
     deleted = set()
     for row in rows:
         if not isinstance(row, dict) or not isinstance(row.get("key"), str):
@@ -61,7 +90,7 @@ async def stored_winners(
         elif isinstance(value, dict) and value.get("deleted") is True:
             deleted.add(row["key"])
     readable = view.readable_ids(deleted)
-    return stored, deleted - readable
+    return stored, (deleted - readable) | foreign
 
 
 def _audit(request: web.Request, db: str, doc: dict[str, Any], stored: Any, outcome: Outcome,
@@ -86,10 +115,12 @@ def _action(doc: dict[str, Any], stored: Any) -> str:
 
 
 async def judge(
-    request: web.Request, view: UserView, db_path: str, docs: list[dict[str, Any]]
+    request: web.Request, view: UserView, db_path: str, docs: list[dict[str, Any]], new_edits: bool
 ) -> tuple[list[Decision], dict[str, Any]]:
-    stored, hidden = await stored_winners(request, view, db_path, [d["_id"] for d in docs])
+    stored, hidden = await stored_winners(request, view, db_path, [d["_id"] for d in docs], sync=True)
     decisions = authorize_batch(view.user, view.settings, view.sync.index, docs, stored, hidden)
+    if new_edits:
+        decisions = [made_up_rev(d, stored[d["_id"]], ok) for d, ok in zip(docs, decisions, strict=True)]
     return decisions, stored
 
 
@@ -157,7 +188,7 @@ async def _bulk_docs(request: web.Request, view: UserView, db: str, db_path: str
         docs = [d for d in docs if (d["_id"], d["_rev"]) not in made]
         if not docs:
             return json_response([], status=201)
-    decisions, stored = await judge(request, view, db_path, docs)
+    decisions, stored = await judge(request, view, db_path, docs, new_edits)
     allowed = [d for d, ok in zip(docs, decisions, strict=True) if ok.allowed]
     upstream: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
     if allowed:
@@ -255,7 +286,7 @@ async def write_doc(
                 raise BadRequest("Document rev from request body and query string have different values")
             doc["_rev"] = rev
         check_revisions(doc, params.get("new_edits", True))
-    decisions, stored = await judge(request, view, db_path, [doc])
+    decisions, stored = await judge(request, view, db_path, [doc], params.get("new_edits", True))
     before = stored.get(doc["_id"])
     action = _action(doc, before)
     if not decisions[0].allowed:

@@ -140,6 +140,31 @@ async function pullTimed(cmd) {
   return result;
 }
 
+// {"op": "push_timed", "url", "auth", "docs_file", "edit"?, "batch_size"?}: (benchmarks) an
+// offline device's push: the docs of `docs_file` (a JSON array) are written into an empty
+// local db, then one replication to `url` is timed (`push_ms`); with `edit`, every doc is
+// then changed locally and a second push timed (`edit_ms`).
+async function pushTimed(cmd) {
+  const target = remote(cmd.url, cmd.auth);
+  const local = new PouchDB('push-' + Math.random(), {adapter: 'memory'});
+  await local.bulkDocs(JSON.parse(require('fs').readFileSync(cmd.docs_file, 'utf8')));
+  const opts = {batch_size: cmd.batch_size || 100};
+  let t = process.hrtime.bigint();
+  const pushed = await local.replicate.to(target, opts);
+  const result = {push_ms: Number(process.hrtime.bigint() - t) / 1e6, docs_written: pushed.docs_written,
+    failures: pushed.doc_write_failures};
+  if (cmd.edit) {
+    const docs = await allDocs(local);
+    await local.bulkDocs(docs.map((d) => ({...d, edited: true})));
+    t = process.hrtime.bigint();
+    const again = await local.replicate.to(target, opts);
+    result.edit_ms = Number(process.hrtime.bigint() - t) / 1e6;
+    result.edits_written = again.docs_written;
+    result.edit_failures = again.doc_write_failures;
+  }
+  return result;
+}
+
 // {"op": "conflict", "url", "auth", "id"}: two offline devices pull `id`, edit it
 // differently (one grows its `read` list, the other changes `v`), then both push.
 async function conflict(cmd) {
@@ -224,7 +249,7 @@ async function session() {
 
 async function main() {
   const cmd = JSON.parse(process.argv[2]);
-  const ops = {sync, pull_push: pullPush, live, pull_timed: pullTimed, conflict, session};
+  const ops = {sync, pull_push: pullPush, live, pull_timed: pullTimed, push_timed: pushTimed, conflict, session};
   const result = await ops[cmd.op](cmd);
   process.stdout.write(JSON.stringify(result) + '\n');
 }

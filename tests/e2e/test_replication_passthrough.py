@@ -46,11 +46,13 @@ async def test_pouchdb_syncs_with_jwt(gateway: Gateway, db: str, users: dict[str
     assert all_docs["total_rows"] == 25
 
 
-async def test_pouchdb_with_wrong_password_is_refused(gateway: Gateway, db: str) -> None:
+async def test_pouchdb_with_wrong_password_is_refused(
+    gateway: Gateway, db: str, fresh_user: TestUser
+) -> None:
     cmd = {
         "op": "sync",
         "url": f"{gateway.url}/{db}",
-        "auth": {"basic": ["alice", "wrong"]},
+        "auth": {"basic": [fresh_user.name, "wrong"]},
         "push": docs("x", 1),
     }
     result = await run_pouch(cmd, check=False)

@@ -6,6 +6,7 @@ import base64
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -16,6 +17,7 @@ from proxy.devserver.backend import PouchServer
 
 from support import (
     JWT_SECRET,
+    ON_COUCHDB,
     Gateway,
     TestUser,
     assert_couch_error,
@@ -39,16 +41,36 @@ async def get_token(gateway: Gateway, user: TestUser) -> str:
     return str(body["token"])
 
 
-async def test_basic_auth_good_and_bad(gateway: Gateway, db: str, users: dict[str, TestUser]) -> None:
-    status, body, _ = await gateway.call("GET", f"/{db}", auth=users["alice"].auth)
+async def test_basic_auth_good_and_bad(gateway: Gateway, db: str, fresh_user: TestUser) -> None:
+    status, body, _ = await gateway.call("GET", f"/{db}", auth=fresh_user.auth)
     assert status == 200 and body["db_name"] == db
-    status, body, headers = await gateway.call(
-        "GET", f"/{db}", auth="Basic " + base64.b64encode(b"alice:nope").decode()
-    )
+    status, body, headers = await gateway.call("GET", f"/{db}", auth=basic(fresh_user.name, "nope"))
     assert_couch_error(status, body, 401, "unauthorized")
     assert headers["WWW-Authenticate"].startswith("Bearer")  # never Basic: no browser pop-ups
     status, body, _ = await gateway.call("GET", f"/{db}", auth="Basic %%%not-base64")
     assert_couch_error(status, body, 401, "unauthorized")
+
+
+@pytest.mark.backend("couchdb", reason="pouchdb-server does not lock accounts out after failed logins")
+async def test_failed_logins_lock_the_account_out_only_for_the_address_they_came_from(
+    gateway: Gateway, db: str, fresh_user: TestUser
+) -> None:
+    """CouchDB 3.4 locks (address, name) out after 5 failures. couchgate names the caller's
+    address upstream; without it every caller would be couchgate's address, and a stranger
+    could lock any user out everywhere."""
+    wrong = {"Authorization": basic(fresh_user.name, "wrong"), "Accept": "application/json"}
+    right = {"Authorization": fresh_user.auth, "Accept": "application/json"}
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as elsewhere:
+        for _ in range(6):
+            async with elsewhere.get(f"{gateway.url}/{db}", headers=wrong) as resp:
+                assert resp.status in (401, 403)
+        async with elsewhere.get(f"{gateway.url}/{db}", headers=right) as resp:
+            body = await resp.json()
+            assert_couch_error(resp.status, body, 403, "forbidden")  # CouchDB's own answer
+            assert "locked" in body["reason"]
+    status, body, _ = await gateway.call("GET", f"/{db}", auth=fresh_user.auth)  # from 127.0.0.1
+    assert status == 200, body
 
 
 async def test_unauthenticated_requests_get_401_except_public_paths(gateway: Gateway, db: str) -> None:
@@ -60,8 +82,8 @@ async def test_unauthenticated_requests_get_401_except_public_paths(gateway: Gat
         assert status == 200, (path, body)
 
 
-async def test_cookie_session_lifecycle(gateway: Gateway, db: str, users: dict[str, TestUser]) -> None:
-    alice = users["alice"]
+async def test_cookie_session_lifecycle(gateway: Gateway, db: str, fresh_user: TestUser) -> None:
+    alice = fresh_user
     async with gateway.http.post(
         f"{gateway.url}/_session",
         json={"name": alice.name, "password": alice.password},
@@ -69,17 +91,17 @@ async def test_cookie_session_lifecycle(gateway: Gateway, db: str, users: dict[s
     ) as resp:
         assert resp.status == 200
         body = await resp.json()
-        assert body["ok"] is True and body["name"] == "alice"
+        assert body["ok"] is True and body["name"] == alice.name
         set_cookie = resp.headers["Set-Cookie"]
     assert set_cookie.startswith("AuthSession=")
     cookie = set_cookie.split(";", 1)[0]
     status, body, _ = await gateway.call("GET", "/_session", headers={"Cookie": cookie})
-    assert status == 200 and body["userCtx"]["name"] == "alice"
+    assert status == 200 and body["userCtx"]["name"] == alice.name
     status, body, _ = await gateway.call("PUT", f"/{db}/by-cookie", json={"v": 1}, headers={"Cookie": cookie})
     assert status == 201, body
     status, body, _ = await gateway.call("DELETE", "/_session", headers={"Cookie": cookie})
     assert status == 200 and body["ok"] is True
-    status, body, _ = await gateway.call("POST", "/_session", json={"name": "alice", "password": "wrong"})
+    status, body, _ = await gateway.call("POST", "/_session", json={"name": alice.name, "password": "wrong"})
     assert_couch_error(status, body, 401)
     status, body, _ = await gateway.call("GET", f"/{db}", headers={"Cookie": "AuthSession=forged"})
     assert_couch_error(status, body, 401, "unauthorized")
@@ -112,8 +134,10 @@ async def test_jwt_caller_gets_couchdb_security_rules(
     assert_couch_error(status, body, 404, "not_found")  # as CouchDB: no existence oracle
 
 
-async def test_token_refused_for_wrong_password(gateway: Gateway, users: dict[str, TestUser]) -> None:
-    status, body, _ = await gateway.call("POST", "/_couchgate/token", json={"name": "alice", "password": "x"})
+async def test_token_refused_for_wrong_password(gateway: Gateway, fresh_user: TestUser) -> None:
+    status, body, _ = await gateway.call(
+        "POST", "/_couchgate/token", json={"name": fresh_user.name, "password": "x"}
+    )
     assert_couch_error(status, body, 401, "unauthorized")
     status, body, _ = await gateway.call(
         "POST", "/_couchgate/token", data=b"not json", headers={"Content-Type": "application/json"}
@@ -256,11 +280,13 @@ async def test_token_member_cannot_write_design_docs(
     _, rows = backend.request("GET", f"/{db}/_all_docs")
     assert [r["id"] for r in rows["rows"]] == ["src"]  # nothing written, not even the other docs
     # Basic callers are judged by the backend itself with their own credentials.
-    if "_index" not in path:  # pouchdb-server lets members create indexes (CouchDB: 403)
+    if "_index" not in path or ON_COUCHDB:  # pouchdb-server lets members create indexes
         status, answer, _ = await gateway.call(
             method, path, auth=users["alice"].auth, json=body, data=data, headers=headers
         )
-        if status == 201 and isinstance(answer, list):  # pouchdb-server: per-row refusals
+        if "_index" in path:  # CouchDB 3.4 refuses a member's index with a 500, passed on as is
+            assert_couch_error(status, answer, 500, "error_saving_ddoc")
+        elif status == 201 and isinstance(answer, list):  # pouchdb-server: per-row refusals
             assert all(r.get("error") for r in answer if r["id"].startswith("_design/")), answer
         elif "%2F" not in headers.get("Destination", ""):  # CouchDB reads it literally: 400
             assert status in (401, 403), (status, answer)
@@ -389,3 +415,13 @@ async def test_token_caller_sees_other_users_docs_as_missing(
 async def test_invalid_database_name_from_a_token_caller_is_400(gateway: Gateway) -> None:
     status, body, _ = await gateway.call("GET", "/Not_A_DB/doc", auth=token_for("alice", ["member"]))
     assert_couch_error(status, body, 400, "illegal_database_name")
+
+
+@pytest.mark.parametrize("header", ["Basic %%%not-base64", "Basic: " + base64.b64encode(b"alice:x").decode()])
+async def test_session_with_an_unreadable_authorization_is_anonymous(gateway: Gateway, header: str) -> None:
+    """CouchDB 3.4 answers `Basic %%%` with a 500 `badarg` on `/_session` too: couchgate
+    sends it no header it could not read, and the caller is anonymous as on `GET /`."""
+    status, body, _ = await gateway.call("GET", "/_session", headers={"Authorization": header})
+    assert status == 200 and body["userCtx"]["name"] is None, body
+    status, body, _ = await gateway.call("GET", "/", headers={"Authorization": header})
+    assert status == 200 and "version" in body, body

@@ -271,15 +271,25 @@ async def test_a_failed_read_behind_a_decision_refuses(
 ) -> None:
     await gw.call("GET", f"/{medic}/_changes", auth=CHW1)
     failing(gw, monkeypatch, "POST", "/_all_docs")
-    # A write over a foreign doc, with the read of stored docs failing: refused, not forwarded.
+    # A write over a doc of the user's, with the read of stored docs failing: refused, not
+    # forwarded (the stored body decides). A foreign doc is refused from the index, unread.
+    p1 = doc_of(backend, medic, "p1")
+    edited = {**p1, "name": "edited"}
+    status, body, _ = await gw.call("PUT", f"/{medic}/p1", auth=CHW1, json=edited)
+    assert status >= 500 and body["error"] in ("bad_gateway", "service_unavailable"), body
+    status, body, _ = await gw.call(
+        "POST", f"/{medic}/_bulk_docs", auth=CHW1, json={"docs": [edited], "new_edits": False}
+    )
+    assert status >= 500, body
+    assert doc_of(backend, medic, "p1")["_rev"] == p1["_rev"]
     p9 = doc_of(backend, medic, "p9")
     into_scope = {**p9, "parent": lineage("house1", "area1", "hc1", "district1")}
     status, body, _ = await gw.call("PUT", f"/{medic}/p9", auth=CHW1, json=into_scope)
-    assert status >= 500 and body["error"] in ("bad_gateway", "service_unavailable"), body
+    assert status in (403, 409), body
     status, body, _ = await gw.call(
         "POST", f"/{medic}/_bulk_docs", auth=CHW1, json={"docs": [into_scope], "new_edits": False}
     )
-    assert status >= 500, body
+    assert status == 201 and body[0]["error"] == "forbidden", body
     assert doc_of(backend, medic, "p9")["_rev"] == p9["_rev"]
     # A feed page whose bodies cannot be read fails: never live docs sent as tombstones.
     status, body, _ = await gw.call("GET", f"/{medic}/_changes?include_docs=true", auth=CHW1)

@@ -21,6 +21,7 @@ SECURITY = {"admins": {"names": ["dba"], "roles": ["ops"]}, "members": {"names":
         ("/medic/a%2Fb/att%2F1", ("medic", "a/b", "att/1")),
         ("/medic/_local/cp?x=1", ("medic", "_local/cp")),
         ("/me%64ic/_all_docs", ("medic", "_all_docs")),
+        ("/a%2Bb/_local/f+g%2Bh", ("a+b", "_local/f g+h")),  # `+` as CouchDB reads it
     ],
 )
 def test_parse_normalises(raw: str, segments: tuple[str, ...]) -> None:
@@ -31,6 +32,13 @@ def test_encoded_round_trip_is_canonical() -> None:
     for raw in ("/medic/a%2Fb/att%2F1", "/medic/_design/app/_view/v", "/medic/x%20y"):
         path = CouchPath.parse(raw)
         assert CouchPath.parse(path.encoded()) == path
+
+
+def test_plus_and_space_are_always_sent_escaped() -> None:
+    """CouchDB reads a raw `+` in a path as a space: a `+` must leave couchgate as `%2B`."""
+    path = CouchPath(("a+b", "_design/c+d e", "f+g"))
+    assert path.encoded() == "/a%2Bb/_design/c%2Bd%20e/f%2Bg"
+    assert CouchPath.parse(path.encoded()) == path
 
 
 @pytest.mark.parametrize("raw", ["/medic/%FF", "/medic/../_users", "/medic/%2E%2E/x", "/medic/a%00b"])

@@ -209,24 +209,25 @@ async def test_writes_other_than_docs_are_recorded_once_and_reads_are_not(
     assert all(e["user"] == backend.admin_user for e in recorded)
 
 
-async def test_security_events(agw: Gateway, backend: PouchServer, users: dict[str, TestUser]) -> None:
-    await agw.call("POST", "/_session", json={"name": "alice", "password": "alice-pass"})
-    await agw.call("POST", "/_session", json={"name": "alice", "password": "wrong"})
-    await agw.call("POST", "/_couchgate/token", json={"name": "alice", "password": "alice-pass"})
-    await agw.call("POST", "/_couchgate/token", json={"name": "mallory", "password": "nope"})
-    await agw.call("GET", "/_all_dbs", auth=basic("alice", "not-her-password"))
+async def test_security_events(agw: Gateway, backend: PouchServer, fresh_user: TestUser) -> None:
+    name, password = fresh_user.name, fresh_user.password
+    await agw.call("POST", "/_session", json={"name": name, "password": password})
+    await agw.call("POST", "/_session", json={"name": name, "password": "wrong"})
+    await agw.call("POST", "/_couchgate/token", json={"name": name, "password": password})
+    await agw.call("POST", "/_couchgate/token", json={"name": "nobody-here", "password": "nope"})
+    await agw.call("GET", "/_all_dbs", auth=basic(name, "not-her-password"))
     logins = await entries(agw, backend, "&action=login")
-    assert [(e["user"], e["outcome"]) for e in logins] == [("alice", "failure"), ("alice", "success")]
+    assert [(e["user"], e["outcome"]) for e in logins] == [(name, "failure"), (name, "success")]
     tokens = await entries(agw, backend, "&action=token")
-    assert [(e["user"], e["outcome"]) for e in tokens] == [("mallory", "failure"), ("alice", "success")]
+    assert [(e["user"], e["outcome"]) for e in tokens] == [("nobody-here", "failure"), (name, "success")]
     [failure] = await entries(agw, backend, "&action=authenticate")
     assert failure["outcome"] == "failure" and failure["path"] == "/_all_dbs"
     stored_text = str(stored(backend, agw.settings.audit_db))
-    assert "alice-pass" not in stored_text and "not-her-password" not in stored_text
+    assert password not in stored_text and "not-her-password" not in stored_text
 
 
 async def test_a_user_agent_that_is_not_utf8_is_recorded_and_breaks_nothing(
-    agw: Gateway, backend: PouchServer, db: str, users: dict[str, TestUser]
+    agw: Gateway, backend: PouchServer, db: str, users: dict[str, TestUser], fresh_user: TestUser
 ) -> None:
     def request(method: str, path: str, auth: str, body: bytes = b"") -> bytes:
         return (f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
@@ -235,7 +236,7 @@ async def test_a_user_agent_that_is_not_utf8_is_recorded_and_breaks_nothing(
 
     answer = await raw_request(agw, request("PUT", f"/{db}/ua1", users["alice"].auth, b"{}"))
     assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
-    answer = await raw_request(agw, request("GET", "/_all_dbs", basic("alice", "wrong")))
+    answer = await raw_request(agw, request("GET", "/_all_dbs", basic(fresh_user.name, "wrong")))
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     await agw.call("PUT", f"/{db}/ua2", auth=users["alice"].auth, json={})
     recorded = await oldest_first(agw, backend)

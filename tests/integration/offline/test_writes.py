@@ -1,8 +1,10 @@
 """Offline users' writes: attachments in and out of scope, no existence oracle in the
-answers, `_local` docs of others, and the audit entries of every outcome."""
+answers, `_local` docs of others, the contacts written just before, and the audit entries
+of every outcome."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +12,7 @@ import pytest
 
 from proxy.devserver.backend import PouchServer
 
-from offline_data import auth, report
+from offline_data import auth, person, place, report
 from support import (
     Gateway,
     audit_entries,
@@ -18,6 +20,34 @@ from support import (
 )
 
 TEXT = {"Content-Type": "text/plain"}
+
+
+async def test_writes_see_the_contacts_couchdb_has_when_they_arrive(
+    gw: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """Each doc write syncs the index (while it reads the stored docs): a household written
+    to CouchDB a moment before is in the user's scope for it, with no follower to tell."""
+    status, _, _ = await gw.call("GET", f"/{medic}", auth=auth("chw1"))
+    assert status == 200  # the index is built
+    follower = next(t for t in asyncio.all_tasks() if t.get_name() == "index-follower")
+    follower.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await follower
+    household = [place("house7", "clinic", "area1", "hc1", "district1"),
+                 person("p77", "house7", "area1", "hc1", "district1")]  # fmt: skip
+    assert all(
+        "error" not in r for r in backend.request("POST", f"/{medic}/_bulk_docs", {"docs": household})[1]
+    )
+    about = {"patient_uuid": "p77"}
+    status, body, _ = await gw.call("PUT", f"/{medic}/r_p77a", auth=auth("chw1"),
+                                    json=report("r_p77a", ("chw1_person", "area1"), **about))  # fmt: skip
+    assert status == 201, body
+    status, body, _ = await gw.call("POST", f"/{medic}", auth=auth("chw1"),
+                                    json=report("r_p77b", ("chw1_person", "area1"), **about))  # fmt: skip
+    assert status == 201, body
+    status, rows, _ = await gw.call("POST", f"/{medic}/_bulk_docs", auth=auth("chw1"), json={"docs": [
+        report("r_p77c", ("chw1_person", "area1"), **about)]})  # fmt: skip
+    assert status == 201 and rows[0].get("ok") is True, rows
 
 
 def rev_of(backend: PouchServer, db: str, doc_id: str) -> str:

@@ -7,6 +7,7 @@ import asyncio
 import math
 import time
 from types import SimpleNamespace
+from typing import Any
 
 from ops_support import Scrape, admin, scrape
 
@@ -261,3 +262,53 @@ async def test_removals_sent_are_counted(gw: Gateway, medic: str, backend: Pouch
         "couchgate_offline_removals_sent_total"
     )
     assert grew == 6
+
+
+async def upstream_posts(gw: Gateway, backend: PouchServer, path: str, body: Any, auth: str) -> float:
+    """Requests to CouchDB with POST while couchgate answers one request (audit log off)."""
+    before = await scrape(gw, backend)
+    status, answer, _ = await gw.call("POST", path, auth=auth, json=body)
+    assert status in (200, 201), answer
+    rows = answer if isinstance(answer, list) else answer["results"]
+    assert all("ok" in r or r.get("status") in ("created", "unchanged") for r in rows), rows
+    after = await scrape(gw, backend)
+    metric = "couchgate_upstream_requests_total"
+    return after.value(metric, method="POST") - before.value(metric, method="POST")
+
+
+async def test_writes_of_new_docs_read_no_stored_docs(backend: PouchServer, medic: str) -> None:
+    """Docs the scope index has never seen (once level with CouchDB) did not exist: a push
+    of new reports, or an import of new docs, costs the write alone upstream; an edit still
+    reads what it edits."""
+    line = lineage("chw1_person", "area1", "hc1", "district1")
+
+    def new(prefix: str) -> list[dict[str, Any]]:
+        return [{"_id": f"{prefix}{i}", "type": "data_record", "form": "visit", "contact": line,
+                 "fields": {"patient_uuid": "p1"}} for i in range(3)]  # fmt: skip
+
+    gw = await start_gateway(gateway_settings(backend, medic, audit_enabled=False))
+    try:
+        await gw.call("GET", f"/{medic}/_changes", auth=auth("chw1"))  # the index built
+        push = f"/{medic}/_bulk_docs"
+        assert await upstream_posts(gw, backend, push, {"docs": new("r_push")}, auth("chw1")) == 1
+        _, p1 = backend.request("GET", f"/{medic}/p1")
+        edit = {"docs": [{**p1, "name": "edited"}]}
+        assert await upstream_posts(gw, backend, push, edit, auth("chw1")) == 2  # the read, the write
+        # A foreign doc is refused from the index, unread: it costs what a missing id costs.
+        _, p3 = backend.request("GET", f"/{medic}/p3")
+        status, rows, _ = await gw.call(
+            "POST", push, auth=auth("chw1"), json={"docs": [{**p3, "parent": lineage("house1", "area1")}]}
+        )
+        assert status == 201 and rows[0]["error"] == "conflict", rows
+        before = await scrape(gw, backend)
+        await gw.call("POST", push, auth=auth("chw1"), json={"docs": [{**p3, "name": "x"}]})
+        after = await scrape(gw, backend)
+        metric = "couchgate_upstream_requests_total"
+        assert after.value(metric, method="POST") == before.value(metric, method="POST")  # no read, no write
+        imported = f"/{medic}/_couchgate/import"
+        assert await upstream_posts(gw, backend, imported, new("r_imp"), admin(backend)) == 1
+        assert (
+            await upstream_posts(gw, backend, imported, new("r_imp"), admin(backend)) == 1
+        )  # read, no write
+    finally:
+        await stop_gateway(gw)

@@ -12,12 +12,17 @@ import urllib.request
 import uuid
 
 import aiohttp
+import pytest
 
 from proxy.devserver.backend import PouchServer, free_port
 from proxy.seed.generator import preset
 from proxy.seed.loader import SECURITY, load
 
 from support import basic
+
+# Both start an embedded pouchdb-server of their own (the demo users would collide with the
+# other tests' users in a shared backend, and `couchgate dev` embeds pouchdb-server).
+pytestmark = pytest.mark.backend("pouchdb-server", reason="runs on a pouchdb-server of its own")
 
 
 async def test_load_is_complete_and_idempotent() -> None:

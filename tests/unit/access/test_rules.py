@@ -18,7 +18,7 @@ from proxy.access.config import AppSettings, UserCtx, has_permission, is_offline
 from proxy.access.graph import ContactNode, Subjects, WalkScope, subjects
 from proxy.access.kinds import UNASSIGNED, kind_of, replication_keys
 from proxy.access.read import body_readable, body_rule
-from proxy.access.write import OUTSIDE, authorize_write
+from proxy.access.write import OUTSIDE, authorize_write, made_up_rev
 
 
 class Graph:
@@ -710,6 +710,24 @@ def test_a_refused_move_is_final_in_a_batch() -> None:
     # (safe; alone it is allowed), and h1 was never judged at its old place.
     assert [(d.allowed, d.rule) for d in decisions] == [(False, "W3"), (False, "W3")]
     assert authorize_batch(CHW, settings(), G, [person_below], stored)[0].allowed
+
+
+def test_an_edit_naming_a_rev_of_no_live_doc_is_a_conflict() -> None:
+    """W15: a made-up `_rev` on a missing (or deleted) doc is CouchDB's conflict, as W4
+    answers for a doc outside the scope; CouchDB 3.4 itself wrote such a doc."""
+    mine = report("r_new", submitter=("chw", "a1"), patient_uuid="p1")
+    allowed = authorize_batch(CHW, settings(), G, [{**mine, "_rev": "1-abc"}], {"r_new": None})[0]
+    assert allowed.allowed
+    decision = made_up_rev({**mine, "_rev": "1-abc"}, None, allowed)
+    assert (decision.allowed, decision.rule, decision.status, decision.error) == (
+        False,
+        "W15",
+        409,
+        "conflict",
+    )
+    assert made_up_rev(mine, None, allowed) is allowed  # no `_rev`: a create
+    assert made_up_rev({**mine, "_rev": "1-abc"}, {**mine, "_rev": "1-abc"}, allowed) is allowed  # stored
+    assert made_up_rev({**mine, "_rev": "1-abc"}, None, OUTSIDE) is OUTSIDE  # a refusal stands
 
 
 # -- the submitter of a report ----------------------------------------------------------------
