@@ -10,12 +10,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy import dispatch, observe, status, users_at_risk
+from proxy import dispatch, observe, scrape, status, users_at_risk
 from proxy.audit import routes as audit_routes
 from proxy.audit import verify_route
 from proxy.audit.api import NullAudit
 from proxy.audit.capture import background_intents
-from proxy.audit.events import audit_middleware
 from proxy.audit.log import AuditLog
 from proxy.audit.retention import Retention
 from proxy.auth import routes as auth_routes
@@ -50,13 +49,14 @@ from proxy.keys import (
     USERS,
 )
 from proxy.logs import request_id_middleware
-from proxy.metrics import METRICS, Metrics, metrics
-from proxy.middlewares import auth_middleware, cors_middleware, on_prepare_cors
+from proxy.metrics import METRICS, Metrics
+from proxy.middlewares import audit_middleware, auth_middleware, cors_middleware, on_prepare_cors
 from proxy.offline import scope
 from proxy.offline.removals import Removals
 from proxy.offline.since import SinceCodec
 from proxy.offline.snapshot import Snapshots
 from proxy.offline.sync import IndexSync
+from proxy.session import session
 from proxy.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/_couchgate/ready", status.ready, name="ready", allow_head=False)
     r.add_post("/_couchgate/token", auth_routes.issue_token, name="issue_token")
     r.add_post("/_couchgate/token/revoke", auth_routes.revoke_tokens, name="revoke_tokens")
-    r.add_route("*", "/_session", auth_routes.session, name="session")
+    r.add_route("*", "/_session", session, name="session")
     r.add_get("/_couchgate/audit", audit_routes.list_entries, name="audit_list", allow_head=False)
     r.add_get(
         "/_couchgate/audit/docs/{doc_id:.+}", audit_routes.doc_history, name="audit_doc", allow_head=False
@@ -124,7 +124,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/_couchgate/users/{name}/scope", scope.user_scope, name="user_scope", allow_head=False)
     r.add_get("/_couchgate/console", console.console, name="console", allow_head=False)
     r.add_get("/_couchgate/console/{asset}", console.console_asset, name="console_asset", allow_head=False)
-    r.add_get("/_couchgate/metrics", metrics, name="metrics", allow_head=False)
+    r.add_get("/_couchgate/metrics", scrape.metrics, name="metrics", allow_head=False)
     r.add_get("/{db}/_couchgate/conflicts", conflicts.list_conflicts, name="conflicts_list", allow_head=False)
     r.add_post(
         "/{db}/_couchgate/conflicts/{doc_id:.+}/resolve", conflicts.resolve_conflict, name="conflict_resolve"

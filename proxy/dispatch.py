@@ -1,7 +1,7 @@
 """The catch-all route: who is asking decides how a CouchDB path is served.
 
 1. anonymous callers reach only `GET /` and `/_session`;
-2. offline users (DESIGN.md 1) are served by `proxy.offline` with the rules applied;
+2. offline users (docs/design.md, 1) are served by `proxy.offline` with the rules applied;
 3. everyone else is forwarded to CouchDB (`proxy.passthrough`), whose `_security` applies.
 """
 

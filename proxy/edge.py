@@ -41,7 +41,6 @@ log = logging.getLogger("couchgate.edge")
 # After a stalled body's handler was told, the connection is closed this long after at the latest.
 STALL_GRACE = 5.0
 TOO_MANY_CONNECTIONS = "too many connections from this address"
-MALFORMED = "the request is malformed"
 PARSE_ERRORS: tuple[tuple[type[Exception], str], ...] = (
     (http_exceptions.LineTooLong, "the request line or a header is too long"),
     (http_exceptions.BadHttpMethod, "the request line is malformed"),

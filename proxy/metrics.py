@@ -1,4 +1,4 @@
-"""`GET /_couchgate/metrics`: Prometheus text, from a registry of this app's own.
+"""Prometheus text, from a registry of this app's own (served by `proxy.scrape`).
 
 Every name is documented in docs/metrics.md, and the Grafana dashboard in
 deploy/grafana/couchgate.json is built on them. Labels have bounded values only: route
@@ -22,18 +22,13 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-from proxy.errors import CouchgateError, Forbidden
-from proxy.keys import PRINCIPAL, SETTINGS
 
 # Latency buckets (seconds) from a no-op sync (ms) to a large import or backfill.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -236,31 +231,3 @@ async def index_lag(couch: Any, sync: IndexPosition) -> tuple[float, float]:
 def unlevel_for(sync: IndexPosition) -> float:
     """Seconds since the index was last level with CouchDB (NaN: never yet)."""
     return time.monotonic() - sync.last_sync_at if sync.last_sync_at else math.nan
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics (admins, unless COUCHGATE_METRICS_PUBLIC)."""
-    if not request.app[SETTINGS].metrics_public and not request[PRINCIPAL].is_admin:
-        raise Forbidden("You are not a server admin.")
-    from proxy.audit.log import AuditLog
-    from proxy.keys import AUDIT, COUCH, INDEX
-    from proxy.users_at_risk import RISK
-
-    app = request.app
-    m = app[METRICS]
-    sync = app[INDEX]
-    m.index_docs.set(len(sync.index.entries))
-    sink = app[AUDIT]
-    m.sources.audit = sink if isinstance(sink, AuditLog) else None
-    m.sources.index = sync
-    m.sources.risk = app.get(RISK)
-    if isinstance(sink, AuditLog):
-        m.audit_queued.set(len(sink.queue))
-        m.audit_dropped.set(sink.dropped)
-    try:
-        seconds, behind = await index_lag(app[COUCH], sync)
-    except CouchgateError:
-        seconds, behind = unlevel_for(sync), math.nan
-    m.index_lag_seconds.set(seconds)
-    m.index_changes_behind.set(behind)
-    return web.Response(body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,4 +1,5 @@
-"""The request pipeline, outermost first (see `create_app`): request id, errors, CORS, auth."""
+"""The request pipeline, outermost first (see `create_app`): request id, errors, CORS, auth,
+and the audit of security events (failed authentication, requests the rules deny)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from aiohttp import web
 
 from proxy.access.paths import BadPath, CouchPath
 from proxy.audit.capture import record
-from proxy.auth.authenticator import CHALLENGE
+from proxy.auth.authenticator import CHALLENGE, AuthFailed
 from proxy.auth.principal import ANONYMOUS
 from proxy.auth.throttle import LoginThrottled
 from proxy.clients import client_address
-from proxy.errors import Unauthorized
+from proxy.errors import Forbidden, Unauthorized
 from proxy.keys import AUTHENTICATOR, PRINCIPAL, SETTINGS
 from proxy.logs import USER_NAME_KEY
 
@@ -105,3 +106,17 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if principal.name is not None:
         request[USER_NAME_KEY] = principal.name
     return await handler(request)
+
+
+@web.middleware
+async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Failed authentication and requests the access rules deny, recorded once per request
+    (logins and token issues are recorded by their routes)."""
+    try:
+        return await handler(request)
+    except AuthFailed as exc:
+        record(request, "authenticate", "failure", reason=exc.reason)
+        raise
+    except Forbidden as exc:
+        record(request, "request", "denied", reason=exc.reason)
+        raise

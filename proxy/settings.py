@@ -94,6 +94,15 @@ class Settings(BaseSettings):
     # CouchDB 3 accepts request bodies up to 4 GiB (max_http_request_size); so do we, streamed.
     max_body_bytes: int = Field(default=4 * 1024**3, ge=1024)
     max_json_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # Bodies of couchgate's own endpoints, read whole: `POST _changes` of offline users
+    # (`doc_ids`); an offline user's `_local` doc or own `_users` doc; a conflict's resolve or
+    # split request; one imported doc (CouchDB's default max_document_size) and one NDJSON line.
+    # (`_revs_diff`, `_bulk_get`, `_all_docs` of offline users take max_json_bytes.)
+    max_changes_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_user_doc_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_conflicts_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_import_doc_bytes: int = Field(default=8_000_000, ge=1024)
+    max_import_line_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Upstream timeouts (README, "Timeouts"): connecting; the first byte of CouchDB's answer
     # where a phone is waiting (offline users, the index) and everywhere else; the longest
     # silence inside a streamed answer.

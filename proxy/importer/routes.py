@@ -26,7 +26,7 @@ from proxy.access.config import UserCtx, is_offline
 from proxy.access.paths import CouchPath
 from proxy.audit.api import Outcome
 from proxy.audit.capture import record
-from proxy.errors import BadRequest, CouchgateError, Forbidden, Unauthorized, UpstreamError
+from proxy.errors import BadRequest, CouchgateError, Forbidden, UpstreamError
 from proxy.importer.engine import Importer, Plan
 from proxy.importer.source import is_ndjson, items
 from proxy.keys import COUCH, INDEX, PRINCIPAL, SETTINGS
@@ -37,7 +37,6 @@ from proxy.passthrough import credentials_for
 log = logging.getLogger("couchgate.import")
 
 MODES = ("skip", "overwrite", "keep_both")
-MAX_DOC_BYTES = 8_000_000  # CouchDB's default max_document_size (JSON body, attachments apart)
 
 
 class Refused(CouchgateError):
@@ -62,8 +61,6 @@ async def import_db(request: web.Request) -> web.StreamResponse:
 
 async def plan_for(request: web.Request, db: str) -> Plan:
     principal = request[PRINCIPAL]
-    if not principal.authenticated:
-        raise Unauthorized("You are not authorized to access this resource.")
     mode = request.query.get("on_conflict", "skip")
     if mode not in MODES:
         raise BadRequest(f"on_conflict must be one of {', '.join(MODES)}")
@@ -100,7 +97,7 @@ async def plan_for(request: web.Request, db: str) -> Plan:
         user=user,
         credentials=credentials,
         is_admin=principal.is_admin,
-        max_doc_bytes=MAX_DOC_BYTES,
+        max_doc_bytes=settings.max_import_doc_bytes,
         # Attachments are not part of max_document_size in CouchDB; they are bounded by the
         # request size (and, before that, by the import's JSON body or NDJSON line limit).
         max_attachment_bytes=settings.max_body_bytes,
@@ -111,7 +108,7 @@ async def plan_for(request: web.Request, db: str) -> Plan:
 async def run_import(request: web.Request, db: str) -> web.StreamResponse:
     plan = await plan_for(request, db)
     stream_ndjson = is_ndjson(request) or "application/x-ndjson" in request.headers.get("Accept", "")
-    source = items(request, request.app[SETTINGS].max_json_bytes)
+    source = items(request, request.app[SETTINGS].max_json_bytes, request.app[SETTINGS].max_import_line_bytes)
     chunks = Importer(request, request.app[COUCH], plan).run(source)
     started = complete = False
     try:

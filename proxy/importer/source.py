@@ -14,7 +14,6 @@ from proxy.errors import BadRequest, PayloadTooLarge
 from proxy.params import read_body
 
 NDJSON_TYPES = {"application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/ndjson"}
-MAX_LINE = 64 * 1024 * 1024
 
 
 class BadLine:
@@ -28,9 +27,9 @@ def is_ndjson(request: web.Request) -> bool:
     return request.content_type in NDJSON_TYPES
 
 
-async def items(request: web.Request, json_limit: int) -> AsyncIterator[Any]:
+async def items(request: web.Request, json_limit: int, line_limit: int) -> AsyncIterator[Any]:
     if is_ndjson(request):
-        async for item in _ndjson(request):
+        async for item in _ndjson(request, line_limit):
             yield item
         return
     raw = await read_body(request, json_limit)
@@ -54,12 +53,12 @@ async def items(request: web.Request, json_limit: int) -> AsyncIterator[Any]:
         yield doc
 
 
-async def _ndjson(request: web.Request) -> AsyncIterator[Any]:
+async def _ndjson(request: web.Request, line_limit: int) -> AsyncIterator[Any]:
     buffer = bytearray()
     async for chunk in request.content.iter_chunked(256 * 1024):
         buffer += chunk
-        if len(buffer) > MAX_LINE and b"\n" not in buffer:
-            raise PayloadTooLarge(f"an NDJSON line is longer than {MAX_LINE} bytes")
+        if len(buffer) > line_limit and b"\n" not in buffer:
+            raise PayloadTooLarge(f"an NDJSON line is longer than {line_limit} bytes")
         *lines, rest = bytes(buffer).split(b"\n")
         buffer = bytearray(rest)
         for line in lines:

@@ -26,7 +26,7 @@ from proxy import observe
 from proxy.access.config import UserCtx
 from proxy.access.scope_index import TooOld
 from proxy.errors import BadRequest, dumps, json_response
-from proxy.keys import COUCH, REMOVALS
+from proxy.keys import COUCH, REMOVALS, SETTINGS
 from proxy.logs import stamp_request_id
 from proxy.offline import leaves, query
 from proxy.offline.ledger import Ledger
@@ -70,7 +70,7 @@ async def parse_params(request: web.Request) -> FeedParams:
     if filter_name == "_doc_ids":
         raw: Any = q.get("doc_ids")
         if request.method == "POST":
-            body = await read_json(request, 16 * 1024 * 1024, empty={})
+            body = await read_json(request, request.app[SETTINGS].max_changes_body_bytes, empty={})
             raw = body.get("doc_ids") if isinstance(body, dict) else None
         elif raw is not None:
             try:

@@ -13,12 +13,11 @@ from aiohttp import web
 
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, MethodNotAllowed, json_response
-from proxy.keys import COUCH, SINCE_KEY
+from proxy.keys import COUCH, SETTINGS, SINCE_KEY
 from proxy.offline import query
 from proxy.params import read_json
 
 LOCAL = "_local/"
-MAX_LOCAL_BODY = 1024 * 1024
 
 
 def private_id(key: bytes, user: str, local_id: str) -> str:
@@ -36,7 +35,7 @@ async def local_doc(request: web.Request, db_path: str, user: str, local_id: str
     if request.method in {"GET", "HEAD"}:
         result = await couch.json("GET", path, params=params)
     elif request.method == "PUT":
-        body = await read_json(request, MAX_LOCAL_BODY)
+        body = await read_json(request, request.app[SETTINGS].max_user_doc_bytes)
         if not isinstance(body, dict):
             raise BadRequest("Document must be a JSON object")
         body["_id"] = upstream_id

@@ -18,10 +18,9 @@ from proxy.audit import capture
 from proxy.audit.capture import outcome_of
 from proxy.couch.client import quote_id
 from proxy.errors import Forbidden, json_response
-from proxy.keys import COUCH
+from proxy.keys import COUCH, SETTINGS
 from proxy.params import read_json
 
-MAX_BODY = 1024 * 1024
 # Set by CouchDB from `password` on write; a client may send them back unchanged or not at all.
 PASSWORD_FIELDS = frozenset(
     {"password", "derived_key", "salt", "iterations", "password_scheme", "pbkdf2_prf", "password_sha"}
@@ -34,7 +33,7 @@ def _rest(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 async def change_password(request: web.Request, path: CouchPath, own_id: str) -> web.Response:
-    body = await read_json(request, MAX_BODY)
+    body = await read_json(request, request.app[SETTINGS].max_user_doc_bytes)
     if (
         not isinstance(body, dict)
         or not isinstance(body.get("password"), str)

@@ -15,7 +15,7 @@ from aiohttp import web
 from proxy.access.paths import CouchPath
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, json_response
-from proxy.keys import COUCH, REMOVALS
+from proxy.keys import COUCH, REMOVALS, SETTINGS
 from proxy.offline import leaves, query
 from proxy.offline.derived import Made
 from proxy.offline.removals import made_doc
@@ -23,8 +23,6 @@ from proxy.offline.revisions import MISSING, REV, failed, missing_revs, not_foun
 from proxy.offline.view import UserView
 from proxy.params import read_json
 from proxy.passthrough import forward
-
-MAX_BODY = 32 * 1024 * 1024
 
 
 async def get_attachment(
@@ -54,7 +52,7 @@ async def get_attachment(
 
 
 async def revs_diff(request: web.Request, view: UserView, db_path: str) -> web.Response:
-    body = await read_json(request, MAX_BODY)
+    body = await read_json(request, request.app[SETTINGS].max_json_bytes)
     if not isinstance(body, dict) or not all(
         isinstance(v, list) and all(isinstance(r, str) for r in v) for v in body.values()
     ):
@@ -132,7 +130,7 @@ def _bulk_get_item(d: Any) -> dict[str, Any]:
 
 async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Response:
     params = query.parse(request.query, query.BULK_GET)
-    body = await read_json(request, MAX_BODY)
+    body = await read_json(request, request.app[SETTINGS].max_json_bytes)
     raw_docs = body.get("docs") if isinstance(body, dict) else None
     if not isinstance(raw_docs, list):
         raise BadRequest('_bulk_get needs {"docs": [{"id": ..., "rev": ...}, ...]}')
@@ -277,7 +275,11 @@ async def _all_docs_rows(
 
 async def all_docs(request: web.Request, view: UserView, db_path: str) -> web.Response:
     params = query.parse(request.query, query.ALL_DOCS)
-    body = await read_json(request, MAX_BODY, empty={}) if request.method == "POST" else {}
+    body = (
+        await read_json(request, request.app[SETTINGS].max_json_bytes, empty={})
+        if request.method == "POST"
+        else {}
+    )
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     keys = body.get("keys", params.get("keys"))

@@ -108,10 +108,15 @@ def _reason(body: object) -> str | None:
     return str(reason) if reason is not None else None
 
 
-def _action(doc: dict[str, Any], stored: Any) -> str:
+def _action(doc: dict[str, Any], stored: Any, view: UserView) -> str:
+    """What the audit log calls the write: a doc refused unread (the user may not read it,
+    `stored_winners`) exists all the same, as the index knows."""
     if doc.get("_deleted"):
         return "delete"
-    return "update" if stored is not None else "create"
+    if stored is None:
+        entry = view.sync.index.entries.get(str(doc.get("_id")))
+        return "update" if entry is not None and not entry.deleted else "create"
+    return "update"
 
 
 async def judge(
@@ -204,7 +209,7 @@ async def _bulk_docs(request: web.Request, view: UserView, db: str, db_path: str
                 refused: tuple[Outcome, str | None] = ("forbidden", decision.why)
                 failure = (capture.outcome_of(result.status), _reason(result.body))
                 what, why = failure if decision.allowed else refused
-                _audit(request, db, doc, before, what, None, why, _action(doc, before))
+                _audit(request, db, doc, before, what, None, why, _action(doc, before, view))
             return json_response(result.body, status=result.status)
         for written in result.body:  # pouchdb-server does not keep request order: match by id
             if isinstance(written, dict) and isinstance(written.get("id"), str):
@@ -213,7 +218,7 @@ async def _bulk_docs(request: web.Request, view: UserView, db: str, db_path: str
     row: dict[str, Any]
     for doc, decision in zip(docs, decisions, strict=True):
         doc_id = doc["_id"]
-        action = _action(doc, stored.get(doc_id))
+        action = _action(doc, stored.get(doc_id), view)
         if not decision.allowed:
             row = _refused_row(doc_id, decision, new_edits)
             _audit(request, db, doc, stored.get(doc_id), "forbidden", None, decision.why, action)
@@ -288,7 +293,7 @@ async def write_doc(
         check_revisions(doc, params.get("new_edits", True))
     decisions, stored = await judge(request, view, db_path, [doc], params.get("new_edits", True))
     before = stored.get(doc["_id"])
-    action = _action(doc, before)
+    action = _action(doc, before, view)
     if not decisions[0].allowed:
         return _refusal(request, db, doc, before, decisions[0], action)
     couch = request.app[COUCH]

@@ -3,7 +3,7 @@
 Hierarchy (`type: "contact"` with `contact_type`, as in CHT's configurable hierarchy):
 district -> health_center (a supervisor's facility) -> chw_area (a CHW's facility) ->
 household -> person. Every contact stores its full lineage, nearest first. Around it:
-the `settings` doc (roles, permissions, `replication_depth` as in DESIGN.md), other global
+the `settings` doc (roles, permissions, `replication_depth` as in docs/design.md), other global
 docs, reports about people (by shortcode or uuid) and households, private reports,
 reports that need sign-off, unallocated SMS reports, tasks and targets.
 
@@ -137,7 +137,7 @@ class DemoUser:
     facility_ids: tuple[str, ...]
     contact_id: str | None
     # A CouchDB server admin (the loader adds it to the server's `admins`): couchgate treats
-    # a user as an admin when CouchDB does (DESIGN.md 1).
+    # a user as an admin when CouchDB does (docs/design.md, 1).
     server_admin: bool = False
 
     def user_doc(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Real PouchDB clients replicate as offline users through couchgate (DESIGN.md 2-4)."""
+"""Real PouchDB clients replicate as offline users through couchgate (docs/design.md 2-4)."""
 
 from __future__ import annotations
 

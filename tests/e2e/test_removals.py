@@ -16,7 +16,7 @@ from proxy.keys import INDEX
 
 from balancer import Balancer
 from e2e_support import PouchSession
-from offline_data import PASSWORD, lineage
+from offline_data import HOUSEHOLD, PASSWORD, move_house
 from support import (
     Gateway,
     audit_entries,
@@ -30,8 +30,6 @@ from support import (
 )
 
 pytestmark = pytest.mark.e2e
-
-HOUSEHOLD = {"house1", "p1", "p2", "r_p1", "r_p2", "r_house1"}  # house1, its people, their reports
 
 
 def pw(name: str) -> str:
@@ -52,12 +50,6 @@ def rev_trees(backend: PouchServer, db: str, ids: set[str]) -> dict[str, Any]:
         assert status == 200, body
         trees[doc_id] = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     return trees
-
-
-def move_house(backend: PouchServer, db: str, *parents: str) -> None:
-    house = upstream(backend, db, "house1")
-    status, body = backend.request("PUT", f"/{db}/house1", {**house, "parent": lineage(*parents)})
-    assert status == 201, body
 
 
 def content(doc: dict[str, Any]) -> dict[str, Any]:

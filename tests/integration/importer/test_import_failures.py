@@ -15,9 +15,9 @@ from import_support import do_import
 from proxy.couch.client import CouchClient, JsonResult
 from proxy.devserver.backend import PouchServer
 from proxy.errors import UpstreamUnavailable
-from proxy.importer import engine, source
+from proxy.importer import engine
 
-from support import Gateway, TestUser
+from support import Gateway, TestUser, gateway_settings, start_gateway, stop_gateway
 
 TIMEOUT = aiohttp.ClientTimeout(total=60)
 
@@ -135,9 +135,16 @@ async def test_an_unexpected_error_in_a_chunk_keeps_what_was_answered(
 
 
 async def test_a_body_that_breaks_mid_stream_ends_with_an_error_line_and_the_summary(
-    gateway: Gateway, db: str, users: dict[str, TestUser], monkeypatch: pytest.MonkeyPatch
+    backend: PouchServer, db: str, users: dict[str, TestUser]
 ) -> None:
-    monkeypatch.setattr(source, "MAX_LINE", 10_000)
+    gateway = await start_gateway(gateway_settings(backend, db, max_import_line_bytes=10_000))
+    try:
+        await _breaks_mid_stream(gateway, db, users)
+    finally:
+        await stop_gateway(gateway)
+
+
+async def _breaks_mid_stream(gateway: Gateway, db: str, users: dict[str, TestUser]) -> None:
 
     async def body() -> AsyncIterator[bytes]:
         yield b"".join(orjson.dumps({"_id": f"m{i:03d}"}) + b"\n" for i in range(700))

@@ -11,24 +11,14 @@ import pytest
 from proxy.devserver.backend import PouchServer
 from proxy.offline import changes as changes_module
 
-from offline_data import auth, lineage
+from offline_data import HOUSEHOLD, auth, lineage, move_house
 from support import Gateway, eventually, index_level
-
-HOUSEHOLD = {"house1", "p1", "p2", "r_p1", "r_p2", "r_house1"}
 
 
 async def changes(gw: Gateway, db: str, user: str, query: str = "") -> dict[str, Any]:
     status, body, _ = await gw.call("GET", f"/{db}/_changes?style=all_docs{query}", auth=auth(user))
     assert status == 200, body
     return dict(body)
-
-
-def move_house(backend: PouchServer, db: str, *parents: str) -> str:
-    status, house = backend.request("GET", f"/{db}/house1")
-    assert status == 200, house
-    status, body = backend.request("PUT", f"/{db}/house1", {**house, "parent": lineage(*parents)})
-    assert status == 201, body
-    return str(body["rev"])
 
 
 async def bulk_get(gw: Gateway, db: str, user: str, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:

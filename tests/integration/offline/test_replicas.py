@@ -13,23 +13,14 @@ import pytest
 from proxy.devserver.backend import PouchServer
 from proxy.keys import INDEX, SINCE_CODEC
 
-from offline_data import CHW1_READS, auth, lineage, person
+from offline_data import CHW1_READS, HOUSEHOLD, auth, move_house, person
 from support import Gateway, eventually, gateway_settings, index_level, start_gateway, stop_gateway
-
-HOUSEHOLD = {"house1", "p1", "p2", "r_p1", "r_p2", "r_house1"}
 
 
 async def changes(gw: Gateway, db: str, user: str, since: str = "0") -> dict[str, Any]:
     status, body, _ = await gw.call("GET", f"/{db}/_changes?style=all_docs&since={since}", auth=auth(user))
     assert status == 200, body
     return dict(body)
-
-
-def move_house(backend: PouchServer, db: str, *parents: str) -> None:
-    status, house = backend.request("GET", f"/{db}/house1")
-    assert status == 200, house
-    status, body = backend.request("PUT", f"/{db}/house1", {**house, "parent": lineage(*parents)})
-    assert status == 201, body
 
 
 def removed(body: dict[str, Any]) -> set[str]:

@@ -37,7 +37,7 @@ ROLES = ["chw", "sup", "clerk"]
 CONTACT_TYPES = ["household", "patient", "unknown_type"]
 DEPTHS = [None, -1, 0, 1, 2, 3]
 
-# -- the oracle: DESIGN.md 1-2, read literally --------------------------------------------
+# -- the oracle: docs/design.md 1-2, read literally ---------------------------------------
 
 GLOBAL_IDS = {"settings", "resources", "branding", "partners", "service-worker-meta", "zscore-charts",
               "privacy-policies", "_design/medic-client"}  # fmt: skip

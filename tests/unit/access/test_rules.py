@@ -1,7 +1,10 @@
 """The access rules, rule by rule, each with allow and deny cases (pure, no I/O).
 
-Write decisions carry the id of the rule that made them (`proxy.access.write`), and the
-tests check it, so a test proves which rule refused, not only that something did."""
+Every decision, read and write, carries the id of the rule that made it
+(`proxy.access.read`, `proxy.access.write`); `READ_RULES` and `WRITE_RULES` are tables keyed
+by those ids (docs/design.md), so a test proves which rule decided, not only that
+something did. A new rule gets its rows there; the scenario tests below them cover how
+rules combine (batches, moves, key spaces)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from proxy.access.batch import authorize_batch
 from proxy.access.config import AppSettings, UserCtx, has_permission, is_offline, replication_depths
 from proxy.access.graph import ContactNode, Subjects, WalkScope, subjects
 from proxy.access.kinds import UNASSIGNED, kind_of, replication_keys
-from proxy.access.read import body_readable
+from proxy.access.read import body_readable, body_rule
 from proxy.access.write import OUTSIDE, authorize_write, made_up_rev
 
 
@@ -100,6 +103,8 @@ def settings(depth: int | None = None, report_depth: int | None = None, unalloca
 
 
 CHW = UserCtx("u", ("chw",), ("a1",), "chw")
+OWN_SETTINGS = {"_id": "org.couchdb.user:u", "type": "user-settings", "name": "u", "facility_id": "a1",
+                "contact_id": "chw"}  # fmt: skip
 
 
 def report(
@@ -182,24 +187,71 @@ def test_multiple_facilities_and_unallocated() -> None:
     assert not subjects(CHW, no_permission, G).unassigned
 
 
-@pytest.mark.parametrize(
-    ("doc", "expected"),
-    [
-        (contact("h1", "a1"), True),
-        (contact("p2", "h2", "a2"), False),
-        ({"_id": "t", "type": "task", "user": "org.couchdb.user:u"}, True),
-        ({"_id": "t", "type": "task", "user": "org.couchdb.user:other"}, False),
-        ({"_id": "g", "type": "target", "owner": "chw"}, True),
-        ({"_id": "g", "type": "target", "owner": "p2"}, False),
-        ({"_id": "org.couchdb.user:u", "type": "user-settings"}, True),
-        ({"_id": "org.couchdb.user:v", "type": "user-settings"}, False),
-        ({"_id": "settings"}, True), ({"_id": "branding"}, True), ({"_id": "_design/medic-client"}, True),
-        ({"_id": "form:x", "type": "form"}, True), ({"_id": "t1", "type": "translations"}, True),
-        ({"_id": "_design/medic"}, False), ({"_id": "loose"}, False),
-    ],
-)  # fmt: skip
-def test_readable_by_kind(doc: dict[str, Any], expected: bool) -> None:
-    assert readable(doc) is expected
+def rule_case(rule: str, note: str, *values: Any) -> Any:
+    """A table row whose test id starts with the rule id (`pytest -k W11` runs its rows)."""
+    return pytest.param(rule, *values, id=f"{rule} {note}")
+
+
+SUPERVISOR = UserCtx("s", ("chw",), ("hc",))
+FOREIGN_SUBMITTER = ("p2", "h2", "a2")
+
+# rule, note, doc, settings (None: the defaults), user, readable
+READ_RULES = [
+    rule_case("R0", "a bare tombstone reveals nothing", {"_id": "x", "_rev": "2-b", "_deleted": True}, None, CHW, True),
+    rule_case("R1", "settings", {"_id": "settings"}, None, CHW, True),
+    rule_case("R1", "branding", {"_id": "branding"}, None, CHW, True),
+    rule_case("R1", "medic-client", {"_id": "_design/medic-client"}, None, CHW, True),
+    rule_case("R1", "a form", {"_id": "form:x", "type": "form"}, None, CHW, True),
+    rule_case("R1", "translations", {"_id": "t1", "type": "translations"}, None, CHW, True),
+    rule_case("R2", "another design doc", {"_id": "_design/medic"}, None, CHW, False),
+    rule_case("R3", "own user-settings", {"_id": "org.couchdb.user:u", "type": "user-settings"}, None, CHW, True),
+    rule_case("R3", "another's user-settings", {"_id": "org.couchdb.user:v", "type": "user-settings"}, None, CHW, False),
+    rule_case("R4", "own task", {"_id": "t", "type": "task", "user": "org.couchdb.user:u"}, None, CHW, True),
+    rule_case("R4", "another's task", {"_id": "t", "type": "task", "user": "org.couchdb.user:v"}, None, CHW, False),
+    rule_case("R5", "contact in scope", contact("h1", "a1"), None, CHW, True),
+    rule_case("R5", "contact outside", contact("p2", "h2", "a2"), None, CHW, False),
+    rule_case("R5", "a tombstone in scope", {**contact("h1", "a1"), "_deleted": True}, None, CHW, True),
+    rule_case("R5", "deeper than the depth", contact("p1", "h1", "a1", type_="person"), settings(depth=1), CHW, False),
+    rule_case("R5", "judged where its body puts it", contact("p2", "h1", "a1", type_="person"), None, CHW, True),
+    rule_case("R6", "target of a contact in scope", {"_id": "g", "type": "target", "owner": "chw"}, None, CHW, True),
+    rule_case("R6", "target of a contact outside", {"_id": "g", "type": "target", "owner": "p2"}, None, CHW, False),
+    rule_case("R6", "a shortcode is no owner", {"_id": "g", "type": "target", "owner": "C001"}, None, CHW, False),
+    rule_case("R7", "subject by shortcode in scope", report(patient_id="P001"), None, CHW, True),
+    rule_case("R7", "subject by shortcode outside", report(patient_id="P002"), None, CHW, False),
+    rule_case("R7", "subject by id in scope", report(patient_uuid="p1"), None, CHW, True),
+    rule_case("R7", "place shortcode", report(place_id="HC01"), None, SUPERVISOR, True),
+    rule_case("R7", "place shortcode outside", report(place_id="HC01"), None, CHW, False),
+    rule_case("R7", "unallocated, allowed", {"_id": "sms", "type": "data_record", "fields": {}}, settings(unallocated=True), CHW, True),
+    rule_case("R7", "unallocated, not allowed", {"_id": "sms", "type": "data_record", "fields": {}}, settings(unallocated=False), CHW, False),
+    rule_case("R7", "needs_signoff: the submitter's lineage", report(submitter=(*FOREIGN_SUBMITTER, "hc", "d"), patient_uuid="p9", needs_signoff=True), None, SUPERVISOR, True),
+    rule_case("R7", "no signoff: the subject alone", report(submitter=(*FOREIGN_SUBMITTER, "hc", "d"), patient_uuid="p9"), None, SUPERVISOR, False),
+    rule_case("R7", "private, not about the user's own", report(patient_uuid="h1", submitter=FOREIGN_SUBMITTER, private=True), None, CHW, True),
+    rule_case("R7", "private, submitter in scope", report(patient_uuid="a1", submitter=("h1",), private=True), None, CHW, True),
+    rule_case("R7a", "private about the own facility", report(patient_uuid="a1", submitter=FOREIGN_SUBMITTER, private=True), None, CHW, False),
+    rule_case("R7a", "private about the own contact, by shortcode", report(patient_id="C001", submitter=FOREIGN_SUBMITTER, private=True), None, CHW, False),
+    rule_case("R7", "within the report_depth", report(patient_uuid="h1", submitter=("p2",)), settings(report_depth=1), CHW, True),
+    rule_case("R7b", "deeper than the report_depth", report(patient_uuid="p1", submitter=("p2",)), settings(report_depth=1), CHW, False),
+    rule_case("R7b", "deeper, submitted by the own contact", report(patient_uuid="p1"), settings(report_depth=1), CHW, True),
+    rule_case("R8", "no kind", {"_id": "loose"}, None, CHW, False),
+    rule_case("R8", "no string _id", {"_id": 5, "type": "person"}, None, CHW, False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("rule", "doc", "s", "user", "expected"), READ_RULES)
+def test_read_rules(
+    rule: str, doc: dict[str, Any], s: AppSettings | None, user: UserCtx, expected: bool
+) -> None:
+    s = s or settings()
+    decision = body_rule(doc, user, s, G, subjects(user, s, G))
+    assert (decision.rule, decision.allowed) == (rule, expected)
+
+
+def test_every_read_rule_has_rows_both_ways_where_it_can() -> None:
+    """R1 and R0 only allow, R2, R7a and R8 only refuse; every other rule has both."""
+    seen = {(p.values[0], p.values[-1]) for p in READ_RULES}
+    one_way = {("R0", True), ("R1", True), ("R2", False), ("R7a", False), ("R8", False)}
+    both = {(r, a) for r in ("R3", "R4", "R5", "R6", "R7", "R7b") for a in (True, False)}
+    assert seen == one_way | both
 
 
 @pytest.mark.parametrize(
@@ -294,27 +346,79 @@ def test_each_kind_needs_its_permission(
     assert not allowed and permission in reason
 
 
-def test_can_edit_is_required() -> None:
-    allowed, reason = write(
-        report(patient_uuid="p1"), None, settings(perms=[p for p in ALL_PERMS if p != "can_edit"])
-    )
-    assert not allowed and "can_edit" in reason
-
-
-@pytest.mark.parametrize(
-    "new",
-    [{"_id": "settings", "x": 1}, {"_id": "_design/medic-client"}, {"_id": "_design/x"},
-     {"_id": "form:x", "type": "form"}, {"_id": "tr", "type": "translations"}, contact("a1", "hc", "d", x=1),
-     {**report(patient_uuid="p1"), "purged": True}],
-)  # fmt: skip
-def test_never_allowed(new: dict[str, Any]) -> None:
-    assert write(new)[0] is False
-
-
 def decide(new: dict[str, Any], stored: dict[str, Any] | None = None, s: AppSettings | None = None,
            user: UserCtx = CHW, hidden: bool = False, graph: Any = G) -> tuple[bool, str, str]:  # fmt: skip
     d = authorize_write(user, s or settings(), graph, new, stored, hidden=hidden)
     return d.allowed, d.rule, d.error
+
+
+ADMIN = UserCtx("root", ("_admin",), is_admin=True)
+FOREIGN_REPORT = report("rf", patient_uuid="p2")
+SIGNED_OFF = report(patient_uuid="p2", needs_signoff=True)  # readable through its lineage alone
+P1 = contact("p1", "h1", "a1", type_="person", patient_id="P001")
+STUB = {"_attachments": {"a.txt": {"stub": True, "digest": "md5-x"}}}
+NO_EDIT = settings(perms=[p for p in ALL_PERMS if p != "can_edit"])
+NO_CREATE = settings(perms=[p for p in ALL_PERMS if p != "can_create_records"])
+
+# rule, note, new, stored, settings, user, hidden, (allowed, error)
+WRITE_RULES = [
+    rule_case("W1", "an admin writes settings", {"_id": "settings"}, None, None, ADMIN, False, (True, "forbidden")),
+    rule_case("W2", "a _local doc in a body", {"_id": "_local/x"}, None, None, CHW, False, (False, "forbidden")),
+    rule_case("W2", "a design doc", {"_id": "_design/x"}, None, None, CHW, False, (False, "forbidden")),
+    rule_case("W2", "medic-client", {"_id": "_design/medic-client"}, None, None, CHW, False, (False, "forbidden")),
+    rule_case("W2", "a design doc shaped as a contact in scope", {"_id": "_design/x", "type": "person", "parent": lineage("h1", "a1")}, None, None, CHW, False, (False, "forbidden")),
+    rule_case("W2", "settings", {"_id": "settings", "x": 1}, None, None, CHW, False, (False, "forbidden")),
+    rule_case("W2", "a form", {"_id": "form:x", "type": "form"}, None, None, CHW, False, (False, "forbidden")),
+    rule_case("W2", "translations", {"_id": "tr", "type": "translations"}, None, None, CHW, False, (False, "forbidden")),
+    rule_case("W3", "create outside", FOREIGN_REPORT, None, None, CHW, False, (False, "forbidden")),
+    rule_case("W3", "update outside", FOREIGN_REPORT, FOREIGN_REPORT, None, CHW, False, (False, "forbidden")),
+    rule_case("W3", "delete a missing doc", {"_id": "rf", "_deleted": True}, None, None, CHW, False, (False, "forbidden")),
+    rule_case("W3", "delete a hidden tombstone", {"_id": "rf", "_deleted": True}, None, None, CHW, True, (False, "forbidden")),
+    rule_case("W3", "move an own household out", contact("h1", "hc2", "d2"), contact("h1", "a1"), None, CHW, False, (False, "forbidden")),
+    rule_case("W4", "pull a foreign doc into scope", report("rf", patient_uuid="p1"), FOREIGN_REPORT, None, CHW, False, (False, "conflict")),
+    rule_case("W4", "move a foreign contact in", contact("p2", "h1", "a1", type_="person"), contact("p2", "h2", "a2", type_="person"), None, CHW, False, (False, "conflict")),
+    rule_case("W4", "bring back a hidden tombstone", report("rf", patient_uuid="p1"), None, None, CHW, True, (False, "conflict")),
+    rule_case("W4", "delete a foreign doc", {"_id": "rf", "_deleted": True}, FOREIGN_REPORT, None, CHW, False, (False, "forbidden")),
+    rule_case("W5", "over a stored form", report("f1", patient_uuid="p1"), {"_id": "f1", "type": "form"}, None, CHW, False, (False, "forbidden")),
+    rule_case("W6", "the own facility", contact("a1", "hc", "d", x=1), contact("a1", "hc", "d"), None, CHW, False, (False, "forbidden")),
+    rule_case("W7", "a new purged field", {**report(patient_uuid="p1"), "purged": True}, None, None, CHW, False, (False, "forbidden")),
+    rule_case("W7", "a stored purged field", report(patient_uuid="p1"), {**report(patient_uuid="p1"), "purged": True}, None, CHW, False, (False, "forbidden")),
+    rule_case("W8", "the own facility_id", {**OWN_SETTINGS, "facility_id": "hc"}, OWN_SETTINGS, None, CHW, False, (False, "forbidden")),
+    rule_case("W8", "the own roles", {**OWN_SETTINGS, "roles": ["boss"]}, OWN_SETTINGS, None, CHW, False, (False, "forbidden")),
+    rule_case("W9", "a contact turned report", report("p1", patient_uuid="p1"), P1, None, CHW, False, (False, "forbidden")),
+    rule_case("W9", "a taken shortcode", {**P1, "patient_id": "P002"}, P1, None, CHW, False, (False, "forbidden")),
+    rule_case("W9", "another contact's id as shortcode", {**P1, "patient_id": "h2"}, P1, None, CHW, False, (False, "forbidden")),
+    rule_case("W10", "a reserved id", contact("org.couchdb.user:v", "h1", "a1", type_="person"), None, None, CHW, False, (False, "forbidden")),
+    rule_case("W10", "another contact's shortcode as id", contact("P002", "h1", "a1", type_="person"), None, None, CHW, False, (False, "forbidden")),
+    rule_case("W11", "a foreign submitter", report("rs", submitter=FOREIGN_SUBMITTER, patient_uuid="p1"), None, None, CHW, False, (False, "forbidden")),
+    rule_case("W11", "a forged lineage", report("rs", submitter=("chw", "a1", "hc2", "d2"), patient_uuid="p1"), None, None, CHW, False, (False, "forbidden")),
+    rule_case("W11", "a subject outside", SIGNED_OFF, None, None, CHW, False, (False, "forbidden")),
+    rule_case("W12", "no can_edit", report(patient_uuid="p1"), None, NO_EDIT, CHW, False, (False, "forbidden")),
+    rule_case("W13", "no can_create_records", report(patient_uuid="p1"), None, NO_CREATE, CHW, False, (False, "forbidden")),
+    rule_case("W14", "a stub of nothing stored", {**report(patient_uuid="p1"), **STUB}, None, None, CHW, False, (False, "missing_stub")),
+    rule_case("W14", "a stub of another digest", {**report(patient_uuid="p1"), **STUB}, {**report(patient_uuid="p1"), "_attachments": {"a.txt": {"digest": "md5-y"}}}, None, CHW, False, (False, "missing_stub")),
+    rule_case("allowed", "a report in scope", report(patient_uuid="p1"), None, None, CHW, False, (True, "forbidden")),
+    rule_case("allowed", "a stub of the stored attachment", {**report(patient_uuid="p1"), **STUB}, {**report(patient_uuid="p1"), "_attachments": {"a.txt": {"digest": "md5-x"}}}, None, CHW, False, (True, "forbidden")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("rule", "new", "stored", "s", "user", "hidden", "expected"), WRITE_RULES)
+def test_write_rules(
+    rule: str,
+    new: dict[str, Any],
+    stored: dict[str, Any] | None,
+    s: AppSettings | None,
+    user: UserCtx,
+    hidden: bool,
+    expected: tuple[bool, str],
+) -> None:
+    d = authorize_write(user, s or settings(), G, new, stored, hidden=hidden)
+    assert (d.rule, d.allowed, d.error) == (rule, *expected)
+    assert d.status == {"forbidden": 403, "conflict": 409, "missing_stub": 412}[d.error]
+
+
+def test_every_write_rule_has_a_row() -> None:
+    assert {p.values[0] for p in WRITE_RULES} == {f"W{i}" for i in range(1, 15)} | {"allowed"}
 
 
 def test_stored_purged_and_scope_of_both_versions() -> None:
