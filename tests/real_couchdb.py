@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from proxy.devserver.backend import stop_epmd_of
+
 SCRIPT = Path(__file__).resolve().parents[1].parent / "shared" / "couchdb" / "couchdb.sh"
 PORT = int(os.environ.get("COUCHGATE_TEST_COUCHDB_PORT", "6021"))
 
@@ -54,4 +56,5 @@ def real_couchdb() -> Iterator[RealCouch]:
         yield RealCouch(f"http://127.0.0.1:{PORT}")
     finally:
         subprocess.run(["bash", str(SCRIPT), "stop", str(PORT), where], capture_output=True, timeout=120)
+        stop_epmd_of(where)
         shutil.rmtree(where, ignore_errors=True)

@@ -14,6 +14,7 @@ test script (`CouchServer.scripted(script, port)`, `../shared/couchdb/couchdb.sh
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -198,6 +199,20 @@ class PouchServer(AdminClient):
 COUCHDB_SCRIPT = PROJECT_ROOT.parent / "shared" / "couchdb" / "couchdb.sh"
 
 
+def stop_epmd_of(data_dir: Path | str) -> None:
+    """Stop the Erlang port mapper a CouchDB started from `data_dir` (couchdb.sh copies
+    CouchDB there): CouchDB leaves it running, listening on 4369, after it stops."""
+    marker = str(Path(data_dir).resolve())
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].decode(errors="replace").startswith(marker) and argv[0].endswith(b"/epmd"):
+            with contextlib.suppress(OSError):
+                os.kill(int(proc.name), signal.SIGTERM)
+
+
 @dataclass
 class CouchServer(AdminClient):
     """An Apache CouchDB on 127.0.0.1: one already running (`at`), or one started and stopped
@@ -267,6 +282,8 @@ class CouchServer(AdminClient):
                 capture_output=True, timeout=60, check=False,
             )  # fmt: skip
             self._started = False
+            if self.data_dir is not None:
+                stop_epmd_of(self.data_dir)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
