@@ -133,6 +133,8 @@ class Feed:
         self.everything = False
         self.since_in: Since | None = None  # the device's token, while removals are being sent
         self.backlog: list[Entry] = []  # removals a `limit` held back (this request's next pages)
+        self.fresh = params.since in (None, "", "0")  # the device holds nothing (yet)
+        self.fresh_page = self.fresh  # ... as of the page being made
         self.ordinal = self._start_ordinal(params.since)
 
     def _start_ordinal(self, raw: str | None) -> int:
@@ -154,6 +156,7 @@ class Feed:
             self.then_at, start = span, span[0]
         self.then = UserCtx(self.user, since.roles, since.facilities, since.contact)
         self.since_in = since
+        self.fresh = since.fresh
         if since.fingerprint != self.fingerprint:
             self.everything = True
             return 0  # the scope changed: backfill everything readable, remove what left
@@ -162,13 +165,15 @@ class Feed:
     def token(self, ordinal: int) -> str:
         return issue(self.view, self.codec, ordinal)
 
-    def _token_after(self, ordinal: int) -> str:
-        """The token after a page: removals were judged as of `then_at` (now), changes sent
-        up to `ordinal` (behind it when `limit` cut the changes short)."""
-        judged = self.then_at[0] if self.then is not None and self.then_at else None
-        return issue(
-            self.view, self.codec, ordinal, judged if judged is not None and judged > ordinal else None
-        )
+    def _token_after(self, ordinal: int, current: int) -> str:
+        """The token after a page: changes sent up to `ordinal` (behind `current` when
+        `limit` cut them short), and what left judged as of `then_at`, or of `current` for a
+        device that had nothing (each doc it was sent is as it stood then, not as it stood
+        at its own ordinal: judging from there would walk the index's whole history again
+        at every page of an initial pull)."""
+        judged = self.then_at[0] if self.then is not None and self.then_at else current
+        self.fresh = self.fresh and ordinal < current  # caught up: no longer fresh
+        return issue(self.view, self.codec, ordinal, judged if judged > ordinal else None, fresh=self.fresh)
 
     def left(self) -> list[Entry]:
         """What left the user's scope since the device's position (then moves to now)."""
@@ -203,6 +208,7 @@ class Feed:
         they went. (A removal row is small, and each page judges what left and reads and
         writes the user's ledger again: PouchDB's pages of 100 made a pull removing 2,000
         docs cost more than pulling them.)"""
+        self.fresh_page = self.fresh
         removed = self.backlog or self.left()
         limit = self.params.limit
         cap = max(limit, REMOVALS_PER_PAGE) if limit is not None and limit > 0 else None
@@ -226,7 +232,7 @@ class Feed:
         else:
             end = current
         self.ordinal = max(self.ordinal, end)
-        return Page(entries, removed, self._token_after(self.ordinal))
+        return Page(entries, removed, self._token_after(self.ordinal, current))
 
     def rows(
         self,
@@ -302,7 +308,10 @@ async def page_rows(request: web.Request, feed: Feed, db_path: str, page: Page) 
         if feed.params.include_docs
         else None
     )
-    ledger = await feed.removals.ledger(feed.user) if feed.removals is not None and page else None
+    # The ledger names the made-up revisions of removals and returns; a device still on its
+    # first pull holds none, so its pages read it only to send removals.
+    needed = page.removed or (page.entries and not feed.fresh_page)
+    ledger = await feed.removals.ledger(feed.user) if feed.removals is not None and needed else None
     rows = feed.rows(page, docs, await page_leaves(request, feed, db_path, entries), ledger)
     if ledger is not None and ledger.dirty:
         assert feed.removals is not None
@@ -313,7 +322,9 @@ async def page_rows(request: web.Request, feed: Feed, db_path: str, page: Page) 
     return rows
 
 
-def issue(view: UserView, codec: SinceCodec, ordinal: int, removals_at: int | None = None) -> str:
+def issue(
+    view: UserView, codec: SinceCodec, ordinal: int, removals_at: int | None = None, *, fresh: bool = False
+) -> str:
     """The user's token for `ordinal`: where it stands in this index, who the user is, and
     between which times CouchDB's state lies that a device holding it has (`removals_at`:
     what left was sent as of that later ordinal)."""
@@ -321,6 +332,7 @@ def issue(view: UserView, codec: SinceCodec, ordinal: int, removals_at: int | No
     since = Since(
         view.epoch, ordinal, view.fingerprint, user.facility_ids, user.roles, user.contact_id,
         level=view.level_at(ordinal), issued=time.time_ns() // 1_000_000, removals_at=removals_at,
+        fresh=fresh,
     )  # fmt: skip
     return codec.encode(user.name, since)
 

@@ -19,6 +19,7 @@ other users' writes. It carries:
   between two of its own ordinals by them (`proxy.offline.changes.Feed`).
 - `rc`: in a page that `limit` cut short while sending removals, the last removal sent
   ((ordinal, doc id)); the next request judges the same position again and goes on after it.
+- `fr`: the device started from nothing and is still catching up (no made-up revisions).
 - `rp`: the ordinal as of which the device was sent what left, when its changes are sent
   only up to `o` (a `limit`ed page after removals).
 
@@ -56,6 +57,9 @@ class Since:
     # The device was sent the removals as of this later ordinal (its changes only up to
     # `ordinal`: a `limit`ed page); what left is judged from here next.
     removals_at: int | None = None
+    # The device started from nothing and has not caught up yet: it holds no revision
+    # couchgate made up (its pages need not read the user's ledger).
+    fresh: bool = False
 
 
 NONCE = 12
@@ -75,6 +79,8 @@ class SinceCodec:
             body["rc"] = list(since.removed_to)
         if since.removals_at is not None:
             body["rp"] = since.removals_at
+        if since.fresh:
+            body["fr"] = 1
         nonce = os.urandom(NONCE)
         sealed = self._aead.encrypt(nonce, orjson.dumps(body), user.encode())
         return base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
@@ -114,7 +120,7 @@ class SinceCodec:
         removed_to = (cursor[0], cursor[1]) if cursor is not None else None
         return Since(
             epoch, max(ordinal, 0), fingerprint, tuple(facilities), tuple(roles), contact, level, issued,
-            removed_to, removals_at,
+            removed_to, removals_at, body.get("fr") == 1,
         )  # fmt: skip
 
 
