@@ -106,6 +106,13 @@ class Page:
     entries: list[Entry]  # readable docs changed, oldest first
     removed: list[Entry]  # docs that left the user's scope since the device's position
     last_seq: str = ""
+    # What each row's `seq` says (clients may resume from any row's, as PouchDB does): the
+    # device's token with the removals sent so far, for removal rows; for change rows,
+    # what left judged as of `judged` (when later than the row), still `fresh` or not.
+    since_in: Since | None = None
+    judged: int = 0
+    fresh: bool = False
+    current: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.entries or self.removed)
@@ -216,8 +223,8 @@ class Feed:
             removed, self.backlog = removed[:cap], removed[cap:]
             last = removed[-1]
             held = replace(self.since_in, removed_to=(last.ordinal, last.id))
-            return Page([], removed, self.codec.encode(self.user, held))
-        self.backlog, self.since_in = [], None
+            return Page([], removed, self.codec.encode(self.user, held), since_in=self.since_in)
+        since_in, self.backlog, self.since_in = self.since_in, [], None
         entries = self.view.entries_after(self.ordinal)
         if self.params.doc_ids is not None:
             entries = [e for e in entries if e.id in self.params.doc_ids]
@@ -232,7 +239,19 @@ class Feed:
         else:
             end = current
         self.ordinal = max(self.ordinal, end)
-        return Page(entries, removed, self._token_after(self.ordinal, current))
+        judged = self.then_at[0] if self.then is not None and self.then_at else current
+        fresh = self.fresh
+        return Page(
+            entries, removed, self._token_after(self.ordinal, current), since_in, judged, fresh, current
+        )
+
+    def row_seq(self, page: Page, entry: Entry, removal: bool) -> str:
+        if removal and page.since_in is not None:
+            held = replace(page.since_in, removed_to=(entry.ordinal, entry.id))
+            return self.codec.encode(self.user, held)
+        judged = page.judged if page.judged > entry.ordinal else None
+        # Never `fresh`: a client resuming from a row may have caught up by then.
+        return issue(self.view, self.codec, entry.ordinal, judged)
 
     def rows(
         self,
@@ -253,7 +272,7 @@ class Feed:
             assert self.removals is not None and ledger is not None
             live = [entry.rev, *(leaf for leaf in entry.leaves if leaf != entry.rev)]
             revs = leave_revs(self.removals, ledger, entry.id, live, now)
-            row: dict[str, Any] = {"seq": self.token(entry.ordinal), "id": entry.id,
+            row: dict[str, Any] = {"seq": self.row_seq(page, entry, True), "id": entry.id,
                                    "changes": [{"rev": r} for r in revs], "deleted": True}  # fmt: skip
             if docs is not None:
                 row["doc"] = tombstone(entry.id, revs[0])
@@ -277,7 +296,7 @@ class Feed:
                 if doc is not None and made[0] != rev:
                     doc = {**doc, "_rev": made[0]}
             row = {
-                "seq": self.token(entry.ordinal),
+                "seq": self.row_seq(page, entry, False),
                 "id": entry.id,
                 "changes": [{"rev": r} for r in revs],
             }
