@@ -275,19 +275,8 @@ class ScopeIndex:
 
     def _resequence_below(self, contact_id: str) -> None:
         """Docs keyed on this contact or any below it become changes again."""
-        stack, seen = [contact_id], set()
-        while stack:
-            current = stack.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            stack.extend(self.kids.get(current, ()))
-            node = self.nodes.get(current)
-            for key in (current, node.shortcode if node else None):
-                if key is not None:
-                    self._bump_key(key, contact_id)
-            for doc_id in list(self.private_by_submitter.get(current, ())):
-                self._bump(doc_id, contact_id)
+        for entry in list(self.affected(contact_id)):
+            self._bump(entry.id, contact_id)
 
     def _bump(self, doc_id: str, moved: str) -> None:
         """The doc becomes a change again, found under every one of its keys."""

@@ -112,7 +112,6 @@ class Page:
     since_in: Since | None = None
     judged: int = 0
     fresh: bool = False
-    current: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.entries or self.removed)
@@ -241,9 +240,7 @@ class Feed:
         self.ordinal = max(self.ordinal, end)
         judged = self.then_at[0] if self.then is not None and self.then_at else current
         fresh = self.fresh
-        return Page(
-            entries, removed, self._token_after(self.ordinal, current), since_in, judged, fresh, current
-        )
+        return Page(entries, removed, self._token_after(self.ordinal, current), since_in, judged, fresh)
 
     def row_seq(self, page: Page, entry: Entry, removal: bool) -> str:
         if removal and page.since_in is not None:
