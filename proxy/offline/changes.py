@@ -108,10 +108,9 @@ class Page:
     last_seq: str = ""
     # What each row's `seq` says (clients may resume from any row's, as PouchDB does): the
     # device's token with the removals sent so far, for removal rows; for change rows,
-    # what left judged as of `judged` (when later than the row), still `fresh` or not.
+    # what left judged as of `judged` (when later than the row).
     since_in: Since | None = None
     judged: int = 0
-    fresh: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.entries or self.removed)
@@ -124,7 +123,12 @@ class Feed:
     """Computes pages of one user's changes, and what left their scope (`removals`)."""
 
     def __init__(
-        self, view: UserView, codec: SinceCodec, params: FeedParams, removals: Removals | None = None
+        self,
+        view: UserView,
+        codec: SinceCodec,
+        params: FeedParams,
+        removals: Removals | None = None,
+        ahead: asyncio.Future[Ledger] | None = None,
     ) -> None:
         self.view = view
         self.codec = codec
@@ -142,6 +146,17 @@ class Feed:
         self.fresh = params.since in (None, "", "0")  # the device holds nothing (yet)
         self.fresh_page = self.fresh  # ... as of the page being made
         self.ordinal = self._start_ordinal(params.since)
+        self.ahead = ahead  # the user's ledger, read beside the sync, for the first page only
+
+    async def ledger(self, needed: bool) -> Ledger | None:
+        """The user's ledger as CouchDB holds it, if the page being made `needed` it: read
+        ahead for the request's first page, if it came at once; read now for any later
+        page (a live feed's, after a wait: one read ahead would be stale by then)."""
+        ahead, self.ahead = self.ahead, None
+        if self.removals is None or not needed:
+            _drop(ahead)
+            return None
+        return await ahead if ahead is not None else await self.removals.ledger(self.user)
 
     def _start_ordinal(self, raw: str | None) -> int:
         if raw == "now":
@@ -216,12 +231,14 @@ class Feed:
         docs cost more than pulling them.)"""
         self.fresh_page = self.fresh
         removed = self.backlog or self.left()
+        if removed:
+            self.fresh = False  # it holds made-up revisions from now on
         limit = self.params.limit
         cap = max(limit, REMOVALS_PER_PAGE) if limit is not None and limit > 0 else None
         if cap is not None and len(removed) > cap and self.since_in is not None:
             removed, self.backlog = removed[:cap], removed[cap:]
             last = removed[-1]
-            held = replace(self.since_in, removed_to=(last.ordinal, last.id))
+            held = replace(self.since_in, removed_to=(last.ordinal, last.id), fresh=False)
             return Page([], removed, self.codec.encode(self.user, held), since_in=self.since_in)
         since_in, self.backlog, self.since_in = self.since_in, [], None
         entries = self.view.entries_after(self.ordinal)
@@ -239,12 +256,11 @@ class Feed:
             end = current
         self.ordinal = max(self.ordinal, end)
         judged = self.then_at[0] if self.then is not None and self.then_at else current
-        fresh = self.fresh
-        return Page(entries, removed, self._token_after(self.ordinal, current), since_in, judged, fresh)
+        return Page(entries, removed, self._token_after(self.ordinal, current), since_in, judged)
 
     def row_seq(self, page: Page, entry: Entry, removal: bool) -> str:
         if removal and page.since_in is not None:
-            held = replace(page.since_in, removed_to=(entry.ordinal, entry.id))
+            held = replace(page.since_in, removed_to=(entry.ordinal, entry.id), fresh=False)
             return self.codec.encode(self.user, held)
         judged = page.judged if page.judged > entry.ordinal else None
         # Never `fresh`: a client resuming from a row may have caught up by then.
@@ -327,7 +343,7 @@ async def page_rows(request: web.Request, feed: Feed, db_path: str, page: Page) 
     # The ledger names the made-up revisions of removals and returns; a device still on its
     # first pull holds none, so its pages read it only to send removals.
     needed = page.removed or (page.entries and not feed.fresh_page)
-    ledger = await feed.removals.ledger(feed.user) if feed.removals is not None and needed else None
+    ledger = await feed.ledger(bool(needed))
     rows = feed.rows(page, docs, await page_leaves(request, feed, db_path, entries), ledger)
     if ledger is not None and ledger.dirty:
         assert feed.removals is not None
@@ -414,11 +430,49 @@ async def fetch_docs(
     return docs
 
 
+def _ledger_ahead(view: UserView, codec: SinceCodec, removals: Removals, raw: str | None) -> bool:
+    """Whether the first page will likely name made-up revisions (`page_rows` reads the
+    ledger for it): a device past its first pull that has changes waiting. Its read is
+    started beside the index sync instead of after it (the ledger is as fresh either way:
+    read during this request); a no-op sync or a first pull does not read it."""
+    if not removals.enabled or raw in (None, "", "0", "now"):
+        return False
+    since = codec.decode(view.user.name, raw)
+    return (
+        since is not None
+        and not since.fresh
+        and (since.epoch != view.epoch or since.ordinal < view.current_ordinal)
+    )
+
+
 async def changes(
     request: web.Request, view: UserView, codec: SinceCodec, db_path: str
 ) -> web.StreamResponse:
     params = await parse_params(request)
-    feed = Feed(view, codec, params, request.app[REMOVALS])
+    removals = request.app[REMOVALS]
+    ahead = None
+    if _ledger_ahead(view, codec, removals, params.since):
+        ahead = asyncio.ensure_future(removals.ledger(view.user.name))
+    try:
+        await view.sync.sync()  # read-your-writes: the index is at least as new as CouchDB was now
+    except BaseException:
+        _drop(ahead)
+        raise
+    feed = Feed(view, codec, params, removals, ahead)
+    try:
+        return await _answer(request, feed, params, db_path)
+    finally:
+        _drop(feed.ahead)
+
+
+def _drop(task: asyncio.Future[Ledger] | None) -> None:
+    """A ledger read started ahead and not needed: its outcome (even a failure) is moot."""
+    if task is not None:
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+async def _answer(request: web.Request, feed: Feed, params: FeedParams, db_path: str) -> web.StreamResponse:
     if feed.ordinal == 0 and params.since not in (None, "", "0", "now"):
         observe.backfill_started()  # metrics: a since token that could not be resumed
     if params.feed == "continuous":
@@ -442,6 +496,8 @@ async def _open_stream(request: web.Request) -> web.StreamResponse:
 
 async def _wait(feed: Feed, response: web.StreamResponse, deadline: float) -> bool:
     """Wait for a change in the index until the deadline, writing heartbeats meanwhile."""
+    _drop(feed.ahead)  # read before the wait: stale after it
+    feed.ahead = None
     heartbeat = (feed.params.heartbeat_ms or 0) / 1000
     while True:
         remaining = deadline - time.monotonic()

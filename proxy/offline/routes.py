@@ -70,7 +70,7 @@ async def serve_offline(request: web.Request, path: CouchPath, principal: Princi
             raise refuse()
         return await local_docs.local_doc(request, db_path, name, doc_id)
     if doc_id is None:
-        if second in SYNCED_ENDPOINTS:
+        if second in SYNCED_ENDPOINTS and second != "_changes":  # `_changes` syncs in `changes`
             await sync.sync()  # read-your-writes: the index is at least as new as CouchDB was now
         return await _db_endpoint(request, UserView.of(sync, principal), second, db, db_path)
     if request.method not in READ and path.rest:

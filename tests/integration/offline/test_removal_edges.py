@@ -123,3 +123,29 @@ async def test_removals_page_and_paging_loses_none(
             break
     assert sorted(removed) == sorted(HOUSEHOLD) and changed == ["r_new"], (removed, changed)
     assert (await changes(gw, medic, "chw1", f"&since={since}"))["results"] == []
+
+
+async def test_a_doc_removed_during_a_first_pull_comes_back_on_it(
+    gw: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """A device on its first pull needs no ledger for what it is sent (it holds no made-up
+    revision), until a page takes a doc it was sent off it: the household leaves between
+    two of its pages and comes back before the pull ends. Its return must name the made-up
+    revision above the removal the device holds, not the upstream one it already has
+    (under which the removal would stand: the doc would stay off the device)."""
+    everything = await changes(gw, medic, "chw1")
+    order = [r["id"] for r in everything["results"]]
+    cut = order.index("p1") + 1
+    assert cut < len(order)  # the first page holds p1 and does not catch up
+    first = await changes(gw, medic, "chw1", f"&since=0&limit={cut}")
+    (held,) = [r["changes"][0]["rev"] for r in first["results"] if r["id"] == "p1"]
+    move_house(backend, medic, "area2", "hc1", "district1")
+    await index_level(gw, backend, medic)
+    away = await changes(gw, medic, "chw1", f"&since={first['last_seq']}&limit=1")
+    assert "p1" in {r["id"] for r in away["results"] if r.get("deleted")}, away
+    move_house(backend, medic, "area1", "hc1", "district1")
+    await index_level(gw, backend, medic)
+    for since in (away["last_seq"], away["results"][-1]["seq"]):  # PouchDB resumes from a row's
+        back = await changes(gw, medic, "chw1", f"&since={since}")
+        (row,) = [r for r in back["results"] if r["id"] == "p1"]  # unchanged upstream meanwhile
+        assert row["changes"][0]["rev"] != held, row  # a made-up return above the removal
