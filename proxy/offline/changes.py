@@ -117,6 +117,12 @@ class Page:
 
 
 REMOVALS_PER_PAGE = 1000  # removal rows a page may hold whatever its `limit`
+# A page that sends nothing answers the device's own token back as `last_seq` while that
+# token is this young (and of this index, past the first pull, not inside a removals
+# page): a token is sealed with a fresh nonce, so a new one for the same position would
+# make PouchDB write its checkpoint on both sides at every no-op sync. Older, a new token
+# is issued, so that what left is judged from a recent position, not from ever further back.
+RESTING_TOKEN_SECONDS = 600
 
 
 class Feed:
@@ -145,6 +151,8 @@ class Feed:
         self.backlog: list[Entry] = []  # removals a `limit` held back (this request's next pages)
         self.fresh = params.since in (None, "", "0")  # the device holds nothing (yet)
         self.fresh_page = self.fresh  # ... as of the page being made
+        # The device's own token, while nothing is sent to it: answered back as `last_seq`.
+        self.resting: str | None = None
         self.ordinal = self._start_ordinal(params.since)
         self.ahead = ahead  # the user's ledger, read beside the sync, for the first page only
 
@@ -181,7 +189,14 @@ class Feed:
         if since.fingerprint != self.fingerprint:
             self.everything = True
             return 0  # the scope changed: backfill everything readable, remove what left
+        young = time.time_ns() // 1_000_000 - since.issued < RESTING_TOKEN_SECONDS * 1000
+        if since.epoch == self.view.epoch and young and not since.fresh and since.removed_to is None:
+            self.resting = raw
         return start
+
+    def resting_token(self) -> str:
+        """`last_seq` while nothing was sent: the device's own token if it may keep it."""
+        return self.resting if self.resting is not None else self.token(self.ordinal)
 
     def token(self, ordinal: int) -> str:
         return issue(self.view, self.codec, ordinal)
@@ -233,6 +248,7 @@ class Feed:
         removed = self.backlog or self.left()
         if removed:
             self.fresh = False  # it holds made-up revisions from now on
+            self.resting = None
         limit = self.params.limit
         cap = max(limit, REMOVALS_PER_PAGE) if limit is not None and limit > 0 else None
         if cap is not None and len(removed) > cap and self.since_in is not None:
@@ -256,7 +272,10 @@ class Feed:
             end = current
         self.ordinal = max(self.ordinal, end)
         judged = self.then_at[0] if self.then is not None and self.then_at else current
-        return Page(entries, removed, self._token_after(self.ordinal, current), since_in, judged)
+        if entries or removed:
+            self.resting = None  # the device moves on
+        last_seq = self.resting if self.resting is not None else self._token_after(self.ordinal, current)
+        return Page(entries, removed, last_seq, since_in, judged)
 
     def row_seq(self, page: Page, entry: Entry, removal: bool) -> str:
         if removal and page.since_in is not None:
@@ -513,7 +532,7 @@ async def _wait(feed: Feed, response: web.StreamResponse, deadline: float) -> bo
 async def _longpoll(request: web.Request, feed: Feed, db_path: str) -> web.StreamResponse:
     response = await _open_stream(request)
     deadline = time.monotonic() + feed.params.timeout_ms / 1000
-    page = Page([], [], feed.token(feed.ordinal))
+    page = Page([], [], feed.resting_token())
     while not page and await _wait(feed, response, deadline):
         page = feed.page()
     body = {"results": await page_rows(request, feed, db_path, page), "last_seq": page.last_seq, "pending": 0}
@@ -527,7 +546,7 @@ async def _continuous(request: web.Request, feed: Feed, db_path: str) -> web.Str
     deadline = time.monotonic() + feed.params.timeout_ms / 1000
     sent = 0
     limit = feed.params.limit
-    last_seq = feed.token(feed.ordinal)
+    last_seq = feed.resting_token()
     while True:
         if limit:
             feed.params.limit = limit - sent  # never let the page run past what may be sent

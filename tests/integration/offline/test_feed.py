@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from proxy.devserver.backend import PouchServer
+from proxy.offline import changes as changes_module
 
 from offline_data import CHW1_READS, GLOBAL, SUPERVISOR_READS, auth, lineage
 from support import Gateway, assert_couch_error, gateway_settings, start_gateway, stop_gateway
@@ -52,9 +53,12 @@ async def test_paging_with_limit_loses_nothing_and_last_seq_advances(gw: Gateway
     assert len(set(seqs)) == len(seqs)
 
 
-async def test_last_seq_advances_when_every_change_is_filtered_out(
+async def test_last_seq_rests_while_nothing_reaches_the_device(
     gw: Gateway, medic: str, backend: PouchServer
 ) -> None:
+    """A no-op answers the device's own token back (PouchDB then writes no checkpoint on
+    either side), also when the database changed elsewhere, and also from a live feed that
+    timed out; a change for the device moves it on."""
     first = await changes(gw, medic, "chw1")
     backend.request(
         "PUT",
@@ -63,7 +67,34 @@ async def test_last_seq_advances_when_every_change_is_filtered_out(
     )
     second = await changes(gw, medic, "chw1", f"&since={first['last_seq']}")
     assert second["results"] == []
-    assert second["last_seq"] != first["last_seq"]
+    assert second["last_seq"] == first["last_seq"]
+    live = await changes(gw, medic, "chw1", f"&since={first['last_seq']}&feed=longpoll&timeout=200")
+    assert live["results"] == [] and live["last_seq"] == first["last_seq"]
+    backend.request("PUT", f"/{medic}/r_new", {"type": "data_record", "form": "visit",
+                                               "contact": lineage("chw1_person", "area1", "hc1", "district1"),
+                                               "fields": {"patient_uuid": "chw1_person"}})  # fmt: skip
+    third = await changes(gw, medic, "chw1", f"&since={second['last_seq']}")
+    assert [r["id"] for r in third["results"]] == ["r_new"] and third["last_seq"] != first["last_seq"]
+    assert (await changes(gw, medic, "chw1", f"&since={third['last_seq']}"))["last_seq"] == third["last_seq"]
+
+
+async def test_last_seq_advances_once_the_resting_token_is_old(
+    gw: Gateway, medic: str, backend: PouchServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old token is not answered back: what left the scope is then judged from a recent
+    position, not from ever further back, and the device's first token (still on its
+    first pull) is replaced too."""
+    first = await changes(gw, medic, "chw1", "&since=0&limit=1")
+    rows, caught_up = await drain(gw, medic, "chw1", first["last_seq"])
+    assert rows and (await changes(gw, medic, "chw1", f"&since={caught_up}"))["last_seq"] == caught_up
+    monkeypatch.setattr(changes_module, "RESTING_TOKEN_SECONDS", 0)
+    backend.request(
+        "PUT",
+        f"/{medic}/elsewhere",
+        {"type": "person", "parent": lineage("house3", "area3", "hc2", "district2")},
+    )
+    later = await changes(gw, medic, "chw1", f"&since={caught_up}")
+    assert later["results"] == [] and later["last_seq"] != caught_up
 
 
 async def test_include_docs_and_doc_ids_filter(gw: Gateway, medic: str) -> None:
