@@ -115,10 +115,7 @@ async def resolve_conflict(request: web.Request) -> web.Response:
         await read_json(request, request.app[SETTINGS].max_conflicts_body_bytes), doc_id
     )
     await may_write(request, store, doc_id)
-    try:
-        answer = await service.resolve(store, doc_id, resolution, dry_run, recorder(request, store.db))
-    except service.Detailed as exc:
-        return json_response(exc.body(), status=exc.status)
+    answer = await service.resolve(store, doc_id, resolution, dry_run, recorder(request, store.db))
     return json_response(answer)
 
 
@@ -130,10 +127,7 @@ async def split_collision(request: web.Request) -> web.Response:
     parsed = split_request(await read_json(request, request.app[SETTINGS].max_conflicts_body_bytes, empty={}))
     await may_write(request, store, doc_id)
     settings = await request.app[INDEX].current_settings()
-    try:
-        answer = await split.split(store, doc_id, parsed, dry_run, settings.person_types)
-    except service.Detailed as exc:
-        return json_response(exc.body(), status=exc.status)
+    answer = await split.split(store, doc_id, parsed, dry_run, settings.person_types)
     if not dry_run and not answer.get("already_split"):
         record(request, "split", "written", db=store.db, doc_id=doc_id,
                details={"new_ids": [leaf["new_id"] for leaf in answer["leaves"]]})  # fmt: skip

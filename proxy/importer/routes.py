@@ -26,7 +26,7 @@ from proxy.access.config import UserCtx
 from proxy.access.paths import CouchPath
 from proxy.audit.api import Outcome
 from proxy.audit.capture import record
-from proxy.errors import BadRequest, CouchgateError, Forbidden, UpstreamError
+from proxy.errors import BadRequest, CouchgateError, Forbidden, Refused, UpstreamError
 from proxy.importer.engine import Importer, Plan
 from proxy.importer.source import is_ndjson, items
 from proxy.keys import CALLER, COUCH, INDEX, SETTINGS
@@ -37,16 +37,6 @@ from proxy.passthrough import credentials_for
 log = logging.getLogger("couchgate.import")
 
 MODES = ("skip", "overwrite", "keep_both")
-
-
-class Refused(CouchgateError):
-    """CouchDB's own refusal of the caller, passed through with its status."""
-
-    def __init__(self, status: int, body: Any) -> None:
-        body = body if isinstance(body, dict) else {}
-        super().__init__(str(body.get("reason") or "You are not allowed to access this db."))
-        self.status = status
-        self.error = str(body.get("error") or ("unauthorized" if status == 401 else "forbidden"))
 
 
 async def import_default(request: web.Request) -> web.StreamResponse:
