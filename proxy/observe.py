@@ -135,7 +135,7 @@ def audited(action: str, outcome: str) -> None:
 
 
 def imported(rows: list[dict[str, Any]], dry_run: bool) -> None:
-    """Rows of an import answer (proxy/importer/engine.py), counted by status."""
+    """Rows of an import answer (proxy/importer/pipeline.py), counted by status."""
     obs = CURRENT.get()
     if obs is None:
         return
