@@ -14,16 +14,15 @@ import orjson
 from aiohttp import web
 
 from proxy import guard
-from proxy.access.config import UserCtx, is_offline
 from proxy.access.couch_security import DB_NAME, ILLEGAL_DB_REASON, SYSTEM_DBS
 from proxy.access.paths import CouchPath
 from proxy.audit import capture
 from proxy.auth.authenticator import CHALLENGE
-from proxy.auth.principal import Principal
+from proxy.auth.caller import Caller
 from proxy.couch.client import fail_fast
 from proxy.couch.validate import DocInvalid, validate_bulk, validate_put
 from proxy.errors import IllegalDatabaseName, Unauthorized, UpstreamTimeout, UpstreamUnavailable
-from proxy.keys import INDEX, PRINCIPAL, SETTINGS
+from proxy.keys import CALLER, SETTINGS
 from proxy.methods import refuse_wrong_method
 from proxy.offline.routes import serve_offline
 from proxy.params import collect
@@ -37,23 +36,12 @@ def is_public(method: str, path: CouchPath) -> bool:
     return path.segments[0] == "_session"
 
 
-async def offline(request: web.Request, principal: Principal) -> bool:
-    if principal.is_admin or principal.name is None:
-        return False
-    sync = request.app[INDEX]
-    settings = await sync.current_settings()
-    user = UserCtx(principal.name, principal.roles, principal.facility_ids, principal.contact_id)
-    return is_offline(user, settings)
-
-
-async def serve_offline_fast(
-    request: web.Request, path: CouchPath, principal: Principal
-) -> web.StreamResponse:
+async def serve_offline_fast(request: web.Request, path: CouchPath, caller: Caller) -> web.StreamResponse:
     """An offline user's request: a phone is waiting, so a CouchDB that stops answering is
     503 after COUCHGATE_FIRST_BYTE_TIMEOUT (PouchDB retries it), not a wait of minutes."""
     try:
         with fail_fast():
-            return await serve_offline(request, path, principal)
+            return await serve_offline(request, path, caller)
     except UpstreamTimeout as exc:
         raise UpstreamUnavailable(exc.reason, headers={"Retry-After": "2"}) from exc
 
@@ -61,7 +49,8 @@ async def serve_offline_fast(
 async def couchdb_handler(request: web.Request) -> web.StreamResponse:
     """Any CouchDB path, for whoever couchgate lets through."""
     await refuse_wrong_method(request)
-    principal = request[PRINCIPAL]
+    caller = request[CALLER]
+    principal = caller.principal
     path = parse_path(request)
     if not path.is_server and path.db not in SYSTEM_DBS and not DB_NAME.match(path.db or ""):
         # CouchDB's own answer; the embedded backend breaks for good on some such names.
@@ -73,8 +62,8 @@ async def couchdb_handler(request: web.Request) -> web.StreamResponse:
         await capture.admit(request)  # the audit log's backpressure (proxy/audit/log.py)
     # Offline users' `GET /` too: answered from couchgate's copy of CouchDB's welcome.
     to_offline = not path.segments or not is_public(request.method, path)
-    if principal.authenticated and to_offline and await offline(request, principal):
-        return await serve_offline_fast(request, path, principal)
+    if principal.authenticated and to_offline and caller.offline:
+        return await serve_offline_fast(request, path, caller)
     credentials = await credentials_for(request, principal, path)
     # Requests that would harm the backend, or that a backend could misread (proxy.guard).
     screened = await guard.screen(request, path, principal, credentials)

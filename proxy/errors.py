@@ -13,9 +13,16 @@
      ├── TooManyRequests               429     too_many_requests  (+ Retry-After)
      ├── ClientGone                    499     client_closed_request (never sent: logged)
      ├── NotImplementedHere            501     not_implemented
-     └── UpstreamError                 502     bad_gateway
-          ├── UpstreamUnavailable      503     service_unavailable
-          └── UpstreamTimeout          504     gateway_timeout
+     ├── UpstreamError                 502     bad_gateway
+     │    ├── UpstreamUnavailable      503     service_unavailable
+     │    └── UpstreamTimeout          504     gateway_timeout
+     ├── Refused                       CouchDB's  CouchDB's: its refusal of the caller, passed on
+     └── Detailed                      any     any: a body with more than `error` and `reason`
+          ├── DetailedConflict         409     conflict (proxy.conflicts: Unmergeable)
+          └── (proxy.conflicts: PartlyWritten, with the status of what failed)
+
+The middleware answers each with its `body()`: `{"error", "reason"}`, and a `Detailed`
+error's details after them.
 
 Low-level client errors are mapped to `UpstreamError`s in `proxy.couch.client`; anything
 else that escapes a handler becomes a 500 whose body never carries exception text. A
@@ -30,6 +37,7 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -49,6 +57,10 @@ class CouchgateError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        """The answer's JSON body, as CouchDB shapes an error."""
+        return {"error": self.error, "reason": self.reason}
 
 
 class BadRequest(CouchgateError):
@@ -117,6 +129,33 @@ class UpstreamTimeout(UpstreamError):
     status, error = 504, "gateway_timeout"
 
 
+class Refused(CouchgateError):
+    """CouchDB's own refusal of the caller, passed on with its status, `error` and `reason`
+    (a database the caller may not read: 401 or 403; one that does not exist: 404)."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        body = body if isinstance(body, dict) else {}
+        super().__init__(str(body.get("reason") or "You are not allowed to access this db."))
+        self.status = status
+        self.error = str(body.get("error") or ("unauthorized" if status == 401 else "forbidden"))
+
+
+class Detailed(CouchgateError):
+    """An error whose body carries more than `error` and `reason` (what was written, which
+    fields clashed), after them."""
+
+    def __init__(self, reason: str, **details: Any) -> None:
+        super().__init__(reason)
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), **self.details}
+
+
+class DetailedConflict(Detailed, Conflict):
+    pass
+
+
 def dumps(value: object) -> bytes:
     """JSON bytes of `value`. orjson writes at most 254 levels of nesting; CouchDB stores
     deeper docs, so those are written by the standard library instead (a value too deep
@@ -176,7 +215,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except CouchgateError as exc:
         if exc.status >= 500:
             log.warning("upstream problem: %s", exc.reason, extra={"error": exc.error})
-        return error_response(exc.status, exc.error, exc.reason, exc.headers)
+        return json_response(exc.body(), status=exc.status, headers=exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

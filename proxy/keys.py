@@ -12,7 +12,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from proxy.audit.api import AuditSink
     from proxy.auth.authenticator import Authenticator
-    from proxy.auth.principal import Principal
+    from proxy.auth.caller import Caller
     from proxy.auth.throttle import LoginThrottle
     from proxy.auth.token_guard import TokenGuard
     from proxy.auth.tokens import TokenService
@@ -40,4 +40,5 @@ SINCE_CODEC: web.AppKey[SinceCodec] = web.AppKey("since_codec")
 REMOVALS: web.AppKey[Removals] = web.AppKey("removals")
 SINCE_KEY: web.AppKey[bytes] = web.AppKey("since_key")  # the secret behind since tokens and made-up revisions
 
-PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
+# Who is calling, resolved once after authentication (proxy/auth/caller.py).
+CALLER: web.RequestKey[Caller] = web.RequestKey("caller")

@@ -9,12 +9,12 @@ from aiohttp import web
 
 from proxy.access.paths import BadPath, CouchPath
 from proxy.audit.capture import record
+from proxy.auth import caller
 from proxy.auth.authenticator import CHALLENGE, AuthFailed
-from proxy.auth.principal import ANONYMOUS
 from proxy.auth.throttle import LoginThrottled
 from proxy.clients import client_address
 from proxy.errors import Forbidden, Unauthorized
-from proxy.keys import AUTHENTICATOR, PRINCIPAL, SETTINGS
+from proxy.keys import AUTHENTICATOR, CALLER, INDEX, SETTINGS
 from proxy.logs import USER_NAME_KEY
 
 CORS_ORIGIN = web.RequestKey("cors_origin", str)
@@ -90,7 +90,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     route = request.match_info.route
     name = route.name if route is not None else None
     if name in UNAUTHENTICATED_ROUTES:
-        request[PRINCIPAL] = ANONYMOUS
+        request[CALLER] = caller.anonymous(request.app[INDEX].settings)
         return await handler(request)
     try:
         principal = await request.app[AUTHENTICATOR].authenticate(
@@ -102,7 +102,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not principal.authenticated and not anonymous_allowed(request, name):
         # One answer for every route, as CouchDB gives it: 401 with a challenge, never 403.
         raise Unauthorized("You are not authorized to access this resource.", headers=CHALLENGE)
-    request[PRINCIPAL] = principal
+    # Who the caller is, offline or not, and the rules in force: worked out here, once.
+    sync = request.app[INDEX]
+    request[CALLER] = await caller.resolve(principal, sync.current_settings, sync.settings)
     if principal.name is not None:
         request[USER_NAME_KEY] = principal.name
     return await handler(request)

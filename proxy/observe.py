@@ -28,12 +28,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from proxy.access.config import UserCtx, is_offline
 from proxy.access.paths import BadPath, CouchPath
 from proxy.activity import ACTIVITY
 from proxy.couch.client import LIVE_FEEDS
-from proxy.errors import CouchgateError
-from proxy.keys import INDEX, PRINCIPAL
+from proxy.keys import CALLER, INDEX
 from proxy.metrics import METRICS, Metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -137,7 +135,7 @@ def audited(action: str, outcome: str) -> None:
 
 
 def imported(rows: list[dict[str, Any]], dry_run: bool) -> None:
-    """Rows of an import answer (proxy/importer/engine.py), counted by status."""
+    """Rows of an import answer (proxy/importer/pipeline.py), counted by status."""
     obs = CURRENT.get()
     if obs is None:
         return
@@ -183,24 +181,18 @@ def offline_endpoint(raw_path: str, db: str, live: bool) -> str:
     return "offline_attachment" if path.rest else "offline_doc"
 
 
-async def caller_kind(request: web.Request) -> tuple[str, str | None]:
-    """(kind, user name) of the authenticated caller. Offline or not is decided with the
-    settings the index holds, as the dispatcher decides it; if they cannot be read now the
-    request fails on its own, and is counted as an online user's."""
-    principal = request.get(PRINCIPAL)
-    if principal is None or not principal.authenticated:
+def caller_kind(request: web.Request) -> tuple[str, str | None]:
+    """(kind, user name) of the caller. Offline or not as the caller was judged; when the
+    settings could not be read, as the settings the index holds say (the request fails on
+    its own where it depends on the judgement)."""
+    caller = request.get(CALLER)
+    if caller is None or not caller.authenticated:
         return "anonymous", None
-    if principal.is_admin:
-        return "admin", principal.name
-    sync = request.app[INDEX]
-    try:
-        settings = await sync.current_settings()
-    except CouchgateError:
-        settings = sync.settings
-    user = UserCtx(principal.name or "", principal.roles, principal.facility_ids, principal.contact_id)
-    if is_offline(user, settings):
-        return "offline", principal.name
-    return ("token" if principal.method == "jwt" else "online"), principal.name
+    if caller.is_admin:
+        return "admin", caller.name
+    if caller.offline_at_hand:
+        return "offline", caller.name
+    return ("token" if caller.principal.method == "jwt" else "online"), caller.name
 
 
 # -- the middlewares --------------------------------------------------------------------------
@@ -256,7 +248,7 @@ async def caller_middleware(request: web.Request, handler: Handler) -> web.Strea
     obs = CURRENT.get()
     if obs is None:
         return await handler(request)
-    obs.caller, obs.user = await caller_kind(request)
+    obs.caller, obs.user = caller_kind(request)
     if obs.caller != "offline" or obs.route not in ("passthrough", "passthrough_live"):
         return await handler(request)
     obs.live = is_live(request.query)

@@ -12,14 +12,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.audit.log import AuditLog
 from proxy.errors import CouchgateError, Forbidden
-from proxy.keys import AUDIT, COUCH, INDEX, PRINCIPAL, SETTINGS
+from proxy.keys import AUDIT, CALLER, COUCH, INDEX, SETTINGS
 from proxy.metrics import METRICS, index_lag, unlevel_for
 from proxy.users_at_risk import RISK
 
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics (admins, unless COUCHGATE_METRICS_PUBLIC)."""
-    if not request.app[SETTINGS].metrics_public and not request[PRINCIPAL].is_admin:
+    if not request.app[SETTINGS].metrics_public and not request[CALLER].is_admin:
         raise Forbidden("You are not a server admin.")
     app = request.app
     m = app[METRICS]

@@ -15,7 +15,7 @@ from proxy.audit.capture import record
 from proxy.auth.routes import MAX_LOGIN_BODY, login_fields, throttled
 from proxy.clients import client_address
 from proxy.errors import BadRequest, json_response
-from proxy.keys import PRINCIPAL, THROTTLE, TOKEN_GUARD
+from proxy.keys import CALLER, THROTTLE, TOKEN_GUARD
 from proxy.methods import refuse_unknown_method
 from proxy.params import read_body
 from proxy.passthrough import credentials_for, forward, parse_path
@@ -24,7 +24,7 @@ from proxy.passthrough import credentials_for, forward, parse_path
 async def session(request: web.Request) -> web.StreamResponse:
     """CouchDB's `/_session`; a token caller's `GET` is answered here, CouchDB cannot know it."""
     refuse_unknown_method(request)  # TRACE and the like: 405, as CouchDB answers them
-    principal = request[PRINCIPAL]
+    principal = request[CALLER].principal
     if principal.method == "jwt" and request.method in {"GET", "HEAD"}:
         return json_response(
             {

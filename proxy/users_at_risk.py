@@ -42,7 +42,7 @@ from proxy.audit.log import iso
 from proxy.auth.users import merge_user_docs
 from proxy.couch.client import CouchClient
 from proxy.errors import BadRequest, CouchgateError, Forbidden, UpstreamError, json_response
-from proxy.keys import COUCH, INDEX, PRINCIPAL, SETTINGS
+from proxy.keys import CALLER, COUCH, INDEX, SETTINGS
 from proxy.offline.sync import IndexSync
 from proxy.params import flag, limit_of, nonneg_int
 
@@ -276,7 +276,7 @@ def row(name: str, user: UserCtx, counted: Counted | None, activity: Activity, l
 
 async def list_users(request: web.Request) -> web.Response:
     """Offline users with their docs in scope, warning flag and sync activity."""
-    if not request[PRINCIPAL].is_admin:
+    if not request[CALLER].is_admin:
         raise Forbidden("You are not a server admin.")
     q = request.query
     sort = q.get("sort", "docs")

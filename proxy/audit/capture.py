@@ -37,7 +37,7 @@ from proxy.access.paths import CouchPath
 from proxy.audit.api import AuditEntry, Outcome, clean_text
 from proxy.audit.log import AuditLog
 from proxy.clients import client_address
-from proxy.keys import AUDIT, PRINCIPAL
+from proxy.keys import AUDIT, CALLER
 from proxy.logs import REQUEST_ID_KEY
 
 WRITE_METHODS = {"PUT", "POST", "DELETE", "COPY"}
@@ -47,7 +47,7 @@ JSON_BODY_KINDS = {"doc", "create", "bulk", "security", "purge", "index"}
 
 def entry(request: web.Request, action: str, outcome: Outcome, **fields: Any) -> AuditEntry:
     """An entry with who, from where and through which request filled in."""
-    principal = request.get(PRINCIPAL)
+    principal = caller.principal if (caller := request.get(CALLER)) is not None else None
     user_agent = request.headers.get("User-Agent")
     return AuditEntry(
         action=action,

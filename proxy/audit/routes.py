@@ -10,12 +10,11 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from proxy.access.config import UserCtx, is_offline
 from proxy.audit.log import AuditLog
 from proxy.audit.query import MAX_LIMIT, AuditQuery, search
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, Forbidden, NotFound, NotImplementedHere, json_response
-from proxy.keys import AUDIT, COUCH, INDEX, PRINCIPAL, SETTINGS
+from proxy.keys import AUDIT, CALLER, COUCH, INDEX, SETTINGS
 from proxy.params import limit_of
 
 
@@ -79,7 +78,7 @@ def query_from(params: Mapping[str, str], **fixed: str) -> AuditQuery:
 
 async def list_entries(request: web.Request) -> web.Response:
     """Audit entries, newest first, filtered by doc, user, action, outcome and time."""
-    if not request[PRINCIPAL].is_admin:
+    if not request[CALLER].is_admin:
         raise Forbidden("You are not a server admin.")
     log = audit_log(request)
     await log.flush()  # what was recorded before this request is visible to it
@@ -87,17 +86,16 @@ async def list_entries(request: web.Request) -> web.Response:
 
 
 async def may_read_doc(request: web.Request, doc_id: str) -> bool:
-    principal = request[PRINCIPAL]
+    caller = request[CALLER]
+    principal = caller.principal
     if principal.is_admin:
         return True
     if principal.name is None:
         return False
-    sync = request.app[INDEX]
-    settings = await sync.current_settings()
-    user = UserCtx(principal.name, principal.roles, principal.facility_ids, principal.contact_id)
-    if is_offline(user, settings):
+    if caller.offline:
+        sync = request.app[INDEX]
         await sync.sync()
-        return sync.index.is_readable_id(doc_id, user, sync.settings)
+        return sync.index.is_readable_id(doc_id, caller.user, sync.settings)
     if not principal.upstream_headers:
         return False
     # Online users: whatever CouchDB lets them read with their own credentials.
@@ -114,13 +112,13 @@ async def doc_history(request: web.Request) -> web.Response:
     doc_id = request.match_info["doc_id"]
     main_db = request.app[SETTINGS].db
     db = request.query.get("db") or main_db
-    if db != main_db and not request[PRINCIPAL].is_admin:
+    if db != main_db and not request[CALLER].is_admin:
         raise Forbidden("only admins may read the history of docs of other databases")
     if not await may_read_doc(request, doc_id):
         raise NotFound("missing")  # like any read of a doc outside one's scope
     log = audit_log(request)
     await log.flush()
-    if request[PRINCIPAL].is_admin:
+    if request[CALLER].is_admin:
         query = query_from(request.query, doc_id=doc_id, db=db)
         return json_response(await search(request.app[COUCH], log.db, query))
     # Everyone else sees who changed what and when: the writes made, never attempts that

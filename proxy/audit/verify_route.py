@@ -14,7 +14,7 @@ from proxy.audit.cli import parse_checkpoint, verify_log
 from proxy.audit.log import INTENTS_SUFFIX, iso
 from proxy.audit.routes import audit_log
 from proxy.errors import BadRequest, Forbidden, json_response
-from proxy.keys import COUCH, PRINCIPAL
+from proxy.keys import CALLER, COUCH
 
 MAX_BREAKS = 1000  # listed in the answer; all are counted
 
@@ -22,7 +22,7 @@ MAX_BREAKS = 1000  # listed in the answer; all are counted
 async def verify(request: web.Request) -> web.Response:
     """Check the hash chain of every writer: intact, or each break (edited, missing,
     relinked, truncated)."""
-    if not request[PRINCIPAL].is_admin:
+    if not request[CALLER].is_admin:
         raise Forbidden("You are not a server admin.")
     try:
         checkpoints = [parse_checkpoint(c) for c in request.query.getall("checkpoint", [])]

@@ -14,7 +14,7 @@ from proxy.auth.authenticator import CHALLENGE, check_password
 from proxy.auth.throttle import LoginThrottled
 from proxy.clients import client_address
 from proxy.errors import BadRequest, Forbidden, NotImplementedHere, Unauthorized, json_response
-from proxy.keys import COUCH, PRINCIPAL, THROTTLE, TOKEN_GUARD, TOKENS
+from proxy.keys import CALLER, COUCH, THROTTLE, TOKEN_GUARD, TOKENS
 from proxy.params import read_body, read_json
 
 MAX_LOGIN_BODY = 64 * 1024
@@ -105,7 +105,7 @@ def login_fields(content_type: str, body: bytes) -> tuple[str | None, str | None
 
 async def revoke_tokens(request: web.Request) -> web.Response:
     """End the caller's bearer tokens (an admin may name another user: `{"name": ...}`)."""
-    principal = request[PRINCIPAL]
+    principal = request[CALLER].principal
     body = await read_json(request, MAX_LOGIN_BODY, empty={})
     if not isinstance(body, dict):
         raise BadRequest("request body must be an object")

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.access.config import UserCtx, has_permission, is_offline
+from proxy.access.config import has_permission
 from proxy.access.couch_security import DB_NAME, NOT_DB_ADMIN, is_db_admin
 from proxy.audit import capture
 from proxy.audit.api import Outcome
@@ -31,7 +31,7 @@ from proxy.conflicts.bodies import resolve_request, split_request
 from proxy.conflicts.listing import describe, list_page
 from proxy.conflicts.store import UPDATES, ConflictStore, Intend, bookmark, unbookmark
 from proxy.errors import BadRequest, Forbidden, NotFound, json_response
-from proxy.keys import COUCH, INDEX, PRINCIPAL, SECURITY, SETTINGS
+from proxy.keys import CALLER, COUCH, INDEX, SECURITY, SETTINGS
 from proxy.params import flag, limit_of, read_json
 
 
@@ -45,15 +45,13 @@ def intend_for(request: web.Request, db: str) -> Intend:
 
 
 async def store_for(request: web.Request) -> ConflictStore:
-    principal = request[PRINCIPAL]
+    caller = request[CALLER]
     db = request.match_info["db"]
     main = request.app[SETTINGS].db
-    if not principal.is_admin:
-        settings = await request.app[INDEX].current_settings()
-        user = UserCtx(principal.name or "", principal.roles, principal.facility_ids, principal.contact_id)
-        if not has_permission(user, settings, "can_resolve_conflicts"):
+    if not caller.is_admin:
+        if not has_permission(caller.user, caller.rules, "can_resolve_conflicts"):
             raise Forbidden("resolving conflicts needs the permission can_resolve_conflicts")
-        if is_offline(user, settings):
+        if caller.offline:
             raise Forbidden(
                 "the conflict tools are for online users: an offline user's scope cannot cover them"
             )
@@ -101,7 +99,7 @@ async def show_conflict(request: web.Request) -> web.Response:
 
 async def may_write(request: web.Request, store: ConflictStore, doc_id: str) -> None:
     """A resolution or split writes `doc_id`: a design doc only for db admins."""
-    principal = request[PRINCIPAL]
+    principal = request[CALLER].principal
     if doc_id.startswith("_design/") and not principal.is_admin:
         security = await request.app[SECURITY].get(store.db)
         if not is_db_admin(security, principal.name, principal.roles):
@@ -117,10 +115,7 @@ async def resolve_conflict(request: web.Request) -> web.Response:
         await read_json(request, request.app[SETTINGS].max_conflicts_body_bytes), doc_id
     )
     await may_write(request, store, doc_id)
-    try:
-        answer = await service.resolve(store, doc_id, resolution, dry_run, recorder(request, store.db))
-    except service.Detailed as exc:
-        return json_response(exc.body(), status=exc.status)
+    answer = await service.resolve(store, doc_id, resolution, dry_run, recorder(request, store.db))
     return json_response(answer)
 
 
@@ -132,10 +127,7 @@ async def split_collision(request: web.Request) -> web.Response:
     parsed = split_request(await read_json(request, request.app[SETTINGS].max_conflicts_body_bytes, empty={}))
     await may_write(request, store, doc_id)
     settings = await request.app[INDEX].current_settings()
-    try:
-        answer = await split.split(store, doc_id, parsed, dry_run, settings.person_types)
-    except service.Detailed as exc:
-        return json_response(exc.body(), status=exc.status)
+    answer = await split.split(store, doc_id, parsed, dry_run, settings.person_types)
     if not dry_run and not answer.get("already_split"):
         record(request, "split", "written", db=store.db, doc_id=doc_id,
                details={"new_ids": [leaf["new_id"] for leaf in answer["leaves"]]})  # fmt: skip

@@ -25,28 +25,21 @@ from proxy.conflicts.model import (
     winner,
 )  # fmt: skip
 from proxy.conflicts.store import ConflictStore, row_error
-from proxy.errors import BadRequest, Conflict, CouchgateError, NotFound, UpstreamError
+from proxy.errors import (
+    BadRequest,
+    Conflict,
+    CouchgateError,
+    Detailed,
+    DetailedConflict,
+    NotFound,
+    UpstreamError,
+)
 
 
 class Recorder(Protocol):
     """Where a resolution's writes are audited (a request's caller, or the monitor)."""
 
     def __call__(self, action: str, outcome: Outcome, **fields: Any) -> None: ...
-
-
-class Detailed(CouchgateError):
-    """An error whose body carries more than `error` and `reason` (routes render it)."""
-
-    def __init__(self, reason: str, **details: Any) -> None:
-        super().__init__(reason)
-        self.details = details
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.error, "reason": self.reason, **self.details}
-
-
-class DetailedConflict(Detailed, Conflict):
-    pass
 
 
 class PartlyWritten(Detailed):

@@ -18,10 +18,10 @@ from typing import Any
 from proxy.access.kinds import CONTACT_KINDS, REPORT, contact_is_person, kind_of
 from proxy.conflicts.bodies import SplitRequest
 from proxy.conflicts.model import body, classify, references, root, set_path, winner
-from proxy.conflicts.service import DetailedConflict, Unmergeable, attachments, merge_leaves, tombstone
+from proxy.conflicts.service import Unmergeable, attachments, merge_leaves, tombstone
 from proxy.conflicts.store import ConflictStore
 from proxy.couch.client import quote_id
-from proxy.errors import BadRequest, Conflict, NotFound
+from proxy.errors import BadRequest, Conflict, DetailedConflict, NotFound
 
 SPLIT_NAMESPACE = uuid.UUID("0d5e6c1a-3c7e-4f0a-8f86-6b8a51e9a2c4")
 

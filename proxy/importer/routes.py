@@ -22,14 +22,14 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
-from proxy.access.config import UserCtx, is_offline
+from proxy.access.config import UserCtx
 from proxy.access.paths import CouchPath
 from proxy.audit.api import Outcome
 from proxy.audit.capture import record
-from proxy.errors import BadRequest, CouchgateError, Forbidden, UpstreamError
-from proxy.importer.engine import Importer, Plan
+from proxy.errors import BadRequest, CouchgateError, Forbidden, Refused, UpstreamError
+from proxy.importer.pipeline import Importer, Plan
 from proxy.importer.source import is_ndjson, items
-from proxy.keys import COUCH, INDEX, PRINCIPAL, SETTINGS
+from proxy.keys import CALLER, COUCH, INDEX, SETTINGS
 from proxy.logs import stamp_request_id
 from proxy.params import flag
 from proxy.passthrough import credentials_for
@@ -37,16 +37,6 @@ from proxy.passthrough import credentials_for
 log = logging.getLogger("couchgate.import")
 
 MODES = ("skip", "overwrite", "keep_both")
-
-
-class Refused(CouchgateError):
-    """CouchDB's own refusal of the caller, passed through with its status."""
-
-    def __init__(self, status: int, body: Any) -> None:
-        body = body if isinstance(body, dict) else {}
-        super().__init__(str(body.get("reason") or "You are not allowed to access this db."))
-        self.status = status
-        self.error = str(body.get("error") or ("unauthorized" if status == 401 else "forbidden"))
 
 
 async def import_default(request: web.Request) -> web.StreamResponse:
@@ -60,7 +50,8 @@ async def import_db(request: web.Request) -> web.StreamResponse:
 
 
 async def plan_for(request: web.Request, db: str) -> Plan:
-    principal = request[PRINCIPAL]
+    caller = request[CALLER]
+    principal = caller.principal
     mode = request.query.get("on_conflict", "skip")
     if mode not in MODES:
         raise BadRequest(f"on_conflict must be one of {', '.join(MODES)}")
@@ -68,13 +59,10 @@ async def plan_for(request: web.Request, db: str) -> Plan:
         raise Forbidden("Only server admins may import into system databases.")
     db_path = "/" + quote(db, safe="")
     user: UserCtx | None = None
-    sync = request.app[INDEX]
-    if principal.name is not None and not principal.is_admin:
-        candidate = UserCtx(principal.name, principal.roles, principal.facility_ids, principal.contact_id)
-        if is_offline(candidate, await sync.current_settings()):
-            if db != sync.db:
-                raise Forbidden("Offline users may only import into their own database.")
-            user = candidate
+    if caller.offline:
+        if db != request.app[INDEX].db:
+            raise Forbidden("Offline users may only import into their own database.")
+        user = caller.user
     couch = request.app[COUCH]
     read_as: dict[str, str] | None = None
     if user is not None or principal.is_admin:

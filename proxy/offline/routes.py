@@ -12,7 +12,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from proxy.access.paths import CouchPath
-from proxy.auth.principal import Principal
+from proxy.auth.caller import Caller
 from proxy.errors import Forbidden, MethodNotAllowed, json_response
 from proxy.keys import COUCH, INDEX, SINCE_CODEC
 from proxy.offline import changes, local_docs, own_user, reads, revisions, writes
@@ -33,14 +33,14 @@ def refuse() -> Forbidden:
     return Forbidden("Offline users may not access this endpoint.")
 
 
-async def serve_offline(request: web.Request, path: CouchPath, principal: Principal) -> web.StreamResponse:
+async def serve_offline(request: web.Request, path: CouchPath, caller: Caller) -> web.StreamResponse:
     db = request.app[INDEX].db
     if not path.segments:
         if request.method in READ:
             return await request.app[INDEX].welcome.answer()
         raise refuse()
     if path.db == "_users":
-        own = f"org.couchdb.user:{principal.name}"
+        own = caller.user.user_doc_id
         if path.doc_id == own and not path.rest:
             if request.method in READ:
                 # With the service account, as its writes are (`own_user`): CouchDB 3 makes
@@ -55,14 +55,14 @@ async def serve_offline(request: web.Request, path: CouchPath, principal: Princi
     if not sync.built.is_set():
         await sync.sync()  # the index's first build: nothing to answer from before it
     db_path = "/" + quote(db, safe="")
-    name = principal.name or ""
+    name = caller.user.name
     method = request.method
     second = path.segments[1] if len(path.segments) > 1 else None
     if second is None:
         if method in READ:
-            return changes.db_info(UserView.of(sync, principal), request.app[SINCE_CODEC], db)
+            return changes.db_info(UserView.of(sync, caller), request.app[SINCE_CODEC], db)
         if method == "POST":
-            return await writes.write_doc(request, UserView.of(sync, principal), path, db, db_path)
+            return await writes.write_doc(request, UserView.of(sync, caller), path, db, db_path)
         raise refuse()
     doc_id = path.doc_id
     if doc_id is not None and doc_id.startswith(local_docs.LOCAL):
@@ -72,10 +72,10 @@ async def serve_offline(request: web.Request, path: CouchPath, principal: Princi
     if doc_id is None:
         if second in SYNCED_ENDPOINTS and second != "_changes":  # `_changes` syncs in `changes`
             await sync.sync()  # read-your-writes: the index is at least as new as CouchDB was now
-        return await _db_endpoint(request, UserView.of(sync, principal), second, db, db_path)
+        return await _db_endpoint(request, UserView.of(sync, caller), second, db, db_path)
     if request.method not in READ and path.rest:
         await sync.sync()  # an attachment's write (a doc's syncs in `writes.judge`)
-    view = UserView.of(sync, principal)
+    view = UserView.of(sync, caller)
     if doc_id.startswith("_design/") and (doc_id != GLOBAL_DESIGN or method not in READ):
         raise refuse()
     if path.rest and path.rest[0].startswith("_"):

@@ -8,14 +8,14 @@ from aiohttp import web
 
 from proxy.access.config import UserCtx, is_offline
 from proxy.errors import Forbidden, NotFound, json_response
-from proxy.keys import INDEX, PRINCIPAL, REMOVALS, SETTINGS, USERS
+from proxy.keys import CALLER, INDEX, REMOVALS, SETTINGS, USERS
 
 RECENT_DAYS = 7  # what `left_recently` counts
 
 
 async def user_scope(request: web.Request) -> web.Response:
     """How many docs the user would replicate, by kind, with a warning above the limit."""
-    if not request[PRINCIPAL].is_admin:
+    if not request[CALLER].is_admin:
         raise Forbidden("You are not a server admin.")
     name = request.match_info["name"]
     info = await request.app[USERS].get(name)

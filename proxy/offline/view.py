@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from proxy import observe
 from proxy.access.config import AppSettings, UserCtx
 from proxy.access.read import body_readable, scope_inputs
-from proxy.auth.principal import Principal
+from proxy.auth.caller import Caller
 from proxy.offline.since import fingerprint
 from proxy.offline.sync import IndexSync
 
@@ -32,16 +32,6 @@ class Entry(Protocol):
     def leaves(self) -> Sequence[str]: ...
 
 
-def user_ctx(principal: Principal) -> UserCtx:
-    return UserCtx(
-        name=principal.name or "",
-        roles=principal.roles,
-        facility_ids=principal.facility_ids,
-        contact_id=principal.contact_id,
-        is_admin=principal.is_admin,
-    )
-
-
 log = logging.getLogger(__name__)
 
 
@@ -52,8 +42,8 @@ class UserView:
     settings: AppSettings
 
     @classmethod
-    def of(cls, sync: IndexSync, principal: Principal) -> UserView:
-        return cls(sync, user_ctx(principal), sync.settings)
+    def of(cls, sync: IndexSync, caller: Caller) -> UserView:
+        return cls(sync, caller.user, sync.settings)
 
     @property
     def epoch(self) -> str:

@@ -52,7 +52,9 @@ def test_mapping_targets(exc: BaseException, status: int, error: str) -> None:
 
 
 ERROR_CLASSES = [
-    c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.CouchgateError)
+    c
+    for _, c in inspect.getmembers(errors, inspect.isclass)
+    if issubclass(c, errors.CouchgateError) and c is not errors.Refused  # CouchDB's words: below
 ]
 
 
@@ -78,3 +80,36 @@ async def test_unexpected_exception_is_500_without_details() -> None:
     response = await errors.error_middleware(make_mocked_request("GET", "/x"), handler)
     assert isinstance(response, web.Response) and response.status == 500
     assert response.body is not None and b"secret" not in bytes(response.body)
+
+
+async def rendered(exc: errors.CouchgateError) -> web.Response:
+    async def handler(request: web.Request) -> web.Response:
+        raise exc
+
+    response = await errors.error_middleware(make_mocked_request("GET", "/x"), handler)
+    assert isinstance(response, web.Response) and response.content_type == "application/json"
+    return response
+
+
+@pytest.mark.parametrize(
+    ("status", "couchdb_said", "sent"),
+    [
+        (401, {"error": "unauthorized", "reason": "Name or password is incorrect."},
+         b'{"error":"unauthorized","reason":"Name or password is incorrect."}'),
+        (404, {"error": "not_found", "reason": "Database does not exist."},
+         b'{"error":"not_found","reason":"Database does not exist."}'),
+        (401, "not an object", b'{"error":"unauthorized","reason":"You are not allowed to access this db."}'),
+        (403, {}, b'{"error":"forbidden","reason":"You are not allowed to access this db."}'),
+    ],
+)  # fmt: skip
+async def test_couchdbs_refusal_is_passed_on_as_it_said_it(
+    status: int, couchdb_said: object, sent: bytes
+) -> None:
+    response = await rendered(errors.Refused(status, couchdb_said))
+    assert (response.status, response.body) == (status, sent)
+
+
+async def test_a_detailed_error_says_more_after_error_and_reason() -> None:
+    response = await rendered(errors.DetailedConflict("nothing was written", fields=[["a", "b"]]))
+    sent = b'{"error":"conflict","reason":"nothing was written","fields":[["a","b"]]}'
+    assert (response.status, response.body) == (409, sent)

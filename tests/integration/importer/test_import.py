@@ -15,7 +15,7 @@ import pytest
 from import_support import couchgate_process, do_import, peak_rss_kb, statuses
 
 from proxy.devserver.backend import PouchServer
-from proxy.importer import engine
+from proxy.importer import pipeline
 
 from offline_data import auth as offline_auth
 from offline_data import person, place, report
@@ -147,10 +147,10 @@ async def test_overwrite_lands_on_top_of_a_concurrent_update(
     reads again and its body becomes the winner on top of that newer revision."""
     alice, path = users["alice"].auth, f"/{db}/_couchgate/import"
     await do_import(gateway, path, alice, [{"_id": "busy", "v": 1}])
-    read = engine.Importer._stored
+    read = pipeline.Importer._stored
     concurrent: list[str] = []
 
-    async def read_then_someone_writes(self: engine.Importer, ids: list[str]) -> Any:
+    async def read_then_someone_writes(self: pipeline.Importer, ids: list[str]) -> Any:
         found, deleted = await read(self, ids)
         if not concurrent and found.get("busy"):
             status, body = await asyncio.to_thread(
@@ -160,7 +160,7 @@ async def test_overwrite_lands_on_top_of_a_concurrent_update(
             concurrent.append(body["rev"])
         return found, deleted
 
-    monkeypatch.setattr(engine.Importer, "_stored", read_then_someone_writes)
+    monkeypatch.setattr(pipeline.Importer, "_stored", read_then_someone_writes)
     answer = await do_import(gateway, path, alice, [{"_id": "busy", "v": "ours"}], "?on_conflict=overwrite")
     assert statuses(answer) == [("busy", "updated")] and concurrent
     _, doc = backend.request("GET", f"/{db}/busy?conflicts=true&revs=true")

@@ -11,7 +11,7 @@ import pytest
 from import_support import do_import
 
 from proxy.devserver.backend import PouchServer
-from proxy.importer import engine
+from proxy.importer import pipeline
 
 from support import (
     Gateway,
@@ -76,17 +76,17 @@ async def test_a_client_that_leaves_mid_import_loses_no_audit_entry(
     """The client hangs up after the first rows, while the second chunk's write is on its way
     (CouchDB has it; its answer is slow): that chunk still gets its audit entries, and the
     import's own entry says it did not complete."""
-    post = engine.Importer._post
+    post = pipeline.Importer._post
     in_flight = asyncio.Event()
 
-    async def slow_answer(self: engine.Importer, where: str, body: dict[str, Any]) -> Any:
+    async def slow_answer(self: pipeline.Importer, where: str, body: dict[str, Any]) -> Any:
         answer = await post(self, where, body)
         if body["docs"][0]["_id"] == "g0500":
             in_flight.set()
             await asyncio.sleep(1)
         return answer
 
-    monkeypatch.setattr(engine.Importer, "_post", slow_answer)
+    monkeypatch.setattr(pipeline.Importer, "_post", slow_answer)
     lines = b"".join(
         orjson.dumps({"_id": f"g{i:04d}", "pad": "x" * 200}) + b"\n" for i in range(950)
     )  # one page

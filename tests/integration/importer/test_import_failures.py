@@ -15,7 +15,7 @@ from import_support import do_import
 from proxy.couch.client import CouchClient, JsonResult
 from proxy.devserver.backend import PouchServer
 from proxy.errors import UpstreamUnavailable
-from proxy.importer import engine
+from proxy.importer import pipeline, policy
 
 from support import Gateway, TestUser, gateway_settings, start_gateway, stop_gateway
 
@@ -57,10 +57,10 @@ async def test_upstream_failures_mid_import_answer_error_rows_and_a_retry_comple
     alice, path = users["alice"].auth, f"/{db}/_couchgate/import"
     docs = [{"_id": f"u{i:04d}", "v": i} for i in range(1500)]
     backend.request("POST", f"/{db}/_bulk_docs", {"docs": docs[1000:]})  # the third chunk exists already
-    post, read = engine.Importer._post, CouchClient.json
+    post, read = pipeline.Importer._post, CouchClient.json
 
     async def unreachable_for_chunk_two(
-        self: engine.Importer, where: str, body: dict[str, Any]
+        self: pipeline.Importer, where: str, body: dict[str, Any]
     ) -> JsonResult:
         if body["docs"][0]["_id"] == "u0500":
             raise UpstreamUnavailable("CouchDB is not reachable")
@@ -73,7 +73,7 @@ async def test_upstream_failures_mid_import_answer_error_rows_and_a_retry_comple
             return JsonResult(500, {"error": "internal_server_error", "reason": "boom"}, {})
         return await read(self, method, where, **kw)
 
-    monkeypatch.setattr(engine.Importer, "_post", unreachable_for_chunk_two)
+    monkeypatch.setattr(pipeline.Importer, "_post", unreachable_for_chunk_two)
     monkeypatch.setattr(CouchClient, "json", failing_read_for_chunk_three)
     for ndjson in (False, True):
         answer = await do_import(gateway, path, alice, docs, ndjson=ndjson)
@@ -92,16 +92,16 @@ async def test_after_chunks_keep_failing_the_rest_is_not_tried(
 ) -> None:
     calls = 0
 
-    async def down(self: engine.Importer, where: str, body: dict[str, Any]) -> JsonResult:
+    async def down(self: pipeline.Importer, where: str, body: dict[str, Any]) -> JsonResult:
         nonlocal calls
         calls += 1
         raise UpstreamUnavailable("CouchDB is not reachable")
 
-    monkeypatch.setattr(engine.Importer, "_post", down)
+    monkeypatch.setattr(pipeline.Importer, "_post", down)
     docs = [{"_id": f"d{i:04d}"} for i in range(3000)]
     answer = await do_import(gateway, f"/{db}/_couchgate/import", users["alice"].auth, docs, ndjson=True)
     assert answer["summary"] == {"error": 3000} and calls < 6
-    assert any(r["reason"] == engine.NOT_TRIED for r in answer["results"])
+    assert any(r["reason"] == pipeline.NOT_TRIED for r in answer["results"])
 
 
 async def test_an_unexpected_error_in_a_chunk_keeps_what_was_answered(
@@ -113,14 +113,14 @@ async def test_an_unexpected_error_in_a_chunk_keeps_what_was_answered(
 ) -> None:
     alice, path = users["alice"].auth, f"/{db}/_couchgate/import"
     backend.request("PUT", f"/{db}/boom", {"v": 0})
-    same = engine.same_content
+    same = policy.same_content
 
     def breaks_on_boom(imported: Any, stored: Any) -> bool:
         if imported.get("_id") == "boom":
             raise RuntimeError("a bug")
         return same(imported, stored)
 
-    monkeypatch.setattr(engine, "same_content", breaks_on_boom)
+    monkeypatch.setattr(policy, "same_content", breaks_on_boom)
     docs = [{"_id": f"b{i:03d}"} for i in range(600)] + [{"_id": "boom", "v": 1}, {"_id": "b999"}]
     answer = await do_import(gateway, path, alice, docs)
     rows = answer["results"]

@@ -1,12 +1,11 @@
-"""Import chunks of docs: existence checks with `_all_docs?keys`, writes with `_bulk_docs`,
-every doc answered in input order; nothing stops at the first problem.
+"""The import pipeline: the input in chunks, each chunk's stored docs read with
+`_all_docs?keys`, what must change written with `_bulk_docs`, every doc answered in input
+order with its status and audited; nothing stops at the first problem. What may be
+written, and why not, is the policy's (`proxy.importer.policy`).
 
 Whose eyes look: admins and offline users read with the service account (an offline
-user's docs are judged here by the write rules of `proxy.access.write`: a doc whose new
-version is outside their scope is `forbidden`, one onto a stored doc they may not see is a
-`conflict`, as for any id that is taken, and never `unchanged` or `skipped`, so the
-answers tell nothing about a doc outside the scope); online users read and write with
-their own credentials, so CouchDB's `_security` applies to both.
+user's docs are judged by the policy); online users read and write with their own
+credentials, so CouchDB's `_security` applies to both.
 
 Every chunk is read first (`_all_docs?keys&include_docs`), then only what must change is
 written. Writing optimistically (the whole chunk to `_bulk_docs`, reading back only the
@@ -24,34 +23,23 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 
 from proxy import observe
-from proxy.access.batch import authorize_batch
 from proxy.access.config import UserCtx
-from proxy.access.kinds import CONTACT_KINDS, kind_of
-from proxy.access.read import body_readable
 from proxy.audit.api import Outcome
 from proxy.audit.capture import admit, intend_docs, record
 from proxy.couch.client import CouchClient, JsonResult
 from proxy.errors import CouchgateError
-from proxy.importer.docs import (
-    Invalid,
-    Prepared,
-    branch_rev,
-    branch_would_win,
-    needs_attachment_data,
-    prepare,
-    same_content,
-)
+from proxy.importer.docs import Invalid, Prepared, branch_would_win, needs_attachment_data, prepare
+from proxy.importer.policy import SKIPPED, Mode, placement, policy_for, unchanged
 from proxy.importer.source import BadLine
 from proxy.keys import INDEX
 
 log = logging.getLogger("couchgate.import")
 
-Mode = Literal["skip", "overwrite", "keep_both"]
 CHUNK = 500
 IN_FLIGHT = 3
 RETRIES = 3
@@ -62,7 +50,6 @@ UPSTREAM_FAILED = (
 )
 NOT_TRIED = "not imported: CouchDB failed for the chunks before this one; import again (safe)"
 INTERNAL = "couchgate failed while importing this doc; it may or may not be written: import again (safe)"
-CONTACT_FIELDS = ("_id", "type", "contact_type", "parent", "patient_id", "place_id")
 
 
 @dataclass
@@ -118,22 +105,20 @@ class Importer:
         self.request = request
         self.couch = couch
         self.plan = plan
+        self.policy = policy_for(plan.user, request.app[INDEX], plan.dry_run)
         self.failed_chunks = 0
-        # Offline dry runs: contacts allowed in earlier chunks (a real run has written them,
-        # so the scope index knows them; a dry run must lend them to later chunks itself).
-        self.carried: dict[str, dict[str, Any]] = {}
 
     async def run(self, items: AsyncIterator[Any]) -> AsyncGenerator[list[dict[str, Any]]]:
         """Rows in input order, a chunk at a time, as soon as each chunk is done: reading the
         input runs apart from answering, so the first rows go out while the rest is still
-        arriving. For admins and online users up to IN_FLIGHT chunks are worked on at once;
-        an offline user's chunks run one after the other, so contacts created by one are in
-        the tree when the next is judged.
+        arriving. Up to IN_FLIGHT chunks are worked on at once, unless the policy needs them
+        in order (an offline user's: contacts created by one are in the tree when the next
+        is judged).
 
         If the body cannot be read on, what was read is still answered, then the error is
         raised. Chunks already started always finish (and are audited), even when the
         client has gone or the request is cancelled."""
-        sequential = self.plan.user is not None
+        sequential = self.policy.in_order
         # Started chunks: the one being answered, the queued ones, the one waiting to queue.
         queue: asyncio.Queue[asyncio.Task[list[dict[str, Any]]] | Exception | None] = asyncio.Queue(
             maxsize=max(1, IN_FLIGHT - 2)
@@ -260,33 +245,31 @@ class Importer:
             current = stored.get(doc.id)
             if current is not None:
                 state.rev_before[doc.index] = current["_rev"]
-        readable, hidden = await self._readable(stored, deleted)
+        visible, hidden = await self.policy.visible(stored, deleted)
         changed = []
         for doc in docs:
             current = stored.get(doc.id)
-            if current is not None and doc.id in readable and same_content(doc.doc, current):
+            if current is not None and unchanged(doc, current, visible):
                 answers[doc.index] = result(doc.index, doc.id, "unchanged", rev=current.get("_rev"))
             else:
                 changed.append(doc)
-        allowed = await self._judge(changed, stored, hidden, answers)
+        refused = await self.policy.refusals(changed, stored, hidden)
         writes: list[tuple[Prepared, dict[str, Any], str]] = []  # (doc, body, status if written)
         branches: list[tuple[Prepared, dict[str, Any]]] = []
-        for doc in allowed:
-            current = stored.get(doc.id)
-            if current is None:
-                writes.append((doc, doc.doc, "created"))
-            elif self.plan.mode == "skip":
+        for doc in changed:
+            if doc.index in refused:
+                status, reason = refused[doc.index]
+                answers[doc.index] = result(doc.index, doc.id, status, reason=reason)
+                continue
+            how, body = placement(self.plan.mode, doc, stored.get(doc.id))
+            if how == "skipped":
                 answers[doc.index] = result(
-                    doc.index,
-                    doc.id,
-                    "skipped",
-                    rev=current.get("_rev"),
-                    reason="a doc with this _id exists (on_conflict=skip)",
+                    doc.index, doc.id, "skipped", rev=body.get("_rev"), reason=SKIPPED
                 )
-            elif self.plan.mode == "overwrite":
-                writes.append((doc, {**doc.doc, "_rev": current["_rev"]}, "updated"))
+            elif how == "branch":
+                branches.append((doc, body))
             else:
-                branches.append((doc, {**doc.doc, "_rev": branch_rev(doc.doc)}))
+                writes.append((doc, body, how))
         if self.plan.dry_run:
             for doc, _, status in writes:
                 answers[doc.index] = result(doc.index, doc.id, status)
@@ -382,13 +365,12 @@ class Importer:
             return rows if isinstance(rows, list) else []
 
         sync = self.request.app[INDEX]
-        if self.plan.db_path == sync.path and sync.built.is_set() and self.plan.user is None:
+        if self.plan.db_path == sync.path and sync.built.is_set() and not self.policy.reads_every_id:
             # The scope index knows every id of its database: once it is level with
             # CouchDB as of now, an id it does not know does not exist, and is not read (a
             # fresh import reads nothing); an id it learnt meanwhile is read after. When
-            # the index cannot be brought level, every id is read. Not for offline users:
-            # what is read must not depend on whether a foreign id exists (their batches
-            # would time it); members and admins may read every doc anyway.
+            # the index cannot be brought level, every id is read (and always when the
+            # policy says so); members and admins may read every doc anyway.
             known = [i for i in ids if i in sync.index.entries]
             level, rows = await asyncio.gather(sync.sync(), read(known), return_exceptions=True)
             if isinstance(rows, BaseException):
@@ -408,52 +390,6 @@ class Importer:
             elif isinstance(row.get("value"), dict) and row["value"].get("deleted") is True:
                 deleted.add(row["key"])
         return found, deleted
-
-    async def _readable(
-        self, stored: Mapping[str, dict[str, Any] | None], deleted: set[str]
-    ) -> tuple[set[str], set[str]]:
-        """The stored docs the caller may see, and the deleted ones whose last version they
-        could not (not theirs to bring back). Everyone but offline users sees them all."""
-        present = [(i, d) for i, d in stored.items() if d is not None]
-        user = self.plan.user
-        if user is None:
-            return {i for i, _ in present}, set()
-        sync = self.request.app[INDEX]
-        await sync.sync()  # contacts written by earlier chunks are in the tree now
-        subj = sync.index.subjects_of(user, sync.settings)
-        readable = {i for i, d in present if body_readable(d, user, sync.settings, sync.index, subj)}
-        return readable, deleted - sync.index.readable_ids(deleted, user, sync.settings)
-
-    async def _judge(
-        self,
-        docs: list[Prepared],
-        stored: Mapping[str, dict[str, Any] | None],
-        hidden: set[str],
-        answers: dict[int, dict[str, Any]],
-    ) -> list[Prepared]:
-        """Offline users: the write rules, with this chunk's permitted contacts applied (in a
-        dry run, those of earlier chunks too). A doc onto a stored one the user may not see
-        is a `conflict`, as for any id that is taken, whatever its content."""
-        user = self.plan.user
-        if user is None or not docs:
-            return docs
-        sync = self.request.app[INDEX]  # brought level with CouchDB by `_readable`
-        ids = {d.id for d in docs}
-        carried = [c for i, c in self.carried.items() if i not in ids]
-        batch = [d.doc for d in docs]
-        decisions = authorize_batch(user, sync.settings, sync.index, [*carried, *batch], stored, hidden)[
-            len(carried) :
-        ]
-        allowed = []
-        for doc, decision in zip(docs, decisions, strict=True):
-            if not decision.allowed:
-                status = "conflict" if decision.error == "conflict" else "forbidden"
-                answers[doc.index] = result(doc.index, doc.id, status, reason=decision.reason)
-            else:
-                allowed.append(doc)
-                if self.plan.dry_run and kind_of(doc.doc) in CONTACT_KINDS:
-                    self.carried[doc.id] = {k: doc.doc[k] for k in CONTACT_FIELDS if k in doc.doc}
-        return allowed
 
     async def _bulk(self, docs: list[dict[str, Any]], *, new_edits: bool) -> dict[str, dict[str, Any]]:
         """CouchDB's row for each doc, by id. A request CouchDB refuses as a whole for its
