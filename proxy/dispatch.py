@@ -97,7 +97,7 @@ async def couchdb_handler(request: web.Request) -> web.StreamResponse:
         if named is not None:  # new docs given their ids, so that the intent can name them
             captured = named
             body = named if len(named) <= CAPTURE_LIMIT else in_slices(named)
-            length = "content-length"  # the client's no longer fits: the new one is counted
+            length = "content-length"  # the client's is not the new body's, counted when sent
             request = request.clone(
                 headers=[(k, v) for k, v in request.headers.items() if k.lower() != length]
             )

@@ -173,7 +173,7 @@ class Metrics:
         )
         self.removals = Counter(
             "couchgate_offline_removals_sent",
-            "Docs an offline user may no longer read, sent as removals (0 until removals exist)",
+            "Docs an offline user may no longer read, sent as removals (COUCHGATE_REMOVALS)",
             registry=r,
         )
         self.forbidden_writes = Counter(

@@ -519,7 +519,3 @@ class AuditLog:
             "refused": self.refused,
             "error": self.last_error,
         }
-
-    @property
-    def healthy(self) -> bool:
-        return self.last_error is None and self.dropped == 0 and self.failed == 0

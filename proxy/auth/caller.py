@@ -1,7 +1,7 @@
 """The caller of one request, resolved once after authentication (`auth_middleware`) and
-read by every handler from `request[CALLER]` (`proxy.keys`): who they are (`principal`), their CHT user
-context (`user`: roles, facilities, contact), whether they are an offline user and the
-rules (the CHT settings) that judgement was made with.
+read by every handler from `request[CALLER]` (`proxy.keys`): who they are (`principal`),
+their CHT user context (`user`: roles, facilities, contact), whether they are an offline
+user, and the rules (the CHT settings) that judgement was made with.
 
 Offline or not is judged with the settings, which are read from CouchDB until the scope
 index holds them. Admins and anonymous callers are never offline and need no read. When
