@@ -499,8 +499,8 @@ class ScopeIndex:
                         if v is not None and not v.deleted
                         and entry_readable(doc_id, v.kind, v.keys, v.facts, then, settings_at, subj, graph)
                     ]  # fmt: skip
-                    judged.add(doc_id)
                     if held:  # with what the exact judgement at `after` found
+                        judged.add(doc_id)  # (one unreadable at this moment may be at a later one)
                         before = found.get(doc_id)
                         found[doc_id] = as_held(entry, held, current, before)
 

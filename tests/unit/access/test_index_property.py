@@ -387,3 +387,21 @@ IndexMachine.TestCase.settings = settings(
     max_examples=300, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_index_agrees_with_naive_recomputation = IndexMachine.TestCase
+
+
+def test_a_placed_pull_judges_a_doc_again_at_each_moment_of_its_span() -> None:
+    """Found by the state machine: in a placed span, r2 (unallocated) was judged at the
+    first settings change (not readable under those settings) and then never again, though
+    at the next change its role could read it; the device kept it after it left."""
+    machine = IndexMachine()
+    machine.setup()
+    machine.upsert_report(doc_id="r2", private=False, signoff=False, subject=None, submitter=None,
+                          where="patient_uuid")  # fmt: skip
+    machine.change_settings(rules=[], unallocated=True, unallocated_roles=["sup"])
+    machine.change_settings(rules=[], unallocated=True, unallocated_roles=["chw"])
+    machine.device_pulls(user="u1")
+    assert "r2" in machine.devices["u1"]["held"]
+    machine.upsert_report(doc_id="r2", private=False, signoff=False, subject="a1", submitter=None,
+                          where="patient_uuid")  # fmt: skip
+    machine.device_pulls_placed(after=1, before=2, user="u1")  # asserts what the device holds
+    assert "r2" not in machine.devices["u1"]["held"]
