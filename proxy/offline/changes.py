@@ -427,7 +427,8 @@ async def changes(
     if params.feed == "longpoll" and not page:
         return await _longpoll(request, feed, db_path)
     results = await page_rows(request, feed, db_path, page)
-    return json_response({"results": results, "last_seq": page.last_seq, "pending": 0})
+    last_seq = page.last_seq if page else codec.kept(view.user.name, params.since, page.last_seq)
+    return json_response({"results": results, "last_seq": last_seq, "pending": 0})
 
 
 async def _open_stream(request: web.Request) -> web.StreamResponse:

@@ -33,7 +33,7 @@ import base64
 import binascii
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -84,6 +84,19 @@ class SinceCodec:
         nonce = os.urandom(NONCE)
         sealed = self._aead.encrypt(nonce, orjson.dumps(body), user.encode())
         return base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
+
+    def kept(self, user: str, sent: object, issued: str) -> str:
+        """`sent` (the device's token) when `issued` (the one after an empty page) says no
+        more than it: the same position, user and scope, only later times, which means that
+        nothing at all changed in the database since `sent` was issued (the index's ordinal
+        counts every change); else `issued`. The device holds the same either way, and
+        PouchDB writes its checkpoint only when `last_seq` changes (pouchdb-checkpointer),
+        so a sync with nothing new then costs no checkpoint write, as it does not straight
+        against CouchDB, whose `last_seq` stays the same."""
+        old, new = self.decode(user, sent), self.decode(user, issued)
+        if old is None or new is None or replace(new, level=old.level, issued=old.issued) != old:
+            return issued
+        return str(sent)
 
     def decode(self, user: str, token: object) -> Since | None:
         """The token's content, or None when it is not a valid token of this user."""

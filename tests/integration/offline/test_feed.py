@@ -66,6 +66,22 @@ async def test_last_seq_advances_when_every_change_is_filtered_out(
     assert second["last_seq"] != first["last_seq"]
 
 
+async def test_a_sync_with_nothing_new_answers_the_devices_own_token(
+    gw: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """PouchDB writes its checkpoint only when `last_seq` changes: while nothing at all
+    changed in the database, the device's own token comes back (as CouchDB's `last_seq`
+    does), however often it asks; any change, even one the user cannot see, moves it."""
+    first = (await changes(gw, medic, "chw1"))["last_seq"]
+    for _ in range(3):
+        again = await changes(gw, medic, "chw1", f"&since={first}")
+        assert again == {"results": [], "last_seq": first, "pending": 0}
+    backend.request("PUT", f"/{medic}/elsewhere", {"type": "data_record", "form": "x", "fields": {}})
+    moved = await changes(gw, medic, "chw1", f"&since={first}")
+    assert moved["results"] == [] and moved["last_seq"] != first
+    assert (await changes(gw, medic, "chw2", f"&since={first}"))["last_seq"] != first  # not chw2's token
+
+
 async def test_include_docs_and_doc_ids_filter(gw: Gateway, medic: str) -> None:
     body = await changes(gw, medic, "chw1", '&include_docs=true&filter=_doc_ids&doc_ids=["p1","p9","nope"]')
     assert [r["id"] for r in body["results"]] == ["p1"]
