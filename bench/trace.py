@@ -2,7 +2,7 @@
 upstream call timed, while real PouchDB pulls or pushes through it.
 
     .venv/bin/python -m bench.trace --backend http://admin:pass@127.0.0.1:5984 --op pull --user chw1
-    .venv/bin/python -m bench.trace --backend ... --op push --user chw1 --docs 500 [--edit]
+    .venv/bin/python -m bench.trace --backend ... --op push --user chw1 --docs 500 [--edit] [--timeline]
 
 Expects the demo data already loaded in `medic` (e.g. by bench.replication or bench.push, or
 `proxy.seed.loader`). Prints, per kind of request (method and path with ids folded), how
@@ -36,6 +36,9 @@ from proxy.devserver.backend import NODE_DIR, free_port
 from proxy.settings import load_settings
 
 Stats = dict[str, list[float]]
+# (start ms, end ms, "client" | "upstream", request): every request of a run, for --timeline.
+Events = list[tuple[float, float, str, str]]
+EVENTS: Events = []
 
 
 def fold(path: str) -> str:
@@ -59,6 +62,7 @@ def timed(stats: Stats, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
             return await fn(self, method, path, *args, **kwargs)
         finally:
             stats[f"{method} {fold(path)}"].append((time.perf_counter() - started) * 1000)
+            EVENTS.append((started * 1000, time.perf_counter() * 1000, "upstream", f"{method} {fold(path)}"))
 
     return wrapper
 
@@ -82,6 +86,15 @@ def report(title: str, stats: Stats) -> None:
         print(f"| {key} | {len(values)} | {sum(values):.0f} | {sum(values) / len(values):.1f} |")
 
 
+def timeline(origin: float) -> None:
+    """Every request of the run by its start: client requests, and under them (indented)
+    the upstream calls couchgate made, in ms since the run began."""
+    print("\nTimeline (ms since the run began: start, end, duration)")
+    for start, end, kind, label in sorted(EVENTS):
+        indent = "    " if kind == "upstream" else ""
+        print(f"{start - origin:8.1f} {end - origin:8.1f} {end - start:6.1f}  {indent}{label}")
+
+
 async def run(args: argparse.Namespace) -> None:
     with open_backend(args.backend) as backend:
         settings = load_settings(
@@ -102,6 +115,8 @@ async def run(args: argparse.Namespace) -> None:
                 client_side[f"{request.method} {fold(request.path)}"].append(
                     (time.perf_counter() - started) * 1000
                 )
+                label = f"{request.method} {fold(request.path)}"
+                EVENTS.append((started * 1000, time.perf_counter() * 1000, "client", label))
 
         app = create_app(settings)
         app.middlewares.insert(0, timing)
@@ -142,6 +157,7 @@ async def run(args: argparse.Namespace) -> None:
             for run_number in range(1, args.repeat + 1):
                 client_side.clear()
                 upstream.clear()
+                EVENTS.clear()
                 profiler = cProfile.Profile() if args.profile else None
                 if profiler is not None:
                     profiler.enable()
@@ -160,6 +176,8 @@ async def run(args: argparse.Namespace) -> None:
                 print(f"\nwall {wall * 1000:.0f} ms; couchgate CPU (this process) {cpu * 1000:.0f} ms")
                 report("Client requests through couchgate", client_side)
                 report("couchgate's upstream calls", upstream)
+                if args.timeline:
+                    timeline(started * 1000)
                 if profiler is not None:
                     print(f"\ncouchgate's own functions, by cumulative CPU time (top {args.profile}):")
                     pstats.Stats(profiler).sort_stats("cumulative").print_stats(r"proxy/", args.profile)
@@ -178,6 +196,7 @@ def main() -> None:
     parser.add_argument("--edit", action="store_true")
     parser.add_argument("--no-audit", action="store_true")
     parser.add_argument("--repeat", type=int, default=1, help="run the op this many times, each reported")
+    parser.add_argument("--timeline", action="store_true", help="also print every request by its start")
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="also print the top N of a cProfile"
     )

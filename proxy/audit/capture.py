@@ -318,6 +318,40 @@ async def intend_docs(request: web.Request, db: str | None, docs: list[Any], new
     )
 
 
+# A `_revs_diff` naming more missing revisions than this announces none (a PouchDB push
+# asks about a batch at a time: 100 by default).
+MAX_AHEAD = 1000
+
+
+def announce_push(request: web.Request, db: str, user: str, pairs: list[tuple[str, str]]) -> None:
+    """A replication push's `_revs_diff` told the device which revisions CouchDB lacks: the
+    `_bulk_docs` that sends them follows. Store the intent naming them now, while the device
+    reads them, without waiting (the answer does not depend on it): `intend_push` finds it."""
+    sink = request.app[AUDIT]
+    if not isinstance(sink, AuditLog) or sink.intents is None or not pairs or len(pairs) > MAX_AHEAD:
+        return
+    ids = {doc_id for doc_id, _ in pairs}
+    details = {"for": "bulk_docs", "writes": [[i, r, None] for i, r in pairs], "ahead": True}
+    sink.announce(entry(
+        request, "intent", "unknown", db=db, doc_id=next(iter(ids)) if len(ids) == 1 else None,
+        reason=INTENT_REASON, details=details,
+    ), user, db, pairs)  # fmt: skip
+
+
+async def intend_push(request: web.Request, db: str, user: str, docs: list[Any], new_edits: bool) -> None:
+    """`intend_docs`, unless the write is a replication push (`new_edits: false`) whose every
+    revision `user` announced ahead (`announce_push`): then wait until those intents are
+    stored instead of storing another. Either way the write's exact revisions are named by a
+    stored intent when this returns."""
+    sink = request.app[AUDIT]
+    if not new_edits and isinstance(sink, AuditLog):
+        named = [planned(d, False) for d in docs]
+        pairs = [(w[0], w[1]) for w in named if isinstance(w[0], str) and isinstance(w[1], str)]
+        if len(pairs) == len(docs) and await sink.stored_ahead(user, db, pairs):
+            return
+    await intend_docs(request, db, docs, new_edits)
+
+
 def background_intents(sink: object, db: str) -> Callable[[list[Any], bool], Awaitable[None]] | None:
     """The intents of couchgate's own background writes (the conflict monitor's merges)."""
 

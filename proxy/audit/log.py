@@ -43,7 +43,7 @@ import logging
 import socket
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import fields
 from itertools import islice
 from typing import Any
@@ -65,6 +65,10 @@ INTENT_TYPE = "couchgate-audit-intents"  # batch docs of the chain of intents (s
 INTENTS_SUFFIX = "~intents"  # a writer's chain of intents is the writer `<writer>~intents`
 START_PREFIX = "couchgate-audit-start:"  # + db: where its `_changes` stood when the log began
 MAX_BATCH_BYTES = 1_000_000  # well under CouchDB's max_document_size (8 MB by default)
+# Intents announced ahead of a push (`AuditLog.announce`): how long, and how many revisions
+# across all users, they are remembered (a push sends a batch within seconds of asking).
+ANNOUNCED_SECONDS = 120.0
+MAX_ANNOUNCED = 50_000
 # One row per entry: keys prefixed by what they select on, newest last: [kind, value...,
 # ts, entry _id], value [writer, seq] (the entry's key in `chain`). The entry id makes
 # every key unique, so a page can start exactly at a key (no `startkey_docid`, which
@@ -219,6 +223,9 @@ class AuditLog:
         self._room = asyncio.Event()
         self._lock = asyncio.Lock()
         self._attempted = asyncio.Event()  # set after every flush attempt
+        # Intents announced ahead of a push (`announce`), in the chain of intents:
+        # (user, db, doc id, rev) -> (the intent's seq, when it was announced), oldest first.
+        self._announced: OrderedDict[tuple[str, str, str, str], tuple[int, float]] = OrderedDict()
 
     # -- recording (request path: no I/O) -----------------------------------------------------
 
@@ -262,7 +269,52 @@ class AuditLog:
         while a flush runs goes out in the next one)."""
         if not self._record_safely(entry):
             raise UpstreamUnavailable("the audit log could not record this write; try again later")
-        seq = self.seq
+        await self._stored(self.seq)
+
+    def announce(self, entry: AuditEntry, user: str, db: str, pairs: list[tuple[str, str]]) -> None:
+        """Queue an intent naming revisions a replication push is about to send (the
+        `(doc id, rev)` pairs its `_revs_diff` was told are missing), without waiting for
+        it: `stored_ahead` later finds it for the push's `_bulk_docs`. Kept for
+        `ANNOUNCED_SECONDS`, at most `MAX_ANNOUNCED` pairs (the oldest forgotten first)."""
+        if self.intents is not None:
+            self.intents._announce(entry, user, db, pairs)
+
+    async def stored_ahead(self, user: str, db: str, pairs: list[tuple[str, str]]) -> bool:
+        """True once every pair has an intent announced by `user` (`announce`) stored; False
+        at once if one has none announced (the write then stores its own). Raises
+        UpstreamUnavailable, as `intend` does, when the announced intents cannot be stored."""
+        if self.intents is None or not pairs:
+            return False
+        return await self.intents._stored_ahead(user, db, pairs)
+
+    def _announce(self, entry: AuditEntry, user: str, db: str, pairs: list[tuple[str, str]]) -> None:
+        if not self._record_safely(entry):
+            return
+        now = time.monotonic()
+        for doc_id, rev in pairs:
+            key = (user, db, doc_id, rev)
+            self._announced[key] = (self.seq, now)
+            self._announced.move_to_end(key)
+        self._forget_announced(now)
+        self._wake.set()
+
+    async def _stored_ahead(self, user: str, db: str, pairs: list[tuple[str, str]]) -> bool:
+        self._forget_announced(time.monotonic())
+        seqs = [self._announced.get((user, db, doc_id, rev)) for doc_id, rev in pairs]
+        if any(s is None for s in seqs):
+            return False
+        await self._stored(max(s[0] for s in seqs if s is not None))
+        return True
+
+    def _forget_announced(self, now: float) -> None:
+        announced = self._announced
+        while announced and (
+            len(announced) > MAX_ANNOUNCED or next(iter(announced.values()))[1] < now - ANNOUNCED_SECONDS
+        ):
+            announced.popitem(last=False)
+
+    async def _stored(self, seq: int) -> None:
+        """Wait until the entry numbered `seq` is stored (UpstreamUnavailable if it cannot be now)."""
         while self.last_written is None or self.last_written[0] < seq:
             self._attempted.clear()
             self._wake.set()

@@ -6,12 +6,14 @@ A doc outside the user's scope looks exactly like a missing doc: same status, sa
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from proxy.access.paths import CouchPath
+from proxy.audit import capture
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, json_response
 from proxy.keys import COUCH, REMOVALS, SETTINGS
@@ -56,20 +58,32 @@ async def revs_diff(request: web.Request, view: UserView, db_path: str) -> web.R
         isinstance(v, list) and all(isinstance(r, str) for r in v) for v in body.values()
     ):
         raise BadRequest("_revs_diff needs an object of doc ids to arrays of revisions")
-    # Revisions couchgate made up (proxy.offline.removals) are the device's already: never missing.
-    made = await made_up(request, view, [(doc_id, rev) for doc_id, revs in body.items() for rev in revs])
+    # Revisions couchgate made up (proxy.offline.removals) are the device's already: never
+    # missing. Only docs the index knows can have any (an id it does not know, such as a new
+    # doc, needs no read of the ledger; one that slipped through is reported missing, sent,
+    # and dropped by `_bulk_docs`, which reads the ledger itself). The ledger is read while
+    # CouchDB is asked about the revisions the user may see, made-up ones among them (it
+    # reports them missing; they are taken out of its answer).
+    known = [
+        (doc_id, rev) for doc_id, revs in body.items() if doc_id in view.sync.index.entries for rev in revs
+    ]
+    readable = view.readable_ids(body)
+    asked = {doc_id: revs for doc_id, revs in body.items() if doc_id in readable}
+    made, upstream = await asyncio.gather(
+        made_up(request, view, known), _revs_diff_upstream(request, db_path, asked)
+    )
     body = {doc_id: [r for r in revs if (doc_id, r) not in made] for doc_id, revs in body.items()}
     body = {doc_id: revs for doc_id, revs in body.items() if revs}
-    readable = view.readable_ids(body)
+    asked = {doc_id: revs for doc_id, revs in asked.items() if doc_id in body}
     answer: dict[str, Any] = {
         doc_id: {"missing": revs} for doc_id, revs in body.items() if doc_id not in readable
     }
-    asked = {doc_id: revs for doc_id, revs in body.items() if doc_id in readable}
+    for doc_id, entry in upstream.items():
+        if doc_id in asked and isinstance(entry, dict):
+            missing = [r for r in _missing(entry) if (doc_id, r) not in made]
+            if missing:
+                answer[doc_id] = {**entry, "missing": missing}
     if asked:
-        result = await request.app[COUCH].json("POST", f"{db_path}/_revs_diff", body=asked)
-        if not result.ok or not isinstance(result.body, dict):
-            raise failed(result)
-        answer.update(result.body)
         # A conflict leaf the user may not see is, for them, a revision CouchDB lacks.
         present = [
             (doc_id, rev) for doc_id, revs in asked.items() for rev in revs
@@ -80,7 +94,24 @@ async def revs_diff(request: web.Request, view: UserView, db_path: str) -> web.R
             if (doc_id, rev) not in shown:
                 entry = answer.setdefault(doc_id, {"missing": []})
                 entry.setdefault("missing", []).append(rev)
-    return json_response({k: answer[k] for k in body if k in answer})
+    answer = {k: answer[k] for k in body if k in answer}
+    # What the device will push next: its intent is stored while the device reads the docs.
+    missing = [
+        (doc_id, rev) for doc_id, entry in answer.items() for rev in _missing(entry) if isinstance(rev, str)
+    ]
+    capture.announce_push(request, view.sync.db, view.user.name, missing)
+    return json_response(answer)
+
+
+async def _revs_diff_upstream(
+    request: web.Request, db_path: str, asked: dict[str, list[str]]
+) -> dict[str, Any]:
+    if not asked:
+        return {}
+    result = await request.app[COUCH].json("POST", f"{db_path}/_revs_diff", body=asked)
+    if not result.ok or not isinstance(result.body, dict):
+        raise failed(result)
+    return result.body
 
 
 def _missing(entry: Any) -> list[Any]:

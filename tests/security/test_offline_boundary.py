@@ -266,13 +266,8 @@ def failing(gw: Gateway, monkeypatch: pytest.MonkeyPatch, method: str, suffix: s
     monkeypatch.setattr(couch, "json", fault)
 
 
-async def test_a_failed_read_behind_a_decision_refuses(
-    gw: Gateway, medic: str, backend: PouchServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    await gw.call("GET", f"/{medic}/_changes", auth=CHW1)
-    failing(gw, monkeypatch, "POST", "/_all_docs")
-    # A write over a doc of the user's, with the read of stored docs failing: refused, not
-    # forwarded (the stored body decides). A foreign doc is refused from the index, unread.
+async def an_edit_is_refused_unwritten(gw: Gateway, medic: str, backend: PouchServer) -> None:
+    """An edit of a doc of chw1's, as a PUT and as a replication push: refused (5xx), unwritten."""
     p1 = doc_of(backend, medic, "p1")
     edited = {**p1, "name": "edited"}
     status, body, _ = await gw.call("PUT", f"/{medic}/p1", auth=CHW1, json=edited)
@@ -282,6 +277,17 @@ async def test_a_failed_read_behind_a_decision_refuses(
     )
     assert status >= 500, body
     assert doc_of(backend, medic, "p1")["_rev"] == p1["_rev"]
+
+
+async def test_a_failed_read_behind_a_decision_refuses(
+    gw: Gateway, medic: str, backend: PouchServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await gw.call("GET", f"/{medic}/_changes", auth=CHW1)
+    failing(gw, monkeypatch, "POST", "/_all_docs")
+    failing(gw, monkeypatch, "POST", "/_bulk_get")
+    # A write over a doc of the user's, with the read of stored docs failing: refused, not
+    # forwarded (the stored body decides). A foreign doc is refused from the index, unread.
+    await an_edit_is_refused_unwritten(gw, medic, backend)
     p9 = doc_of(backend, medic, "p9")
     into_scope = {**p9, "parent": lineage("house1", "area1", "hc1", "district1")}
     status, body, _ = await gw.call("PUT", f"/{medic}/p9", auth=CHW1, json=into_scope)
@@ -294,6 +300,30 @@ async def test_a_failed_read_behind_a_decision_refuses(
     # A feed page whose bodies cannot be read fails: never live docs sent as tombstones.
     status, body, _ = await gw.call("GET", f"/{medic}/_changes?include_docs=true", auth=CHW1)
     assert status >= 500 and "deleted" not in orjson.dumps(body).decode(), body
+
+
+async def test_a_stored_doc_read_that_answers_neither_doc_nor_missing_refuses(
+    gw: Gateway, medic: str, backend: PouchServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored docs are read with `_bulk_get`; a row that is neither a doc nor CouchDB's
+    "missing" (a shard's error, pouchdb-server's `{}` for a deleted doc) is read again with
+    `_all_docs`, and when that read fails too the write is refused, never judged as new."""
+    await gw.call("GET", f"/{medic}/_changes", auth=CHW1)
+    couch = gw.server.app[COUCH]
+    real = couch.json
+
+    async def shard_error(m: str, path: str, **kwargs: Any) -> JsonResult:
+        if m == "POST" and path.endswith("/_bulk_get"):
+            ids = [d["id"] for d in kwargs["body"]["docs"]]
+            error = {"error": "unknown_error", "reason": "timeout", "rev": "undefined"}
+            return JsonResult(
+                200, {"results": [{"id": i, "docs": [{"error": {**error, "id": i}}]} for i in ids]}, {}
+            )
+        return await real(m, path, **kwargs)
+
+    monkeypatch.setattr(couch, "json", shard_error)
+    failing(gw, monkeypatch, "POST", "/_all_docs")
+    await an_edit_is_refused_unwritten(gw, medic, backend)
 
 
 # -- 7. existence oracles --------------------------------------------------------------------

@@ -76,6 +76,7 @@ async def test_last_seq_rests_while_nothing_reaches_the_device(
     third = await changes(gw, medic, "chw1", f"&since={second['last_seq']}")
     assert [r["id"] for r in third["results"]] == ["r_new"] and third["last_seq"] != first["last_seq"]
     assert (await changes(gw, medic, "chw1", f"&since={third['last_seq']}"))["last_seq"] == third["last_seq"]
+    assert (await changes(gw, medic, "chw2", f"&since={third['last_seq']}"))["last_seq"] != third["last_seq"]
 
 
 async def test_last_seq_advances_once_the_resting_token_is_old(

@@ -15,8 +15,10 @@ from proxy.devserver.backend import PouchServer
 from offline_data import auth, person, place, report
 from support import (
     Gateway,
+    assert_couch_error,
     audit_entries,
     audited_gateway,
+    eventually,
 )
 
 TEXT = {"Content-Type": "text/plain"}
@@ -153,6 +155,95 @@ async def test_a_doc_couchdb_would_refuse_gets_its_own_row_and_every_doc_is_reco
     assert by_doc["r_ok"]["outcome"] == "written"
     assert by_doc["r_bogus"]["outcome"] == "invalid" and "_bogus" in by_doc["r_bogus"]["reason"]
     assert backend.request("GET", f"/{medic}/r_bogus")[0] == 404
+
+
+BLOCK = {"_id": "_design/block", "validate_doc_update": "function () { throw({forbidden: 'closed'}); }"}
+
+
+async def test_nothing_is_written_before_its_intent_is_stored(
+    audited: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """The intent is stored while the stored docs are read and the index brought level, but
+    the write waits for it: while no intent can be stored, an offline write is 503 and
+    nothing reaches CouchDB; a request whose docs are all refused does not wait for it."""
+    mine = report("r_intent", ("chw1_person", "area1"), patient_id="1001")
+    p1 = backend.request("GET", f"/{medic}/p1")[1]
+    edited = {**p1, "name": "edited"}  # type: ignore[dict-item]
+    first = report("r_first", ("chw1_person", "area1"), patient_id="1001")
+    assert (await audited.call("PUT", f"/{medic}/r_first", auth=auth("chw1"), json=first))[0] == 201
+    assert backend.request("PUT", f"/{audited.settings.audit_db}/_design/block", BLOCK)[0] == 201
+    for docs in ([mine], [edited], [mine, edited]):
+        status, body, _ = await audited.call(
+            "POST", f"/{medic}/_bulk_docs", auth=auth("chw1"), json={"docs": docs}
+        )
+        assert_couch_error(status, body, 503, "service_unavailable")
+    status, body, _ = await audited.call("PUT", f"/{medic}/p1", auth=auth("chw1"), json=edited)
+    assert_couch_error(status, body, 503, "service_unavailable")
+    assert backend.request("GET", f"/{medic}/r_intent")[0] == 404
+    assert backend.request("GET", f"/{medic}/p1")[1]["_rev"] == p1["_rev"]  # type: ignore[index]
+    foreign = report("r_no", ("p9", "house3"), patient_uuid="p9")
+    status, body, _ = await audited.call(
+        "POST", f"/{medic}/_bulk_docs", auth=auth("chw1"), json={"docs": [foreign]}
+    )
+    assert status == 201 and body[0]["error"] == "forbidden", body
+    _, block = backend.request("GET", f"/{audited.settings.audit_db}/_design/block")
+    backend.request("DELETE", f"/{audited.settings.audit_db}/_design/block?rev={block['_rev']}")  # type: ignore[index]
+
+    async def written() -> bool:
+        status, body, _ = await audited.call(
+            "POST", f"/{medic}/_bulk_docs", auth=auth("chw1"), json={"docs": [mine]}
+        )
+        return status == 201 and "ok" in body[0]
+
+    assert await eventually(written)
+    intents = await audit_entries(audited, backend, "&action=intent&doc=r_intent")
+    assert intents and all(e["user"] == "chw1" for e in intents)
+
+
+def pushed(doc: dict[str, Any], rev_hash: str) -> dict[str, Any]:
+    """`doc` as a replication push sends it: its first revision, with its history."""
+    return {**doc, "_rev": f"1-{rev_hash}", "_revisions": {"start": 1, "ids": [rev_hash]}}
+
+
+async def test_a_push_uses_the_intent_its_revs_diff_announced(backend: PouchServer, medic: str) -> None:
+    """A replication push's `_revs_diff` stores the intent naming what it reports missing
+    (while the device reads those docs); the `_bulk_docs` that sends exactly them waits for
+    that intent instead of storing its own, and writes nothing while it cannot be stored.
+    Revisions another user announced, or that were not announced, get an intent of their own."""
+    async with audited_gateway(backend, medic, audit_flush_interval=3600) as gw:
+        mine = pushed(report("r_ahead", ("chw1_person", "area1"), patient_id="1001"), "a1")
+        status, diff, _ = await gw.call(
+            "POST", f"/{medic}/_revs_diff", auth=auth("chw1"), json={"r_ahead": [mine["_rev"]]}
+        )
+        assert status == 200 and diff == {"r_ahead": {"missing": [mine["_rev"]]}}, diff
+        status, rows, _ = await gw.call(
+            "POST", f"/{medic}/_bulk_docs", auth=auth("chw1"), json={"docs": [mine], "new_edits": False}
+        )
+        assert status == 201 and rows == [], rows
+        assert backend.request("GET", f"/{medic}/r_ahead")[1]["_rev"] == mine["_rev"]  # type: ignore[index]
+        [intent] = await audit_entries(gw, backend, "&action=intent&doc=r_ahead")
+        assert intent["user"] == "chw1" and intent["details"]["ahead"] is True  # type: ignore[index]
+        assert intent["details"]["writes"] == [["r_ahead", mine["_rev"], None]]  # type: ignore[index]
+        # chw1 announced this revision, chw2 pushes it: chw2's write stores an intent of its own.
+        theirs = pushed(report("r_theirs", ("p3", "house2", "area2"), patient_id="3003"), "b2")
+        await gw.call("POST", f"/{medic}/_revs_diff", auth=auth("chw1"), json={"r_theirs": [theirs["_rev"]]})
+        status, rows, _ = await gw.call(
+            "POST", f"/{medic}/_bulk_docs", auth=auth("chw2"), json={"docs": [theirs], "new_edits": False}
+        )
+        assert status == 201 and rows == [], rows
+        intents = await audit_entries(gw, backend, "&action=intent&doc=r_theirs")
+        assert sorted(i["user"] for i in intents) == ["chw1", "chw2"], intents
+        # Announced, then the audit database refuses writes before the push: nothing is written.
+        blocked = pushed(report("r_blocked", ("chw1_person", "area1"), patient_id="1001"), "c3")
+        assert backend.request("PUT", f"/{gw.settings.audit_db}/_design/block", BLOCK)[0] == 201
+        await gw.call(
+            "POST", f"/{medic}/_revs_diff", auth=auth("chw1"), json={"r_blocked": [blocked["_rev"]]}
+        )
+        status, body, _ = await gw.call(
+            "POST", f"/{medic}/_bulk_docs", auth=auth("chw1"), json={"docs": [blocked], "new_edits": False}
+        )
+        assert_couch_error(status, body, 503, "service_unavailable")
+        assert backend.request("GET", f"/{medic}/r_blocked")[0] == 404
 
 
 async def test_attachment_writes_record_the_new_rev(
