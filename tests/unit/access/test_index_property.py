@@ -405,3 +405,17 @@ def test_a_placed_pull_judges_a_doc_again_at_each_moment_of_its_span() -> None:
                           where="patient_uuid")  # fmt: skip
     machine.device_pulls_placed(after=1, before=2, user="u1")  # asserts what the device holds
     assert "r2" not in machine.devices["u1"]["held"]
+
+
+def test_a_placed_pull_takes_off_a_user_doc_made_a_contact_and_moved() -> None:
+    """Found by the state machine, the same cause: the user's own doc, made a contact in
+    their facility and moved out of it, stayed on the device after a placed pull."""
+    machine = IndexMachine()
+    machine.setup()
+    machine.change_user(contact="p1", facilities=["d1"], roles=["chw"], user="u2")
+    machine.upsert_typed_contact(contact_type="household", doc_id="tc_house", parent="d1")
+    machine.upsert_contact(code="S1", doc_id="org.couchdb.user:u2", grandparent="d1", parent="d1")
+    machine.device_pulls(user="u2")
+    machine.upsert_contact(code="S1", doc_id="org.couchdb.user:u2", grandparent="d1", parent="d2")
+    machine.device_pulls_placed(after=1, before=2, user="u2")  # asserts what the device holds
+    assert "org.couchdb.user:u2" not in machine.devices["u2"]["held"]
