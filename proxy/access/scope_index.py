@@ -1,8 +1,10 @@
 """The scope index: from which one user's readable docs and changes are found in time
 proportional to that user's docs, never the database's (pure, no I/O).
 
-Fed one upstream change at a time (`apply`). It keeps:
-- per doc an `Entry` (id, winning rev, leaves, deleted, kind, keys, report facts) and an
+Fed one upstream change at a time (`apply`). It keeps, in compact columns rather than an
+object per doc (docs/design.md, "Index representation"; `Entry` objects are made when
+asked for):
+- per doc its id, winning rev, leaves, deleted, kind, keys, report facts and an
   ordinal, the index's own change counter (upstream seqs are opaque and never compared);
 - postings: replication key -> doc ids, and per key the highest ordinal filed under it,
   so a user's incremental feed skips untouched keys;
@@ -19,11 +21,13 @@ read the doc.
 from __future__ import annotations
 
 import bisect
+import operator
 from array import array
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pickle import PickleBuffer
+from typing import Any, SupportsIndex
 
 from proxy.access.columns import Strings, pack_rev, unpack_rev
 from proxy.access.config import AppSettings, UserCtx
@@ -64,8 +68,7 @@ class Entry:
     born: int = 0  # the ordinal at which what the rules read of it last changed (`History`)
 
     def __reduce__(self) -> tuple[type[Entry], tuple[object, ...]]:
-        # Saved as a plain tuple (proxy/offline/snapshot.py): a slotted dataclass's own
-        # pickling walks its fields in Python, ten times slower at a million entries.
+        # A plain tuple: a slotted dataclass's own pickling walks its fields in Python.
         return Entry, (self.id, self.rev, self.deleted, self.ordinal, self.leaves, self.kind, self.keys,
                        self.facts, self.person, self.born)  # fmt: skip
 
@@ -113,11 +116,15 @@ KIND_CODE = {kind: code for code, kind in enumerate(KINDS, start=1)}  # 0: no do
 CONTACT_CODES = frozenset(KIND_CODE[k] for k in CONTACT_KINDS)
 # Per-doc flags.
 DELETED, PERSON_KNOWN, IS_PERSON, CODE_FIELD, PRIVATE, NO_SUBJECT = 1, 2, 4, 8, 16, 32
+FACT_FLAGS = CODE_FIELD | PRIVATE | NO_SUBJECT
 # Per-contact node flags.
 HAS_NODE, LIVE = 1, 2
 EMPTY_DIGEST = bytes(16)
 CACHED_NODES = 1 << 16  # contact nodes kept made (the tree's hot ones)
+CACHED_MADE = 1 << 14  # keys tuples, report facts
+CACHES = ("_subjects", "_feeds", "_tails", "_nodes", "_made_keys", "_made_facts")  # never saved
 TAIL_KEPT = 256  # a feed's tail this long is kept materialized for the pages after it
+TAILS_KEPT = 16  # users whose feed's tail is kept
 NO_TUPLE: tuple[int, ...] = ()
 
 
@@ -167,6 +174,7 @@ class ScopeIndex:
         self.tree_version = 0
         self._subjects: OrderedDict[UserCtx, tuple[AppSettings, int, Subjects]] = OrderedDict()
         self._feeds: OrderedDict[UserCtx, _UserFeed] = OrderedDict()
+        self._tails: OrderedDict[UserCtx, _UserFeed] = OrderedDict()
         self.person_types: frozenset[str] = frozenset({"person"})
         self.history = History()
         self.entries = Entries(self)
@@ -179,19 +187,32 @@ class ScopeIndex:
     )  # fmt: skip
     _BYTES = ("_kind", "_flags", "_node")
 
-    def __getstate__(self) -> dict[str, Any]:
-        """What a snapshot keeps (proxy.offline.snapshot): the columns as raw arrays (they
-        pickle as their bytes), not the caches, nor the strings' table (rebuilt on load)."""
-        skip = ("_subjects", "_feeds", "entries", "_s", "_fills", "_nodes")
-        state = {k: v for k, v in self.__dict__.items() if k not in skip}
-        state["_strs"] = self._s.raw()
-        return state
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
+        """What a snapshot keeps (proxy.offline.snapshot): the columns as raw buffers, not
+        the caches, nor the strings' table (rebuilt on load). With pickle protocol 5 the
+        buffers are written from the columns themselves, never copied first (a save in a
+        forked process then costs little memory)."""
+        raw = operator.index(protocol) >= 5
+        skip = (*CACHES, "entries", "_s", "_fills", *self._BYTES, "_rdig")
+        state: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k not in skip}
+        blob, ends = self._s.raw()
+        for name in ("_rdig", *self._BYTES):
+            state[name] = _buffer(getattr(self, name), raw)
+        for name, _ in self._COLUMNS:
+            column = getattr(self, name)
+            state[name] = (column.typecode, _buffer(column, raw))
+        state["_strs"] = (_buffer(blob, raw), (ends.typecode, _buffer(ends, raw)))
+        return (_new_index, (), state)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         blob, ends = state.pop("_strs")
+        for name, _ in self._COLUMNS:
+            state[name] = _column(*state[name])
+        for name in ("_rdig", *self._BYTES):
+            state[name] = bytearray(state[name])
         self.__dict__.update(state)
-        self._s = Strings(blob, ends)
-        self._subjects, self._feeds = OrderedDict(), OrderedDict()
+        self._s = Strings(bytearray(blob), _column(*ends))
+        self._subjects, self._feeds, self._tails = OrderedDict(), OrderedDict(), OrderedDict()
         self.entries = Entries(self)
         self._columns()
 
@@ -215,6 +236,10 @@ class ScopeIndex:
             *((getattr(self, name), 0) for name in self._BYTES),
         ]
         self._nodes: dict[int, ContactNode | None] = {}  # made when read, bounded
+        # Keys and report facts made when read, by what they are made of (bounded): many
+        # docs share them (a person's reports, a submitter's lineage).
+        self._made_keys: dict[tuple[int, int], tuple[str, ...]] = {}
+        self._made_facts: dict[tuple[int, int, int, int], ReportFacts] = {}
 
     def _doc(self, doc_id: str) -> int:
         """The doc's number, or -1 when the index holds no such doc."""
@@ -247,31 +272,47 @@ class ScopeIndex:
         return tuple(dict.fromkeys((key0, *sign)))
 
     def _keys(self, n: int) -> tuple[str, ...]:
-        strs = self._s
-        return tuple(strs[k] for k in self._key_nums(n))
+        found = (self._key0[n], self._sign[n])
+        keys = self._made_keys.get(found)
+        if keys is None:
+            strs = self._s
+            keys = tuple(strs[k] for k in self._key_nums(n))
+            if len(self._made_keys) >= CACHED_MADE:
+                self._made_keys.clear()
+            self._made_keys[found] = keys
+        return keys
 
     def _facts(self, n: int) -> ReportFacts | None:
         if self._kind[n] != KIND_CODE[REPORT]:
             return None
-        strs, flags, submitter = self._s, self._flags[n], self._subm[n]
-        return ReportFacts(
-            None if flags & NO_SUBJECT else strs[self._key0[n]],
-            bool(flags & CODE_FIELD),
-            strs[submitter] if submitter >= 0 else None,
-            bool(flags & PRIVATE),
-            tuple(strs[k] for k in self._tuples[self._sign[n]]),
-        )
+        flags, submitter = self._flags[n] & FACT_FLAGS, self._subm[n]
+        found = (self._key0[n], submitter, self._sign[n], flags)
+        facts = self._made_facts.get(found)
+        if facts is None:
+            strs = self._s
+            facts = ReportFacts(
+                None if flags & NO_SUBJECT else strs[self._key0[n]],
+                bool(flags & CODE_FIELD),
+                strs[submitter] if submitter >= 0 else None,
+                bool(flags & PRIVATE),
+                tuple(strs[k] for k in self._tuples[self._sign[n]]),
+            )
+            if len(self._made_facts) >= CACHED_MADE:
+                self._made_facts.clear()
+            self._made_facts[found] = facts
+        return facts
 
     def _person(self, n: int) -> bool | None:
         flags = self._flags[n]
         return bool(flags & IS_PERSON) if flags & PERSON_KNOWN else None
 
     def _entry(self, n: int) -> Entry:
-        rev = self._rev(n)
+        generation, flags = self._rgen[n], self._flags[n]
+        rev = unpack_rev(generation, self._rdig[16 * n : 16 * n + 16]) if generation else self._rev(n)
         return Entry(
-            self._s[n], rev, bool(self._flags[n] & DELETED), self._ord[n],
+            self._s[n], rev, bool(flags & DELETED), self._ord[n],
             self._leaves.get(n) or (rev,), KINDS[self._kind[n] - 1], self._keys(n), self._facts(n),
-            self._person(n), self._born[n],
+            bool(flags & IS_PERSON) if flags & PERSON_KNOWN else None, self._born[n],
         )  # fmt: skip
 
     def _judged(self, n: int, user: UserCtx, settings: AppSettings, subj: Subjects) -> bool:
@@ -581,28 +622,34 @@ class ScopeIndex:
                 yield from self._filed(n)
         yield from self._globals
 
-    def _scan(self, user: UserCtx, settings: AppSettings, ordinal: int) -> list[int]:
-        """Readable docs above `ordinal`, found through the user's keys only, in order."""
+    def _scan(self, user: UserCtx, settings: AppSettings, ordinal: int) -> tuple[list[int], list[Entry]]:
+        """Readable docs above `ordinal`, found through the user's keys only, in order:
+        their numbers and their entries (made once, to judge them)."""
         subj = self.subjects_of(user, settings)
-        found: set[int] = set()
+        found: dict[int, Entry] = {}
         ords = self._ord
         for n in self._candidates(subj, ordinal):
             if ords[n] <= ordinal or n in found:
                 continue
-            if self._judged(n, user, settings, subj):
-                found.add(n)
-        return sorted(found, key=ords.__getitem__)
+            e = self._entry(n)
+            if entry_readable(e.id, e.kind, e.keys, e.facts, user, settings, subj, self):
+                found[n] = e
+        nums = sorted(found, key=ords.__getitem__)
+        return nums, [found[n] for n in nums]
 
     def _feed(self, user: UserCtx, settings: AppSettings) -> _UserFeed:
         feed = self._feeds.get(user)
         ords = self._ord
         if feed is None or feed.settings is not settings or feed.tree_version != self.tree_version:
-            nums = array("i", self._scan(user, settings, 0))
-            feed = _UserFeed(settings, self.tree_version, self.ordinal, nums)
+            self._drop_tail(user)
+            nums, entries = self._scan(user, settings, 0)
+            feed = _UserFeed(settings, self.tree_version, self.ordinal, array("i", nums))
+            self._keep_tail(user, feed, entries, 0)
         elif feed.at < self.ordinal:
             # Only what changed since: docs touched since `at` leave their old place (and
             # come back in `newer` if still readable).
-            newer = self._scan(user, settings, feed.at)
+            self._drop_tail(user)
+            newer, _ = self._scan(user, settings, feed.at)
             kept = [n for n, o in zip(feed.nums, feed.ordinals, strict=True) if ords[n] == o]
             feed.nums = array("i", kept + newer)
             feed.at = self.ordinal
@@ -611,12 +658,27 @@ class ScopeIndex:
             self._feeds.move_to_end(user)
             return feed
         feed.ordinals = array("q", [ords[n] for n in feed.nums])
-        feed.tail, feed.tail_from = None, 0
         self._feeds[user] = feed
         self._feeds.move_to_end(user)
         if len(self._feeds) > CACHED_USERS:
-            self._feeds.popitem(last=False)
+            gone, _ = self._feeds.popitem(last=False)
+            self._drop_tail(gone)
         return feed
+
+    def _keep_tail(self, user: UserCtx, feed: _UserFeed, entries: list[Entry], start: int) -> None:
+        """Keep the entries of `feed.nums[start:]`, for the pages of a pull that follow
+        (the TAILS_KEPT most recent users' only: they weigh ~400 bytes an entry)."""
+        feed.tail, feed.tail_from = entries, start
+        self._tails[user] = feed
+        self._tails.move_to_end(user)
+        if len(self._tails) > TAILS_KEPT:
+            _, oldest = self._tails.popitem(last=False)
+            oldest.tail = None
+
+    def _drop_tail(self, user: UserCtx) -> None:
+        feed = self._tails.pop(user, None)
+        if feed is not None:
+            feed.tail = None
 
     def changes_since(self, user: UserCtx, settings: AppSettings, ordinal: int) -> list[Entry]:
         """Readable entries (tombstones included) with an ordinal above `ordinal`, in order."""
@@ -626,7 +688,7 @@ class ScopeIndex:
             return feed.tail[start - feed.tail_from :]
         entries = [self._entry(n) for n in feed.nums[start:]]
         if len(entries) > TAIL_KEPT:  # pages of it follow: made once, not once a page
-            feed.tail, feed.tail_from = entries, start
+            self._keep_tail(user, feed, entries, start)
             return entries[:]
         return entries
 
@@ -821,6 +883,20 @@ class ScopeIndex:
             if now.depth(contact_id) is not None or then.depth(contact_id) is not None:
                 return True
         return False
+
+
+def _new_index() -> ScopeIndex:
+    return ScopeIndex.__new__(ScopeIndex)
+
+
+def _buffer(data: array[int] | bytearray, raw: bool) -> PickleBuffer | bytes:
+    return PickleBuffer(data) if raw else data.tobytes() if isinstance(data, array) else bytes(data)
+
+
+def _column(typecode: str, data: bytes | bytearray) -> array[int]:
+    column = array(typecode)
+    column.frombytes(data)
+    return column
 
 
 class TooOld(Exception):
