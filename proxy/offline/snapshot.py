@@ -13,7 +13,9 @@ a database deleted and created again under the same name is another database). T
 installation wrote, that was edited or truncated, or that belongs to another database or
 version is refused before anything in it is read, and the index is built from CouchDB
 instead. Nothing is trusted that the key did not vouch for: the state is unpickled only
-after the HMAC matched.
+after the HMAC matched. The app settings saved in it must also be those CouchDB holds
+when it is taken up (`IndexSync._restore`): a snapshot saved under other access rules is
+refused too.
 
 Saved after the first build, then every `COUCHGATE_SNAPSHOT_INTERVAL_SECONDS` while the
 index changes, and at shutdown; written to a temporary file, synced and renamed, so a
