@@ -35,7 +35,6 @@ import orjson
 from aiohttp import web
 
 from proxy.access.config import AppSettings, UserCtx, is_offline
-from proxy.access.graph import subjects
 from proxy.access.scope_index import ScopeIndex
 from proxy.activity import ACTIVITY, Activity
 from proxy.audit.log import iso
@@ -59,19 +58,7 @@ MAX_LIMIT = 5000
 def count_scope(index: ScopeIndex, user: UserCtx, settings: AppSettings) -> dict[str, int]:
     """The user's readable live docs by kind, as `ScopeIndex.count_by_kind` counts them,
     without filling the index's per-user caches."""
-    subj = subjects(user, settings, index)
-    counts: dict[str, int] = {}
-    seen: set[str] = set()
-    for doc_id in index._candidates(subj, 0):
-        if doc_id in seen:
-            continue
-        seen.add(doc_id)
-        entry = index.entries.get(doc_id)
-        if entry is None or entry.deleted or not index._readable(entry, user, settings, subj):
-            continue
-        kind = ("person" if entry.person else "place") if entry.person is not None else entry.kind
-        counts[kind] = counts.get(kind, 0) + 1
-    return counts
+    return index.count_uncached(user, settings)
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """The scope index: from which one user's readable docs and changes are found in time
 proportional to that user's docs, never the database's (pure, no I/O).
 
-Fed one upstream change at a time (`apply`). It keeps:
-- per doc an `Entry` (id, winning rev, leaves, deleted, kind, keys, report facts) and an
+Fed one upstream change at a time (`apply`). It keeps, in compact columns rather than an
+object per doc (docs/design.md, "Index representation"; `Entry` objects are made when
+asked for):
+- per doc its id, winning rev, leaves, deleted, kind, keys, report facts and an
   ordinal, the index's own change counter (upstream seqs are opaque and never compared);
 - postings: replication key -> doc ids, and per key the highest ordinal filed under it,
   so a user's incremental feed skips untouched keys;
@@ -19,18 +21,30 @@ read the doc.
 from __future__ import annotations
 
 import bisect
+import operator
+from array import array
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pickle import PickleBuffer
+from typing import Any, SupportsIndex
 
+from proxy.access.columns import Strings, pack_rev, unpack_rev
 from proxy.access.config import AppSettings, UserCtx
 from proxy.access.graph import ContactGraph, ContactNode, OverlayGraph, Subjects, WalkScope, subjects
 from proxy.access.history import History, Version
 from proxy.access.kinds import (
+    CONTACT,
     CONTACT_KINDS,
+    DESIGN,
     GLOBAL,
+    OTHER,
+    PERSON,
+    PLACE,
     REPORT,
+    TARGET,
+    TASK,
+    USER_SETTINGS,
     ReportFacts,
     contact_is_person,
     kind_of,
@@ -54,22 +68,23 @@ class Entry:
     born: int = 0  # the ordinal at which what the rules read of it last changed (`History`)
 
     def __reduce__(self) -> tuple[type[Entry], tuple[object, ...]]:
-        # Saved as a plain tuple (proxy/offline/snapshot.py): a slotted dataclass's own
-        # pickling walks its fields in Python, ten times slower at a million entries.
+        # A plain tuple: a slotted dataclass's own pickling walks its fields in Python.
         return Entry, (self.id, self.rev, self.deleted, self.ordinal, self.leaves, self.kind, self.keys,
                        self.facts, self.person, self.born)  # fmt: skip
 
 
 @dataclass
 class _UserFeed:
-    """One user's readable entries in ordinal order, as of index ordinal `at`."""
+    """One user's readable docs (numbers) in ordinal order, as of index ordinal `at`."""
 
     settings: AppSettings
     tree_version: int
     at: int
-    entries: list[Entry] = field(default_factory=list)
-    ordinals: list[int] = field(default_factory=list)
-    live: int = -1  # how many entries are not deleted; -1: not counted since the last change
+    nums: array[int]
+    ordinals: array[int] = field(default_factory=lambda: array("q"))
+    live: int = -1  # how many docs are not deleted; -1: not counted since the last change
+    tail: list[Entry] | None = None  # the entries of nums[tail_from:], made for a page
+    tail_from: int = 0
 
 
 CACHED_USERS = 512
@@ -96,70 +111,293 @@ def as_held(entry: Entry, held: list[Version], current: Version, before: Entry |
 WINDOW_POINTS = 64  # moments of a placed position's span judged for what left (at most)
 
 
+KINDS = (PLACE, PERSON, CONTACT, REPORT, TASK, TARGET, USER_SETTINGS, GLOBAL, DESIGN, OTHER)
+KIND_CODE = {kind: code for code, kind in enumerate(KINDS, start=1)}  # 0: no doc
+CONTACT_CODES = frozenset(KIND_CODE[k] for k in CONTACT_KINDS)
+# Per-doc flags.
+DELETED, PERSON_KNOWN, IS_PERSON, CODE_FIELD, PRIVATE, NO_SUBJECT = 1, 2, 4, 8, 16, 32
+FACT_FLAGS = CODE_FIELD | PRIVATE | NO_SUBJECT
+# Per-contact node flags.
+HAS_NODE, LIVE = 1, 2
+EMPTY_DIGEST = bytes(16)
+CACHED_NODES = 1 << 16  # contact nodes kept made (the tree's hot ones)
+CACHED_MADE = 1 << 14  # keys tuples, report facts
+CACHES = ("_subjects", "_feeds", "_tails", "_nodes", "_made_keys", "_made_facts")  # never saved
+TAIL_KEPT = 256  # a feed's tail this long is kept materialized for the pages after it
+TAILS_KEPT = 16  # users whose feed's tail is kept
+NO_TUPLE: tuple[int, ...] = ()
+
+
 class ScopeIndex:
+    """Columns, not objects (docs/design.md, "Index representation"): every doc id and
+    replication key is a number (`Strings`), and what the index keeps of it sits at that
+    number in compact arrays. `Entry` objects are made when asked for."""
+
     def __init__(self) -> None:
-        self.entries: dict[str, Entry] = {}
-        self.postings: dict[str, set[str]] = {}
-        self.key_max: dict[str, int] = {}
-        self.globals: set[str] = set()
-        self.nodes: dict[str, ContactNode] = {}
-        self.kids: dict[str, set[str]] = {}
-        self.codes: dict[str, set[str]] = {}  # shortcode -> the contacts (deleted too) holding it
+        self._s = Strings()
+        # Per string number: the doc of that id, if any.
+        self._rgen = array("I")  # revision generation; 0: the revision is in `_odd_revs`
+        self._rdig = bytearray()  # revision digest, 16 bytes each
+        self._ord = array("q")  # 0: no doc
+        self._born = array("q")
+        self._kind = bytearray()  # KIND_CODE; 0: no doc
+        self._flags = bytearray()
+        self._key0 = array("i")  # first replication key (-1: none)
+        self._next = array("i")  # the next doc filed first under the same key (-1: none)
+        self._subm = array("i")  # a report's submitter (-1: none)
+        self._sign = array("i")  # a report's signoff lineage: an index into `_tuples`
+        # Per string number as a replication key.
+        self._kmax = array("q")  # the highest ordinal filed under it
+        self._head = array("i")  # the first doc filed first under it (-1: none)
+        self._hold = array("i")  # as a shortcode: its first holder (-1: none)
+        # Per string number as a contact of the tree.
+        self._node = bytearray()  # HAS_NODE | LIVE
+        self._parent = array("i")
+        self._code = array("i")  # its shortcode (-1: none)
+        self._kid = array("i")  # its first child (-1: none)
+        self._sib = array("i")  # its parent's next child (-1: none)
+        self._hnext = array("i")  # the next holder of its shortcode (-1: none)
+        # Aside, for the few.
+        self._odd_revs: dict[int, str] = {}  # revisions not shaped `N-<32 hex>`
+        self._leaves: dict[int, tuple[str, ...]] = {}  # when not just the winning revision
+        self._extra: dict[int, array[int]] = {}  # key -> docs filed under it not first
+        self._tuples: list[tuple[int, ...]] = [NO_TUPLE]
+        self._tuple_ids: dict[tuple[int, ...], int] = {NO_TUPLE: 0}
+        self._globals: set[int] = set()
         # Private reports by submitter: whether one is readable depends on where its
         # submitter sits, so a submitter's move re-sequences them too.
-        self.private_by_submitter: dict[str, set[str]] = {}
+        self._private: dict[int, set[int]] = {}
+        self._docs = 0
         self.ordinal = 0
         # Bumped on every change to the contact tree: subjects and feeds computed for an
         # older tree are recomputed, others are refreshed with just the newer changes.
         self.tree_version = 0
         self._subjects: OrderedDict[UserCtx, tuple[AppSettings, int, Subjects]] = OrderedDict()
         self._feeds: OrderedDict[UserCtx, _UserFeed] = OrderedDict()
+        self._tails: OrderedDict[UserCtx, _UserFeed] = OrderedDict()
         self.person_types: frozenset[str] = frozenset({"person"})
         self.history = History()
+        self.entries = Entries(self)
+        self._columns()
 
-    def __getstate__(self) -> dict[str, Any]:
-        """What a snapshot keeps (proxy.offline.snapshot): everything but the caches."""
-        state = dict(self.__dict__)
-        state["_subjects"], state["_feeds"] = OrderedDict(), OrderedDict()
-        return state
+    _COLUMNS = (
+        ("_rgen", 0), ("_ord", 0), ("_born", 0), ("_key0", -1), ("_next", -1), ("_subm", -1),
+        ("_sign", 0), ("_kmax", 0), ("_head", -1), ("_hold", -1), ("_parent", -1), ("_code", -1),
+        ("_kid", -1), ("_sib", -1), ("_hnext", -1),
+    )  # fmt: skip
+    _BYTES = ("_kind", "_flags", "_node")
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
+        """What a snapshot keeps (proxy.offline.snapshot): the columns as raw buffers, not
+        the caches, nor the strings' table (rebuilt on load). With pickle protocol 5 the
+        buffers are written from the columns themselves, never copied first (a save in a
+        forked process then costs little memory)."""
+        raw = operator.index(protocol) >= 5
+        skip = (*CACHES, "entries", "_s", "_fills", *self._BYTES, "_rdig")
+        state: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k not in skip}
+        blob, ends = self._s.raw()
+        for name in ("_rdig", *self._BYTES):
+            state[name] = _buffer(getattr(self, name), raw)
+        for name, _ in self._COLUMNS:
+            column = getattr(self, name)
+            state[name] = (column.typecode, _buffer(column, raw))
+        state["_strs"] = (_buffer(blob, raw), (ends.typecode, _buffer(ends, raw)))
+        return (_new_index, (), state)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        blob, ends = state.pop("_strs")
+        for name, _ in self._COLUMNS:
+            state[name] = _column(*state[name])
+        for name in ("_rdig", *self._BYTES):
+            state[name] = bytearray(state[name])
         self.__dict__.update(state)
+        self._s = Strings(bytearray(blob), _column(*ends))
+        self._subjects, self._feeds, self._tails = OrderedDict(), OrderedDict(), OrderedDict()
+        self.entries = Entries(self)
+        self._columns()
+
+    # -- numbers ------------------------------------------------------------------------------
+
+    def _num(self, s: str) -> int:
+        """The string's number, given one (and room in every column) if it had none."""
+        strings = self._s
+        size = len(strings)
+        n = strings.add(s)
+        if n == size:
+            for column, fill in self._fills:
+                column.append(fill)
+            self._rdig += EMPTY_DIGEST
+        return n
+
+    def _columns(self) -> None:
+        """The per-string columns and what a new string starts with in each."""
+        self._fills: list[tuple[array[int] | bytearray, int]] = [
+            *((getattr(self, name), fill) for name, fill in self._COLUMNS),
+            *((getattr(self, name), 0) for name in self._BYTES),
+        ]
+        self._nodes: dict[int, ContactNode | None] = {}  # made when read, bounded
+        # Keys and report facts made when read, by what they are made of (bounded): many
+        # docs share them (a person's reports, a submitter's lineage).
+        self._made_keys: dict[tuple[int, int], tuple[str, ...]] = {}
+        self._made_facts: dict[tuple[int, int, int, int], ReportFacts] = {}
+
+    def _doc(self, doc_id: str) -> int:
+        """The doc's number, or -1 when the index holds no such doc."""
+        n = self._s.find(doc_id)
+        return n if n >= 0 and self._kind[n] else -1
+
+    def _rev(self, n: int) -> str:
+        generation = self._rgen[n]
+        if not generation:
+            return self._odd_revs.get(n, "")
+        return unpack_rev(generation, self._rdig[16 * n : 16 * n + 16])
+
+    def _set_rev(self, n: int, rev: str) -> None:
+        packed = pack_rev(rev)
+        if packed is None:
+            self._rgen[n] = 0
+            self._odd_revs[n] = rev
+        else:
+            self._rgen[n] = packed[0]
+            self._rdig[16 * n : 16 * n + 16] = packed[1]
+            self._odd_revs.pop(n, None)
+
+    def _key_nums(self, n: int) -> tuple[int, ...]:
+        key0 = self._key0[n]
+        if key0 < 0:
+            return NO_TUPLE
+        sign = self._tuples[self._sign[n]]
+        if not sign:
+            return (key0,)
+        return tuple(dict.fromkeys((key0, *sign)))
+
+    def _keys(self, n: int) -> tuple[str, ...]:
+        found = (self._key0[n], self._sign[n])
+        keys = self._made_keys.get(found)
+        if keys is None:
+            strs = self._s
+            keys = tuple(strs[k] for k in self._key_nums(n))
+            if len(self._made_keys) >= CACHED_MADE:
+                self._made_keys.clear()
+            self._made_keys[found] = keys
+        return keys
+
+    def _facts(self, n: int) -> ReportFacts | None:
+        if self._kind[n] != KIND_CODE[REPORT]:
+            return None
+        flags, submitter = self._flags[n] & FACT_FLAGS, self._subm[n]
+        found = (self._key0[n], submitter, self._sign[n], flags)
+        facts = self._made_facts.get(found)
+        if facts is None:
+            strs = self._s
+            facts = ReportFacts(
+                None if flags & NO_SUBJECT else strs[self._key0[n]],
+                bool(flags & CODE_FIELD),
+                strs[submitter] if submitter >= 0 else None,
+                bool(flags & PRIVATE),
+                tuple(strs[k] for k in self._tuples[self._sign[n]]),
+            )
+            if len(self._made_facts) >= CACHED_MADE:
+                self._made_facts.clear()
+            self._made_facts[found] = facts
+        return facts
+
+    def _person(self, n: int) -> bool | None:
+        flags = self._flags[n]
+        return bool(flags & IS_PERSON) if flags & PERSON_KNOWN else None
+
+    def _entry(self, n: int) -> Entry:
+        generation, flags = self._rgen[n], self._flags[n]
+        rev = unpack_rev(generation, self._rdig[16 * n : 16 * n + 16]) if generation else self._rev(n)
+        return Entry(
+            self._s[n], rev, bool(flags & DELETED), self._ord[n],
+            self._leaves.get(n) or (rev,), KINDS[self._kind[n] - 1], self._keys(n), self._facts(n),
+            bool(flags & IS_PERSON) if flags & PERSON_KNOWN else None, self._born[n],
+        )  # fmt: skip
+
+    def _judged(self, n: int, user: UserCtx, settings: AppSettings, subj: Subjects) -> bool:
+        """Whether the user may read doc `n` (as `entry_readable` judges its entry)."""
+        doc_id, kind = self._s[n], KINDS[self._kind[n] - 1]
+        return entry_readable(doc_id, kind, self._keys(n), self._facts(n), user, settings, subj, self)
 
     # -- ContactGraph -----------------------------------------------------------------------
 
+    def _node_of(self, n: int) -> ContactNode | None:
+        try:
+            return self._nodes[n]
+        except KeyError:
+            pass
+        if len(self._nodes) >= CACHED_NODES:
+            self._nodes.clear()
+        node = self._nodes[n] = self._make_node(n)
+        return node
+
+    def _make_node(self, n: int) -> ContactNode | None:
+        flags = self._node[n]
+        if not flags & HAS_NODE:
+            return None
+        strs, parent, code = self._s, self._parent[n], self._code[n]
+        parent_id = strs[parent] if parent >= 0 else None
+        return ContactNode(strs[n], parent_id, strs[code] if code >= 0 else None, bool(flags & LIVE))
+
     def contact(self, contact_id: str) -> ContactNode | None:
-        return self.nodes.get(contact_id)
+        n = self._s.find(contact_id)
+        return self._node_of(n) if n >= 0 else None
+
+    def _chain(self, first: int, links: array[int]) -> Iterator[int]:
+        while first >= 0:
+            yield first
+            first = links[first]
 
     def children(self, contact_id: str) -> Iterable[str]:
-        return self.kids.get(contact_id, ())
+        n = self._s.find(contact_id)
+        if n < 0:
+            return ()
+        strs = self._s
+        return [strs[k] for k in self._chain(self._kid[n], self._sib)]
 
     def holders(self, code: str) -> Collection[str]:
-        return self.codes.get(code, ())
+        n = self._s.find(code)
+        if n < 0:
+            return ()
+        strs = self._s
+        return [strs[k] for k in self._chain(self._hold[n], self._hnext)]
+
+    def _filed(self, key: int) -> Iterator[int]:
+        """The docs filed under key number `key`."""
+        yield from self._chain(self._head[key], self._next)
+        yield from self._extra.get(key, ())
 
     def filed(self, key: str) -> Iterator[Entry]:
-        for doc_id in self.postings.get(key, ()):
-            yield self.entries[doc_id]
+        n = self._s.find(key)
+        if n >= 0:
+            for doc in list(self._filed(n)):
+                yield self._entry(doc)
 
-    def affected(self, contact_id: str) -> Iterator[Entry]:
-        seen: set[str] = set()
-        stack = [contact_id]
+    def _affected(self, contact: int) -> Iterator[int]:
+        seen: set[int] = set()
+        stack = [contact]
         while stack:
             current = stack.pop()
             if current in seen:
                 continue
             seen.add(current)
-            stack.extend(self.kids.get(current, ()))
-            node = self.nodes.get(current)
-            for key in (current, node.shortcode if node is not None else None):
-                if key is not None:
-                    yield from self.filed(key)
-            for doc_id in self.private_by_submitter.get(current, ()):
-                yield self.entries[doc_id]
+            stack.extend(self._chain(self._kid[current], self._sib))
+            yield from self._filed(current)
+            code = self._code[current] if self._node[current] & HAS_NODE else -1
+            if code >= 0:
+                yield from self._filed(code)
+            yield from self._private.get(current, ())
+
+    def affected(self, contact_id: str) -> Iterator[Entry]:
+        n = self._s.find(contact_id)
+        if n >= 0:
+            for doc in list(self._affected(n)):
+                yield self._entry(doc)
 
     # -- feeding ----------------------------------------------------------------------------
 
-    def _next(self) -> int:
+    def _next_ordinal(self) -> int:
         self.ordinal += 1
         return self.ordinal
 
@@ -169,122 +407,189 @@ class ScopeIndex:
         if not isinstance(doc_id, str):
             return
         rev = str(doc.get("_rev", ""))
-        old = self.entries.get(doc_id)
+        n = self._num(doc_id)
+        known = self._kind[n] != 0
         deleted = doc.get("_deleted") is True
-        if deleted:
-            kind = old.kind if old else "other"
-            keys = old.keys if old else ()
-            facts = old.facts if old else None
-            person = old.person if old else None
+        old_kind = KINDS[self._kind[n] - 1] if known else None
+        old_keys = self._key_nums(n) if known else NO_TUPLE
+        old_facts = self._facts(n) if known else None
+        if deleted and known:
+            kind, key_nums, facts, person = old_kind or OTHER, old_keys, old_facts, self._person(n)
+            new = False
         else:
-            kind = kind_of(doc)
-            keys = replication_keys(doc, kind)
-            facts = report_facts(doc) if kind == REPORT else None
-            person = contact_is_person(doc, self.person_types) if kind in CONTACT_KINDS else None
-        entry = Entry(doc_id, rev, deleted, self._next(), leaves or (rev,), kind, keys, facts, person)
-        entry.born = entry.ordinal
+            keys: tuple[str, ...] = ()
+            if deleted:
+                kind, facts, person = OTHER, None, None
+            else:
+                kind = kind_of(doc)
+                keys = replication_keys(doc, kind)
+                facts = report_facts(doc) if kind == REPORT else None
+                person = contact_is_person(doc, self.person_types) if kind in CONTACT_KINDS else None
+            key_nums = tuple(self._num(k) for k in keys)
+            new = True
+        ordinal = self._next_ordinal()
+        born = ordinal
         node = contact_node(doc) if kind in CONTACT_KINDS and not deleted else None
-        if old is not None:
+        if known:
+            old_deleted = bool(self._flags[n] & DELETED)
             # A contact's place in the tree is part of what the rules read of it: a move
             # starts a new version too (so a removal stands on the revision before it).
-            moved = node is not None and old.kind in CONTACT_KINDS and self.nodes.get(doc_id) != node
-            if (old.kind, old.keys, old.facts, old.deleted) == (kind, keys, facts, deleted) and not moved:
-                entry.born = old.born
+            moved = node is not None and old_kind in CONTACT_KINDS and self._node_of(n) != node
+            if (old_kind, old_keys, old_facts, old_deleted) == (kind, key_nums, facts, deleted) and not moved:
+                born = self._born[n]
             else:
-                past = Version(old.deleted, old.kind, old.keys, old.facts, old.born, old.rev)
-                self.history.replaced(doc_id, entry.ordinal, past, keys)
-            for key in old.keys:
-                if key not in keys:
-                    self._unfile(key, doc_id)
-            if old.facts is not None and old.facts.private and old.facts.submitter:
-                self._unwatch(old.facts.submitter, doc_id)
-        if facts is not None and facts.private and facts.submitter:
-            self.private_by_submitter.setdefault(facts.submitter, set()).add(doc_id)
-        self.entries[doc_id] = entry
-        for key in keys:
-            self.postings.setdefault(key, set()).add(doc_id)
-            self.key_max[key] = entry.ordinal
-        if kind == GLOBAL:
-            self.globals.add(doc_id)  # a deleted global doc's tombstone reaches everyone
+                strs = self._s
+                past = Version(old_deleted, old_kind or OTHER, tuple(strs[k] for k in old_keys), old_facts,
+                               self._born[n], self._rev(n))  # fmt: skip
+                self.history.replaced(doc_id, ordinal, past, (strs[k] for k in key_nums))
+            if old_facts is not None and old_facts.private and old_facts.submitter:
+                self._unwatch(self._s.find(old_facts.submitter), n)
         else:
-            self.globals.discard(doc_id)
+            self._docs += 1
+        if old_keys != key_nums:
+            self._unfile(n, old_keys)
+            self._file(n, key_nums)
+        if new:
+            self._store(n, kind, key_nums, facts, person)
+        self._flags[n] = (self._flags[n] & ~DELETED) | (DELETED if deleted else 0)
+        self._set_rev(n, rev)
+        if leaves and leaves != (rev,):
+            self._leaves[n] = leaves
+        else:
+            self._leaves.pop(n, None)
+        self._ord[n], self._born[n] = ordinal, born
+        if facts is not None and facts.private and facts.submitter:
+            self._private.setdefault(self._num(facts.submitter), set()).add(n)
+        kmax = self._kmax
+        for key in key_nums:
+            kmax[key] = ordinal
+        if kind == GLOBAL:
+            self._globals.add(n)  # a deleted global doc's tombstone reaches everyone
+        else:
+            self._globals.discard(n)
         if node is not None:
-            self._update_contact(doc_id, node)
+            self._update_contact(n, node)
         elif kind in CONTACT_KINDS:
             # A deleted contact keeps its place in the tree, so its tombstone (and the docs
             # below it) stay with the users who could read it; its shortcode names nobody.
-            node = self.nodes.get(doc_id)
-            if node is not None:
-                self._update_contact(doc_id, ContactNode(doc_id, node.parent, node.shortcode, live=False))
-        elif old is not None and old.kind in CONTACT_KINDS:
-            self._update_contact(doc_id, None)
+            before = self._node_of(n)
+            if before is not None:
+                self._update_contact(n, ContactNode(doc_id, before.parent, before.shortcode, live=False))
+        elif old_kind in CONTACT_KINDS:
+            self._update_contact(n, None)
 
-    def _unfile(self, key: str, doc_id: str) -> None:
-        ids = self.postings.get(key)
-        if ids is not None:
-            ids.discard(doc_id)
-            if not ids:
-                del self.postings[key]
+    def _store(
+        self, n: int, kind: str, key_nums: tuple[int, ...], facts: ReportFacts | None, person: bool | None
+    ) -> None:
+        """What the rules read of doc `n`, in its columns."""
+        self._kind[n] = KIND_CODE[kind]
+        flags = self._flags[n] & DELETED
+        if person is not None:
+            flags |= PERSON_KNOWN | (IS_PERSON if person else 0)
+        self._key0[n] = key_nums[0] if key_nums else -1
+        if facts is None:
+            self._subm[n], self._sign[n] = -1, 0
+        else:
+            flags |= (CODE_FIELD if facts.code_field else 0) | (PRIVATE if facts.private else 0)
+            flags |= NO_SUBJECT if facts.subject is None else 0
+            self._subm[n] = self._num(facts.submitter) if facts.submitter else -1
+            sign = tuple(self._num(k) for k in facts.signoff)
+            found = self._tuple_ids.get(sign)
+            if found is None:
+                found = self._tuple_ids[sign] = len(self._tuples)
+                self._tuples.append(sign)
+            self._sign[n] = found
+        self._flags[n] = flags
 
-    def _unwatch(self, submitter: str, doc_id: str) -> None:
-        ids = self.private_by_submitter.get(submitter)
-        if ids is not None:
-            ids.discard(doc_id)
-            if not ids:
-                del self.private_by_submitter[submitter]
+    def _file(self, n: int, key_nums: tuple[int, ...]) -> None:
+        if not key_nums:
+            return
+        first = key_nums[0]
+        self._next[n], self._head[first] = self._head[first], n
+        for key in key_nums[1:]:
+            self._extra.setdefault(key, array("i")).append(n)
 
-    def _update_contact(self, contact_id: str, new: ContactNode | None) -> None:
-        old = self.nodes.get(contact_id)
+    def _unfile(self, n: int, key_nums: tuple[int, ...]) -> None:
+        if not key_nums:
+            return
+        self._unlink(self._head, self._next, key_nums[0], n)
+        for key in key_nums[1:]:
+            docs = self._extra.get(key)
+            if docs is not None and n in docs:
+                docs.remove(n)
+                if not docs:
+                    del self._extra[key]
+
+    @staticmethod
+    def _unlink(heads: array[int], links: array[int], owner: int, member: int) -> None:
+        """Take `member` out of the chain that starts at `heads[owner]`."""
+        previous, current = -1, heads[owner]
+        while current >= 0 and current != member:
+            previous, current = current, links[current]
+        if current < 0:
+            return
+        if previous < 0:
+            heads[owner] = links[member]
+        else:
+            links[previous] = links[member]
+        links[member] = -1
+
+    def _unwatch(self, submitter: int, n: int) -> None:
+        docs = self._private.get(submitter)
+        if docs is not None:
+            docs.discard(n)
+            if not docs:
+                del self._private[submitter]
+
+    def _update_contact(self, n: int, new: ContactNode | None) -> None:
+        old = self._node_of(n)
         if old == new:
             return
+        self._nodes.pop(n, None)
         self.tree_version += 1
-        self.history.node_changed(contact_id, self.ordinal, old)
-        if old is not None and old.parent is not None and (new is None or new.parent != old.parent):
-            self._drop(self.kids, old.parent, contact_id)
-        if new is not None and new.parent is not None:
-            self.kids.setdefault(new.parent, set()).add(contact_id)
-        old_code = old.shortcode if old is not None else None
-        new_code = new.shortcode if new is not None else None
+        self.history.node_changed(self._s[n], self.ordinal, old)
+        old_parent = self._parent[n] if old is not None else -1
+        new_parent = self._num(new.parent) if new is not None and new.parent is not None else -1
+        if old_parent >= 0 and old_parent != new_parent:
+            self._unlink(self._kid, self._sib, old_parent, n)
+        if new_parent >= 0 and old_parent != new_parent:
+            self._sib[n], self._kid[new_parent] = self._kid[new_parent], n
+        old_code = self._code[n] if old is not None else -1
+        new_code = self._num(new.shortcode) if new is not None and new.shortcode is not None else -1
         if old_code != new_code or (old is not None and new is not None and old.live != new.live):
             # Who holds a shortcode, and whether they live, decides what it names: every
             # doc keyed on it may change hands.
-            if old_code is not None:
-                self._drop(self.codes, old_code, contact_id)
-                self._bump_key(old_code, contact_id)
-            if new_code is not None:
-                self.codes.setdefault(new_code, set()).add(contact_id)
-                self._bump_key(new_code, contact_id)
+            if old_code >= 0:
+                self._unlink(self._hold, self._hnext, old_code, n)
+                self._bump_key(old_code, n)
+            if new_code >= 0:
+                self._hnext[n], self._hold[new_code] = self._hold[new_code], n
+                self._bump_key(new_code, n)
         if new is None:
-            del self.nodes[contact_id]
+            self._node[n], self._parent[n], self._code[n] = 0, -1, -1
             return
-        self.nodes[contact_id] = new
+        self._node[n] = HAS_NODE | (LIVE if new.live else 0)
+        self._parent[n], self._code[n] = new_parent, new_code
         if old is None or old.parent != new.parent:
-            self._resequence_below(contact_id)
+            self._resequence_below(n)
 
-    @staticmethod
-    def _drop(sets: dict[str, set[str]], key: str, member: str) -> None:
-        found = sets.get(key)
-        if found is not None:
-            found.discard(member)
-            if not found:
-                del sets[key]
+    def _bump_key(self, key: int, moved: int) -> None:
+        for doc in list(self._filed(key)):
+            self._bump(doc, moved)
 
-    def _bump_key(self, key: str, moved: str) -> None:
-        for doc_id in list(self.postings.get(key, ())):
-            self._bump(doc_id, moved)
-
-    def _resequence_below(self, contact_id: str) -> None:
+    def _resequence_below(self, contact: int) -> None:
         """Docs keyed on this contact or any below it become changes again."""
-        for entry in list(self.affected(contact_id)):
-            self._bump(entry.id, contact_id)
+        for doc in list(self._affected(contact)):
+            self._bump(doc, contact)
 
-    def _bump(self, doc_id: str, moved: str) -> None:
+    def _bump(self, n: int, moved: int) -> None:
         """The doc becomes a change again, found under every one of its keys."""
-        entry = self.entries[doc_id]
-        if entry.id != moved or entry.ordinal != self.ordinal:  # the moved doc itself is fresh
-            entry.ordinal = self._next()
-        for key in entry.keys:
-            self.key_max[key] = max(self.key_max.get(key, 0), entry.ordinal)
+        if n != moved or self._ord[n] != self.ordinal:  # the moved doc itself is fresh
+            self._ord[n] = self._next_ordinal()
+        ordinal, kmax = self._ord[n], self._kmax
+        for key in self._key_nums(n):
+            if kmax[key] < ordinal:
+                kmax[key] = ordinal
 
     def set_person_types(self, person_types: frozenset[str]) -> None:
         """From the settings' `contact_types`; contacts filed before keep their kind until
@@ -305,54 +610,87 @@ class ScopeIndex:
             self._subjects.popitem(last=False)
         return subj
 
-    def _candidates(self, subj: Subjects, after: int) -> Iterator[str]:
+    def _key_max(self, key: str) -> int:
+        n = self._s.find(key)
+        return self._kmax[n] if n >= 0 else 0
+
+    def _candidates(self, subj: Subjects, after: int) -> Iterator[int]:
+        find, kmax = self._s.find, self._kmax
         for key in subj.lookup_keys():
-            if self.key_max.get(key, 0) > after:
-                yield from self.postings.get(key, ())
-        yield from self.globals
+            n = find(key)
+            if n >= 0 and kmax[n] > after:
+                yield from self._filed(n)
+        yield from self._globals
 
-    def _readable(self, entry: Entry, user: UserCtx, settings: AppSettings, subj: Subjects) -> bool:
-        return entry_readable(entry.id, entry.kind, entry.keys, entry.facts, user, settings, subj, self)
-
-    def _scan(self, user: UserCtx, settings: AppSettings, ordinal: int) -> list[Entry]:
-        """Readable entries above `ordinal`, found through the user's keys only."""
+    def _scan(self, user: UserCtx, settings: AppSettings, ordinal: int) -> tuple[list[int], list[Entry]]:
+        """Readable docs above `ordinal`, found through the user's keys only, in order:
+        their numbers and their entries (made once, to judge them)."""
         subj = self.subjects_of(user, settings)
-        found: dict[str, Entry] = {}
-        for doc_id in self._candidates(subj, ordinal):
-            entry = self.entries.get(doc_id)
-            if entry is None or entry.ordinal <= ordinal or doc_id in found:
+        found: dict[int, Entry] = {}
+        ords = self._ord
+        for n in self._candidates(subj, ordinal):
+            if ords[n] <= ordinal or n in found:
                 continue
-            if self._readable(entry, user, settings, subj):
-                found[doc_id] = entry
-        return sorted(found.values(), key=lambda e: e.ordinal)
+            e = self._entry(n)
+            if entry_readable(e.id, e.kind, e.keys, e.facts, user, settings, subj, self):
+                found[n] = e
+        nums = sorted(found, key=ords.__getitem__)
+        return nums, [found[n] for n in nums]
 
     def _feed(self, user: UserCtx, settings: AppSettings) -> _UserFeed:
         feed = self._feeds.get(user)
+        ords = self._ord
         if feed is None or feed.settings is not settings or feed.tree_version != self.tree_version:
-            feed = _UserFeed(settings, self.tree_version, self.ordinal, self._scan(user, settings, 0))
+            self._drop_tail(user)
+            nums, entries = self._scan(user, settings, 0)
+            feed = _UserFeed(settings, self.tree_version, self.ordinal, array("i", nums))
+            self._keep_tail(user, feed, entries, 0)
         elif feed.at < self.ordinal:
-            # Only what changed since: entries touched since `at` leave their old place
-            # (and come back in `newer` if still readable).
-            newer = self._scan(user, settings, feed.at)
-            kept = [e for e in feed.entries if e.ordinal <= feed.at and self.entries.get(e.id) is e]
-            fresh = {e.id for e in newer}
-            feed.entries = [e for e in kept if e.id not in fresh] + newer
+            # Only what changed since: docs touched since `at` leave their old place (and
+            # come back in `newer` if still readable).
+            self._drop_tail(user)
+            newer, _ = self._scan(user, settings, feed.at)
+            kept = [n for n, o in zip(feed.nums, feed.ordinals, strict=True) if ords[n] == o]
+            feed.nums = array("i", kept + newer)
             feed.at = self.ordinal
             feed.live = -1
         else:
             self._feeds.move_to_end(user)
             return feed
-        feed.ordinals = [e.ordinal for e in feed.entries]
+        feed.ordinals = array("q", [ords[n] for n in feed.nums])
         self._feeds[user] = feed
         self._feeds.move_to_end(user)
         if len(self._feeds) > CACHED_USERS:
-            self._feeds.popitem(last=False)
+            gone, _ = self._feeds.popitem(last=False)
+            self._drop_tail(gone)
         return feed
+
+    def _keep_tail(self, user: UserCtx, feed: _UserFeed, entries: list[Entry], start: int) -> None:
+        """Keep the entries of `feed.nums[start:]`, for the pages of a pull that follow
+        (the TAILS_KEPT most recent users' only: they weigh ~400 bytes an entry)."""
+        feed.tail, feed.tail_from = entries, start
+        self._tails[user] = feed
+        self._tails.move_to_end(user)
+        if len(self._tails) > TAILS_KEPT:
+            _, oldest = self._tails.popitem(last=False)
+            oldest.tail = None
+
+    def _drop_tail(self, user: UserCtx) -> None:
+        feed = self._tails.pop(user, None)
+        if feed is not None:
+            feed.tail = None
 
     def changes_since(self, user: UserCtx, settings: AppSettings, ordinal: int) -> list[Entry]:
         """Readable entries (tombstones included) with an ordinal above `ordinal`, in order."""
         feed = self._feed(user, settings)
-        return feed.entries[bisect.bisect_right(feed.ordinals, ordinal) :]
+        start = bisect.bisect_right(feed.ordinals, ordinal)
+        if feed.tail is not None and start >= feed.tail_from:
+            return feed.tail[start - feed.tail_from :]
+        entries = [self._entry(n) for n in feed.nums[start:]]
+        if len(entries) > TAIL_KEPT:  # pages of it follow: made once, not once a page
+            self._keep_tail(user, feed, entries, start)
+            return entries[:]
+        return entries
 
     def readable_entries(self, user: UserCtx, settings: AppSettings) -> list[Entry]:
         return self.changes_since(user, settings, 0)
@@ -362,30 +700,46 @@ class ScopeIndex:
         change of the user's feed, not per call."""
         feed = self._feed(user, settings)
         if feed.live < 0:
-            feed.live = sum(1 for e in feed.entries if not e.deleted)
-        return feed.live, len(feed.entries) - feed.live
+            flags = self._flags
+            feed.live = sum(1 for n in feed.nums if not flags[n] & DELETED)
+        return feed.live, len(feed.nums) - feed.live
 
     def is_readable_id(self, doc_id: str, user: UserCtx, settings: AppSettings) -> bool:
-        entry = self.entries.get(doc_id)
-        if entry is None:
-            return False
-        return self._readable(entry, user, settings, self.subjects_of(user, settings))
+        n = self._doc(doc_id)
+        return n >= 0 and self._judged(n, user, settings, self.subjects_of(user, settings))
 
     def readable_ids(self, ids: Iterable[str], user: UserCtx, settings: AppSettings) -> set[str]:
         subj = self.subjects_of(user, settings)
         found = set()
         for doc_id in ids:
-            entry = self.entries.get(doc_id)
-            if entry is not None and self._readable(entry, user, settings, subj):
+            n = self._doc(doc_id)
+            if n >= 0 and self._judged(n, user, settings, subj):
                 found.add(doc_id)
         return found
 
     def count_by_kind(self, user: UserCtx, settings: AppSettings) -> dict[str, int]:
+        return self._count(self._feed(user, settings).nums)
+
+    def count_uncached(self, user: UserCtx, settings: AppSettings) -> dict[str, int]:
+        """What `count_by_kind` counts, without filling the per-user caches."""
+        subj = subjects(user, settings, self)
+        flags = self._flags
+        readable = {
+            n
+            for n in set(self._candidates(subj, 0))
+            if not flags[n] & DELETED and self._judged(n, user, settings, subj)
+        }
+        return self._count(readable)
+
+    def _count(self, nums: Iterable[int]) -> dict[str, int]:
+        """Live docs by kind (contacts as person or place)."""
         counts: dict[str, int] = {}
-        for entry in self.readable_entries(user, settings):
-            if entry.deleted:
+        flags = self._flags
+        for n in nums:
+            if flags[n] & DELETED:
                 continue
-            kind = ("person" if entry.person else "place") if entry.person is not None else entry.kind
+            person = self._person(n)
+            kind = ("person" if person else "place") if person is not None else KINDS[self._kind[n] - 1]
             counts[kind] = counts.get(kind, 0) + 1
         return counts
 
@@ -435,16 +789,17 @@ class ScopeIndex:
         found: dict[str, Entry] = {}
 
         for key in subj.lookup_keys():
-            if changed_only and self.key_max.get(key, 0) <= ordinal:
+            if changed_only and self._key_max(key) <= ordinal:
                 ids: Iterable[str] = history.departed_from(key, ordinal)
             else:
-                ids = (*self.postings.get(key, ()), *history.departed_from(key, ordinal))
+                ids = (*self._filed_ids(key), *history.departed_from(key, ordinal))
             for doc_id in ids:
-                entry = self.entries.get(doc_id)
-                if entry is None or doc_id in found or (changed_only and entry.ordinal <= ordinal):
+                n = self._doc(doc_id)
+                if n < 0 or doc_id in found or (changed_only and self._ord[n] <= ordinal):
                     continue
-                if self._readable(entry, user, settings, now):
+                if self._judged(n, user, settings, now):
                     continue
+                entry = self._entry(n)
                 current = Version(entry.deleted, entry.kind, entry.keys, entry.facts, entry.born)
                 past = history.version_at(doc_id, ordinal, current)
                 if past is None or past.deleted:
@@ -487,10 +842,11 @@ class ScopeIndex:
             settings_at = history.settings_at(at, settings)
             subj = subjects(then, settings_at, graph)
             for key in subj.lookup_keys():
-                for doc_id in (*self.postings.get(key, ()), *history.departed_from(key, after)):
-                    entry = self.entries.get(doc_id)
-                    if entry is None or doc_id in judged or self._readable(entry, user, settings, now):
+                for doc_id in (*self._filed_ids(key), *history.departed_from(key, after)):
+                    n = self._doc(doc_id)
+                    if n < 0 or doc_id in judged or self._judged(n, user, settings, now):
                         continue
+                    entry = self._entry(n)
                     current = Version(entry.deleted, entry.kind, entry.keys, entry.facts, entry.born)
                     versions = [history.version_at(doc_id, after, current)]
                     versions += history.versions_born(doc_id, after, until, current)
@@ -504,6 +860,11 @@ class ScopeIndex:
                         before = found.get(doc_id)
                         found[doc_id] = as_held(entry, held, current, before)
 
+    def _filed_ids(self, key: str) -> list[str]:
+        n = self._s.find(key)
+        strs = self._s
+        return [strs[doc] for doc in self._filed(n)] if n >= 0 else []
+
     def _moves_scope(
         self, user: UserCtx, settings: AppSettings, nodes_then: Mapping[str, ContactNode | None]
     ) -> bool:
@@ -515,7 +876,7 @@ class ScopeIndex:
         then = WalkScope(user, settings, OverlayGraph(self, nodes_then))
         codes = self.subjects_of(user, settings).codes
         for contact_id, before in nodes_then.items():
-            after = self.nodes.get(contact_id)
+            after = self.contact(contact_id)
             named = {contact_id, *(n.shortcode for n in (before, after) if n is not None and n.shortcode)}
             if any(k in codes for k in named):
                 return True
@@ -524,5 +885,43 @@ class ScopeIndex:
         return False
 
 
+def _new_index() -> ScopeIndex:
+    return ScopeIndex.__new__(ScopeIndex)
+
+
+def _buffer(data: array[int] | bytearray, raw: bool) -> PickleBuffer | bytes:
+    return PickleBuffer(data) if raw else data.tobytes() if isinstance(data, array) else bytes(data)
+
+
+def _column(typecode: str, data: bytes | bytearray) -> array[int]:
+    column = array(typecode)
+    column.frombytes(data)
+    return column
+
+
 class TooOld(Exception):
     """A position older than what the index remembers."""
+
+
+class Entries(Mapping[str, Entry]):
+    """The index's docs by id, each `Entry` made when asked for (a read-only view)."""
+
+    def __init__(self, index: ScopeIndex) -> None:
+        self._index = index
+
+    def __getitem__(self, doc_id: str) -> Entry:
+        n = self._index._doc(doc_id)
+        if n < 0:
+            raise KeyError(doc_id)
+        return self._index._entry(n)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return isinstance(doc_id, str) and self._index._doc(doc_id) >= 0
+
+    def __len__(self) -> int:
+        return self._index._docs
+
+    def __iter__(self) -> Iterator[str]:
+        index = self._index
+        strs, kinds = index._s, index._kind
+        return (strs[n] for n in range(len(strs)) if kinds[n])

@@ -13,12 +13,16 @@ a database deleted and created again under the same name is another database). T
 installation wrote, that was edited or truncated, or that belongs to another database or
 version is refused before anything in it is read, and the index is built from CouchDB
 instead. Nothing is trusted that the key did not vouch for: the state is unpickled only
-after the HMAC matched.
+after the HMAC matched. The app settings saved in it must also be those CouchDB holds
+when it is taken up (`IndexSync._restore`): a snapshot saved under other access rules is
+refused too.
 
 Saved after the first build, then every `COUCHGATE_SNAPSHOT_INTERVAL_SECONDS` while the
 index changes, and at shutdown; written to a temporary file, synced and renamed, so a
-crash leaves the previous snapshot whole. Saving pickles the index on the event loop (it
-must not change meanwhile): a pause that `docs/benchmarks.md` measures.
+crash leaves the previous snapshot whole. The index pickles as its columns (raw arrays,
+proxy/access/columns.py), so saving and loading cost about a second per million docs
+(`bench.index_scale` in `docs/benchmarks.md`); periodic saves run in a forked copy of
+the process (the loop does not stop), the one at shutdown on the loop.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import uuid
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from proxy.couch.client import CouchClient
 from proxy.errors import UpstreamError
@@ -42,7 +46,7 @@ from proxy.errors import UpstreamError
 log = logging.getLogger(__name__)
 
 MAGIC = b"couchgate index snapshot\n"
-FORMAT = 2  # 2: a Version carries its last revision
+FORMAT = 3  # 2: a Version carries its last revision; 3: the index in columns (raw arrays)
 INSTANCE_DOC = "_local/couchgate-instance"
 
 
@@ -82,22 +86,31 @@ class Snapshots:
     def identity(self, instance: str) -> bytes:
         return f"format={FORMAT}\nversion={version()}\ndb={self.db}\ninstance={instance}\n".encode()
 
-    def _mac(self, identity: bytes, payload: bytes | memoryview) -> bytes:
+    def _signer(self, identity: bytes) -> hmac.HMAC:
         mac = hmac.new(hashlib.sha256(b"couchgate index snapshots\0" + self.key).digest(), digestmod="sha256")
         mac.update(identity)
+        return mac
+
+    def _mac(self, identity: bytes, payload: bytes | memoryview) -> bytes:
+        mac = self._signer(identity)
         mac.update(payload)
         return mac.digest()
 
     def save(self, instance: str, state: dict[str, Any]) -> int:
-        """Write the state for this database instance; the bytes written."""
-        payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        """Write the state for this database instance; the bytes written. The state is
+        pickled straight into the file (signed as it goes, the signature written last in
+        its place): never whole in memory, which at 10 million docs would be ~1.3 GB."""
         identity = self.identity(instance)
-        header = MAGIC + struct.pack(">I", len(identity)) + identity + self._mac(identity, payload)
+        head = MAGIC + struct.pack(">I", len(identity)) + identity
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         with open(tmp, "wb") as out:
-            out.write(header)
-            out.write(payload)
+            out.write(head + bytes(32))
+            signed = _Signed(out, self._signer(identity))
+            pickle.dump(state, signed, protocol=pickle.HIGHEST_PROTOCOL)
+            size = out.tell()
+            out.seek(len(head))
+            out.write(signed.mac.digest())
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.path)
@@ -106,7 +119,7 @@ class Snapshots:
             os.fsync(fd)
         finally:
             os.close(fd)
-        return len(header) + len(payload)
+        return size
 
     def load(self, instance: str) -> dict[str, Any] | None:
         """The state saved for this database instance, or None (absent, or refused: logged)."""
@@ -143,6 +156,17 @@ class Snapshots:
         if not hmac.compare_digest(mac, self._mac(identity, memoryview(raw)[at + identity_len + 32 :])):
             return "its content does not match its signature"
         return None
+
+
+class _Signed:
+    """A file that signs what is written to it."""
+
+    def __init__(self, out: BinaryIO, mac: hmac.HMAC) -> None:
+        self.out, self.mac = out, mac
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.mac.update(data)
+        return self.out.write(data)
 
 
 async def save_forked(snapshots: Snapshots, instance: str, state: dict[str, Any]) -> bool:

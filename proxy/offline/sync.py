@@ -246,6 +246,11 @@ class IndexSync:
         ):  # fmt: skip
             log.warning("index snapshot refused (unexpected content): building from CouchDB")
             return
+        if await self._settings_now() != settings:
+            # Built under other access rules (the settings doc changed while no couchgate
+            # ran, or was replaced): what it vouches for was judged otherwise.
+            log.warning("index snapshot refused (the app settings changed since): building from CouchDB")
+            return
         # Tokens of the saved epoch up to the saved ordinal resume exactly; ordinals after
         # it may have been handed out before the restart for changes numbered otherwise now,
         # so the index goes on under a new epoch and places those tokens by their times.
@@ -254,6 +259,16 @@ class IndexSync:
         self._settings_loaded = self.restored = True
         self.saved_at_ordinal = index.ordinal
         log.info("index restored from its snapshot at ordinal %d; catching up with CouchDB", index.ordinal)
+
+    async def _settings_now(self) -> AppSettings:
+        """The app settings as CouchDB holds them now. Raises UpstreamError when they
+        cannot be read (no snapshot is taken up unchecked)."""
+        result = await self.couch.json("GET", f"{self.path}/settings")
+        if result.status == 404:
+            return AppSettings.from_doc(None)
+        if not result.ok or not isinstance(result.body, dict):
+            raise UpstreamError(f"CouchDB answered {result.status} to the settings read")
+        return AppSettings.from_doc(result.body)
 
     def _snapshot_due(self) -> bool:
         return (

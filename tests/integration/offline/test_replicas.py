@@ -157,7 +157,7 @@ async def test_a_crash_resumes_from_the_last_periodic_snapshot(
         await stop_gateway(b)
 
 
-@pytest.mark.parametrize("damage", ["tamper", "truncate", "other-secret", "other-database"])
+@pytest.mark.parametrize("damage", ["tamper", "truncate", "other-secret", "other-database", "other-settings"])
 async def test_a_snapshot_that_cannot_be_vouched_for_is_not_used(
     backend: PouchServer, medic: str, tmp_path: Path, damage: str
 ) -> None:
@@ -174,6 +174,11 @@ async def test_a_snapshot_that_cannot_be_vouched_for_is_not_used(
         snap.write_bytes(raw[: len(raw) // 2])
     elif damage == "other-database":  # deleted and created again under the same name
         assert backend.request("DELETE", f"/{medic}/_local/couchgate-instance?rev=0-1")[0] == 200
+    elif damage == "other-settings":  # the access rules changed while no couchgate ran
+        status, doc = backend.request("GET", f"/{medic}/settings")
+        assert status == 200
+        doc["settings"].setdefault("permissions", {})["can_export_messages"] = ["chw"]
+        assert backend.request("PUT", f"/{medic}/settings", doc)[0] == 201
     overrides: dict[str, Any] = (
         {"jwt_secret": "another-secret-" + "x" * 32} if damage == "other-secret" else {}
     )
