@@ -250,13 +250,13 @@ def measure(backend: Backend, users: list[str], clients: int, procs: int) -> dic
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| clients | users | held | couchgate RSS before -> idle | per idle client | arrival p50 | p99 | max "
-        "| errors | load (1 min) |",
+        "| clients | users | held (opened in) | couchgate RSS before -> idle | per idle client | arrival p50 | p99 "
+        "| max | errors | load (1 min) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['clients']:,} | {r['users']} | {r['held']:,} | {r['rss_before_mb']:.0f} -> {r['rss_idle_mb']:.0f} MB "
+            f"| {r['clients']:,} | {r['users']} | {r['held']:,} ({r['opened_s']:.0f} s) | {r['rss_before_mb']:.0f} -> {r['rss_idle_mb']:.0f} MB "
             f"| {r['per_client_kb']:.1f} KB | {r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms | {r['max_ms']:.0f} ms "
             f"| {r['errors']} | {r['load']:.1f} |"
         )
