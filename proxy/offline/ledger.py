@@ -131,8 +131,16 @@ class LedgerStore:
         read = self._next.get(user)
         if read is None:
             read = self._next[user] = asyncio.ensure_future(self._send(user, self._sent.get(user)))
-            read.add_done_callback(lambda t: t.cancelled() or t.exception())  # each asker sees it
+            read.add_done_callback(lambda t: self._ended(user, t))
         return await asyncio.shield(read)
+
+    def _ended(self, user: str, read: asyncio.Future[JsonResult]) -> None:
+        """A read ended before it was sent (cancelled at shutdown) is joined no more; its
+        outcome is each asker's to see."""
+        if self._next.get(user) is read:
+            del self._next[user]
+        if not read.cancelled():
+            read.exception()
 
     async def _send(self, user: str, before: asyncio.Future[JsonResult] | None) -> JsonResult:
         if before is not None:

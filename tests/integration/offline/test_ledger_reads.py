@@ -68,3 +68,21 @@ async def test_a_load_never_gets_a_read_sent_before_it_asked(gw: Gateway) -> Non
     assert (await early).chains("house2") == {}
     assert all(led.chains("house2") == {"1-def": 2} for led in await asyncio.gather(*later))
     assert len(reads) == 2, reads
+
+
+async def test_a_shared_read_cancelled_before_it_was_sent_is_not_shared_again(gw: Gateway) -> None:
+    """A queued read ended before it was sent (cancelled at shutdown) leaves no dead read
+    behind for later loads to join."""
+    store: LedgerStore = gw.server.app[REMOVALS].store
+    hold, answered = asyncio.Event(), asyncio.Event()
+    counted(store, hold, answered)
+    early = asyncio.create_task(store.load("chw1"))
+    await answered.wait()
+    queued = asyncio.create_task(store.load("chw1"))
+    await asyncio.sleep(0)
+    store._next["chw1"].cancel()  # the read queued behind the held one
+    hold.set()
+    await early
+    await asyncio.wait([queued])
+    assert queued.cancelled()  # its askers see the end of the read they shared
+    assert (await store.load("chw1")).user == "chw1"
