@@ -532,9 +532,10 @@ async def _wait(feed: Feed, response: web.StreamResponse, deadline: float) -> bo
 async def _longpoll(request: web.Request, feed: Feed, db_path: str) -> web.StreamResponse:
     response = await _open_stream(request)
     deadline = time.monotonic() + feed.params.timeout_ms / 1000
-    page = Page([], [], feed.resting_token())
+    page = Page([], [], "")
     while not page and await _wait(feed, response, deadline):
         page = feed.page()
+    page.last_seq = page.last_seq or feed.resting_token()  # made once the wait ends: not held by it
     body = {"results": await page_rows(request, feed, db_path, page), "last_seq": page.last_seq, "pending": 0}
     await response.write(dumps(body) + b"\n")
     await response.write_eof()

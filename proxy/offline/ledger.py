@@ -12,11 +12,12 @@ forgotten.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.couch.client import CouchClient, quote_id
+from proxy.couch.client import CouchClient, JsonResult, quote_id
 from proxy.errors import UpstreamError, UpstreamUnavailable
 
 PREFIX = "_local/couchgate-ledger~"
@@ -108,18 +109,52 @@ def merge(mine: Ledger, theirs: Ledger) -> None:
 
 class LedgerStore:
     """Ledgers read from and written to CouchDB. A read that fails refuses the request
-    (fail closed: without it, a device could be told of a made-up revision wrongly)."""
+    (fail closed: without it, a device could be told of a made-up revision wrongly).
+
+    Reads of one user's ledger are shared, as the index's rounds are: a read serves every
+    request that asked for it before it was sent, and while one is in flight the requests
+    that ask meanwhile wait for it to end and share the next. Each request so gets a
+    ledger read after it asked (as fresh as a read of its own), and a change that wakes
+    thousands of live feeds of one user's devices costs two reads, not thousands."""
 
     def __init__(self, couch: CouchClient, db_path: str, horizon_seconds: float) -> None:
         self.couch = couch
         self.db_path = db_path
         self.horizon = horizon_seconds
+        self._next: dict[str, asyncio.Future[JsonResult]] = {}  # per user: the read not sent yet
+        self._sent: dict[str, asyncio.Future[JsonResult]] = {}  # per user: the read in flight
 
     def _path(self, user: str) -> str:
         return f"{self.db_path}/{quote_id(ledger_id(user))}"
 
+    async def _read(self, user: str) -> JsonResult:
+        read = self._next.get(user)
+        if read is None:
+            read = self._next[user] = asyncio.ensure_future(self._send(user, self._sent.get(user)))
+            read.add_done_callback(lambda t: self._ended(user, t))
+        return await asyncio.shield(read)
+
+    def _ended(self, user: str, read: asyncio.Future[JsonResult]) -> None:
+        """A read ended before it was sent (cancelled at shutdown) is joined no more; its
+        outcome is each asker's to see."""
+        if self._next.get(user) is read:
+            del self._next[user]
+        if not read.cancelled():
+            read.exception()
+
+    async def _send(self, user: str, before: asyncio.Future[JsonResult] | None) -> JsonResult:
+        if before is not None:
+            await asyncio.wait([before])
+        this = self._next.pop(user)  # asked from now on: the next read
+        self._sent[user] = this
+        try:
+            return await self.couch.json("GET", self._path(user))
+        finally:
+            if self._sent.get(user) is this:
+                del self._sent[user]
+
     async def load(self, user: str) -> Ledger:
-        result = await self.couch.json("GET", self._path(user))
+        result = await self._read(user)
         if result.status == 404:
             return Ledger(user)
         if not result.ok or not isinstance(result.body, dict):

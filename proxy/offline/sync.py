@@ -71,6 +71,11 @@ UNAVAILABLE = "couchgate cannot reach CouchDB right now; try again shortly"
 PAST_EPOCHS = 100  # earlier epochs whose tokens resume exactly (one per restart)
 
 
+def _timed_out(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -100,7 +105,9 @@ class IndexSync:
         self.restarts = 0  # times the follower lost CouchDB and started again (metrics)
         self._lock = asyncio.Lock()
         self._rounds_started = 0
-        self._changed = asyncio.Condition()
+        # Live feeds waiting for a change: one future each, all woken in one go (a Condition
+        # hands its lock from waiter to waiter, one loop turn each: 20,000 turns for 20,000).
+        self._waiting: set[asyncio.Future[bool]] = set()
         self._wake = asyncio.Event()
         self._settings_loaded = False
         self._rows_unfrozen = 0
@@ -173,8 +180,10 @@ class IndexSync:
         self.built.set()
         self.last_sync_at = time.monotonic()
         if applied:
-            async with self._changed:
-                self._changed.notify_all()
+            waiting, self._waiting = self._waiting, set()
+            for waiter in waiting:
+                if not waiter.done():
+                    waiter.set_result(True)
 
     async def _pull(self) -> int:
         applied = 0
@@ -343,13 +352,15 @@ class IndexSync:
 
     async def wait_for_change(self, limit: float) -> bool:
         """Wait until a sync applies something; False on timeout."""
-        async with self._changed:
-            try:
-                async with asyncio.timeout(limit):
-                    await self._changed.wait()
-            except TimeoutError:
-                return False
-            return True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiting.add(waiter)
+        timer = loop.call_later(limit, _timed_out, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiting.discard(waiter)
 
     # -- the follower ----------------------------------------------------------------------
 
