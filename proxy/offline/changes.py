@@ -175,7 +175,8 @@ class Feed:
         if since is None:
             return 0  # unknown: backfill everything readable (and no removals)
         at = since.ordinal if since.removals_at is None else max(since.ordinal, since.removals_at)
-        if since.epoch == self.view.epoch or at <= self.view.sync.past_epochs.get(since.epoch, -1):
+        ours = since.epoch == self.view.epoch or at <= self.view.sync.past_epochs.get(since.epoch, -1)
+        if ours:
             self.then_at = (at,)  # numbered by this index (before a restart, maybe)
             start = since.ordinal
         else:
@@ -190,8 +191,8 @@ class Feed:
             self.everything = True
             return 0  # the scope changed: backfill everything readable, remove what left
         young = time.time_ns() // 1_000_000 - since.issued < RESTING_TOKEN_SECONDS * 1000
-        if since.epoch == self.view.epoch and young and not since.fresh and since.removed_to is None:
-            self.resting = raw
+        if ours and young and not since.fresh and since.removed_to is None:
+            self.resting = raw  # (also one numbered before a restart: a deploy writes no checkpoints)
         return start
 
     def resting_token(self) -> str:
