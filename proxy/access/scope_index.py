@@ -349,19 +349,19 @@ class ScopeIndex:
             yield first
             first = links[first]
 
-    def children(self, contact_id: str) -> Iterable[str]:
-        n = self._s.find(contact_id)
+    def _named_chain(self, name: str, heads: array[int], links: array[int]) -> list[str]:
+        """The names on the chain that starts at `name`'s slot of `heads`."""
+        n = self._s.find(name)
         if n < 0:
-            return ()
+            return []
         strs = self._s
-        return [strs[k] for k in self._chain(self._kid[n], self._sib)]
+        return [strs[k] for k in self._chain(heads[n], links)]
+
+    def children(self, contact_id: str) -> Iterable[str]:
+        return self._named_chain(contact_id, self._kid, self._sib)
 
     def holders(self, code: str) -> Collection[str]:
-        n = self._s.find(code)
-        if n < 0:
-            return ()
-        strs = self._s
-        return [strs[k] for k in self._chain(self._hold[n], self._hnext)]
+        return self._named_chain(code, self._hold, self._hnext)
 
     def _filed(self, key: int) -> Iterator[int]:
         """The docs filed under key number `key`."""
