@@ -162,7 +162,6 @@ class Feed:
         page (a live feed's, after a wait: one read ahead would be stale by then)."""
         ahead, self.ahead = self.ahead, None
         if self.removals is None or not needed:
-            _drop(ahead)
             return None
         return await ahead if ahead is not None else await self.removals.ledger(self.user)
 
@@ -273,8 +272,8 @@ class Feed:
             end = current
         self.ordinal = max(self.ordinal, end)
         judged = self.then_at[0] if self.then is not None and self.then_at else current
-        if entries or removed:
-            self.resting = None  # the device moves on
+        if entries:
+            self.resting = None  # the device moves on (as it does when sent removals)
         last_seq = self.resting if self.resting is not None else self._token_after(self.ordinal, current)
         return Page(entries, removed, last_seq, since_in, judged)
 
@@ -475,14 +474,9 @@ async def changes(
         ahead = asyncio.ensure_future(removals.ledger(view.user.name))
     try:
         await view.sync.sync()  # read-your-writes: the index is at least as new as CouchDB was now
-    except BaseException:
-        _drop(ahead)
-        raise
-    feed = Feed(view, codec, params, removals, ahead)
-    try:
-        return await _answer(request, feed, params, db_path)
+        return await _answer(request, Feed(view, codec, params, removals, ahead), params, db_path)
     finally:
-        _drop(feed.ahead)
+        _drop(ahead)  # a read no page took (one a page took is done: dropping it does nothing)
 
 
 def _drop(task: asyncio.Future[Ledger] | None) -> None:
@@ -516,8 +510,7 @@ async def _open_stream(request: web.Request) -> web.StreamResponse:
 
 async def _wait(feed: Feed, response: web.StreamResponse, deadline: float) -> bool:
     """Wait for a change in the index until the deadline, writing heartbeats meanwhile."""
-    _drop(feed.ahead)  # read before the wait: stale after it
-    feed.ahead = None
+    feed.ahead = None  # read before the wait: stale after it
     heartbeat = (feed.params.heartbeat_ms or 0) / 1000
     while True:
         remaining = deadline - time.monotonic()
