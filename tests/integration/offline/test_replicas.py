@@ -48,6 +48,7 @@ async def test_a_token_from_one_replica_is_honoured_by_another_with_removals(
 
     noop = await changes(b, medic, "chw1", first["last_seq"])
     assert noop["results"] == []  # nothing changed: nothing sent again, no backfill
+    assert noop["last_seq"] == first["last_seq"]  # the device's own token: no checkpoint write
 
     move_house(backend, medic, "area2", "hc1", "district1")
     await index_level(b, backend, medic)
@@ -59,6 +60,23 @@ async def test_a_token_from_one_replica_is_honoured_by_another_with_removals(
     await index_level(a, backend, medic)
     back = await changes(a, medic, "chw1", moved["last_seq"])  # B's token, on A
     assert {r["id"] for r in back["results"] if not r.get("deleted")} == HOUSEHOLD, back["results"]
+
+
+async def test_a_checkpoint_at_a_row_of_the_first_build_moves_on_and_is_honoured_elsewhere(
+    pair: tuple[Gateway, Gateway], medic: str, backend: PouchServer
+) -> None:
+    """PouchDB checkpoints the seq of the last row it took; after an initial pull that row
+    lies inside the index's first build, a position no time can place. A no-op answers a
+    token that another replica can place (so its no-op is one too), not that row's."""
+    a, b = pair
+    await index_level(b, backend, medic)
+    first = await changes(a, medic, "chw1")
+    row = first["results"][-1]["seq"]
+    noop = await changes(a, medic, "chw1", row)
+    assert noop["results"] == [] and noop["last_seq"] != row
+    on_b = await changes(b, medic, "chw1", noop["last_seq"])
+    assert on_b["results"] == []  # placed: no backfill
+    assert on_b["last_seq"] == noop["last_seq"]  # and rests: no checkpoint write
 
 
 async def test_a_token_from_the_future_is_a_backfill(
