@@ -681,7 +681,19 @@ class ScopeIndex:
             feed.tail = None
 
     def changes_since(self, user: UserCtx, settings: AppSettings, ordinal: int) -> list[Entry]:
-        """Readable entries (tombstones included) with an ordinal above `ordinal`, in order."""
+        """Readable entries (tombstones included) with an ordinal above `ordinal`, in order.
+
+        A device resuming while no feed of its user is kept current (after a restart, a
+        change of the tree, or once CACHED_USERS others came after it) is answered from
+        the docs filed under keys changed since its ordinal, not by building the feed of its
+        whole scope; the feed is built once that finds more than a page's worth to send."""
+        feed = self._feeds.get(user)
+        if ordinal > 0 and (
+            feed is None or feed.settings is not settings or feed.tree_version != self.tree_version
+        ):
+            _, entries = self._scan(user, settings, ordinal)
+            if len(entries) <= TAIL_KEPT:
+                return entries
         feed = self._feed(user, settings)
         start = bisect.bisect_right(feed.ordinals, ordinal)
         if feed.tail is not None and start >= feed.tail_from:
