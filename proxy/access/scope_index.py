@@ -88,6 +88,7 @@ class _UserFeed:
 
 
 CACHED_USERS = 512
+COUNTED_USERS = 100_000  # users whose last counts are kept (about 250 bytes each)
 
 
 def as_held(entry: Entry, held: list[Version], current: Version, before: Entry | None = None) -> Entry:
@@ -175,6 +176,10 @@ class ScopeIndex:
         self._subjects: OrderedDict[UserCtx, tuple[AppSettings, int, Subjects]] = OrderedDict()
         self._feeds: OrderedDict[UserCtx, _UserFeed] = OrderedDict()
         self._tails: OrderedDict[UserCtx, _UserFeed] = OrderedDict()
+        # Each user's readable counts (live, tombstones) as of an ordinal, tree version and
+        # settings: what `GET /{db}` answers while nothing changed since and no feed of the
+        # user is kept (after a restart: they are kept in snapshots; after an eviction).
+        self._counted: OrderedDict[UserCtx, tuple[int, int, AppSettings, int, int]] = OrderedDict()
         self.person_types: frozenset[str] = frozenset({"person"})
         self.history = History()
         self.entries = Entries(self)
@@ -211,6 +216,7 @@ class ScopeIndex:
         for name in ("_rdig", *self._BYTES):
             state[name] = bytearray(state[name])
         self.__dict__.update(state)
+        self.__dict__.setdefault("_counted", OrderedDict())  # (a snapshot from before they were kept)
         self._s = Strings(bytearray(blob), _column(*ends))
         self._subjects, self._feeds, self._tails = OrderedDict(), OrderedDict(), OrderedDict()
         self.entries = Entries(self)
@@ -709,12 +715,25 @@ class ScopeIndex:
 
     def readable_counts(self, user: UserCtx, settings: AppSettings) -> tuple[int, int]:
         """How many readable docs are live and how many are tombstones; counted once per
-        change of the user's feed, not per call."""
+        change of the user's feed, not per call. With no feed of the user kept (after a
+        restart, or an eviction), the counts of the last time, if nothing changed since."""
+        counted = self._counted.get(user)
+        if (
+            counted is not None
+            and user not in self._feeds
+            and counted[2:] == (settings, self.tree_version, self.ordinal)
+        ):
+            return counted[0], counted[1]
         feed = self._feed(user, settings)
         if feed.live < 0:
             flags = self._flags
             feed.live = sum(1 for n in feed.nums if not flags[n] & DELETED)
-        return feed.live, len(feed.nums) - feed.live
+        live, dead = feed.live, len(feed.nums) - feed.live
+        self._counted[user] = (live, dead, settings, self.tree_version, self.ordinal)
+        self._counted.move_to_end(user)
+        if len(self._counted) > COUNTED_USERS:
+            self._counted.popitem(last=False)
+        return live, dead
 
     def is_readable_id(self, doc_id: str, user: UserCtx, settings: AppSettings) -> bool:
         n = self._doc(doc_id)
