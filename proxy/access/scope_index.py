@@ -180,6 +180,7 @@ class ScopeIndex:
         # settings: what `GET /{db}` answers while nothing changed since and no feed of the
         # user is kept (after a restart: they are kept in snapshots; after an eviction).
         self._counted: OrderedDict[UserCtx, tuple[int, int, AppSettings, int, int]] = OrderedDict()
+        self.counts_recorded = 0  # how often counts were recorded (a snapshot is due)
         self.person_types: frozenset[str] = frozenset({"person"})
         self.history = History()
         self.entries = Entries(self)
@@ -217,6 +218,7 @@ class ScopeIndex:
             state[name] = bytearray(state[name])
         self.__dict__.update(state)
         self.__dict__.setdefault("_counted", OrderedDict())  # (a snapshot from before they were kept)
+        self.__dict__.setdefault("counts_recorded", 0)
         self._s = Strings(bytearray(blob), _column(*ends))
         self._subjects, self._feeds, self._tails = OrderedDict(), OrderedDict(), OrderedDict()
         self.entries = Entries(self)
@@ -730,6 +732,7 @@ class ScopeIndex:
             feed.live = sum(1 for n in feed.nums if not flags[n] & DELETED)
         live, dead = feed.live, len(feed.nums) - feed.live
         self._counted[user] = (live, dead, settings, self.tree_version, self.ordinal)
+        self.counts_recorded += 1
         self._counted.move_to_end(user)
         if len(self._counted) > COUNTED_USERS:
             self._counted.popitem(last=False)

@@ -138,6 +138,28 @@ async def test_a_restart_resumes_from_the_snapshot_with_tokens_and_removals(
         await stop_gateway(c)
 
 
+async def test_a_restart_answers_the_db_info_from_the_counts_it_saved(
+    backend: PouchServer, medic: str, tmp_path: Path
+) -> None:
+    """PouchDB reads `GET /{db}` at the start of every sync: after a restart against an
+    unchanged database, its counts come from the snapshot (saved at shutdown even when
+    only they changed), not from reading the user's whole scope again."""
+    a = await restarted(backend, medic, tmp_path)
+    try:
+        _, before, _ = await a.call("GET", f"/{medic}", auth=auth("chw1"))
+    finally:
+        await stop_gateway(a)
+    b = await restarted(backend, medic, tmp_path)
+    try:
+        index = b.server.app[INDEX].index
+        _, after, _ = await b.call("GET", f"/{medic}", auth=auth("chw1"))
+        assert (after["doc_count"], after["doc_del_count"]) == (before["doc_count"], before["doc_del_count"])
+        assert (after["doc_count"], after["doc_del_count"]) == (len(CHW1_READS), 0)
+        assert not any(user.name == "chw1" for user in index._feeds)  # no feed was built for it
+    finally:
+        await stop_gateway(b)
+
+
 async def test_a_crash_resumes_from_the_last_periodic_snapshot(
     backend: PouchServer, medic: str, tmp_path: Path
 ) -> None:
