@@ -283,7 +283,7 @@ class IndexSync:
     def _snapshot_due(self) -> bool:
         return (
             self.snapshots is not None and self._instance is not None and self.built.is_set()
-            and (self.index.ordinal != self.saved_at_ordinal or self.index.counts_recorded != self.saved_counts)
+            and (self.index.ordinal, self.index.counts_recorded) != (self.saved_at_ordinal, self.saved_counts)
         )  # fmt: skip
 
     def _state(self) -> dict[str, Any]:
