@@ -216,9 +216,12 @@ class OverlayGraph:
         self.base = base
         self.nodes = dict(contacts)
         self.extra: dict[str, set[str]] = {}
+        self.coded: dict[str, set[str]] = {}  # shortcode -> the laid-over contacts holding it
         for node in self.nodes.values():
             if node is not None and node.parent is not None:
                 self.extra.setdefault(node.parent, set()).add(node.id)
+            if node is not None and node.shortcode is not None:
+                self.coded.setdefault(node.shortcode, set()).add(node.id)
 
     def contact(self, contact_id: str) -> ContactNode | None:
         if contact_id in self.nodes:
@@ -231,7 +234,7 @@ class OverlayGraph:
 
     def holders(self, code: str) -> Collection[str]:
         kept = {c for c in self.base.holders(code) if c not in self.nodes}
-        kept.update(n.id for n in self.nodes.values() if n is not None and n.shortcode == code)
+        kept.update(self.coded.get(code, ()))
         return kept
 
     def filed(self, key: str) -> Iterable[Filed]:

@@ -10,9 +10,10 @@ asked for):
   so a user's incremental feed skips untouched keys;
 - the contact tree (parent pointers, children, live shortcode holders), which is the
   `ContactGraph` the rules walk.
-A contact that is created or moves re-sequences every doc keyed on it or on any contact
-below it, and a change of who holds a shortcode (or of whether they live) every doc keyed
-on that shortcode: for users who gain those docs they arrive as changes, without a full backfill.
+A contact that is created, moves or stops being a contact re-sequences every doc keyed on
+it or on any contact below it, and a change of who holds a shortcode (or of whether they
+live) every doc keyed on that shortcode: for users who gain those docs they arrive as
+changes, without a full backfill.
 A deleted doc keeps the keys of its last live version, and a deleted contact its place in
 the tree (its shortcode then names nobody), so a tombstone reaches the users who could
 read the doc.
@@ -574,7 +575,10 @@ class ScopeIndex:
                 self._hnext[n], self._hold[new_code] = self._hold[new_code], n
                 self._bump_key(new_code, n)
         if new is None:
+            # No longer a contact: its id names nobody now, and the contacts below it hang
+            # from nothing; what is filed under it or below it is judged anew.
             self._node[n], self._parent[n], self._code[n] = 0, -1, -1
+            self._resequence_below(n)
             return
         self._node[n] = HAS_NODE | (LIVE if new.live else 0)
         self._parent[n], self._code[n] = new_parent, new_code
@@ -811,9 +815,13 @@ class ScopeIndex:
             return []
         nodes_then = history.nodes_at(ordinal)
         settings_then = history.settings_at(ordinal, settings)
-        graph: ContactGraph = self
-        if everything or settings_then is not settings or self._moves_scope(user, settings, nodes_then):
-            graph = OverlayGraph(self, nodes_then)
+        # What a report names is read on the tree as it stood then, even when the scope
+        # did not move: a contact outside it may have taken a shortcode or an id that
+        # reports name since (one that makes a private report the user's own, or a
+        # shortcode one of theirs shares now).
+        overlay = OverlayGraph(self, nodes_then) if nodes_then else None
+        graph: ContactGraph = overlay or self
+        if everything or settings_then is not settings or self._moves_scope(user, settings, overlay):
             subj = subjects(then, settings_then, graph)
             changed_only = not everything
         else:
@@ -855,18 +863,19 @@ class ScopeIndex:
         found: dict[str, Entry],
     ) -> None:
         """Add the docs `then` could read at some moment in (`after`, `until`] that `user`
-        cannot read now: the scope is judged as it stood after each change of the tree or
-        the settings in that span (it changes nowhere else), against every version of a
-        doc that was current in it. Over-approximates (a version and a scope that were never
+        cannot read now: the scope is judged as it stood at `after` and after each change
+        of the tree or the settings in that span (it changes nowhere else), against every
+        version of a doc that was current in it (one born in the span under the scope at
+        `after` too). Over-approximates (a version and a scope that were never
         current together may meet): a removal sent for a doc the device never held is a
         tombstone it ignores. Past WINDOW_POINTS such moments, evenly spread ones are
         judged (docs/removals.md: a scope that flapped in between may be missed)."""
         history = self.history
         judged: set[str] = set()
         moments = sorted(
-            {t for t, _, _ in history.tree if after < t <= until}
+            {after, until}
+            | {t for t, _, _ in history.tree if after < t <= until}
             | {t for t, _ in history.settings if after < t <= until}
-            | {until}
         )
         if len(moments) > WINDOW_POINTS:
             step = len(moments) / WINDOW_POINTS
@@ -899,24 +908,17 @@ class ScopeIndex:
         strs = self._s
         return [strs[doc] for doc in self._filed(n)] if n >= 0 else []
 
-    def _moves_scope(
-        self, user: UserCtx, settings: AppSettings, nodes_then: Mapping[str, ContactNode | None]
-    ) -> bool:
-        """Whether a contact changed since then may have moved this user's scope: it is in
-        the scope now or was then, or its id or shortcode is one of the user's keys."""
-        if not nodes_then:
+    def _moves_scope(self, user: UserCtx, settings: AppSettings, then_graph: OverlayGraph | None) -> bool:
+        """Whether a contact changed since then may have moved this user's scope (its
+        contacts, their depths and shortcodes): it is in the scope now or was then. What a
+        changed contact outside it does to what reports name is read on the tree as it
+        stood then (`left_scope`), not here. `then_graph`: the tree then, the contacts
+        changed since laid over it (None: none changed)."""
+        if then_graph is None:
             return False
         now = WalkScope(user, settings, self)
-        then = WalkScope(user, settings, OverlayGraph(self, nodes_then))
-        codes = self.subjects_of(user, settings).codes
-        for contact_id, before in nodes_then.items():
-            after = self.contact(contact_id)
-            named = {contact_id, *(n.shortcode for n in (before, after) if n is not None and n.shortcode)}
-            if any(k in codes for k in named):
-                return True
-            if now.depth(contact_id) is not None or then.depth(contact_id) is not None:
-                return True
-        return False
+        then = WalkScope(user, settings, then_graph)
+        return any(now.depth(c) is not None or then.depth(c) is not None for c in then_graph.nodes)
 
 
 def _new_index() -> ScopeIndex:

@@ -11,8 +11,10 @@ Shortcodes are drawn from a pool that includes contact ids, user doc ids and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -279,6 +281,13 @@ class IndexMachine(RuleBasedStateMachine):
         else:
             self.write({"_id": doc_id, "type": "target", "owner": ref})
 
+    @rule(doc_id=st.sampled_from(CONTACTS), doc_type=st.sampled_from(["note", "contact", "data_record"]))
+    def retype_contact(self, doc_id: str, doc_type: str) -> None:
+        """A contact's doc rewritten as something that is no contact (a `type: contact`
+        without `contact_type`, an unassigned report): its id names nobody any more, and
+        the contacts below it hang from nothing."""
+        self.write({"_id": doc_id, "type": doc_type})
+
     @rule(doc_id=st.sampled_from(GLOBALS))
     def upsert_global(self, doc_id: str) -> None:
         self.write({"_id": doc_id, **({"type": "form"} if doc_id.startswith("form:") else {})})
@@ -421,3 +430,153 @@ def test_a_placed_pull_takes_off_a_user_doc_made_a_contact_and_moved() -> None:
     machine.upsert_contact(code="S1", doc_id="org.couchdb.user:u2", grandparent="d1", parent="d2")
     machine.device_pulls_placed(after=1, before=2, user="u2")  # asserts what the device holds
     assert "org.couchdb.user:u2" not in machine.devices["u2"]["held"]
+
+
+def test_a_pull_takes_off_a_private_report_a_new_contact_makes_about_the_user() -> None:
+    """Found by the state machine: a private report about p1 (a shortcode nobody held) was
+    readable through its submitter's lineage; then the user's own contact appeared outside
+    the scope holding shortcode p1, so the report became private to them (R7a). The past
+    was judged on the tree as it stands now (no contact in the scope had changed), where p1
+    already named the user's contact: never readable, so never taken off the device."""
+    machine = IndexMachine()
+    machine.setup()
+    machine.device_pulls(user="u1")
+    machine.upsert_report(doc_id="r1", private=True, signoff=True, subject="p1", submitter="p1",
+                          where="patient_id")  # fmt: skip
+    machine.device_pulls(user="u1")
+    assert "r1" in machine.devices["u1"]["held"]
+    machine.upsert_contact(code="p1", doc_id="chw", grandparent="d1", parent="d1")
+    machine.device_pulls(user="u1")  # asserts what the device holds
+    assert "r1" not in machine.devices["u1"]["held"]
+
+
+def test_a_placed_pull_judges_what_was_born_in_its_span_under_the_scope_at_its_start() -> None:
+    """Found by the state machine: the device pulled an unallocated report its role could
+    read; the settings then took that away. Placed somewhere after the first settings
+    change, the pull judged the span only after each change within it, never under the
+    scope at its start, where the report (born inside the span) was readable: the device
+    kept it."""
+    machine = IndexMachine()
+    machine.setup()
+    machine.change_settings(rules=[], unallocated=True, unallocated_roles=["chw"])
+    machine.upsert_report(doc_id="r1", private=False, signoff=False, subject=None, submitter=None,
+                          where="patient_uuid")  # fmt: skip
+    machine.device_pulls_placed(after=0, before=0, user="u1")
+    assert "r1" in machine.devices["u1"]["held"]
+    machine.change_settings(rules=[], unallocated=False, unallocated_roles=["sup"])
+    machine.device_pulls_placed(after=1, before=1, user="u1")  # asserts what the device holds
+    assert "r1" not in machine.devices["u1"]["held"]
+
+
+def test_a_place_that_stops_being_a_contact_takes_what_hangs_below_it_off_the_device() -> None:
+    """A place in the scope rewritten as no contact: the contacts below it hang from
+    nothing and leave the scope, though none of them changed; they are changes again, so
+    a pull finds that they left."""
+    machine = IndexMachine()
+    machine.setup()
+    machine.change_user(user="u1", facilities=["d1"], contact="p1", roles=["chw"])
+    machine.upsert_contact(doc_id="hc1", parent="d1", grandparent=None, code=None)
+    machine.upsert_contact(doc_id="a1", parent="hc1", grandparent="d1", code=None)
+    machine.upsert_contact(doc_id="p2", parent="a1", grandparent="hc1", code=None)
+    machine.device_pulls(user="u1")
+    assert {"hc1", "a1", "p2"} <= machine.devices["u1"]["held"]
+    machine.retype_contact(doc_id="hc1", doc_type="note")
+    machine.index_agrees_and_clients_have_no_gaps()
+    machine.device_pulls(user="u1")  # asserts what the device holds
+    assert not {"hc1", "a1", "p2"} & machine.devices["u1"]["held"]
+
+
+def test_a_contact_that_stops_being_one_gives_its_id_back_to_a_shortcode() -> None:
+    """A report about `p2` from a shortcode field names nobody while p2 is both a contact's
+    id (outside the scope) and another's shortcode (inside it). p2 rewritten as no contact:
+    the shortcode names its holder alone, the report is readable, and a client following
+    the feed must get it (a change, though the report did not change)."""
+    machine = IndexMachine()
+    machine.setup()
+    machine.upsert_contact(doc_id="p1", parent="a1", grandparent=None, code="p2")
+    machine.upsert_contact(doc_id="p2", parent="d2", grandparent=None, code=None)
+    machine.upsert_report(doc_id="r1", private=False, signoff=False, subject="p2", submitter=None,
+                          where="patient_id")  # fmt: skip
+    machine.index_agrees_and_clients_have_no_gaps()
+    machine.device_pulls(user="u1")
+    assert "r1" not in machine.devices["u1"]["held"]
+    machine.retype_contact(doc_id="p2", doc_type="data_record")
+    machine.index_agrees_and_clients_have_no_gaps()  # asserts the client following the feed has r1
+    machine.device_pulls(user="u1")
+    assert "r1" in machine.devices["u1"]["held"]
+
+
+Step = Callable[[IndexMachine], None]
+
+
+def contact(doc_id: str, parent: str, code: str | None = None) -> Step:
+    return lambda m: m.upsert_contact(doc_id=doc_id, parent=parent, grandparent=None, code=code)
+
+
+def report(
+    subject: str, where: str = "patient_id", private: bool = False, submitter: str | None = None
+) -> Step:
+    return lambda m: m.upsert_report(doc_id="r1", subject=subject, where=where, private=private,
+                                     signoff=submitter is not None, submitter=submitter)  # fmt: skip
+
+
+def delete(doc_id: str) -> Step:
+    return lambda m: m.delete(doc_id=doc_id)
+
+
+def retype(doc_id: str, doc_type: str) -> Step:
+    return lambda m: m.retype_contact(doc_id=doc_id, doc_type=doc_type)
+
+
+# What a stored report names changes while the report does not: u1 (facility a1, contact
+# chw) could read r1 after the first steps, and cannot after the last one.
+NAMING_CHANGES: dict[str, tuple[tuple[Step, ...], Step]] = {
+    "its shortcode's holder deleted": ((contact("p1", "a1", "S1"), report("S1")), delete("p1")),
+    "its shortcode taken by a contact outside too": (
+        (contact("p1", "a1", "S1"), report("S1")), contact("p2", "d2", "S1")),
+    "its shortcode taken back by a deleted holder revived outside": (
+        (contact("p1", "a1", "S1"), contact("p2", "d2", "S1"), delete("p2"), contact("p2", "d2"), report("S1")),
+        contact("p2", "d2", "S1")),
+    "its shortcode made a contact's id outside": ((contact("p1", "a1", "p2"), report("p2")), contact("p2", "d2")),
+    "its contact's id taken as a shortcode outside": (
+        (contact("p1", "a1"), report("p1")), contact("p2", "d2", "p1")),
+    "its contact's id taken as a place_id outside": (
+        (contact("p1", "a1"), report("p1", "place_id")), contact("h2", "d2", "p1")),
+    "the user's contact appears, named by patient_uuid (private)": (
+        (report("chw", "patient_uuid", private=True, submitter="p1"),), contact("chw", "d1")),
+    "the user's contact appears, named by patient_id (private)": (
+        (report("chw", private=True, submitter="p1"),), contact("chw", "d1")),
+    "the user's contact takes its shortcode (private)": (
+        (contact("chw", "d1"), report("S2", private=True, submitter="p1")), contact("chw", "d1", "S2")),
+    "its shortcode's holder no contact any more": ((contact("p1", "a1", "S1"), report("S1")), retype("p1", "note")),
+    "its contact no contact any more": (
+        (contact("p1", "a1"), report("p1", "patient_uuid")), retype("p1", "contact")),
+    "its contact's parent no contact any more": (
+        (contact("h1", "a1"), contact("p1", "h1"), report("p1", "patient_uuid")), retype("h1", "data_record")),
+    "its submitter no contact any more (private, about the user's contact)": (
+        (contact("p1", "a1"), contact("chw", "d1"), report("chw", "patient_uuid", private=True, submitter="p1")),
+        retype("p1", "note")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("placed", [False, True], ids=["exact", "placed"])
+@pytest.mark.parametrize("name", list(NAMING_CHANGES))
+def test_a_report_that_stops_naming_the_scope_leaves_the_device(name: str, placed: bool) -> None:
+    """Each way a report's readability changes through another doc (a shortcode's holders,
+    a contact appearing, deleted or made no contact, the user's own contact appearing):
+    a device that held it, pulling from its exact position or from a placed one, drops it."""
+    setup, change = NAMING_CHANGES[name]
+    machine = IndexMachine()
+    machine.setup()
+    for step in setup:
+        step(machine)
+    machine.index_agrees_and_clients_have_no_gaps()
+    machine.device_pulls(user="u1")
+    assert "r1" in machine.devices["u1"]["held"]
+    change(machine)
+    machine.index_agrees_and_clients_have_no_gaps()
+    if placed:
+        machine.device_pulls_placed(user="u1", before=1, after=1)  # asserts what the device holds
+    else:
+        machine.device_pulls(user="u1")  # asserts what the device holds
+    assert "r1" not in machine.devices["u1"]["held"]
