@@ -13,7 +13,6 @@ from collections.abc import AsyncIterable, AsyncIterator
 import orjson
 from aiohttp import web
 
-from proxy import guard
 from proxy.access.couch_security import DB_NAME, ILLEGAL_DB_REASON, SYSTEM_DBS
 from proxy.access.paths import CouchPath
 from proxy.audit import capture
@@ -22,11 +21,12 @@ from proxy.auth.caller import Caller
 from proxy.couch.client import fail_fast
 from proxy.couch.validate import DocInvalid, validate_bulk, validate_put
 from proxy.errors import IllegalDatabaseName, Unauthorized, UpstreamTimeout, UpstreamUnavailable
+from proxy.forward import guard
+from proxy.forward.relay import CAPTURE_LIMIT, credentials_for, forward, limited_body, parse_path
 from proxy.keys import CALLER, SETTINGS
 from proxy.methods import refuse_wrong_method
 from proxy.offline.routes import serve_offline
 from proxy.params import collect
-from proxy.passthrough import CAPTURE_LIMIT, credentials_for, forward, limited_body, parse_path
 
 
 def is_public(method: str, path: CouchPath) -> bool:

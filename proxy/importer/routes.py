@@ -27,12 +27,12 @@ from proxy.access.paths import CouchPath
 from proxy.audit.api import Outcome
 from proxy.audit.capture import record
 from proxy.errors import BadRequest, CouchgateError, Forbidden, Refused, UpstreamError
+from proxy.forward.relay import credentials_for
 from proxy.importer.pipeline import Importer, Plan
 from proxy.importer.source import is_ndjson, items
 from proxy.keys import CALLER, COUCH, INDEX, SETTINGS
 from proxy.logs import stamp_request_id
 from proxy.params import flag
-from proxy.passthrough import credentials_for
 
 log = logging.getLogger("couchgate.import")
 

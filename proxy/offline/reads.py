@@ -16,6 +16,7 @@ from proxy.access.paths import CouchPath
 from proxy.audit import capture
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, json_response
+from proxy.forward.relay import forward
 from proxy.keys import COUCH, REMOVALS, SETTINGS
 from proxy.offline import leaves, query
 from proxy.offline.derived import Made
@@ -23,7 +24,6 @@ from proxy.offline.removals import made_doc
 from proxy.offline.revisions import MISSING, REV, failed, missing_revs, not_found, service
 from proxy.offline.view import UserView
 from proxy.params import read_json
-from proxy.passthrough import forward
 
 
 async def get_attachment(

@@ -29,13 +29,13 @@ from proxy.audit import capture
 from proxy.audit.api import Outcome
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, error_response, json_response
+from proxy.forward.relay import forward
 from proxy.keys import COUCH, SETTINGS
 from proxy.offline import checked, query
 from proxy.offline.reads import made_up
 from proxy.offline.revisions import failed
 from proxy.offline.view import UserView
 from proxy.params import read_json
-from proxy.passthrough import forward
 
 INCLUDE_DOCS = {"include_docs": "true"}
 

@@ -17,11 +17,11 @@ from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 from proxy.access.paths import BadPath, CouchPath
-from proxy.auth import acting
 from proxy.auth.principal import Principal
 from proxy.clients import client_view
 from proxy.couch.client import LIVE_FEEDS, MAPPED_ERRORS
 from proxy.errors import BadRequest, ClientGone, PayloadTooLarge
+from proxy.forward import acting
 from proxy.keys import COUCH, SETTINGS
 from proxy.logs import stamp_request_id
 from proxy.params import collect, read_body

@@ -15,10 +15,10 @@ from proxy.audit.capture import record
 from proxy.auth.routes import MAX_LOGIN_BODY, login_fields, throttled
 from proxy.clients import client_address
 from proxy.errors import BadRequest, json_response
+from proxy.forward.relay import credentials_for, forward, parse_path
 from proxy.keys import CALLER, THROTTLE, TOKEN_GUARD
 from proxy.methods import refuse_unknown_method
 from proxy.params import read_body
-from proxy.passthrough import credentials_for, forward, parse_path
 
 
 async def session(request: web.Request) -> web.StreamResponse:
