@@ -27,7 +27,7 @@ from proxy.access.paths import CouchPath
 from proxy.audit.api import Outcome
 from proxy.audit.capture import record
 from proxy.errors import BadRequest, CouchgateError, Forbidden, Refused, UpstreamError
-from proxy.forward.relay import credentials_for
+from proxy.forward.acting import credentials_for
 from proxy.importer.pipeline import Importer, Plan
 from proxy.importer.source import is_ndjson, items
 from proxy.keys import CALLER, COUCH, INDEX, SETTINGS
@@ -69,7 +69,9 @@ async def plan_for(request: web.Request, db: str) -> Plan:
         credentials = {"Authorization": couch.service_auth}
     else:
         # Online users read and write with their own authority: CouchDB's _security applies.
-        credentials = await credentials_for(request, principal, CouchPath((db, "_bulk_docs")))
+        # (A token caller's check of a `_bulk_docs` body, no design docs, is the import's own:
+        # only server admins import design docs, `proxy.importer.docs`.)
+        credentials = (await credentials_for(request, principal, CouchPath((db, "_bulk_docs")))).credentials
         read_as = credentials
     if user is None:
         answer = await couch.json("GET", db_path, headers=read_as, use_service=read_as is None)
