@@ -14,8 +14,8 @@ from proxy import dispatch, observe, scrape, status, users_at_risk
 from proxy.audit import routes as audit_routes
 from proxy.audit import verify_route
 from proxy.audit.api import NullAudit
-from proxy.audit.capture import background_intents
 from proxy.audit.log import AuditLog
+from proxy.audit.recorder import background_intents
 from proxy.audit.retention import Retention
 from proxy.auth import routes as auth_routes
 from proxy.auth.authenticator import Authenticator

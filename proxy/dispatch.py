@@ -12,6 +12,7 @@ from aiohttp import web
 from proxy.access.couch_security import DB_NAME, ILLEGAL_DB_REASON, SYSTEM_DBS
 from proxy.access.paths import CouchPath
 from proxy.audit import capture
+from proxy.audit.recorder import Recorder
 from proxy.auth.authenticator import CHALLENGE
 from proxy.auth.caller import Caller
 from proxy.couch.client import fail_fast
@@ -53,7 +54,7 @@ async def couchdb_handler(request: web.Request) -> web.StreamResponse:
         raise Unauthorized("You are not authorized to access this resource.", headers=CHALLENGE)
     kind = capture.write_kind(request.method, path)
     if kind is not None:
-        await capture.admit(request)  # the audit log's backpressure (proxy/audit/log.py)
+        await Recorder.of(request).admit()  # the audit log's backpressure (proxy/audit/log.py)
     # Offline users' `GET /` too: answered from couchgate's copy of CouchDB's welcome.
     to_offline = not path.segments or not is_public(request.method, path)
     if principal.authenticated and to_offline and caller.offline:

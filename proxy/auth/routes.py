@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from proxy import observe
-from proxy.audit.capture import record
+from proxy.audit.recorder import record
 from proxy.auth.authenticator import CHALLENGE, check_password
 from proxy.auth.throttle import LoginThrottled
 from proxy.clients import client_address

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from proxy.access.paths import CouchPath
 from proxy.audit import capture
+from proxy.audit.recorder import Planned, Recorder, planned
 from proxy.auth.principal import Principal
 from proxy.couch.validate import DocInvalid, validate_bulk, validate_put
 from proxy.forward import guard
@@ -56,8 +57,9 @@ async def serve_forwarded(
         else:
             body_read = False
 
+    audit = Recorder.of(request)
     if captured is not None and kind in CHECKED_KINDS and request.method in ("PUT", "POST"):
-        named = check_body(request, path, kind, captured)
+        named = check_body(audit, request, path, kind, captured)
         if named is not None:  # new docs given their ids, so that the intent can name them
             captured = named
             body = named if len(named) <= CAPTURE_LIMIT else in_slices(named)
@@ -65,10 +67,10 @@ async def serve_forwarded(
             request = request.clone(
                 headers=[(k, v) for k, v in request.headers.items() if k.lower() != length]
             )
-    await capture.intend(request, path.db, planned_writes(request, path, kind, captured), kind)
+    await audit.intend(path.db, planned_writes(request, path, kind, captured), kind)
 
     def answered(status: int, raw: bytes) -> None:
-        capture.record_write(request, path, kind, status, captured, raw, body_read=body_read)
+        capture.record_write(audit, request, path, kind, status, captured, raw, body_read=body_read)
 
     # A `_bulk_docs` answer has a row per doc: read as much of it as a JSON body may hold.
     limit = settings.max_json_bytes if kind == "bulk" else CAPTURE_LIMIT
@@ -81,7 +83,7 @@ async def serve_forwarded(
 CHECKED_KINDS = {"bulk", "doc", "create"}
 
 
-def check_body(request: web.Request, path: CouchPath, kind: str, raw: bytes) -> bytes | None:
+def check_body(audit: Recorder, request: web.Request, path: CouchPath, kind: str, raw: bytes) -> bytes | None:
     """400 with CouchDB's error for a body CouchDB would refuse or fail on, before it is
     forwarded: as CouchDB does, the first problem refuses the whole request. A body that is
     not JSON at all is left to CouchDB, which says so itself. Returns the body again when new
@@ -98,7 +100,7 @@ def check_body(request: web.Request, path: CouchPath, kind: str, raw: bytes) -> 
                          new_edits=request.query.get("new_edits") != "false")  # fmt: skip
     except DocInvalid as exc:
         answer = orjson.dumps({"error": exc.error, "reason": exc.reason})
-        capture.record_write(request, path, kind, 400, raw, answer)  # refused as CouchDB would
+        capture.record_write(audit, request, path, kind, 400, raw, answer)  # refused as CouchDB would
         raise exc.as_error() from None
     durable = request.app[SETTINGS].audit_enabled and request.app[SETTINGS].audit_durable
     if kind == "bulk" and body.get("new_edits", True) and durable and capture.name_new_docs(body["docs"]):
@@ -108,10 +110,8 @@ def check_body(request: web.Request, path: CouchPath, kind: str, raw: bytes) -> 
     return None
 
 
-def planned_writes(
-    request: web.Request, path: CouchPath, kind: str, captured: bytes | None
-) -> list[capture.Planned]:
-    """What a forwarded write may leave in CouchDB, for its intent (see proxy/audit/capture.py)."""
+def planned_writes(request: web.Request, path: CouchPath, kind: str, captured: bytes | None) -> list[Planned]:
+    """What a forwarded write may leave in CouchDB, for its intent (see proxy/audit/recorder.py)."""
     rev = request.query.get("rev") or request.headers.get("If-Match")
     body = None
     if captured is not None:
@@ -120,7 +120,7 @@ def planned_writes(
     if kind == "bulk":
         if not isinstance(body, dict) or not isinstance(body.get("docs"), list):
             return []  # not itemised (past the JSON limit): the entries after it will say so
-        return [capture.planned(d, body.get("new_edits", True) is not False) for d in body["docs"]]
+        return [planned(d, body.get("new_edits", True) is not False) for d in body["docs"]]
     if kind == "purge":
         return [[doc_id, None, None] for doc_id in body] if isinstance(body, dict) else []
     if kind in ("doc", "create", "attachment") and request.method != "COPY":
@@ -128,7 +128,7 @@ def planned_writes(
         doc = dict(body) if isinstance(body, dict) and kind != "attachment" else {}
         if path.doc_id is not None:
             doc["_id"] = path.doc_id
-        return [capture.planned(doc, new_edits, rev=rev or doc.get("_rev"))]
+        return [planned(doc, new_edits, rev=rev or doc.get("_rev"))]
     if request.method == "COPY":
         target = request.headers.get("Destination", "").split("?", 1)[0]
         return [[target or None, None, None]]

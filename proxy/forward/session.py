@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 
 from proxy.audit.api import Outcome
-from proxy.audit.capture import record
+from proxy.audit.recorder import record
 from proxy.auth.routes import MAX_LOGIN_BODY, login_fields, throttled
 from proxy.clients import client_address
 from proxy.errors import BadRequest, json_response

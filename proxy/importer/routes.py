@@ -25,7 +25,7 @@ from aiohttp import web
 from proxy.access.config import UserCtx
 from proxy.access.paths import CouchPath
 from proxy.audit.api import Outcome
-from proxy.audit.capture import record
+from proxy.audit.recorder import Recorder, record
 from proxy.errors import BadRequest, CouchgateError, Forbidden, Refused, UpstreamError
 from proxy.forward.acting import credentials_for
 from proxy.importer.pipeline import Importer, Plan
@@ -99,7 +99,7 @@ async def run_import(request: web.Request, db: str) -> web.StreamResponse:
     plan = await plan_for(request, db)
     stream_ndjson = is_ndjson(request) or "application/x-ndjson" in request.headers.get("Accept", "")
     source = items(request, request.app[SETTINGS].max_json_bytes, request.app[SETTINGS].max_import_line_bytes)
-    chunks = Importer(request, request.app[COUCH], plan).run(source)
+    chunks = Importer(request, request.app[COUCH], plan, Recorder.of(request)).run(source)
     started = complete = False
     try:
         first = await _first(chunks)  # a body that is not JSON fails here, before any answer

@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from proxy.access.paths import CouchPath
-from proxy.audit import capture
+from proxy.audit.recorder import Recorder
 from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, json_response
 from proxy.forward.relay import forward
@@ -99,7 +99,7 @@ async def revs_diff(request: web.Request, view: UserView, db_path: str) -> web.R
     missing = [
         (doc_id, rev) for doc_id, entry in answer.items() for rev in _missing(entry) if isinstance(rev, str)
     ]
-    capture.announce_push(request, view.sync.db, view.user.name, missing)
+    Recorder.of(request).announce_push(view.sync.db, view.user.name, missing)
     return json_response(answer)
 
 

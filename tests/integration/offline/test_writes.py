@@ -157,6 +157,30 @@ async def test_a_doc_couchdb_would_refuse_gets_its_own_row_and_every_doc_is_reco
     assert backend.request("GET", f"/{medic}/r_bogus")[0] == 404
 
 
+REFUSE_FLAGGED = {
+    "_id": "_design/refuse-flagged",
+    "validate_doc_update": "function (doc) { if (doc.flagged) { throw({forbidden: 'flagged: refused'}); } }",
+}
+
+
+async def test_a_doc_couchdbs_own_validation_forbids_is_audited_as_forbidden(
+    audited: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """A doc the rules allow but CouchDB's `validate_doc_update` refuses (`forbidden`) is
+    recorded `forbidden`, as the same row is for an online user's write (one outcome
+    table), not `invalid`."""
+    assert backend.request("PUT", f"/{medic}/_design/refuse-flagged", REFUSE_FLAGGED)[0] == 201
+    flagged = {**report("r_flagged", ("chw1_person", "area1"), patient_id="1001"), "flagged": True}
+    status, body, _ = await audited.call(
+        "POST", f"/{medic}/_bulk_docs", auth=auth("chw1"), json={"docs": [flagged]}
+    )
+    assert status == 201 and body[0]["error"] == "forbidden", body
+    entries = await audit_entries(audited, backend, "&doc=r_flagged")
+    assert [(e["action"], e["outcome"], e["reason"]) for e in entries] == [
+        ("create", "forbidden", "flagged: refused")
+    ]
+
+
 BLOCK = {"_id": "_design/block", "validate_doc_update": "function () { throw({forbidden: 'closed'}); }"}
 
 
