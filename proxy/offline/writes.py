@@ -27,7 +27,7 @@ from proxy.access.paths import CouchPath
 from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision, made_up_rev
 from proxy.audit.recorder import Recorder, failed_outcome, planned, row_outcome
 from proxy.couch.client import quote_id
-from proxy.errors import BadRequest, error_response, json_response
+from proxy.errors import BadRequest, Conflict, WriteRefused, json_response
 from proxy.forward.relay import forward
 from proxy.keys import COUCH, SETTINGS
 from proxy.offline import checked, query
@@ -313,9 +313,9 @@ def if_match_rev(request: web.Request) -> str | None:
 
 
 def _refusal(audit: Recorder, db: str, doc: dict[str, Any], stored: Any, decision: Decision,
-             action: str) -> web.Response:  # fmt: skip
+             action: str) -> WriteRefused:  # fmt: skip
     audit.doc(action, "forbidden", db, doc, rev_before=_rev(stored), reason=decision.why)
-    return error_response(decision.status, decision.error, decision.reason)
+    return WriteRefused(decision.status, decision.error, decision.reason)
 
 
 async def write_doc(
@@ -332,7 +332,7 @@ async def write_doc(
     if request.method == "DELETE":
         if rev is None:
             # CouchDB's answer to a delete that names no revision (it never deletes "the winner").
-            return error_response(409, "conflict", CONFLICT_REASON)
+            raise Conflict(CONFLICT_REASON)
         doc: dict[str, Any] = {"_id": path.doc_id, "_rev": rev, "_deleted": True}
     else:
         body = await read_json(request, request.app[SETTINGS].max_json_bytes)
@@ -355,7 +355,7 @@ async def write_doc(
     before = stored.get(doc["_id"])
     action = _action(doc, before, view)
     if not decisions[0].allowed:
-        return _refusal(audit, db, doc, before, decisions[0], action)
+        raise _refusal(audit, db, doc, before, decisions[0], action)
     couch = request.app[COUCH]
     target = f"{db_path}/{quote_id(doc['_id'])}"
     if request.method == "DELETE":
@@ -383,7 +383,7 @@ async def write_attachment(
     audit = Recorder.of(request)
     if not decision.allowed:
         audit.doc("attachment", "forbidden", db, target_doc, rev_before=_rev(found), reason=decision.why)
-        return error_response(
+        raise WriteRefused(
             403, "forbidden", OUTSIDE.reason if decision.rule in {"W3", "W4"} else decision.reason
         )
 
