@@ -114,7 +114,7 @@ def couchgate(
         "COUCHGATE_COUCH_PASSWORD": backend.admin_password,
         "COUCHGATE_DB": db,
         "COUCHGATE_PORT": str(port),
-        "COUCHGATE_LOG_LEVEL": "WARNING",
+        "COUCHGATE_LOG_LEVEL": os.environ.get("COUCHGATE_LOG_LEVEL", "WARNING"),
         **env,
     }
     command = command or [sys.executable, "-m", "proxy", "serve"]

@@ -15,7 +15,8 @@
      ├── NotImplementedHere            501     not_implemented
      ├── UpstreamError                 502     bad_gateway
      │    ├── UpstreamUnavailable      503     service_unavailable
-     │    └── UpstreamTimeout          504     gateway_timeout
+     │    ├── UpstreamTimeout          504     gateway_timeout
+     │    └── (proxy.couch.docs: ReadFailed, a read of docs answered otherwise than CouchDB does)
      ├── Refused                       CouchDB's  CouchDB's: its refusal of the caller, passed on
      ├── WriteRefused                  403/409/412  forbidden, conflict, missing_stub: the write rules' answer
      └── Detailed                      any     any: a body with more than `error` and `reason`

@@ -40,6 +40,7 @@ from proxy.activity import ACTIVITY, Activity
 from proxy.audit.log import iso
 from proxy.auth.users import merge_user_docs
 from proxy.couch.client import CouchClient
+from proxy.couch.docs import Docs
 from proxy.errors import BadRequest, CouchgateError, Forbidden, UpstreamError, json_response
 from proxy.keys import CALLER, COUCH, INDEX, SETTINGS
 from proxy.offline.sync import IndexSync
@@ -110,17 +111,12 @@ class Directory:
         await self.pull()
         lacking = [n for n, d in self.docs.items() if not d.get("facility_id") or not d.get("contact_id")]
         settings_docs: dict[str, Any] = {}
+        docs = Docs(self.couch, self.db_path)
         for start in range(0, len(lacking), PAGE):
             keys = [USER_PREFIX + n for n in lacking[start : start + PAGE]]
-            result = await self.couch.json(
-                "POST", f"{self.db_path}/_all_docs", body={"keys": keys}, params={"include_docs": "true"}
-            )
-            rows = result.body.get("rows") if result.ok and isinstance(result.body, dict) else None
-            if not isinstance(rows, list):
-                raise UpstreamError(f"CouchDB answered {result.status} to the user-settings read")
-            for row in rows:
-                if isinstance(row, dict) and isinstance(row.get("doc"), dict):
-                    settings_docs[str(row.get("key"))[len(USER_PREFIX) :]] = row["doc"]
+            winners = await docs.winners(keys, what="to the user-settings read")
+            for key, doc in winners.live.items():
+                settings_docs[key[len(USER_PREFIX) :]] = doc
         found = {}
         for name, doc in self.docs.items():
             info = merge_user_docs(doc, settings_docs.get(name))

@@ -88,6 +88,7 @@ class _UserFeed:
 
 
 CACHED_USERS = 512
+COUNTED_USERS = 100_000  # users whose last counts are kept (about 250 bytes each)
 
 
 def as_held(entry: Entry, held: list[Version], current: Version, before: Entry | None = None) -> Entry:
@@ -175,6 +176,11 @@ class ScopeIndex:
         self._subjects: OrderedDict[UserCtx, tuple[AppSettings, int, Subjects]] = OrderedDict()
         self._feeds: OrderedDict[UserCtx, _UserFeed] = OrderedDict()
         self._tails: OrderedDict[UserCtx, _UserFeed] = OrderedDict()
+        # Each user's readable counts (live, tombstones) as of an ordinal, tree version and
+        # settings: what `GET /{db}` answers while nothing changed since and no feed of the
+        # user is kept (after a restart: they are kept in snapshots; after an eviction).
+        self._counted: OrderedDict[UserCtx, tuple[int, int, AppSettings, int, int]] = OrderedDict()
+        self.counts_recorded = 0  # how often counts were recorded (a snapshot is due)
         self.person_types: frozenset[str] = frozenset({"person"})
         self.history = History()
         self.entries = Entries(self)
@@ -211,6 +217,8 @@ class ScopeIndex:
         for name in ("_rdig", *self._BYTES):
             state[name] = bytearray(state[name])
         self.__dict__.update(state)
+        self.__dict__.setdefault("_counted", OrderedDict())  # (a snapshot from before they were kept)
+        self.__dict__.setdefault("counts_recorded", 0)
         self._s = Strings(bytearray(blob), _column(*ends))
         self._subjects, self._feeds, self._tails = OrderedDict(), OrderedDict(), OrderedDict()
         self.entries = Entries(self)
@@ -681,7 +689,19 @@ class ScopeIndex:
             feed.tail = None
 
     def changes_since(self, user: UserCtx, settings: AppSettings, ordinal: int) -> list[Entry]:
-        """Readable entries (tombstones included) with an ordinal above `ordinal`, in order."""
+        """Readable entries (tombstones included) with an ordinal above `ordinal`, in order.
+
+        A device resuming while no feed of its user is kept current (after a restart, a
+        change of the tree, or once CACHED_USERS others came after it) is answered from
+        the docs filed under keys changed since its ordinal, not by building the feed of its
+        whole scope; the feed is built once that finds more than a page's worth to send."""
+        feed = self._feeds.get(user)
+        if ordinal > 0 and (
+            feed is None or feed.settings is not settings or feed.tree_version != self.tree_version
+        ):
+            _, entries = self._scan(user, settings, ordinal)
+            if len(entries) <= TAIL_KEPT:
+                return entries
         feed = self._feed(user, settings)
         start = bisect.bisect_right(feed.ordinals, ordinal)
         if feed.tail is not None and start >= feed.tail_from:
@@ -697,12 +717,26 @@ class ScopeIndex:
 
     def readable_counts(self, user: UserCtx, settings: AppSettings) -> tuple[int, int]:
         """How many readable docs are live and how many are tombstones; counted once per
-        change of the user's feed, not per call."""
+        change of the user's feed, not per call. With no feed of the user kept (after a
+        restart, or an eviction), the counts of the last time, if nothing changed since."""
+        counted = self._counted.get(user)
+        if (
+            counted is not None
+            and user not in self._feeds
+            and counted[2:] == (settings, self.tree_version, self.ordinal)
+        ):
+            return counted[0], counted[1]
         feed = self._feed(user, settings)
         if feed.live < 0:
             flags = self._flags
             feed.live = sum(1 for n in feed.nums if not flags[n] & DELETED)
-        return feed.live, len(feed.nums) - feed.live
+        live, dead = feed.live, len(feed.nums) - feed.live
+        self._counted[user] = (live, dead, settings, self.tree_version, self.ordinal)
+        self.counts_recorded += 1
+        self._counted.move_to_end(user)
+        if len(self._counted) > COUNTED_USERS:
+            self._counted.popitem(last=False)
+        return live, dead
 
     def is_readable_id(self, doc_id: str, user: UserCtx, settings: AppSettings) -> bool:
         n = self._doc(doc_id)

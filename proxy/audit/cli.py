@@ -34,6 +34,7 @@ from proxy.audit.log import BATCH_TYPE, DESIGN_ID, INTENTS_SUFFIX, START_PREFIX
 from proxy.audit.query import AuditQuery, search
 from proxy.audit.retention import MARKER_PREFIX
 from proxy.couch.client import CouchClient, new_session
+from proxy.couch.docs import Docs
 from proxy.errors import UpstreamError
 from proxy.settings import Settings, SettingsError, load_settings
 
@@ -51,16 +52,13 @@ async def couch_client(settings: Settings) -> AsyncIterator[CouchClient]:
 
 async def retention_markers(couch: CouchClient, db: str) -> dict[str, int]:
     """Per writer, the last seq retention removed on purpose."""
-    params = {
-        "startkey": orjson.dumps(MARKER_PREFIX).decode(),
-        "endkey": orjson.dumps(MARKER_PREFIX + "\ufff0").decode(),
-        "include_docs": "true",
+    docs = Docs(couch, f"/{quote(db, safe='')}")
+    what = "to a read of the audit database"
+    return {
+        str(d["writer"]): int(d["removed_up_to"])
+        async for d in docs.scan(MARKER_PREFIX, MARKER_PREFIX + "\ufff0", what=what)
+        if "writer" in d
     }
-    result = await couch.json("GET", f"/{quote(db, safe='')}/_all_docs", params=params)
-    if not result.ok or not isinstance(result.body, dict):
-        raise UpstreamError(f"the audit database answered {result.status}")
-    docs = [row.get("doc") or {} for row in result.body.get("rows", [])]
-    return {str(d["writer"]): int(d["removed_up_to"]) for d in docs if "writer" in d}
 
 
 async def chain_entries(couch: CouchClient, db: str) -> AsyncIterator[dict[str, Any]]:

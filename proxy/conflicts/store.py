@@ -10,7 +10,8 @@ from urllib.parse import quote
 import orjson
 
 from proxy.conflicts.model import references
-from proxy.couch.client import CouchClient, quote_id
+from proxy.couch.client import CouchClient
+from proxy.couch.docs import Docs
 from proxy.errors import BadRequest, Conflict, CouchgateError, Forbidden, NotFound, UpstreamError
 
 DESIGN_ID = "_design/couchgate-conflicts"
@@ -60,6 +61,7 @@ class ConflictStore:
         self.couch = couch
         self.db = db
         self.path = "/" + quote(db, safe="")
+        self.docs = Docs(couch, self.path)
         self._ready = False
         self.intend = intend
 
@@ -109,47 +111,24 @@ class ConflictStore:
         return rows, (rows[-1]["id"] if more and rows else None)
 
     async def leaves(self, doc_id: str) -> list[dict[str, Any]]:
-        result = await self.couch.json(
-            "GET", f"{self.path}/{quote_id(doc_id)}", params={"open_revs": "all", "revs": "true"}
-        )
-        if result.status == 404 or (result.ok and not result.body):
+        found = await self.docs.leaves(doc_id, what="for the leaves of a doc")
+        if found is None:
             raise NotFound("missing")
-        if not result.ok or not isinstance(result.body, list):
-            raise UpstreamError(f"CouchDB answered {result.status} for the leaves of a doc")
-        return [row["ok"] for row in result.body if isinstance(row, dict) and isinstance(row.get("ok"), dict)]
+        return found
 
     async def revisions(self, wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
         """Bodies and histories of many (id, rev) pairs in one `_bulk_get`; what CouchDB no
         longer has is left out."""
-        docs = [{"id": doc_id, "rev": rev} for doc_id, rev in dict.fromkeys(wanted)]
-        if not docs:
-            return {}
-        result = await self.couch.json(
-            "POST", f"{self.path}/_bulk_get", params={"revs": "true"}, body={"docs": docs}
-        )
-        if not result.ok or not isinstance(result.body, dict):
-            raise UpstreamError(f"CouchDB answered {result.status} to a _bulk_get")
-        found: dict[tuple[str, str], dict[str, Any]] = {}
-        for entry in result.body.get("results") or []:
-            for item in entry.get("docs") or [] if isinstance(entry, dict) else []:
-                doc = item.get("ok") if isinstance(item, dict) else None
-                if isinstance(doc, dict) and isinstance(doc.get("_rev"), str):
-                    found[(str(doc.get("_id")), doc["_rev"])] = doc
-        return found
+        found = await self.docs.revisions(wanted, revs=True, what="to a _bulk_get")
+        return {pair: doc for pair, doc in found.items() if doc is not None}
 
     async def winners(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The current winning bodies of some docs (missing and deleted ones left out)."""
-        result = await self.couch.json(
-            "POST", f"{self.path}/_all_docs", params={"include_docs": "true"}, body={"keys": doc_ids}
-        )
-        if not result.ok or not isinstance(result.body, dict):
-            raise UpstreamError(f"CouchDB answered {result.status} to _all_docs")
-        rows = [row for row in result.body.get("rows", []) if isinstance(row, dict)]
-        return {row["id"]: row["doc"] for row in rows if isinstance(row.get("doc"), dict)}
+        return (await self.docs.winners(doc_ids, what="to _all_docs")).live
 
     async def revision(self, doc_id: str, rev: str) -> dict[str, Any] | None:
-        result = await self.couch.json("GET", f"{self.path}/{quote_id(doc_id)}", params={"rev": rev})
-        return result.body if result.ok and isinstance(result.body, dict) else None
+        """One revision, or None where CouchDB no longer has it (compacted)."""
+        return await self.docs.revision(doc_id, rev)
 
     async def bulk(self, docs: list[dict[str, Any]], *, new_edits: bool = True) -> list[dict[str, Any]]:
         """One `_bulk_docs`; its rows (CouchDB writes each doc on its own: some rows may
@@ -168,29 +147,15 @@ class ConflictStore:
         raise UpstreamError(f"CouchDB answered {result.status} to a resolution write")
 
     async def all_docs_with_reference(self, target: str) -> list[dict[str, Any]]:
-        """Every live doc that mentions `target` anywhere: a streamed scan of `_all_docs`
-        (the cost of a split is one pass over the database; splits are rare)."""
-        found: list[dict[str, Any]] = []
-        start: str | None = None
-        while True:
-            params = {"include_docs": "true", "limit": "1001"}
-            if start is not None:
-                params["startkey"] = orjson.dumps(start).decode()
-            result = await self.couch.json("GET", f"{self.path}/_all_docs", params=params)
-            if not result.ok or not isinstance(result.body, dict):
-                raise UpstreamError(f"CouchDB answered {result.status} to _all_docs")
-            rows = result.body.get("rows", [])
-            for row in rows[:1000]:
-                doc = row.get("doc")
-                if (
-                    isinstance(doc, dict)
-                    and doc.get("_id") != target
-                    and not str(doc.get("_id")).startswith("_design/")
-                ) and references(doc, target):
-                    found.append(doc)
-            if len(rows) <= 1000:
-                return found
-            start = rows[1000]["id"]
+        """Every live doc that mentions `target` anywhere: a scan of `_all_docs`, a page at
+        a time (the cost of a split is one pass over the database; splits are rare)."""
+        return [
+            doc
+            async for doc in self.docs.scan(what="to _all_docs")
+            if doc.get("_id") != target
+            and not str(doc.get("_id")).startswith("_design/")
+            and references(doc, target)
+        ]
 
 
 def row_error(row: dict[str, Any]) -> CouchgateError:

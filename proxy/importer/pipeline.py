@@ -32,6 +32,7 @@ from proxy.access.config import UserCtx
 from proxy.audit.api import Outcome
 from proxy.audit.recorder import Recorder, error_outcome
 from proxy.couch.client import CouchClient, JsonResult
+from proxy.couch.docs import Docs, ReadFailed
 from proxy.errors import CouchgateError
 from proxy.importer.docs import Invalid, Prepared, branch_would_win, needs_attachment_data, prepare
 from proxy.importer.policy import SKIPPED, Mode, placement, policy_for, unchanged
@@ -347,23 +348,15 @@ class Importer:
         deleted: set[str] = set()
         if not ids:
             return found, deleted
-        params = {"include_docs": "true", **({"attachments": "true"} if attachments else {})}
+        docs = Docs(self.couch, self.plan.db_path, self.plan.read_as)
 
-        async def read(keys: list[str]) -> list[Any]:
-            if not keys:
-                return []
-            answer = await self.couch.json(
-                "POST",
-                f"{self.plan.db_path}/_all_docs",
-                body={"keys": keys},
-                params=params,
-                headers=self.plan.read_as,
-                use_service=self.plan.read_as is None,
-            )
-            if not answer.ok or not isinstance(answer.body, dict):
-                raise UpstreamFailed(answer.status, answer.body)
-            rows = answer.body.get("rows", [])
-            return rows if isinstance(rows, list) else []
+        async def read(keys: list[str]) -> None:
+            try:
+                winners = await docs.winners(keys, attachments=attachments)
+            except ReadFailed as exc:  # CouchDB's refusal of the caller is theirs (forbidden)
+                raise UpstreamFailed(exc.upstream_status, exc.upstream_body) from exc
+            found.update(winners.live)
+            deleted.update(winners.deleted)
 
         sync = self.request.app[INDEX]
         if self.plan.db_path == sync.path and sync.built.is_set() and not self.policy.reads_every_id:
@@ -373,23 +366,16 @@ class Importer:
             # the index cannot be brought level, every id is read (and always when the
             # policy says so); members and admins may read every doc anyway.
             known = [i for i in ids if i in sync.index.entries]
-            level, rows = await asyncio.gather(sync.sync(), read(known), return_exceptions=True)
-            if isinstance(rows, BaseException):
-                raise rows
+            level, first = await asyncio.gather(sync.sync(), read(known), return_exceptions=True)
+            if isinstance(first, BaseException):
+                raise first
             learnt = set(known)
             rest = [i for i in ids if i not in learnt]
-            rows += await read(
+            await read(
                 rest if isinstance(level, BaseException) else [i for i in rest if i in sync.index.entries]
             )
         else:
-            rows = await read(ids)
-        for row in rows:
-            if not isinstance(row, dict) or not isinstance(row.get("key"), str):
-                continue
-            if isinstance(row.get("doc"), dict) and row["doc"].get("_deleted") is not True:
-                found[row["key"]] = row["doc"]
-            elif isinstance(row.get("value"), dict) and row["value"].get("deleted") is True:
-                deleted.add(row["key"])
+            await read(ids)
         return found, deleted
 
     async def _bulk(self, docs: list[dict[str, Any]], *, new_edits: bool) -> dict[str, dict[str, Any]]:

@@ -25,13 +25,13 @@ from aiohttp import web
 from proxy import observe
 from proxy.access.config import UserCtx
 from proxy.access.scope_index import TooOld
+from proxy.couch.docs import Docs
 from proxy.errors import BadRequest, dumps, json_response
 from proxy.keys import COUCH, REMOVALS, SETTINGS
 from proxy.logs import stamp_request_id
 from proxy.offline import leaves, query
 from proxy.offline.ledger import Ledger
 from proxy.offline.removals import Removals, audit_removals, delivery_revs, leave_revs
-from proxy.offline.revisions import failed
 from proxy.offline.since import Since, SinceCodec
 from proxy.offline.view import Entry, UserView
 from proxy.params import nonneg_int, read_json
@@ -190,8 +190,13 @@ class Feed:
             self.everything = True
             return 0  # the scope changed: backfill everything readable, remove what left
         young = time.time_ns() // 1_000_000 - since.issued < RESTING_TOKEN_SECONDS * 1000
-        if ours and young and not since.fresh and since.removed_to is None:
-            self.resting = raw  # (also one numbered before a restart: a deploy writes no checkpoints)
+        if ours and young and since.level > 0 and not since.fresh and since.removed_to is None:
+            # Also one numbered before a restart: a deploy writes no checkpoints. Not one
+            # from another replica: placing it again at every request costs more than the
+            # device's one checkpoint write for a token of this index. Not one without a
+            # level (a row's seq inside the index's first build, where PouchDB checkpoints
+            # after an initial pull): another replica could not place it, and would backfill.
+            self.resting = raw
         return start
 
     def resting_token(self) -> str:
@@ -424,26 +429,17 @@ async def fetch_docs(
     request: web.Request, view: UserView, db_path: str, entries: list[Entry], conflicts: bool
 ) -> dict[str, dict[str, Any]]:
     """The current bodies of a page's live docs, each judged before it may be served (a
-    doc deleted upstream meanwhile: its tombstone). A failed read fails the request: a
-    page is never sent with bodies missing or made up."""
+    doc deleted upstream meanwhile: its tombstone; one CouchDB no longer has: no row). A
+    failed read fails the request (`proxy.couch.docs`): a page is never sent with bodies
+    missing or made up."""
     live = [e.id for e in entries if not e.deleted]
     if not live:
         return {}
-    params = {"include_docs": "true", **({"conflicts": "true"} if conflicts else {})}
-    result = await request.app[COUCH].json("POST", f"{db_path}/_all_docs", body={"keys": live}, params=params)
-    rows = result.body.get("rows") if result.ok and isinstance(result.body, dict) else None
-    if not isinstance(rows, list):
-        raise failed(result)
-    docs: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-            continue
-        doc, value = row.get("doc"), row.get("value")
-        if isinstance(doc, dict) and isinstance(doc.get("_rev"), str):
-            if view.servable(doc):
-                docs[row["id"]] = doc
-        elif isinstance(value, dict) and value.get("deleted") is True and isinstance(value.get("rev"), str):
-            docs[row["id"]] = tombstone(row["id"], value["rev"])
+    winners = await Docs(request.app[COUCH], db_path).winners(live, conflicts=conflicts)
+    docs = {doc_id: doc for doc_id, doc in winners.live.items() if view.servable(doc)}
+    for doc_id, rev in winners.deleted.items():
+        if rev is not None:
+            docs[doc_id] = tombstone(doc_id, rev)
     if conflicts:
         await leaves.filter_conflicts(request, view, db_path, docs.values())
     return docs

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from proxy.couch.client import CouchClient
-from proxy.errors import UpstreamError
+from proxy.couch.docs import Docs
 
 # The fields of a doc the access rules read (proxy.access.kinds / read).
 TOP = (
@@ -59,17 +59,10 @@ class Revisions:
             self._kept.popitem(last=False)
 
     async def fetch(self, couch: CouchClient, db_path: str, pairs: Iterable[tuple[str, str]]) -> None:
-        """Read the skeletons not kept yet, with one `_bulk_get` (fail closed)."""
+        """Read the skeletons not kept yet, with one `_bulk_get` (`proxy.couch.docs`: a
+        failed read raises, and nothing of it is kept)."""
         wanted = [p for p in dict.fromkeys(pairs) if p not in self._kept]
         if not wanted:
             return
-        result = await couch.json(
-            "POST", f"{db_path}/_bulk_get", body={"docs": [{"id": i, "rev": r} for i, r in wanted]}
-        )
-        rows = result.body.get("results") if result.ok and isinstance(result.body, dict) else None
-        if not isinstance(rows, list) or len(rows) != len(wanted):
-            raise UpstreamError(f"CouchDB answered {result.status} to a read couchgate needed")
-        for pair, row in zip(wanted, rows, strict=True):
-            docs = row.get("docs") if isinstance(row, dict) else None
-            doc = docs[0].get("ok") if isinstance(docs, list) and docs and isinstance(docs[0], dict) else None
-            self.put(pair, skeleton(doc) if isinstance(doc, dict) else None)
+        for pair, doc in (await Docs(couch, db_path).revisions(wanted)).items():
+            self.put(pair, skeleton(doc) if doc is not None else None)

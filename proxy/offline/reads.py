@@ -14,14 +14,13 @@ from aiohttp import web
 
 from proxy.access.paths import CouchPath
 from proxy.audit.recorder import Recorder
-from proxy.couch.client import quote_id
 from proxy.errors import BadRequest, json_response
 from proxy.forward.relay import forward
-from proxy.keys import COUCH, REMOVALS, SETTINGS
+from proxy.keys import REMOVALS, SETTINGS
 from proxy.offline import leaves, query
 from proxy.offline.derived import Made
 from proxy.offline.removals import made_doc
-from proxy.offline.revisions import MISSING, REV, failed, missing_revs, not_found, service
+from proxy.offline.revisions import MISSING, REV, couch_docs, missing_revs, not_found, service
 from proxy.offline.view import UserView
 from proxy.params import read_json
 
@@ -46,8 +45,8 @@ async def get_attachment(
                 raise not_found()
             rev = made.upstream
     if rev is not None and rev != winner:
-        result = await request.app[COUCH].json("GET", f"{db_path}/{quote_id(doc_id)}", params={"rev": rev})
-        if not result.ok or not isinstance(result.body, dict) or not view.servable(result.body):
+        body = await couch_docs(request, db_path).revision(doc_id, rev)
+        if body is None or not view.servable(body):
             raise not_found()
     return await forward(request, path, service(request), query={"rev": rev or winner or ""})
 
@@ -70,7 +69,7 @@ async def revs_diff(request: web.Request, view: UserView, db_path: str) -> web.R
     readable = view.readable_ids(body)
     asked = {doc_id: revs for doc_id, revs in body.items() if doc_id in readable}
     made, upstream = await asyncio.gather(
-        made_up(request, view, known), _revs_diff_upstream(request, db_path, asked)
+        made_up(request, view, known), couch_docs(request, db_path).revs_diff(asked)
     )
     body = {doc_id: [r for r in revs if (doc_id, r) not in made] for doc_id, revs in body.items()}
     body = {doc_id: revs for doc_id, revs in body.items() if revs}
@@ -101,17 +100,6 @@ async def revs_diff(request: web.Request, view: UserView, db_path: str) -> web.R
     ]
     Recorder.of(request).announce_push(view.sync.db, view.user.name, missing)
     return json_response(answer)
-
-
-async def _revs_diff_upstream(
-    request: web.Request, db_path: str, asked: dict[str, list[str]]
-) -> dict[str, Any]:
-    if not asked:
-        return {}
-    result = await request.app[COUCH].json("POST", f"{db_path}/_revs_diff", body=asked)
-    if not result.ok or not isinstance(result.body, dict):
-        raise failed(result)
-    return result.body
 
 
 def _missing(entry: Any) -> list[Any]:
@@ -186,18 +174,8 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Re
     for d in docs:
         if d["id"] in readable and (d["id"], d.get("rev")) not in missing_pairs:
             distinct.setdefault(orjson.dumps(d, option=orjson.OPT_SORT_KEYS), d)
-    answered: dict[bytes, Any] = {}
-    if distinct:
-        result = await request.app[COUCH].json(
-            "POST",
-            f"{db_path}/_bulk_get",
-            body={"docs": list(distinct.values())},
-            params=query.encode(params),
-        )
-        rows = result.body.get("results") if result.ok and isinstance(result.body, dict) else None
-        if not isinstance(rows, list) or len(rows) != len(distinct):
-            raise failed(result)
-        answered = dict(zip(distinct, rows, strict=True))
+    rows = await couch_docs(request, db_path).bulk_get_rows(list(distinct.values()), query.encode(params))
+    answered = dict(zip(distinct, rows, strict=True))
     results = []
     for d in docs_asked:
         pair = (d["id"], d.get("rev"))
@@ -245,19 +223,10 @@ async def made_docs(
     if not made:
         return {}
     wanted = list(dict.fromkeys((doc_id, m.upstream) for (doc_id, _), m in made.items()))
-    asked = {k: v for k, v in params.items() if k in {"attachments", "att_encoding_info"}}
-    result = await request.app[COUCH].json(
-        "POST", f"{db_path}/_bulk_get", body={"docs": [{"id": i, "rev": r} for i, r in wanted]},
-        params=query.encode({**asked, "revs": True}),
+    upstream = await couch_docs(request, db_path).revisions(
+        wanted, revs=True, attachments=params.get("attachments", False),
+        att_encoding_info=params.get("att_encoding_info", False),
     )  # fmt: skip
-    rows = result.body.get("results") if result.ok and isinstance(result.body, dict) else None
-    if not isinstance(rows, list) or len(rows) != len(wanted):
-        raise failed(result)
-    upstream: dict[tuple[str, str], dict[str, Any]] = {}
-    for pair, row in zip(wanted, rows, strict=True):
-        item = row.get("docs", [{}])[0] if isinstance(row, dict) and row.get("docs") else {}
-        if isinstance(item, dict) and isinstance(item.get("ok"), dict):
-            upstream[pair] = item["ok"]
     readable = view.readable_ids(doc_id for doc_id, _ in made)
     bodies = {}
     for (doc_id, rev), m in made.items():
@@ -285,20 +254,12 @@ async def _all_docs_rows(
         for k, v in params.items()
         if k in {"include_docs", "conflicts", "attachments", "att_encoding_info"}
     }
-    result = await request.app[COUCH].json(
-        "POST", f"{db_path}/_all_docs", body={"keys": keys}, params=query.encode(wanted)
-    )
-    rows = result.body.get("rows") if result.ok and isinstance(result.body, dict) else None
-    if not isinstance(rows, list):
-        raise failed(result)
-    found: dict[str, Any] = {}
-    for row in rows:
-        if not isinstance(row, dict) or not isinstance(row.get("key"), str):
-            continue
-        doc = row.get("doc")
-        if isinstance(doc, dict) and not view.servable(doc):
-            continue
-        found[row["key"]] = row
+    rows = await couch_docs(request, db_path).all_docs_rows(keys, query.encode(wanted))
+    found = {
+        key: row
+        for key, row in rows.items()
+        if not isinstance(row.get("doc"), dict) or view.servable(row["doc"])
+    }
     if wanted.get("conflicts") and wanted.get("include_docs"):
         served = [r["doc"] for r in found.values() if isinstance(r.get("doc"), dict)]
         await leaves.filter_conflicts(request, view, db_path, served)

@@ -17,8 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from proxy.access.paths import CouchPath
-from proxy.couch.client import JsonResult, quote_id
-from proxy.errors import NotFound, UpstreamError, dumps, json_response
+from proxy.couch.docs import Docs
+from proxy.errors import NotFound, dumps, json_response
 from proxy.keys import COUCH
 from proxy.offline import leaves, query
 from proxy.offline.view import UserView
@@ -35,9 +35,9 @@ def service(request: web.Request) -> dict[str, str]:
     return {"Authorization": request.app[COUCH].service_auth}
 
 
-def failed(result: JsonResult) -> UpstreamError:
-    """An upstream read a decision needed did not answer as it should: refuse (fail closed)."""
-    return UpstreamError(f"CouchDB answered {result.status} to a read couchgate needed")
+def couch_docs(request: web.Request, db_path: str) -> Docs:
+    """The reads of the offline user's database, as the service account (they fail closed)."""
+    return Docs(request.app[COUCH], db_path)
 
 
 async def missing_revs(
@@ -47,17 +47,13 @@ async def missing_revs(
     only the others are asked about (one `_revs_diff` for all of them)."""
     unknown = {doc_id: [r for r in revs if not view.is_leaf(doc_id, r)] for doc_id, revs in wanted.items()}
     ask = {doc_id: revs for doc_id, revs in unknown.items() if revs}
-    if not ask:
-        return set()
-    result = await request.app[COUCH].json("POST", f"{db_path}/_revs_diff", body=ask)
-    if not result.ok or not isinstance(result.body, dict):
-        raise failed(result)
-    pairs: set[tuple[str, str]] = set()
-    for doc_id, entry in result.body.items():
-        missing = entry.get("missing") if isinstance(entry, dict) else None
-        if isinstance(missing, list):
-            pairs.update((doc_id, rev) for rev in missing if isinstance(rev, str))
-    return pairs
+    answer = await couch_docs(request, db_path).revs_diff(ask)
+    return {
+        (doc_id, rev)
+        for doc_id, entry in answer.items()
+        for rev in entry.get("missing", ())
+        if isinstance(rev, str)
+    }
 
 
 async def get_doc(request: web.Request, view: UserView, path: CouchPath, db_path: str) -> web.StreamResponse:
@@ -69,25 +65,17 @@ async def get_doc(request: web.Request, view: UserView, path: CouchPath, db_path
         return await open_revs(request, view, db_path, doc_id, params)
     rev = params.get("rev")
     latest = params.pop("latest", False)
-    couch = request.app[COUCH]
-    target = f"{db_path}/{quote_id(doc_id)}"
     if latest and rev is not None and not view.is_leaf(doc_id, rev):
         # `latest`: the newest leaf below `rev`, asked for only once `rev` is known to exist.
         if (doc_id, rev) in await missing_revs(request, view, db_path, {doc_id: [rev]}):
             raise not_found()
         params["latest"] = True
-    result = await couch.json("GET", target, params=query.encode(params))
-    if result.status == 404:
+    doc = await couch_docs(request, db_path).doc(doc_id, query.encode(params))
+    if doc is None or not view.servable(doc):
         raise not_found()
-    if not result.ok or not isinstance(result.body, dict):
-        if 400 <= result.status < 500:
-            return json_response(result.body, status=result.status)
-        raise failed(result)
-    if not view.servable(result.body):
-        raise not_found()
-    await leaves.filter_conflicts(request, view, db_path, [result.body])
-    headers = {"ETag": f'"{result.body["_rev"]}"'} if isinstance(result.body.get("_rev"), str) else None
-    return json_response(result.body, headers=headers)
+    await leaves.filter_conflicts(request, view, db_path, [doc])
+    headers = {"ETag": f'"{doc["_rev"]}"'} if isinstance(doc.get("_rev"), str) else None
+    return json_response(doc, headers=headers)
 
 
 async def open_revs(
@@ -100,14 +88,9 @@ async def open_revs(
     asked = revs if revs == "all" else [r for r in revs if (doc_id, r) not in missing]
     rows: list[Any] = []
     if asked:
-        result = await request.app[COUCH].json(
-            "GET", f"{db_path}/{quote_id(doc_id)}", params=query.encode({**params, "open_revs": asked})
-        )
-        if not result.ok or not isinstance(result.body, list):
-            if result.status == 404:
-                raise not_found()
-            raise failed(result)
-        rows = result.body
+        rows = await couch_docs(request, db_path).doc(doc_id, query.encode({**params, "open_revs": asked}))
+        if rows is None:
+            raise not_found()
     answer: list[Any] = []
     for row in rows:
         doc = row.get("ok") if isinstance(row, dict) else None

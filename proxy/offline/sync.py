@@ -125,6 +125,7 @@ class IndexSync:
         self._to_restore = snapshots is not None
         self._instance: str | None = None  # the database's instance id, once read
         self.saved_at_ordinal = -1
+        self.saved_counts = 0  # the index's `counts_recorded` at the last save
         self.restored = False
         # Earlier epochs of this index (before restarts): the newest ordinal each numbered
         # alike (what the snapshot held; ordinals after it were numbered again since).
@@ -266,7 +267,7 @@ class IndexSync:
         self.past_epochs = dict(list({**past, epoch: index.ordinal}.items())[-PAST_EPOCHS:])
         self.index, self.since, self.settings = index, since, settings
         self._settings_loaded = self.restored = True
-        self.saved_at_ordinal = index.ordinal
+        self.saved_at_ordinal, self.saved_counts = index.ordinal, index.counts_recorded
         log.info("index restored from its snapshot at ordinal %d; catching up with CouchDB", index.ordinal)
 
     async def _settings_now(self) -> AppSettings:
@@ -282,7 +283,7 @@ class IndexSync:
     def _snapshot_due(self) -> bool:
         return (
             self.snapshots is not None and self._instance is not None and self.built.is_set()
-            and self.index.ordinal != self.saved_at_ordinal
+            and (self.index.ordinal, self.index.counts_recorded) != (self.saved_at_ordinal, self.saved_counts)
         )  # fmt: skip
 
     def _state(self) -> dict[str, Any]:
@@ -296,13 +297,13 @@ class IndexSync:
         if not self._snapshot_due():
             return
         assert self.snapshots is not None and self._instance is not None
-        started, ordinal = time.perf_counter(), self.index.ordinal
+        started, ordinal, counts = time.perf_counter(), self.index.ordinal, self.index.counts_recorded
         try:
             size = self.snapshots.save(self._instance, self._state())
         except OSError as exc:
             log.warning("index snapshot not saved: %s", exc)
             return
-        self.saved_at_ordinal = ordinal
+        self.saved_at_ordinal, self.saved_counts = ordinal, counts
         log.info("index snapshot saved: %d bytes in %.2f s", size, time.perf_counter() - started)
 
     async def save_snapshot_aside(self) -> None:
@@ -312,10 +313,10 @@ class IndexSync:
         if not self._snapshot_due():
             return
         assert self.snapshots is not None and self._instance is not None
-        started, ordinal = time.perf_counter(), self.index.ordinal
+        started, ordinal, counts = time.perf_counter(), self.index.ordinal, self.index.counts_recorded
         ok = await save_forked(self.snapshots, self._instance, self._state())
         if ok:
-            self.saved_at_ordinal = ordinal
+            self.saved_at_ordinal, self.saved_counts = ordinal, counts
             log.info("index snapshot saved aside in %.2f s", time.perf_counter() - started)
         else:
             log.warning("index snapshot not saved (the saving process failed)")

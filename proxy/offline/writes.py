@@ -27,16 +27,14 @@ from proxy.access.paths import CouchPath
 from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision, made_up_rev
 from proxy.audit.recorder import Recorder, failed_outcome, planned, row_outcome
 from proxy.couch.client import quote_id
+from proxy.couch.docs import Docs
 from proxy.errors import BadRequest, Conflict, WriteRefused, json_response
 from proxy.forward.relay import forward
 from proxy.keys import COUCH, SETTINGS
 from proxy.offline import checked, query
 from proxy.offline.reads import made_up
-from proxy.offline.revisions import failed
 from proxy.offline.view import UserView
 from proxy.params import read_json
-
-INCLUDE_DOCS = {"include_docs": "true"}
 
 
 async def stored_winners(
@@ -81,53 +79,10 @@ async def read_winners(
     request: web.Request, db_path: str, ids: Iterable[str]
 ) -> tuple[dict[str, dict[str, Any]], set[str]]:
     """The live winner of each id that has one, and the ids whose winner is deleted (the
-    others are missing). Read with `_bulk_get`, which CouchDB 3.4 answers about 4x faster
-    than `_all_docs?keys&include_docs` (100 stored docs: 8 against 38 ms, docs/benchmarks.md);
-    an id whose answer is neither a doc nor CouchDB's "missing" (pouchdb-server answers `{}`
-    for a missing and a deleted doc alike; any error) is read again with `_all_docs`, which
-    tells them apart, and a read that fails refuses (fail closed)."""
-    keys = list(dict.fromkeys(ids))
-    found: dict[str, dict[str, Any]] = {}
-    deleted: set[str] = set()
-    if not keys:
-        return found, deleted
-    couch = request.app[COUCH]
-    result = await couch.json("POST", f"{db_path}/_bulk_get", body={"docs": [{"id": k} for k in keys]})
-    rows = result.body.get("results") if result.ok and isinstance(result.body, dict) else None
-    if not isinstance(rows, list):
-        raise failed(result)
-    missing: set[str] = set()
-    for row in rows:
-        answers = row.get("docs") if isinstance(row, dict) else None
-        if not isinstance(answers, list) or len(answers) != 1 or not isinstance(answers[0], dict):
-            continue
-        doc_id, answer = row.get("id"), answers[0]
-        doc, error = answer.get("ok"), answer.get("error")
-        if isinstance(doc, dict) and isinstance(doc_id, str) and doc.get("_id") == doc_id:
-            if doc.get("_deleted") is True:
-                deleted.add(doc_id)
-            else:
-                found[doc_id] = doc
-        elif isinstance(error, dict) and error.get("error") == "not_found" and error.get("id") == doc_id:
-            if error.get("reason") == "missing":
-                missing.add(doc_id)
-            elif error.get("reason") == "deleted":
-                deleted.add(doc_id)
-    unclear = [k for k in keys if k not in found and k not in deleted and k not in missing]
-    if unclear:
-        result = await couch.json("POST", f"{db_path}/_all_docs", body={"keys": unclear}, params=INCLUDE_DOCS)
-        all_rows = result.body.get("rows") if result.ok and isinstance(result.body, dict) else None
-        if not isinstance(all_rows, list):
-            raise failed(result)
-        for row in all_rows:
-            if not isinstance(row, dict) or row.get("key") not in unclear:
-                continue
-            doc, value = row.get("doc"), row.get("value")
-            if isinstance(doc, dict) and doc.get("_deleted") is not True:
-                found[row["key"]] = doc
-            elif isinstance(value, dict) and value.get("deleted") is True:
-                deleted.add(row["key"])
-    return found, deleted
+    others are missing): `_bulk_get` first, the ids its answer leaves unclear read again
+    with `_all_docs` (`proxy.couch.docs`, `bulk_get=True`; a read that fails refuses)."""
+    winners = await Docs(request.app[COUCH], db_path).winners(ids, bulk_get=True)
+    return winners.live, set(winners.deleted)
 
 
 def _rev(stored: Any) -> str | None:

@@ -186,7 +186,8 @@ async function conflict(cmd) {
 
 // {"op": "session"}: devices that live as long as the process, driven by JSON lines on
 // stdin, one answer line each on stdout:
-//   {"cmd": "pull"|"push", "device", "url", "auth"} -> replication stats (errors, denied);
+//   {"cmd": "pull"|"push", "device", "url", "auth"} -> replication stats (errors, denied; a
+//     pull's duration in `ms`, and with `trace` its requests in `calls`);
 //   {"cmd": "docs", "device", "attachments"} -> the device's live docs (allDocs, include_docs,
 //     conflicts; with attachments: true, their data inline in base64);
 //   {"cmd": "put", "device", "doc"} -> a local write;
@@ -213,7 +214,10 @@ async function session() {
         process.stdout.write(JSON.stringify({stopped: true}) + '\n');
         break;
       } else if (cmd.cmd === 'pull') {
-        answer = stats(await device(cmd.device).replicate.from(remote(cmd.url, cmd.auth)));
+        const trace = cmd.trace ? {on: true, run: 0, calls: []} : null;
+        const t = process.hrtime.bigint();
+        const res = await device(cmd.device).replicate.from(remote(cmd.url, cmd.auth, trace));
+        answer = {...stats(res), ms: Number(process.hrtime.bigint() - t) / 1e6, calls: trace ? trace.calls : undefined};
       } else if (cmd.cmd === 'push') {
         let denied = 0;
         const rep = device(cmd.device).replicate.to(remote(cmd.url, cmd.auth));

@@ -12,7 +12,7 @@ from identity_support import new_user, token_of
 
 from proxy.devserver.backend import PouchServer
 
-from support import Gateway, assert_couch_error, basic
+from support import ON_COUCHDB, Gateway, assert_couch_error, basic
 
 CONFLICT = {"error": "conflict", "reason": "Document update conflict."}
 
@@ -93,7 +93,10 @@ async def test_attachments_too(gateway: Gateway, backend: PouchServer, db: str) 
     rev = body["rev"]
     for headers in ({}, {"If-Match": "1-wrong"}):
         status, body, _ = await gateway.call("DELETE", f"/{db}/with-att/a.txt", auth=auth, headers=headers)
-        assert (status, body) == (409, CONFLICT)
+        if ON_COUCHDB and headers:  # CouchDB 3.4 reads a wrong If-Match here as a missing revision
+            assert (status, body) == (409, {"error": "not_found", "reason": "missing_rev"})
+        else:
+            assert (status, body) == (409, CONFLICT)
     assert backend.request("GET", f"/{db}/with-att")[1]["_attachments"]  # type: ignore[index]
     status, body, _ = await gateway.call(
         "DELETE", f"/{db}/with-att/a.txt", auth=auth, headers={"If-Match": rev}

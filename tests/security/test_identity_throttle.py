@@ -20,6 +20,7 @@ from proxy.auth.throttle import LoginThrottle, ThrottleLimits
 from proxy.devserver.backend import PouchServer
 
 from support import (
+    ON_COUCHDB,
     Gateway,
     assert_couch_error,
     audit_entries,
@@ -158,8 +159,13 @@ async def test_throttle_can_be_turned_off(backend: PouchServer, db: str) -> None
     gw = await start_gateway(gateway_settings(backend, db, **{**FAST, "login_throttle": False}))
     try:
         user = new_user(backend)
-        statuses = [(await basic_status(gw, db, user.name, "nope"))[0] for _ in range(8)]
-        assert statuses == [401] * 8
+        answers = [await basic_status(gw, db, user.name, "nope") for _ in range(8)]
+        statuses = [status for status, _, _ in answers]
+        if ON_COUCHDB:  # CouchDB 3.4's own lockout (chttpd_auth_lockout) refuses after 5 failures
+            assert statuses == [401] * 5 + [403] * 3, statuses
+            assert "locked" in answers[-1][1]["reason"], answers[-1]
+        else:
+            assert statuses == [401] * 8
     finally:
         await stop_gateway(gw)
 

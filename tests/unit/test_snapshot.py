@@ -115,3 +115,25 @@ def test_a_saved_index_is_the_same_index(tmp_path: Path) -> None:
         )
     for copy in copies:
         assert seen(copy) == seen(index)
+
+
+def test_a_users_counts_come_back_with_the_index_while_nothing_changed(tmp_path: Path) -> None:
+    """`GET /{db}`'s counts after a restart: the ones counted before it, without reading the
+    user's whole scope again, as long as the index stands where they were counted."""
+    settings = AppSettings.from_doc(SETTINGS)
+    index = ScopeIndex()
+    docs = list(preset("small").docs())
+    for n, doc in enumerate(docs):
+        index.apply({**doc, "_rev": f"1-{n:032x}"}, n)
+    user = UserCtx("supervisor", ("chw_supervisor",), ("d0-hc0",), "d0-hc0-sup")
+    counts = index.readable_counts(user, settings)
+    assert counts[0] > 100
+    store(tmp_path).save("instance-1", {"index": index})
+    loaded = store(tmp_path).load("instance-1")
+    assert loaded is not None
+    restored: ScopeIndex = loaded["index"]
+    assert restored.readable_counts(user, AppSettings.from_doc(SETTINGS)) == counts
+    assert user not in restored._feeds  # answered without building the user's feed
+    person = next(d for d in docs if d.get("contact_type") == "person" and d["_id"].startswith("d0-hc0-a0-"))
+    restored.apply({**person, "_rev": "2-" + "e" * 32, "_deleted": True})
+    assert restored.readable_counts(user, settings) == (counts[0] - 1, counts[1] + 1)  # counted again

@@ -61,6 +61,24 @@ async def test_a_token_from_one_replica_is_honoured_by_another_with_removals(
     assert {r["id"] for r in back["results"] if not r.get("deleted")} == HOUSEHOLD, back["results"]
 
 
+async def test_a_checkpoint_at_a_row_of_the_first_build_moves_on_and_is_honoured_elsewhere(
+    pair: tuple[Gateway, Gateway], medic: str, backend: PouchServer
+) -> None:
+    """PouchDB checkpoints the seq of the last row it took; after an initial pull that row
+    lies inside the index's first build, a position no time can place. A no-op answers a
+    token that another replica can place (so its no-op is one too), not that row's."""
+    a, b = pair
+    await index_level(b, backend, medic)
+    first = await changes(a, medic, "chw1")
+    row = first["results"][-1]["seq"]
+    noop = await changes(a, medic, "chw1", row)
+    assert noop["results"] == [] and noop["last_seq"] != row
+    on_b = await changes(b, medic, "chw1", noop["last_seq"])
+    assert on_b["results"] == []  # placed: no backfill
+    again = await changes(b, medic, "chw1", on_b["last_seq"])
+    assert again["results"] == [] and again["last_seq"] == on_b["last_seq"]  # B's own token rests
+
+
 async def test_a_token_from_the_future_is_a_backfill(
     pair: tuple[Gateway, Gateway], medic: str, backend: PouchServer
 ) -> None:
@@ -118,6 +136,28 @@ async def test_a_restart_resumes_from_the_snapshot_with_tokens_and_removals(
         assert removed(moved) == HOUSEHOLD and {r["id"] for r in moved["results"]} == HOUSEHOLD, moved
     finally:
         await stop_gateway(c)
+
+
+async def test_a_restart_answers_the_db_info_from_the_counts_it_saved(
+    backend: PouchServer, medic: str, tmp_path: Path
+) -> None:
+    """PouchDB reads `GET /{db}` at the start of every sync: after a restart against an
+    unchanged database, its counts come from the snapshot (saved at shutdown even when
+    only they changed), not from reading the user's whole scope again."""
+    a = await restarted(backend, medic, tmp_path)
+    try:
+        _, before, _ = await a.call("GET", f"/{medic}", auth=auth("chw1"))
+    finally:
+        await stop_gateway(a)
+    b = await restarted(backend, medic, tmp_path)
+    try:
+        index = b.server.app[INDEX].index
+        _, after, _ = await b.call("GET", f"/{medic}", auth=auth("chw1"))
+        assert (after["doc_count"], after["doc_del_count"]) == (before["doc_count"], before["doc_del_count"])
+        assert (after["doc_count"], after["doc_del_count"]) == (len(CHW1_READS), 0)
+        assert not any(user.name == "chw1" for user in index._feeds)  # no feed was built for it
+    finally:
+        await stop_gateway(b)
 
 
 async def test_a_crash_resumes_from_the_last_periodic_snapshot(
