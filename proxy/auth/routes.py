@@ -1,5 +1,5 @@
 """`POST /_couchgate/token` and `POST /_couchgate/token/revoke`, and what `/_session`
-(`proxy.session`, which forwards) shares with them: reading a login, the login throttle."""
+(`proxy.forward.session`, which forwards) shares with them: reading a login, the login throttle."""
 
 from __future__ import annotations
 
