@@ -14,8 +14,8 @@ from proxy import dispatch, observe, scrape, status, users_at_risk
 from proxy.audit import routes as audit_routes
 from proxy.audit import verify_route
 from proxy.audit.api import NullAudit
-from proxy.audit.capture import background_intents
 from proxy.audit.log import AuditLog
+from proxy.audit.recorder import background_intents
 from proxy.audit.retention import Retention
 from proxy.auth import routes as auth_routes
 from proxy.auth.authenticator import Authenticator
@@ -31,6 +31,7 @@ from proxy.couch.backend_kind import BackendKind
 from proxy.couch.client import CouchClient, new_session
 from proxy.couch.security_cache import SecurityCache
 from proxy.errors import error_middleware, remember_prepared
+from proxy.forward.session import session
 from proxy.importer import routes as importer
 from proxy.keys import (
     AUDIT,
@@ -56,7 +57,6 @@ from proxy.offline.removals import Removals
 from proxy.offline.since import SinceCodec
 from proxy.offline.snapshot import Snapshots
 from proxy.offline.sync import IndexSync
-from proxy.session import session
 from proxy.settings import Settings
 
 log = logging.getLogger(__name__)

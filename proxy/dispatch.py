@@ -2,31 +2,26 @@
 
 1. anonymous callers reach only `GET /` and `/_session`;
 2. offline users (docs/design.md, 1) are served by `proxy.offline` with the rules applied;
-3. everyone else is forwarded to CouchDB (`proxy.passthrough`), whose `_security` applies.
+3. everyone else is forwarded to CouchDB (`proxy.forward`), whose `_security` applies.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterable, AsyncIterator
-
-import orjson
 from aiohttp import web
 
-from proxy import guard
 from proxy.access.couch_security import DB_NAME, ILLEGAL_DB_REASON, SYSTEM_DBS
 from proxy.access.paths import CouchPath
 from proxy.audit import capture
+from proxy.audit.recorder import Recorder
 from proxy.auth.authenticator import CHALLENGE
 from proxy.auth.caller import Caller
 from proxy.couch.client import fail_fast
-from proxy.couch.validate import DocInvalid, validate_bulk, validate_put
 from proxy.errors import IllegalDatabaseName, Unauthorized, UpstreamTimeout, UpstreamUnavailable
-from proxy.keys import CALLER, SETTINGS
+from proxy.forward.relay import parse_path
+from proxy.forward.serve import serve_forwarded
+from proxy.keys import CALLER
 from proxy.methods import refuse_wrong_method
 from proxy.offline.routes import serve_offline
-from proxy.params import collect
-from proxy.passthrough import CAPTURE_LIMIT, credentials_for, forward, limited_body, parse_path
 
 
 def is_public(method: str, path: CouchPath) -> bool:
@@ -59,128 +54,9 @@ async def couchdb_handler(request: web.Request) -> web.StreamResponse:
         raise Unauthorized("You are not authorized to access this resource.", headers=CHALLENGE)
     kind = capture.write_kind(request.method, path)
     if kind is not None:
-        await capture.admit(request)  # the audit log's backpressure (proxy/audit/log.py)
+        await Recorder.of(request).admit()  # the audit log's backpressure (proxy/audit/log.py)
     # Offline users' `GET /` too: answered from couchgate's copy of CouchDB's welcome.
     to_offline = not path.segments or not is_public(request.method, path)
     if principal.authenticated and to_offline and caller.offline:
         return await serve_offline_fast(request, path, caller)
-    credentials = await credentials_for(request, principal, path)
-    # Requests that would harm the backend, or that a backend could misread (proxy.guard).
-    screened = await guard.screen(request, path, principal, credentials)
-    if screened.answer is not None:
-        return screened.answer
-    request = screened.request
-    if kind is None:
-        return await forward(request, path, credentials, body=screened.body)
-    # A write: recorded in the audit log with CouchDB's answer. JSON bodies up to the JSON
-    # limit are read, chunked ones too, so each doc of a `_bulk_docs` gets its entry; larger
-    # ones and attachments stream through, and their entries say what could not be known.
-    settings = request.app[SETTINGS]
-    body: bytes | AsyncIterable[bytes] | None = None
-    captured: bytes | None = None
-    body_read = True
-    json_body = kind in capture.JSON_BODY_KINDS and request.content_type != "multipart/related"
-    if json_body and request.body_exists:
-        declared = request.content_length
-        if declared is None or declared <= settings.max_json_bytes:
-            prefix, complete = await collect(request.content.iter_chunked(64 * 1024), settings.max_json_bytes)
-            if complete:
-                captured = prefix
-                body = prefix if len(prefix) <= CAPTURE_LIMIT else in_slices(prefix)
-            else:
-                body, body_read = rest_of_body(request, prefix, settings.max_body_bytes), False
-        else:
-            body_read = False
-
-    if captured is not None and kind in CHECKED_KINDS and request.method in ("PUT", "POST"):
-        named = check_body(request, path, kind, captured)
-        if named is not None:  # new docs given their ids, so that the intent can name them
-            captured = named
-            body = named if len(named) <= CAPTURE_LIMIT else in_slices(named)
-            length = "content-length"  # the client's is not the new body's, counted when sent
-            request = request.clone(
-                headers=[(k, v) for k, v in request.headers.items() if k.lower() != length]
-            )
-    await capture.intend(request, path.db, planned_writes(request, path, kind, captured), kind)
-
-    def answered(status: int, raw: bytes) -> None:
-        capture.record_write(request, path, kind, status, captured, raw, body_read=body_read)
-
-    # A `_bulk_docs` answer has a row per doc: read as much of it as a JSON body may hold.
-    limit = settings.max_json_bytes if kind == "bulk" else CAPTURE_LIMIT
-    return await forward(request, path, credentials, body=body, on_answer=answered, capture_limit=limit)
-
-
-# Writes whose JSON body CouchDB parses as docs: checked first (proxy/couch/validate.py).
-CHECKED_KINDS = {"bulk", "doc", "create"}
-
-
-def check_body(request: web.Request, path: CouchPath, kind: str, raw: bytes) -> bytes | None:
-    """400 with CouchDB's error for a body CouchDB would refuse or fail on, before it is
-    forwarded: as CouchDB does, the first problem refuses the whole request. A body that is
-    not JSON at all is left to CouchDB, which says so itself. Returns the body again when new
-    docs in it were given ids (see `capture.name_new_docs`)."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    try:
-        if kind == "bulk":
-            validate_bulk(body)
-        else:
-            validate_put(body, query_rev=request.query.get("rev"),
-                         new_edits=request.query.get("new_edits") != "false")  # fmt: skip
-    except DocInvalid as exc:
-        answer = orjson.dumps({"error": exc.error, "reason": exc.reason})
-        capture.record_write(request, path, kind, 400, raw, answer)  # refused as CouchDB would
-        raise exc.as_error() from None
-    durable = request.app[SETTINGS].audit_enabled and request.app[SETTINGS].audit_durable
-    if kind == "bulk" and body.get("new_edits", True) and durable and capture.name_new_docs(body["docs"]):
-        return orjson.dumps(body)
-    if kind == "create" and durable and capture.name_new_docs([body]):
-        return orjson.dumps(body)
-    return None
-
-
-def planned_writes(
-    request: web.Request, path: CouchPath, kind: str, captured: bytes | None
-) -> list[capture.Planned]:
-    """What a forwarded write may leave in CouchDB, for its intent (see proxy/audit/capture.py)."""
-    rev = request.query.get("rev") or request.headers.get("If-Match")
-    body = None
-    if captured is not None:
-        with contextlib.suppress(orjson.JSONDecodeError):
-            body = orjson.loads(captured)
-    if kind == "bulk":
-        if not isinstance(body, dict) or not isinstance(body.get("docs"), list):
-            return []  # not itemised (past the JSON limit): the entries after it will say so
-        return [capture.planned(d, body.get("new_edits", True) is not False) for d in body["docs"]]
-    if kind == "purge":
-        return [[doc_id, None, None] for doc_id in body] if isinstance(body, dict) else []
-    if kind in ("doc", "create", "attachment") and request.method != "COPY":
-        new_edits = request.query.get("new_edits") != "false"
-        doc = dict(body) if isinstance(body, dict) and kind != "attachment" else {}
-        if path.doc_id is not None:
-            doc["_id"] = path.doc_id
-        return [capture.planned(doc, new_edits, rev=rev or doc.get("_rev"))]
-    if request.method == "COPY":
-        target = request.headers.get("Destination", "").split("?", 1)[0]
-        return [[target or None, None, None]]
-    if kind == "update_handler" and len(path.rest) > 2:
-        return [["/".join(path.rest[2:]), None, None]]
-    return []
-
-
-async def in_slices(raw: bytes) -> AsyncIterator[bytes]:
-    """Large bytes sent a slice at a time (aiohttp warns that one big write blocks the loop)."""
-    view = memoryview(raw)
-    for start in range(0, len(raw), 64 * 1024):
-        yield bytes(view[start : start + 64 * 1024])
-
-
-async def rest_of_body(request: web.Request, prefix: bytes, limit: int) -> AsyncIterator[bytes]:
-    """`prefix`, then the rest of the request body as it arrives (refused past `limit`)."""
-    async for piece in in_slices(prefix):
-        yield piece
-    async for chunk in limited_body(request, limit - len(prefix)):
-        yield chunk
+    return await serve_forwarded(request, path, principal, kind)

@@ -18,6 +18,7 @@
      │    ├── UpstreamTimeout          504     gateway_timeout
      │    └── (proxy.couch.docs: ReadFailed, a read of docs answered otherwise than CouchDB does)
      ├── Refused                       CouchDB's  CouchDB's: its refusal of the caller, passed on
+     ├── WriteRefused                  403/409/412  forbidden, conflict, missing_stub: the write rules' answer
      └── Detailed                      any     any: a body with more than `error` and `reason`
           ├── DetailedConflict         409     conflict (proxy.conflicts: Unmergeable)
           └── (proxy.conflicts: PartlyWritten, with the status of what failed)
@@ -139,6 +140,18 @@ class Refused(CouchgateError):
         super().__init__(str(body.get("reason") or "You are not allowed to access this db."))
         self.status = status
         self.error = str(body.get("error") or ("unauthorized" if status == 401 else "forbidden"))
+
+
+class WriteRefused(CouchgateError):
+    """An offline user's write the write rules refused (`proxy.access.write`), answered with
+    the status, `error` and reason the rule's decision gives the client (403 `forbidden`,
+    409 `conflict`, 412 `missing_stub`). The refused doc has its audit entry already, so the
+    audit middleware, which records a `Forbidden` request as denied, does not record it."""
+
+    def __init__(self, status: int, error: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.error = error
 
 
 class Detailed(CouchgateError):

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.access.paths import BadPath, CouchPath
-from proxy.audit.capture import record
+from proxy.audit.recorder import record
 from proxy.auth import caller
 from proxy.auth.authenticator import CHALLENGE, AuthFailed
 from proxy.auth.throttle import LoginThrottled

@@ -121,7 +121,7 @@ def auth_throttled() -> None:
 
 
 def audited(action: str, outcome: str) -> None:
-    """Every audit entry recorded for the request (proxy/audit/capture.py): refused docs and
+    """Every audit entry recorded for the request (proxy/audit/recorder.py): refused docs and
     requests, and failed authentications, are counted from them."""
     obs = CURRENT.get()
     if obs is None:

@@ -1,8 +1,9 @@
 """What writers hand to the audit log, and the sink they hand it to.
 
-Writers (passthrough, offline-user writes, import, conflicts, auth) build an `AuditEntry`
-and call `request.app[AUDIT].record(entry)`, which never blocks and never raises: entries
-are written in batches off the request path.
+Writers (forwarded writes, offline users' writes, import, conflicts, auth) record through
+a `proxy.audit.recorder.Recorder`, which builds each `AuditEntry` and hands it to the sink
+(`request.app[AUDIT]`, the conflict monitor's own too): `record(entry)` never blocks and
+never raises, and entries are written in batches off the request path.
 """
 
 from __future__ import annotations

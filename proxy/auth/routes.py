@@ -1,5 +1,5 @@
 """`POST /_couchgate/token` and `POST /_couchgate/token/revoke`, and what `/_session`
-(`proxy.session`, which forwards) shares with them: reading a login, the login throttle."""
+(`proxy.forward.session`, which forwards) shares with them: reading a login, the login throttle."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from proxy import observe
-from proxy.audit.capture import record
+from proxy.audit.recorder import record
 from proxy.auth.authenticator import CHALLENGE, check_password
 from proxy.auth.throttle import LoginThrottled
 from proxy.clients import client_address

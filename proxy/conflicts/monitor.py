@@ -10,7 +10,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from proxy.audit.api import AuditEntry, AuditSink, Outcome
+from proxy.audit.api import AuditSink, Outcome
+from proxy.audit.recorder import Recorder
 from proxy.conflicts import service
 from proxy.conflicts.bodies import ResolveRequest
 from proxy.conflicts.store import ConflictStore, row_revs
@@ -38,7 +39,7 @@ class ConflictMonitor:
     ) -> None:
         self.store = store
         self.metrics = metrics
-        self.audit = audit
+        self.audit = Recorder(audit, user="couchgate")  # its own writes, not a request's
         self.session = session
         self.webhook = webhook
         self.auto_resolve = auto_resolve
@@ -107,8 +108,7 @@ class ConflictMonitor:
 
     def _record(self, action: str, outcome: Outcome, **fields: Any) -> None:
         reason = fields.pop("reason", None) or "background auto-merge"
-        entry = AuditEntry(action, outcome, user="couchgate", db=self.store.db, reason=reason, **fields)
-        self.audit.record(entry)
+        self.audit.record(action, outcome, db=self.store.db, reason=reason, **fields)
 
     async def _announce(self, new: list[str], count: int) -> None:
         body: dict[str, Any] = {"event": "conflicts", "db": self.store.db, "new": new, "count": count}

@@ -23,9 +23,8 @@ from aiohttp import web
 
 from proxy.access.config import has_permission
 from proxy.access.couch_security import DB_NAME, NOT_DB_ADMIN, is_db_admin
-from proxy.audit import capture
 from proxy.audit.api import Outcome
-from proxy.audit.capture import record
+from proxy.audit.recorder import Recorder, record
 from proxy.conflicts import service, split
 from proxy.conflicts.bodies import resolve_request, split_request
 from proxy.conflicts.listing import describe, list_page
@@ -37,9 +36,10 @@ from proxy.params import flag, limit_of, read_json
 
 def intend_for(request: web.Request, db: str) -> Intend:
     """The crash-proof audit's intent of each resolution write, as this caller's."""
+    audit = Recorder.of(request)
 
     async def intend(docs: list[dict[str, Any]], new_edits: bool) -> None:
-        await capture.intend_docs(request, db, docs, new_edits)
+        await audit.intend_docs(db, docs, new_edits)
 
     return intend
 

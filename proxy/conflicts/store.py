@@ -52,7 +52,7 @@ def row_revs(row: dict[str, Any]) -> list[str]:
     return [rev for rev in revs if isinstance(rev, str)]
 
 
-# Stores the intent of a write before it is made (the crash-proof audit, proxy/audit/capture.py).
+# Stores the intent of a write before it is made (the crash-proof audit, proxy/audit/recorder.py).
 Intend = Callable[[list[dict[str, Any]], bool], Awaitable[None]]
 
 

@@ -2,7 +2,7 @@
 (pouchdb-server, the embedded development and test backend).
 
 Some requests that CouchDB answers well take a stock pouchdb-server process down (see
-`proxy.guard`); they are refused or rewritten unless the backend says it is CouchDB. Its
+`proxy.forward.guard`); they are refused or rewritten unless the backend says it is CouchDB. Its
 welcome (`GET /`) tells: CouchDB's has a `couchdb` key. Fail closed: until the welcome
 has been read, the backend is taken for the fragile kind.
 """

@@ -30,7 +30,7 @@ from aiohttp import web
 from proxy import observe
 from proxy.access.config import UserCtx
 from proxy.audit.api import Outcome
-from proxy.audit.capture import admit, intend_docs, record
+from proxy.audit.recorder import Recorder, error_outcome
 from proxy.couch.client import CouchClient, JsonResult
 from proxy.couch.docs import Docs, ReadFailed
 from proxy.errors import CouchgateError
@@ -102,10 +102,11 @@ def branched(doc: Prepared, body: dict[str, Any], reason: str) -> dict[str, Any]
 
 
 class Importer:
-    def __init__(self, request: web.Request, couch: CouchClient, plan: Plan) -> None:
+    def __init__(self, request: web.Request, couch: CouchClient, plan: Plan, audit: Recorder) -> None:
         self.request = request
         self.couch = couch
         self.plan = plan
+        self.audit = audit
         self.policy = policy_for(plan.user, request.app[INDEX], plan.dry_run)
         self.failed_chunks = 0
 
@@ -214,7 +215,7 @@ class Importer:
                 if not self.plan.dry_run:
                     # The audit log's backpressure: each doc gets an entry, so a fast import
                     # must not outrun the audit writer (memory stays bounded).
-                    await admit(self.request)
+                    await self.audit.admit()
                 await self._import(docs, state)
                 self.failed_chunks = 0
                 return
@@ -290,7 +291,7 @@ class Importer:
                     retry.append(doc)  # someone wrote it meanwhile: look again
                 else:
                     answers[doc.index] = result(
-                        doc.index, doc.id, _status(row["error"]), reason=str(row.get("reason"))
+                        doc.index, doc.id, error_outcome(row["error"]), reason=str(row.get("reason"))
                     )
         if branches:
             rows = await self._bulk([body for _, body in branches], new_edits=False)
@@ -302,7 +303,7 @@ class Importer:
                     )
                 else:
                     error, why = branch_row["error"], str(branch_row.get("reason"))
-                    answers[doc.index] = result(doc.index, doc.id, _status(error), reason=why)
+                    answers[doc.index] = result(doc.index, doc.id, error_outcome(error), reason=why)
         if retry:
             await self._import(retry, state, attempt + 1)
 
@@ -333,7 +334,7 @@ class Importer:
                     retry.append(doc)
                 else:
                     answers[doc.index] = result(
-                        doc.index, doc.id, _status(row["error"]), reason=str(row.get("reason"))
+                        doc.index, doc.id, error_outcome(row["error"]), reason=str(row.get("reason"))
                     )
         return [(doc, body) for doc, body in branches if doc.index not in failed]
 
@@ -380,8 +381,8 @@ class Importer:
     async def _bulk(self, docs: list[dict[str, Any]], *, new_edits: bool) -> dict[str, dict[str, Any]]:
         """CouchDB's row for each doc, by id. A request CouchDB refuses as a whole for its
         content (400) is split until the doc at fault answers alone."""
-        # The crash-proof audit: the intent is stored before the write (proxy/audit/capture.py).
-        await intend_docs(self.request, self.plan.db_path.strip("/"), docs, new_edits)
+        # The crash-proof audit: the intent is stored before the write (proxy/audit/recorder.py).
+        await self.audit.intend_docs(self.plan.db_path.strip("/"), docs, new_edits)
         answer = await self._post(f"{self.plan.db_path}/_bulk_docs", {"docs": docs, "new_edits": new_edits})
         if isinstance(answer.body, list):
             return {row["id"]: row for row in answer.body if isinstance(row, dict) and "id" in row}
@@ -416,8 +417,7 @@ class Importer:
             status, index = row["status"], row["index"]
             written = status in ("created", "updated") or (status == "conflict" and "rev" in row)
             outcome: Outcome = "written" if written else AUDIT_OUTCOMES[status]
-            record(
-                self.request,
+            self.audit.record(
                 "import",
                 outcome,
                 db=db,
@@ -431,7 +431,8 @@ class Importer:
 
 
 # The audit outcome of each import status when nothing was written (a keep_both branch
-# that was stored, like created and updated, is `written`).
+# that was stored, like created and updated, is `written`). A doc CouchDB refused has the
+# status its row's outcome names (`proxy.audit.recorder.error_outcome`).
 AUDIT_OUTCOMES: dict[str, Outcome] = {
     "unchanged": "success",
     "skipped": "success",
@@ -440,12 +441,6 @@ AUDIT_OUTCOMES: dict[str, Outcome] = {
     "invalid": "invalid",
     "error": "error",
 }
-
-
-def _status(error: str) -> str:
-    return {"conflict": "conflict", "forbidden": "forbidden", "unauthorized": "forbidden"}.get(
-        error, "invalid"
-    )
 
 
 def _id_of(item: Any) -> str | None:

@@ -25,14 +25,14 @@ from aiohttp import web
 from proxy.access.config import UserCtx
 from proxy.access.paths import CouchPath
 from proxy.audit.api import Outcome
-from proxy.audit.capture import record
+from proxy.audit.recorder import Recorder, record
 from proxy.errors import BadRequest, CouchgateError, Forbidden, Refused, UpstreamError
+from proxy.forward.acting import credentials_for
 from proxy.importer.pipeline import Importer, Plan
 from proxy.importer.source import is_ndjson, items
 from proxy.keys import CALLER, COUCH, INDEX, SETTINGS
 from proxy.logs import stamp_request_id
 from proxy.params import flag
-from proxy.passthrough import credentials_for
 
 log = logging.getLogger("couchgate.import")
 
@@ -69,7 +69,9 @@ async def plan_for(request: web.Request, db: str) -> Plan:
         credentials = {"Authorization": couch.service_auth}
     else:
         # Online users read and write with their own authority: CouchDB's _security applies.
-        credentials = await credentials_for(request, principal, CouchPath((db, "_bulk_docs")))
+        # (A token caller's check of a `_bulk_docs` body, no design docs, is the import's own:
+        # only server admins import design docs, `proxy.importer.docs`.)
+        credentials = (await credentials_for(request, principal, CouchPath((db, "_bulk_docs")))).credentials
         read_as = credentials
     if user is None:
         answer = await couch.json("GET", db_path, headers=read_as, use_service=read_as is None)
@@ -97,7 +99,7 @@ async def run_import(request: web.Request, db: str) -> web.StreamResponse:
     plan = await plan_for(request, db)
     stream_ndjson = is_ndjson(request) or "application/x-ndjson" in request.headers.get("Accept", "")
     source = items(request, request.app[SETTINGS].max_json_bytes, request.app[SETTINGS].max_import_line_bytes)
-    chunks = Importer(request, request.app[COUCH], plan).run(source)
+    chunks = Importer(request, request.app[COUCH], plan, Recorder.of(request)).run(source)
     started = complete = False
     try:
         first = await _first(chunks)  # a body that is not JSON fails here, before any answer

@@ -10,18 +10,18 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.audit import capture
+from proxy.audit.recorder import Recorder
 from proxy.couch.validate import DocInvalid, bulk_request, default_content_types, validate_put
 from proxy.errors import BadRequest
 
 
-def _audit(request: web.Request, db: str, doc: object, exc: DocInvalid) -> None:
+def _audit(audit: Recorder, db: str, doc: object, exc: DocInvalid) -> None:
     doc_id = doc.get("_id") if isinstance(doc, dict) else None
-    capture.record(request, "write", "invalid", db=db, doc_id=doc_id if isinstance(doc_id, str) else None,
-                   reason=f"{exc.error}: {exc.reason}")  # fmt: skip
+    audit.record("write", "invalid", db=db, doc_id=doc_id if isinstance(doc_id, str) else None,
+                 reason=f"{exc.error}: {exc.reason}")  # fmt: skip
 
 
-def split_bulk(request: web.Request, db: str, body: Any) -> tuple[list[Any], dict[int, dict[str, Any]]]:
+def split_bulk(audit: Recorder, db: str, body: Any) -> tuple[list[Any], dict[int, dict[str, Any]]]:
     """The docs of a `_bulk_docs` body and the rows of those CouchDB would refuse, by position;
     `body["docs"]` is left holding only the others. 400 for a malformed request."""
     try:
@@ -37,7 +37,7 @@ def split_bulk(request: web.Request, db: str, body: Any) -> tuple[list[Any], dic
             validate_put(doc, query_rev=None, new_edits=new_edits)
         except DocInvalid as exc:
             refused[index] = exc.row(doc.get("_id"))
-            _audit(request, db, doc, exc)
+            _audit(audit, db, doc, exc)
     body["docs"] = [doc for index, doc in enumerate(docs) if index not in refused]
     return docs, refused
 
@@ -61,7 +61,7 @@ def with_refused(response: web.Response, docs: list[Any], refused: dict[int, dic
     return answer
 
 
-def check_doc(request: web.Request, db: str, doc: dict[str, Any]) -> None:
+def check_doc(audit: Recorder, request: web.Request, db: str, doc: dict[str, Any]) -> None:
     """A single-doc write (`PUT`, `POST /db`): 400 with CouchDB's error if CouchDB would refuse it."""
     default_content_types(doc)
     try:
@@ -69,5 +69,5 @@ def check_doc(request: web.Request, db: str, doc: dict[str, Any]) -> None:
             doc, query_rev=request.query.get("rev"), new_edits=request.query.get("new_edits") != "false"
         )
     except DocInvalid as exc:
-        _audit(request, db, doc, exc)
+        _audit(audit, db, doc, exc)
         raise exc.as_error() from None

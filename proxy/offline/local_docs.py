@@ -22,7 +22,7 @@ LOCAL = "_local/"
 
 def private_id(key: bytes, user: str, local_id: str) -> str:
     """The upstream id of a user's `_local` doc: keyed, so no one without couchgate's secret
-    can name another user's (and `proxy.guard` keeps every other caller away from them)."""
+    can name another user's (and `proxy.forward.guard` keeps every other caller away from them)."""
     digest = hmac.new(key, f"local\0{user}".encode(), hashlib.sha256).hexdigest()[:24]
     return f"{LOCAL}couchgate~{digest}~{local_id[len(LOCAL) :]}"
 

@@ -14,8 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.access.paths import CouchPath
-from proxy.audit import capture
-from proxy.audit.capture import outcome_of
+from proxy.audit.recorder import Recorder
 from proxy.couch.client import quote_id
 from proxy.errors import Forbidden, json_response
 from proxy.keys import COUCH, SETTINGS
@@ -50,12 +49,11 @@ async def change_password(request: web.Request, path: CouchPath, own_id: str) ->
     new_doc = {**_rest(stored.body), "_id": own_id, "password": body["password"]}
     if "_rev" in body:
         new_doc["_rev"] = body["_rev"]
-    await capture.intend_docs(request, path.db, [new_doc])
+    audit = Recorder.of(request)
+    await audit.intend_docs(path.db, [new_doc])
     result = await couch.json("PUT", target, body=new_doc)
-    answer = result.body if isinstance(result.body, dict) else {}
-    capture.record(
-        request, "update", outcome_of(result.status), db=path.db, doc_id=own_id,
-        rev_before=stored.body.get("_rev"), rev_after=answer.get("rev") if result.ok else None,
-        doc_type="user", reason=None if result.ok else str(answer.get("reason")),
+    audit.answered(
+        "update", result.status, result.body, path.db, new_doc, doc_id=own_id, doc_type="user",
+        rev_before=stored.body.get("_rev"),
     )  # fmt: skip
     return json_response(result.body, status=result.status)

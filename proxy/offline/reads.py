@@ -13,8 +13,9 @@ import orjson
 from aiohttp import web
 
 from proxy.access.paths import CouchPath
-from proxy.audit import capture
+from proxy.audit.recorder import Recorder
 from proxy.errors import BadRequest, json_response
+from proxy.forward.relay import forward
 from proxy.keys import REMOVALS, SETTINGS
 from proxy.offline import leaves, query
 from proxy.offline.derived import Made
@@ -22,7 +23,6 @@ from proxy.offline.removals import made_doc
 from proxy.offline.revisions import MISSING, REV, couch_docs, missing_revs, not_found, service
 from proxy.offline.view import UserView
 from proxy.params import read_json
-from proxy.passthrough import forward
 
 
 async def get_attachment(
@@ -98,7 +98,7 @@ async def revs_diff(request: web.Request, view: UserView, db_path: str) -> web.R
     missing = [
         (doc_id, rev) for doc_id, entry in answer.items() for rev in _missing(entry) if isinstance(rev, str)
     ]
-    capture.announce_push(request, view.sync.db, view.user.name, missing)
+    Recorder.of(request).announce_push(view.sync.db, view.user.name, missing)
     return json_response(answer)
 
 

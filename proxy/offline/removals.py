@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.audit import capture
+from proxy.audit.recorder import record
 from proxy.couch.client import CouchClient
 from proxy.offline.derived import Deriver, Made
 from proxy.offline.ledger import Ledger, LedgerStore
@@ -67,7 +67,7 @@ class Removals:
 
 def audit_removals(request: web.Request, db: str, ids: list[str]) -> None:
     """One entry per pull that takes docs off a device, not one per doc."""
-    capture.record(
+    record(
         request, "removal", "success", db=db, reason=f"{len(ids)} docs left the user's scope",
         details={"count": len(ids), "docs": ids[:SHOWN_IDS]},
     )  # fmt: skip

@@ -14,10 +14,10 @@ from aiohttp import web
 from proxy.access.paths import CouchPath
 from proxy.auth.caller import Caller
 from proxy.errors import Forbidden, MethodNotAllowed, json_response
+from proxy.forward.relay import forward
 from proxy.keys import COUCH, INDEX, SINCE_CODEC
 from proxy.offline import changes, local_docs, own_user, reads, revisions, writes
 from proxy.offline.view import UserView
-from proxy.passthrough import forward
 
 READ = {"GET", "HEAD"}
 GLOBAL_DESIGN = "_design/medic-client"

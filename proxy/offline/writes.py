@@ -25,17 +25,16 @@ from aiohttp import web
 from proxy.access.batch import authorize_batch
 from proxy.access.paths import CouchPath
 from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision, made_up_rev
-from proxy.audit import capture
-from proxy.audit.api import Outcome
+from proxy.audit.recorder import Recorder, failed_outcome, planned, row_outcome
 from proxy.couch.client import quote_id
 from proxy.couch.docs import Docs
-from proxy.errors import BadRequest, error_response, json_response
+from proxy.errors import BadRequest, Conflict, WriteRefused, json_response
+from proxy.forward.relay import forward
 from proxy.keys import COUCH, SETTINGS
 from proxy.offline import checked, query
 from proxy.offline.reads import made_up
 from proxy.offline.view import UserView
 from proxy.params import read_json
-from proxy.passthrough import forward
 
 
 async def stored_winners(
@@ -86,19 +85,9 @@ async def read_winners(
     return winners.live, set(winners.deleted)
 
 
-def _audit(request: web.Request, db: str, doc: dict[str, Any], stored: Any, outcome: Outcome,
-           rev_after: str | None, reason: str | None, action: str) -> None:  # fmt: skip
-    doc_id = doc.get("_id")
-    capture.record(
-        request, action, outcome, db=db, doc_id=doc_id if isinstance(doc_id, str) else None,
-        rev_before=stored.get("_rev") if isinstance(stored, dict) else None, rev_after=rev_after,
-        doc_type=doc.get("type") if isinstance(doc.get("type"), str) else None, reason=reason,
-    )  # fmt: skip
-
-
-def _reason(body: object) -> str | None:
-    reason = body.get("reason") if isinstance(body, dict) else None
-    return str(reason) if reason is not None else None
+def _rev(stored: Any) -> str | None:
+    """The revision a write found stored (its audit entry's `rev_before`)."""
+    return stored.get("_rev") if isinstance(stored, dict) else None
 
 
 def _action(doc: dict[str, Any], stored: Any, view: UserView) -> str:
@@ -114,6 +103,7 @@ def _action(doc: dict[str, Any], stored: Any, view: UserView) -> str:
 
 async def judge(
     request: web.Request,
+    audit: Recorder,
     view: UserView,
     db: str,
     db_path: str,
@@ -131,9 +121,9 @@ async def judge(
     the intent is stored, so nothing is forwarded before it. A doc left out or refused is
     then announced and not written, which an intent allows (it names what a write *may*
     write). A request whose docs are all refused does not wait for its intent. A push whose
-    revisions its `_revs_diff` announced (`capture.announce_push`) waits for those intents
+    revisions its `_revs_diff` announced (`Recorder.announce_push`) waits for those intents
     instead, most often stored already."""
-    intent = asyncio.ensure_future(capture.intend_push(request, db, view.user.name, docs, new_edits))
+    intent = asyncio.ensure_future(audit.intend_push(db, view.user.name, docs, new_edits))
     try:
         winners = stored_winners(request, view, db_path, [d["_id"] for d in docs], sync=True)
         if own is None:
@@ -193,11 +183,14 @@ def check_revisions(doc: dict[str, Any], new_edits: bool) -> None:
 
 async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str) -> web.Response:
     body = await read_json(request, request.app[SETTINGS].max_json_bytes)
-    docs, refused = checked.split_bulk(request, db, body)  # docs CouchDB would refuse: rows of their own
-    return checked.with_refused(await _bulk_docs(request, view, db, db_path, body), docs, refused)
+    audit = Recorder.of(request)
+    docs, refused = checked.split_bulk(audit, db, body)  # docs CouchDB would refuse: rows of their own
+    return checked.with_refused(await _bulk_docs(request, audit, view, db, db_path, body), docs, refused)
 
 
-async def _bulk_docs(request: web.Request, view: UserView, db: str, db_path: str, body: Any) -> web.Response:
+async def _bulk_docs(
+    request: web.Request, audit: Recorder, view: UserView, db: str, db_path: str, body: Any
+) -> web.Response:
     if not isinstance(body, dict) or not isinstance(body.get("docs"), list):
         raise BadRequest("POST body must include `docs` parameter.")
     new_edits = body.get("new_edits", True) is not False
@@ -214,7 +207,7 @@ async def _bulk_docs(request: web.Request, view: UserView, db: str, db_path: str
     # A device pushing back a revision couchgate made up (proxy.offline.removals): it is the
     # device's own; nothing is written and nothing is wrong.
     own = None if new_edits else made_up(request, view, [(d["_id"], d["_rev"]) for d in docs])
-    docs, decisions, stored = await judge(request, view, db, db_path, docs, new_edits, own)
+    docs, decisions, stored = await judge(request, audit, view, db, db_path, docs, new_edits, own)
     if not docs:
         return json_response([], status=201)
     allowed = [d for d, ok in zip(docs, decisions, strict=True) if ok.allowed]
@@ -226,12 +219,11 @@ async def _bulk_docs(request: web.Request, view: UserView, db: str, db_path: str
         if not isinstance(result.body, list):
             # The whole request failed upstream (a `_bogus` field, bad attachment data...):
             # every doc still gets its entry, the refused ones as refused.
+            failure = failed_outcome(result.status, result.body)
             for doc, decision in zip(docs, decisions, strict=True):
                 before = stored.get(doc["_id"])
-                refused: tuple[Outcome, str | None] = ("forbidden", decision.why)
-                failure = (capture.outcome_of(result.status), _reason(result.body))
-                what, why = failure if decision.allowed else refused
-                _audit(request, db, doc, before, what, None, why, _action(doc, before, view))
+                what, why = failure if decision.allowed else ("forbidden", decision.why)
+                audit.doc(_action(doc, before, view), what, db, doc, rev_before=_rev(before), reason=why)
             return json_response(result.body, status=result.status)
         for written in result.body:  # pouchdb-server does not keep request order: match by id
             if isinstance(written, dict) and isinstance(written.get("id"), str):
@@ -240,20 +232,18 @@ async def _bulk_docs(request: web.Request, view: UserView, db: str, db_path: str
     row: dict[str, Any]
     for doc, decision in zip(docs, decisions, strict=True):
         doc_id = doc["_id"]
-        action = _action(doc, stored.get(doc_id), view)
+        before = stored.get(doc_id)
+        action = _action(doc, before, view)
         if not decision.allowed:
             row = _refused_row(doc_id, decision, new_edits)
-            _audit(request, db, doc, stored.get(doc_id), "forbidden", None, decision.why, action)
+            audit.doc(action, "forbidden", db, doc, rev_before=_rev(before), reason=decision.why)
         elif upstream[doc_id]:
             row = same_conflict(upstream[doc_id].popleft())
-            if "error" in row:
-                outcome: Outcome = "conflict" if row["error"] == "conflict" else "invalid"
-                _audit(request, db, doc, stored.get(doc_id), outcome, None, str(row.get("reason")), action)
-            else:
-                _audit(request, db, doc, stored.get(doc_id), "written", row.get("rev"), None, action)
+            outcome, rev_after, reason = row_outcome(row)
+            audit.doc(action, outcome, db, doc, rev_before=_rev(before), rev_after=rev_after, reason=reason)
         else:
             # CouchDB answers nothing for a doc written with new_edits:false.
-            _audit(request, db, doc, stored.get(doc_id), "written", doc.get("_rev"), None, action)
+            audit.doc(action, "written", db, doc, rev_before=_rev(before), rev_after=doc.get("_rev"))
             continue
         if new_edits or "error" in row:
             answer.append(row)
@@ -277,10 +267,10 @@ def if_match_rev(request: web.Request) -> str | None:
     return query.rev("If-Match", raw.strip().strip('"'))
 
 
-def _refusal(request: web.Request, db: str, doc: dict[str, Any], stored: Any, decision: Decision,
-             action: str) -> web.Response:  # fmt: skip
-    _audit(request, db, doc, stored, "forbidden", None, decision.why, action)
-    return error_response(decision.status, decision.error, decision.reason)
+def _refusal(audit: Recorder, db: str, doc: dict[str, Any], stored: Any, decision: Decision,
+             action: str) -> WriteRefused:  # fmt: skip
+    audit.doc(action, "forbidden", db, doc, rev_before=_rev(stored), reason=decision.why)
+    return WriteRefused(decision.status, decision.error, decision.reason)
 
 
 async def write_doc(
@@ -293,16 +283,17 @@ async def write_doc(
     if query_rev is not None and header_rev is not None and query_rev != header_rev:
         raise BadRequest("Document rev and etag have different values")
     rev = query_rev or header_rev
+    audit = Recorder.of(request)
     if request.method == "DELETE":
         if rev is None:
             # CouchDB's answer to a delete that names no revision (it never deletes "the winner").
-            return error_response(409, "conflict", CONFLICT_REASON)
+            raise Conflict(CONFLICT_REASON)
         doc: dict[str, Any] = {"_id": path.doc_id, "_rev": rev, "_deleted": True}
     else:
         body = await read_json(request, request.app[SETTINGS].max_json_bytes)
         if not isinstance(body, dict):
             raise BadRequest("Document must be a JSON object")
-        checked.check_doc(request, db, body)
+        checked.check_doc(audit, request, db, body)
         doc = body
         if path.doc_id is not None:
             doc["_id"] = path.doc_id
@@ -313,20 +304,20 @@ async def write_doc(
                 raise BadRequest("Document rev from request body and query string have different values")
             doc["_rev"] = rev
         check_revisions(doc, params.get("new_edits", True))
-    _, decisions, stored = await judge(request, view, db, db_path, [doc], params.get("new_edits", True))
+    _, decisions, stored = await judge(
+        request, audit, view, db, db_path, [doc], params.get("new_edits", True)
+    )
     before = stored.get(doc["_id"])
     action = _action(doc, before, view)
     if not decisions[0].allowed:
-        return _refusal(request, db, doc, before, decisions[0], action)
+        raise _refusal(audit, db, doc, before, decisions[0], action)
     couch = request.app[COUCH]
     target = f"{db_path}/{quote_id(doc['_id'])}"
     if request.method == "DELETE":
         result = await couch.json("DELETE", target, params={"rev": rev or ""})
     else:
         result = await couch.json("PUT", target, body=doc, params=query.encode(params))
-    rev_after = result.body.get("rev") if result.ok and isinstance(result.body, dict) else None
-    reason = None if result.ok else _reason(result.body)
-    _audit(request, db, doc, before, capture.outcome_of(result.status), rev_after, reason, action)
+    audit.answered(action, result.status, result.body, db, doc, rev_before=_rev(before))
     return json_response(same_conflict(result.body), status=result.status)
 
 
@@ -344,9 +335,10 @@ async def write_attachment(
         index = view.sync.index
         decision = authorize_batch(view.user, view.settings, index, [dict(found)], {doc_id: found}, hidden)[0]
     target_doc = found or {"_id": doc_id}
+    audit = Recorder.of(request)
     if not decision.allowed:
-        _audit(request, db, target_doc, found, "forbidden", None, decision.why, "attachment")
-        return error_response(
+        audit.doc("attachment", "forbidden", db, target_doc, rev_before=_rev(found), reason=decision.why)
+        raise WriteRefused(
             403, "forbidden", OUTSIDE.reason if decision.rule in {"W3", "W4"} else decision.reason
         )
 
@@ -355,14 +347,10 @@ async def write_attachment(
             answer = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             answer = None
-        rev_after = answer.get("rev") if status < 300 and isinstance(answer, dict) else None
-        reason = None if status < 300 else _reason(answer)
-        _audit(
-            request, db, target_doc, target_doc, capture.outcome_of(status), rev_after, reason, "attachment"
-        )
+        audit.answered("attachment", status, answer, db, target_doc, rev_before=_rev(target_doc))
 
     rev = request.query.get("rev") or request.headers.get("If-Match")
-    await capture.intend(request, db, [capture.planned({"_id": doc_id}, rev=rev)], "attachment")
+    await audit.intend(db, [planned({"_id": doc_id}, rev=rev)], "attachment")
     return await forward(
         request, path, {"Authorization": request.app[COUCH].service_auth}, on_answer=answered,
         query=query.encode(params),

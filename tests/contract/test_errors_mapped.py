@@ -54,7 +54,8 @@ def test_mapping_targets(exc: BaseException, status: int, error: str) -> None:
 ERROR_CLASSES = [
     c
     for _, c in inspect.getmembers(errors, inspect.isclass)
-    if issubclass(c, errors.CouchgateError) and c is not errors.Refused  # CouchDB's words: below
+    # CouchDB's words, and the write rules': below
+    if issubclass(c, errors.CouchgateError) and c not in (errors.Refused, errors.WriteRefused)
 ]
 
 
@@ -113,3 +114,17 @@ async def test_a_detailed_error_says_more_after_error_and_reason() -> None:
     response = await rendered(errors.DetailedConflict("nothing was written", fields=[["a", "b"]]))
     sent = b'{"error":"conflict","reason":"nothing was written","fields":[["a","b"]]}'
     assert (response.status, response.body) == (409, sent)
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "reason"),
+    [(403, "forbidden", "the document is outside your replication scope"),
+     (409, "conflict", "Document update conflict."),
+     (412, "missing_stub", "Invalid attachment stub in p1 for lab.txt")],
+)  # fmt: skip
+async def test_a_write_rules_refusal_is_answered_in_its_decisions_words(
+    status: int, error: str, reason: str
+) -> None:
+    response = await rendered(errors.WriteRefused(status, error, reason))
+    sent = b'{"error":"' + error.encode() + b'","reason":"' + reason.encode() + b'"}'
+    assert (response.status, response.body) == (status, sent)

@@ -17,7 +17,7 @@ import pytest
 from identity_support import new_user, token_of
 
 from proxy.devserver.backend import PouchServer
-from proxy.guard import filter_problem, revs_diff_ok
+from proxy.forward.guard import filter_problem, revs_diff_ok
 
 from support import (
     MEMBER_ROLE,

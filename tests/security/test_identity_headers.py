@@ -17,7 +17,7 @@ from identity_support import ECHO_PATH, install_echo, new_user, token_of
 
 from proxy.app import create_app
 from proxy.devserver.backend import PouchServer
-from proxy.passthrough import FORWARDED_REQUEST_HEADERS, upstream_request_headers
+from proxy.forward.relay import FORWARDED_REQUEST_HEADERS, upstream_request_headers
 
 from support import (
     Gateway,

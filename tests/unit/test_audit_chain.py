@@ -18,6 +18,7 @@ from proxy.audit import capture
 from proxy.audit.api import AuditEntry
 from proxy.audit.chain import GENESIS, ChainChecker, Checkpoint, entry_hash, verify
 from proxy.audit.log import AuditLog
+from proxy.audit.recorder import Recorder, outcome_of, row_outcome
 from proxy.couch.client import JsonResult
 from proxy.keys import AUDIT
 
@@ -175,14 +176,48 @@ class Collect:
 
 
 def bulk_entries(body: dict[str, Any], status: int, answer: bytes) -> list[tuple[Any, ...]]:
+    return [(e.action, e.doc_id, e.outcome, e.rev_after) for e in bulk_audit(body, status, answer)]
+
+
+def bulk_audit(body: dict[str, Any], status: int, answer: bytes) -> list[AuditEntry]:
     app = web.Application()
     sink = Collect()
     app[AUDIT] = sink
     request = make_mocked_request("POST", "/db/_bulk_docs", app=app)
     capture.record_write(
-        request, CouchPath.parse("/db/_bulk_docs"), "bulk", status, orjson.dumps(body), answer
-    )
-    return [(e.action, e.doc_id, e.outcome, e.rev_after) for e in sink.entries]
+        Recorder.of(request), request, CouchPath.parse("/db/_bulk_docs"), "bulk", status,
+        orjson.dumps(body), answer,
+    )  # fmt: skip
+    return sink.entries
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [(200, "written"), (201, "written"), (202, "written"), (400, "invalid"), (401, "forbidden"),
+     (403, "forbidden"), (404, "invalid"), (409, "conflict"), (412, "invalid"), (500, "invalid")],
+)  # fmt: skip
+def test_the_outcome_of_a_write_by_couchdbs_status(status: int, outcome: str) -> None:
+    assert outcome_of(status) == outcome
+
+
+def test_the_outcome_of_a_bulk_docs_row() -> None:
+    assert row_outcome({"ok": True, "id": "a", "rev": "1-a"}) == ("written", "1-a", None)
+    conflict = {"id": "a", "error": "conflict", "reason": "Document update conflict."}
+    assert row_outcome(conflict) == ("conflict", None, "Document update conflict.")
+    # A `validate_doc_update` that refuses, with CouchDB's `forbidden` or `unauthorized`.
+    assert row_outcome({"id": "a", "error": "forbidden", "reason": "no"}) == ("forbidden", None, "no")
+    assert row_outcome({"id": "a", "error": "unauthorized", "reason": "no"}) == ("forbidden", None, "no")
+    assert row_outcome({"id": "a", "error": "doc_validation", "reason": "bad"}) == ("invalid", None, "bad")
+
+
+def test_each_doc_of_a_bulk_docs_refused_whole_carries_couchdbs_reason() -> None:
+    docs = {"docs": [{"_id": "a"}, {"_id": "b", "_rev": "1-x"}]}
+    refused = b'{"error":"forbidden","reason":"closed for writes"}'
+    entries = bulk_audit(docs, 403, refused)
+    assert [(e.doc_id, e.outcome, e.reason) for e in entries] == [
+        ("a", "forbidden", "closed for writes"),
+        ("b", "forbidden", "closed for writes"),
+    ]
 
 
 def test_an_answer_that_cannot_be_read_makes_each_doc_unknown() -> None:

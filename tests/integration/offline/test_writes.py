@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 
 from proxy.devserver.backend import PouchServer
@@ -157,6 +158,30 @@ async def test_a_doc_couchdb_would_refuse_gets_its_own_row_and_every_doc_is_reco
     assert backend.request("GET", f"/{medic}/r_bogus")[0] == 404
 
 
+REFUSE_FLAGGED = {
+    "_id": "_design/refuse-flagged",
+    "validate_doc_update": "function (doc) { if (doc.flagged) { throw({forbidden: 'flagged: refused'}); } }",
+}
+
+
+async def test_a_doc_couchdbs_own_validation_forbids_is_audited_as_forbidden(
+    audited: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """A doc the rules allow but CouchDB's `validate_doc_update` refuses (`forbidden`) is
+    recorded `forbidden`, as the same row is for an online user's write (one outcome
+    table), not `invalid`."""
+    assert backend.request("PUT", f"/{medic}/_design/refuse-flagged", REFUSE_FLAGGED)[0] == 201
+    flagged = {**report("r_flagged", ("chw1_person", "area1"), patient_id="1001"), "flagged": True}
+    status, body, _ = await audited.call(
+        "POST", f"/{medic}/_bulk_docs", auth=auth("chw1"), json={"docs": [flagged]}
+    )
+    assert status == 201 and body[0]["error"] == "forbidden", body
+    entries = await audit_entries(audited, backend, "&doc=r_flagged")
+    assert [(e["action"], e["outcome"], e["reason"]) for e in entries] == [
+        ("create", "forbidden", "flagged: refused")
+    ]
+
+
 BLOCK = {"_id": "_design/block", "validate_doc_update": "function () { throw({forbidden: 'closed'}); }"}
 
 
@@ -262,3 +287,37 @@ async def test_attachment_writes_record_the_new_rev(
     got = sorted((e["doc_id"], e["outcome"], e["rev_before"], e["rev_after"]) for e in entries)
     assert got == sorted([("p1", "written", before, put["rev"]), ("p1", "written", put["rev"], deleted["rev"]),
                           ("p9", "forbidden", rev_of(backend, medic, "p9"), None)])  # fmt: skip
+
+
+async def test_refused_single_writes_answer_as_before_and_are_recorded_once(
+    audited: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """The answers to single-doc writes refused here (the error tree's, rendered by its
+    middleware): CouchDB's exact bytes for a DELETE naming no revision, the write rules'
+    status, `error` and reason for a doc or attachment outside the scope. Each refused doc
+    has its one audit entry; none is recorded again as a denied request."""
+    mine = report("r_mine", ("chw1_person", "area1"), patient_id="1001")
+    assert (await audited.call("PUT", f"/{medic}/r_mine", auth=auth("chw1"), json=mine))[0] == 201
+    foreign = report("r_theirs", ("p9", "house3"), patient_uuid="p9")
+    over_p9 = report("p9", ("chw1_person", "area1"), patient_id="1001")  # in scope, over a foreign doc: W4
+    p9 = backend.request("GET", f"/{medic}/p9")[1]
+    refusals = [
+        ("DELETE", f"/{medic}/r_mine", None, None, 409, "conflict", "Document update conflict."),
+        ("PUT", f"/{medic}/r_theirs", foreign, None, 403, "forbidden", None),
+        ("PUT", f"/{medic}/p9", over_p9, None, 409, "conflict", "Document update conflict."),
+        ("PUT", f"/{medic}/p9/a.txt?rev={p9['_rev']}", None, b"x", 403, "forbidden",
+         "the document is outside your replication scope"),
+    ]  # fmt: skip
+    for method, path, json, data, status, error, reason in refusals:
+        got, body, headers = await audited.call(
+            method, path, auth=auth("chw1"), json=json, data=data, headers=TEXT if data else None
+        )
+        assert (got, body["error"]) == (status, error), (path, body)
+        assert list(body) == ["error", "reason"] and (reason is None or body["reason"] == reason), body
+        assert headers["Content-Type"] == "application/json"
+        assert headers["Content-Length"] == str(len(orjson.dumps(body))), headers  # CouchDB's compact JSON
+    assert backend.request("GET", f"/{medic}/r_mine")[0] == 200
+    entries = await audit_entries(audited, backend, "&user=chw1")
+    assert not [e for e in entries if e["action"] == "request"], entries
+    refused = sorted((e["doc_id"], e["action"]) for e in entries if e["outcome"] == "forbidden")
+    assert refused == [("p9", "attachment"), ("p9", "update"), ("r_theirs", "create")], refused

@@ -36,6 +36,7 @@ from aiohttp import web
 
 from proxy.access.paths import CouchPath
 from proxy.audit import capture
+from proxy.audit.recorder import record
 from proxy.auth.principal import Principal
 from proxy.couch.client import JsonResult, quote_id
 from proxy.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, json_response
@@ -85,7 +86,7 @@ async def _screen(
     if len(path.segments) == 1 and path.db is not None and method in ("PUT", "DELETE"):
         if not principal.is_admin:
             action = "db_create" if method == "PUT" else "db_delete"
-            capture.record(request, action, "forbidden", db=path.db, reason=NOT_SERVER_ADMIN)
+            record(request, action, "forbidden", db=path.db, reason=NOT_SERVER_ADMIN)
             raise Unauthorized(NOT_SERVER_ADMIN)
         return Screened(request)
     if path.is_server or len(path.segments) < 2:

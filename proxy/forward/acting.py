@@ -1,12 +1,15 @@
-"""Token callers have no CouchDB credentials: couchgate acts for them as its service account.
+"""Whose credentials a forward carries upstream (`credentials_for`), and the CouchDB rules
+couchgate applies itself where it acts for the caller.
 
+Token callers have no CouchDB credentials: couchgate acts for them as its service account.
 Before it does, it makes the checks CouchDB would have made for that user
 (`proxy.access.couch_security`, pure). Most need only the path and the database's
 `_security`; a few need the request body (the `_id`s of `POST /db` and `_bulk_docs`, a
-user's own `_users` doc), which the forwarder reads (bounded) and hands to the
-`BodyCheck` returned here before anything is sent upstream. What is sent is then the body
-as the check parsed it, written again (duplicate keys and other ambiguities of the
-client's bytes never reach CouchDB, which could read them differently).
+user's own `_users` doc): `credentials_for` then answers a `BodyCheck` beside the
+credentials, which the caller hands to `relay.forward`; the forward reads the body
+(bounded) and passes it through the check before anything is sent upstream. What is sent
+is then the body as the check parsed it, written again (duplicate keys and other
+ambiguities of the client's bytes never reach CouchDB, which could read them differently).
 
 Known limitation: upstream `validate_doc_update` functions run with the service
 account's userCtx (an admin) for these callers; see `couch_security`. CouchDB's proxy
@@ -15,7 +18,8 @@ authentication (`X-Auth-CouchDB-*` headers) would let CouchDB see the real user 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import orjson
 from aiohttp import web
@@ -34,9 +38,41 @@ from proxy.errors import (
     UpstreamError,
     dumps,
 )
+from proxy.forward.relay import BodyCheck
 from proxy.keys import COUCH, SECURITY
 
-BodyCheck = Callable[[bytes], Awaitable[bytes]]
+
+class Upstream(NamedTuple):
+    """How a request goes to CouchDB: with these credentials, its body first through `check`
+    when CouchDB's answer for this caller depends on it (both are `relay.forward`'s)."""
+
+    credentials: dict[str, str]
+    check: BodyCheck | None = None
+
+
+async def credentials_for(request: web.Request, principal: Principal, path: CouchPath) -> Upstream:
+    """The upstream credentials of this request, or an error if CouchDB's rules deny it."""
+    if path.segments[:1] == ("_session",):
+        # CouchDB's own session protocol: the client's credentials, exactly as sent; an
+        # `Authorization` couchgate did not read as Basic credentials is none (CouchDB 3.4
+        # answers `Basic %%%` with a 500 `badarg`, even on `GET /_session`).
+        return Upstream({
+            k: v for k, v in request.headers.items()
+            if k.lower() == "cookie" or (k.lower() == "authorization" and principal.method == "basic")
+        })  # fmt: skip
+    if not principal.authenticated:
+        return Upstream({})  # anonymous: whatever the client sent was no credential couchgate could read
+    if principal.upstream_headers:
+        check = None
+        if path.db == "_users" and not principal.is_admin:
+            # Not every backend keeps CouchDB's `_users` rules (pouchdb-server lets users
+            # change their own roles): couchgate holds these callers to them as it does
+            # token callers, and CouchDB then checks again with their own credentials.
+            check = await authorize(request, principal, path)
+        return Upstream(dict(principal.upstream_headers), check)
+    # A token caller: couchgate applies CouchDB's rules, then acts as the service account.
+    check = await authorize(request, principal, path)
+    return Upstream({"Authorization": request.app[COUCH].service_auth}, check)
 
 
 def refusal(verdict: Verdict) -> CouchgateError:

@@ -3,7 +3,7 @@
 too; a login is throttled (`proxy.auth.throttle`) and audited, and only the name and
 password couchgate read are sent on.
 
-It forwards, so it lives beside `proxy.passthrough`, above `proxy.auth`."""
+It forwards, so it lives in the forwarding wing (`proxy.forward`), above `proxy.auth`."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import orjson
 from aiohttp import web
 
 from proxy.audit.api import Outcome
-from proxy.audit.capture import record
+from proxy.audit.recorder import record
 from proxy.auth.routes import MAX_LOGIN_BODY, login_fields, throttled
 from proxy.clients import client_address
 from proxy.errors import BadRequest, json_response
+from proxy.forward.acting import credentials_for
+from proxy.forward.relay import forward, parse_path
 from proxy.keys import CALLER, THROTTLE, TOKEN_GUARD
 from proxy.methods import refuse_unknown_method
 from proxy.params import read_body
-from proxy.passthrough import credentials_for, forward, parse_path
 
 
 async def session(request: web.Request) -> web.StreamResponse:
@@ -34,13 +35,13 @@ async def session(request: web.Request) -> web.StreamResponse:
             }
         )
     path = parse_path(request)
-    credentials = await credentials_for(request, principal, path)
+    credentials, check = await credentials_for(request, principal, path)
     if request.method == "DELETE" and principal.name is not None:
         # A logout ends the user's tokens too (issued before it, on every replica).
         await request.app[TOKEN_GUARD].revoke(principal.name)
         record(request, "token_revoke", "success", details={"name": principal.name, "by": "logout"})
     if request.method != "POST":
-        return await forward(request, path, credentials)
+        return await forward(request, path, credentials, check=check)
     body = await read_body(request, MAX_LOGIN_BODY)
     name, password = login_fields(request.content_type, body)
     if name is None or password is None:

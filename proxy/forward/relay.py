@@ -8,7 +8,7 @@ dropped; `Location` is rewritten to couchgate's address.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -17,14 +17,12 @@ from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 from proxy.access.paths import BadPath, CouchPath
-from proxy.auth import acting
-from proxy.auth.principal import Principal
 from proxy.clients import client_view
 from proxy.couch.client import LIVE_FEEDS, MAPPED_ERRORS
-from proxy.errors import BadRequest, ClientGone, PayloadTooLarge
+from proxy.errors import BadRequest, PayloadTooLarge
+from proxy.forward.limits import limited_body, whole_body
 from proxy.keys import COUCH, SETTINGS
 from proxy.logs import stamp_request_id
-from proxy.params import collect, read_body
 
 HOP_BY_HOP = {
     "connection",
@@ -46,10 +44,7 @@ FORWARDED_REQUEST_HEADERS = frozenset({
     "destination", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range",
     "range", "user-agent", "x-couch-full-commit",
 })  # fmt: skip
-CHUNK = 64 * 1024
 log = logging.getLogger("couchgate.proxy")
-# A check of the request body that `credentials_for` asked `forward` to make (token callers).
-BODY_CHECK: web.RequestKey[acting.BodyCheck] = web.RequestKey("body_check")
 
 
 def hop_by_hop(headers: CIMultiDictProxy[str]) -> set[str]:
@@ -90,67 +85,12 @@ def upstream_request_headers(request: web.Request, credentials: dict[str, str]) 
     return headers
 
 
-async def limited_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
-    seen = 0
-    try:
-        async for chunk in request.content.iter_chunked(CHUNK):
-            seen += len(chunk)
-            if seen > limit:
-                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-            yield chunk
-    except ConnectionResetError as exc:
-        # Not CouchDB's fault: the client left while its body was being sent upstream.
-        raise ClientGone("the client went away before its request was complete") from exc
-
-
-async def whole_body(request: web.Request, body: bytes | AsyncIterable[bytes] | None, limit: int) -> bytes:
-    """The request body as bytes (for a body check), refused past `limit` bytes."""
-    if isinstance(body, bytes):
-        return body
-    if body is None:
-        return await read_body(request, limit)
-    raw, complete = await collect(body, limit)
-    if not complete:
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    return raw
-
-
 def public_base(request: web.Request) -> str:
     configured = request.app[SETTINGS].public_url
     if configured is not None:
         return str(configured).rstrip("/")
     view = client_view(request)
     return f"{view.scheme}://{view.host or request.host}"
-
-
-async def credentials_for(request: web.Request, principal: Principal, path: CouchPath) -> dict[str, str]:
-    """The upstream credentials of this request, or an error if CouchDB's rules deny it."""
-    if path.segments[:1] == ("_session",):
-        # CouchDB's own session protocol: the client's credentials, exactly as sent; an
-        # `Authorization` couchgate did not read as Basic credentials is none (CouchDB 3.4
-        # answers `Basic %%%` with a 500 `badarg`, even on `GET /_session`).
-        return {
-            k: v for k, v in request.headers.items()
-            if k.lower() == "cookie" or (k.lower() == "authorization" and principal.method == "basic")
-        }  # fmt: skip
-    if not principal.authenticated:
-        return {}  # anonymous: whatever the client sent was no credential couchgate could read
-    if principal.upstream_headers:
-        if path.db == "_users" and not principal.is_admin:
-            # Not every backend keeps CouchDB's `_users` rules (pouchdb-server lets users
-            # change their own roles): couchgate holds these callers to them as it does
-            # token callers, and CouchDB then checks again with their own credentials.
-            await _authorize(request, principal, path)
-        return dict(principal.upstream_headers)
-    # A token caller: couchgate applies CouchDB's rules, then acts as the service account.
-    await _authorize(request, principal, path)
-    return {"Authorization": request.app[COUCH].service_auth}
-
-
-async def _authorize(request: web.Request, principal: Principal, path: CouchPath) -> None:
-    check = await acting.authorize(request, principal, path)
-    if check is not None:
-        request[BODY_CHECK] = check  # made by `forward`, which reads the body
 
 
 def is_attachment(path: CouchPath) -> bool:
@@ -166,6 +106,8 @@ def rebuilt_query(params: Mapping[str, str] | MultiMapping[str]) -> str:
 
 
 AnswerHook = Callable[[int, bytes], None]
+# A check the whole request body passes before it is sent; it answers the body to send.
+BodyCheck = Callable[[bytes], Awaitable[bytes]]
 CAPTURE_LIMIT = 1024 * 1024
 
 
@@ -175,12 +117,15 @@ async def forward(
     credentials: dict[str, str],
     *,
     body: bytes | AsyncIterable[bytes] | None = None,
+    check: BodyCheck | None = None,
     on_answer: AnswerHook | None = None,
     capture_limit: int = CAPTURE_LIMIT,
     query: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
     """Stream the request to CouchDB and its answer back. `body`: send this instead of the
-    request's own (already read, or partly read, by the caller); `on_answer`: called at the
+    request's own (already read, or partly read, by the caller); `check`: the whole body
+    (within the JSON limit) goes through it first, and what it answers is sent (a token
+    caller's, `proxy.forward.acting`); `on_answer`: called at the
     end with the status and the first `capture_limit` bytes of the answer (for the audit log);
     `query`: the parameters to send (default: the request's, as couchgate parsed them)."""
     settings = request.app[SETTINGS]
@@ -189,9 +134,7 @@ async def forward(
     if declared is not None and declared > settings.max_body_bytes:
         raise PayloadTooLarge(f"request body is larger than {settings.max_body_bytes} bytes")
     target = path.encoded() + rebuilt_query(request.query if query is None else query)
-    check = request.get(BODY_CHECK)
     if check is not None:
-        del request[BODY_CHECK]
         body = await check(await whole_body(request, body, settings.max_json_bytes))
     if body is not None:
         data: Any = body
