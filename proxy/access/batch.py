@@ -9,6 +9,8 @@ the tree, so a new household, its people and their reports may arrive together. 
 3. the others are judged again without them, until no further contact is refused.
 A contact the user may not write therefore never lends its place to the others, and one
 that would move itself out of the scope is refused as a move, never allowed as a stay.
+For edits (`edits`: not replication), W15 (`made_up_rev`) is one of the rules of step 1:
+a contact CouchDB would refuse as a conflict lends its place to no report either.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from proxy.access.config import AppSettings, UserCtx
 from proxy.access.graph import ContactGraph, ContactNode, OverlayGraph
-from proxy.access.write import Decision, TreeView, authorize_write, overlay_node
+from proxy.access.write import Decision, TreeView, authorize_write, made_up_rev, overlay_node
 
 
 def authorize_batch(
@@ -28,6 +30,8 @@ def authorize_batch(
     docs: Sequence[Mapping[str, Any]],
     stored: Mapping[str, Mapping[str, Any] | None],
     hidden: Collection[str] = (),
+    *,
+    edits: bool = False,
 ) -> list[Decision]:
     """A decision per doc, in request order. `stored`: the live winner of each id (None:
     missing or deleted); `hidden`: ids whose deleted winner the user could not read."""
@@ -40,19 +44,17 @@ def authorize_batch(
     while True:
         overlay = OverlayGraph(graph, {n.id: n for i, n in sorted(nodes.items())})
         view = TreeView.of(user, settings, graph, overlay, (str(d.get("_id")) for d in docs))
-        decisions = [
-            final.get(i)
-            or authorize_write(
-                user,
-                settings,
-                graph,
-                doc,
-                stored.get(str(doc.get("_id"))),
-                view,
-                hidden=str(doc.get("_id")) in hidden,
-            )
-            for i, doc in enumerate(docs)
-        ]
+        decisions = []
+        for i, doc in enumerate(docs):
+            decision = final.get(i)
+            if decision is None:
+                before = stored.get(str(doc.get("_id")))
+                decision = authorize_write(
+                    user, settings, graph, doc, before, view, hidden=str(doc.get("_id")) in hidden
+                )
+                if edits:
+                    decision = made_up_rev(doc, before, decision)
+            decisions.append(decision)
         refused = [i for i in nodes if not decisions[i].allowed]
         if not refused:
             return decisions

@@ -6,7 +6,9 @@ DELETEs whose meaning a backend could get wrong. Offline users never reach a raw
 Refused or answered here on every backend (the answers are CouchDB's own, or a 400 where
 CouchDB would crash into a 500):
 - any reach for couchgate's own `_local` docs (offline users' checkpoints and removals
-  ledgers), and `_local_docs`, which would list them: 403 for all but server admins;
+  ledgers), and `_local_docs`, which would list them: 403 for all but server admins; by
+  path, by `COPY`'s destination, and by a body that names one (`_bulk_get`, `_all_docs`
+  keys here; `_bulk_docs` and `POST /{db}` in `proxy.forward.serve`, which reads them);
 - `PUT`/`DELETE /{db}` by anyone but a server admin: 401 `You are not a server admin.`;
 - `_changes` filters of the wrong form (`filter=x`, `filter=_unknown`, `filter=_view`
   without `view=ddoc/view`), repeated `filter`/`view`;
@@ -92,25 +94,61 @@ async def _screen(
     if path.is_server or len(path.segments) < 2:
         return Screened(request)
     if not principal.is_admin and _couchgates_own(path, request):
-        raise Forbidden("This document is couchgate's own.")
+        raise Forbidden(OWN_REASON)
     kind = capture.write_kind(method, path)
     if method == "DELETE" and kind in ("doc", "attachment"):
         return await _delete(request, path, credentials)
     second = path.segments[1]
+    raw = None
+    if not principal.is_admin and method == "POST" and second in ("_bulk_get", "_all_docs"):
+        raw = await read_body(request, request.app[SETTINGS].max_json_bytes)
+        refuse_own_local(raw)
+    if not principal.is_admin and second == "_all_docs":
+        for name in ("keys", "key", "startkey", "start_key"):
+            for value in request.query.getall(name, []):
+                refuse_own_local(value.encode())
     if second == "_changes" and method in ("GET", "HEAD", "POST"):
         await _changes_filter(request, path, credentials)
     elif second == "_revs_diff" and method == "POST":
         return Screened(request, body=await _revs_diff_body(request))
     elif second == "_bulk_get" and method == "POST" and _latest(request):
-        return await _bulk_get(request, path, credentials)
+        return await _bulk_get(request, path, credentials, raw)
     elif method == "GET" and path.doc_id is not None and not path.rest and _latest(request):
         return await _open_revs(request, path, credentials)
-    return Screened(request)
+    return Screened(request, body=raw)
 
 
 # `_local` docs couchgate keeps in the main database for offline users (their replication
 # checkpoints, their removals ledgers): no other caller reads, writes or lists them.
 OWN_LOCAL = "_local/couchgate"
+OWN_REASON = "This document is couchgate's own."
+
+
+def names_own_local(body: object) -> bool:
+    """Whether a request body (parsed JSON, or the strings of a query) names one of
+    couchgate's own `_local` docs: as a doc's `_id` or `id`, a key, or an element of a
+    list, at any depth CouchDB reads ids from."""
+    if isinstance(body, str):
+        return body.startswith(OWN_LOCAL)
+    if isinstance(body, list):
+        return any(names_own_local(item) for item in body)
+    if isinstance(body, dict):
+        return any(
+            names_own_local(body.get(key))
+            for key in ("_id", "id", "docs", "keys", "key", "startkey", "start_key")
+        )
+    return False
+
+
+def refuse_own_local(raw: bytes) -> None:
+    """403 for a JSON body that names couchgate's own `_local` docs (one that is no JSON
+    names nothing CouchDB would read either)."""
+    try:
+        body = orjson.loads(raw) if raw.strip() else None
+    except orjson.JSONDecodeError:
+        return
+    if names_own_local(body):
+        raise Forbidden(OWN_REASON)
 
 
 def _couchgates_own(path: CouchPath, request: web.Request) -> bool:
@@ -301,8 +339,11 @@ async def _open_revs(request: web.Request, path: CouchPath, credentials: Mapping
     return Screened(request, answer=json_response(rows))
 
 
-async def _bulk_get(request: web.Request, path: CouchPath, credentials: Mapping[str, str]) -> Screened:
-    raw = await read_body(request, request.app[SETTINGS].max_json_bytes)
+async def _bulk_get(
+    request: web.Request, path: CouchPath, credentials: Mapping[str, str], raw: bytes | None
+) -> Screened:
+    if raw is None:
+        raw = await read_body(request, request.app[SETTINGS].max_json_bytes)
     if not await _fragile(request):
         return Screened(request, body=raw)
     try:

@@ -40,7 +40,7 @@ HOP_BY_HOP = {
 # The only client headers forwarded to CouchDB (see `upstream_request_headers`): content
 # negotiation, the body's framing and type, revisions and ranges, COPY's destination.
 FORWARDED_REQUEST_HEADERS = frozenset({
-    "accept", "accept-encoding", "content-type", "content-length", "content-encoding", "content-md5",
+    "accept", "accept-encoding", "content-type", "content-length", "content-md5",
     "destination", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range",
     "range", "user-agent", "x-couch-full-commit",
 })  # fmt: skip
@@ -68,6 +68,11 @@ def upstream_request_headers(request: web.Request, credentials: dict[str, str]) 
     forwarding headers decide the URLs it builds, so no such header may come from a caller."""
     headers: CIMultiDict[str] = CIMultiDict()
     dropped = hop_by_hop(request.headers)
+    if "Content-Encoding" in request.headers:
+        # aiohttp has decoded the body already: what goes upstream is the decoded body, so
+        # neither the encoding (CouchDB would decode it again: a body couchgate judged
+        # as one thing would be written as another) nor the encoded length goes with it.
+        dropped = dropped | {"content-length"}
     for key, value in request.headers.items():
         lower = key.lower()
         if lower in FORWARDED_REQUEST_HEADERS and lower not in dropped:

@@ -16,6 +16,7 @@ from proxy.audit import capture
 from proxy.audit.recorder import Planned, Recorder, planned
 from proxy.auth.principal import Principal
 from proxy.couch.validate import DocInvalid, validate_bulk, validate_put
+from proxy.errors import PayloadTooLarge
 from proxy.forward import guard
 from proxy.forward.acting import credentials_for
 from proxy.forward.limits import CHUNK, in_slices, rest_of_body
@@ -39,7 +40,8 @@ async def serve_forwarded(
         return await forward(request, path, credentials, body=screened.body, check=upstream.check)
     # A write: recorded in the audit log with CouchDB's answer. JSON bodies up to the JSON
     # limit are read, chunked ones too, so each doc of a `_bulk_docs` gets its entry; larger
-    # ones and attachments stream through, and their entries say what could not be known.
+    # ones (an admin's: from others they are refused below) and attachments stream through,
+    # and their entries say what could not be known.
     settings = request.app[SETTINGS]
     body: bytes | AsyncIterable[bytes] | None = None
     captured: bytes | None = None
@@ -57,6 +59,12 @@ async def serve_forwarded(
         else:
             body_read = False
 
+    if not principal.is_admin and kind in ("bulk", "create") and request.body_exists:
+        # Docs named in the body are judged against couchgate's own `_local` docs: a body
+        # that could not be read whole is not judged, so it is not forwarded either.
+        if captured is None:
+            raise PayloadTooLarge(f"request body is larger than {settings.max_json_bytes} bytes")
+        guard.refuse_own_local(captured)
     audit = Recorder.of(request)
     if captured is not None and kind in CHECKED_KINDS and request.method in ("PUT", "POST"):
         named = check_body(audit, request, path, kind, captured)

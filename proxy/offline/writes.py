@@ -24,7 +24,7 @@ from aiohttp import web
 
 from proxy.access.batch import authorize_batch
 from proxy.access.paths import CouchPath
-from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision, made_up_rev
+from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision
 from proxy.audit.recorder import Recorder, failed_outcome, planned, row_outcome
 from proxy.couch.client import quote_id
 from proxy.couch.docs import Docs
@@ -131,9 +131,9 @@ async def judge(
         else:
             (stored, hidden), made = await asyncio.gather(winners, own)
             docs = [d for d in docs if (d["_id"], d["_rev"]) not in made]
-        decisions = authorize_batch(view.user, view.settings, view.sync.index, docs, stored, hidden)
-        if new_edits:
-            decisions = [made_up_rev(d, stored[d["_id"]], ok) for d, ok in zip(docs, decisions, strict=True)]
+        decisions = authorize_batch(
+            view.user, view.settings, view.sync.index, docs, stored, hidden, edits=new_edits
+        )
         if any(d.allowed for d in decisions):
             await intent  # crash-proof audit: stored before anything is written
     finally:
