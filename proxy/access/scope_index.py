@@ -649,10 +649,18 @@ class ScopeIndex:
         nums = sorted(found, key=ords.__getitem__)
         return nums, [found[n] for n in nums]
 
-    def _feed(self, user: UserCtx, settings: AppSettings) -> _UserFeed:
+    def _kept(self, user: UserCtx, settings: AppSettings) -> _UserFeed | None:
+        """The user's feed if one is kept for these settings and this tree (it may lag
+        behind the index's ordinal: `_feed` brings it up to date)."""
         feed = self._feeds.get(user)
-        ords = self._ord
         if feed is None or feed.settings is not settings or feed.tree_version != self.tree_version:
+            return None
+        return feed
+
+    def _feed(self, user: UserCtx, settings: AppSettings) -> _UserFeed:
+        feed = self._kept(user, settings)
+        ords = self._ord
+        if feed is None:
             self._drop_tail(user)
             nums, entries = self._scan(user, settings, 0)
             feed = _UserFeed(settings, self.tree_version, self.ordinal, array("i", nums))
@@ -699,10 +707,7 @@ class ScopeIndex:
         change of the tree, or once CACHED_USERS others came after it) is answered from
         the docs filed under keys changed since its ordinal, not by building the feed of its
         whole scope; the feed is built once that finds more than a page's worth to send."""
-        feed = self._feeds.get(user)
-        if ordinal > 0 and (
-            feed is None or feed.settings is not settings or feed.tree_version != self.tree_version
-        ):
+        if ordinal > 0 and self._kept(user, settings) is None:
             _, entries = self._scan(user, settings, ordinal)
             if len(entries) <= TAIL_KEPT:
                 return entries
@@ -735,8 +740,10 @@ class ScopeIndex:
             flags = self._flags
             feed.live = sum(1 for n in feed.nums if not flags[n] & DELETED)
         live, dead = feed.live, len(feed.nums) - feed.live
-        self._counted[user] = (live, dead, settings, self.tree_version, self.ordinal)
-        self.counts_recorded += 1
+        now = (live, dead, settings, self.tree_version, self.ordinal)
+        if now != counted:  # (recorded again only when they change: each makes a snapshot due)
+            self._counted[user] = now
+            self.counts_recorded += 1
         self._counted.move_to_end(user)
         if len(self._counted) > COUNTED_USERS:
             self._counted.popitem(last=False)

@@ -128,6 +128,9 @@ def test_a_users_counts_come_back_with_the_index_while_nothing_changed(tmp_path:
     user = UserCtx("supervisor", ("chw_supervisor",), ("d0-hc0",), "d0-hc0-sup")
     counts = index.readable_counts(user, settings)
     assert counts[0] > 100
+    recorded = index.counts_recorded
+    assert index.readable_counts(user, settings) == counts
+    assert index.counts_recorded == recorded  # the same counts again make no snapshot due
     store(tmp_path).save("instance-1", {"index": index})
     loaded = store(tmp_path).load("instance-1")
     assert loaded is not None
