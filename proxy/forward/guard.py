@@ -100,10 +100,10 @@ async def _screen(
         return await _delete(request, path, credentials)
     second = path.segments[1]
     raw = None
-    if not principal.is_admin and method == "POST" and second in ("_bulk_get", "_all_docs"):
-        raw = await read_body(request, request.app[SETTINGS].max_json_bytes)
-        refuse_own_local(raw)
-    if not principal.is_admin and second == "_all_docs":
+    if not principal.is_admin and second in ("_bulk_get", "_all_docs"):  # ids named in a body or query
+        if method == "POST":
+            raw = await read_body(request, request.app[SETTINGS].max_json_bytes)
+            refuse_own_local(raw)
         for name in ("keys", "key", "startkey", "start_key"):
             for value in request.query.getall(name, []):
                 refuse_own_local(value.encode())

@@ -16,7 +16,7 @@ from proxy.audit import capture
 from proxy.audit.recorder import Planned, Recorder, planned
 from proxy.auth.principal import Principal
 from proxy.couch.validate import DocInvalid, validate_bulk, validate_put
-from proxy.errors import PayloadTooLarge
+from proxy.errors import Forbidden, PayloadTooLarge
 from proxy.forward import guard
 from proxy.forward.acting import credentials_for
 from proxy.forward.limits import CHUNK, in_slices, rest_of_body
@@ -59,15 +59,13 @@ async def serve_forwarded(
         else:
             body_read = False
 
-    if not principal.is_admin and kind in ("bulk", "create") and request.body_exists:
-        # Docs named in the body are judged against couchgate's own `_local` docs: a body
-        # that could not be read whole is not judged, so it is not forwarded either.
-        if captured is None:
-            raise PayloadTooLarge(f"request body is larger than {settings.max_json_bytes} bytes")
-        guard.refuse_own_local(captured)
+    if not principal.is_admin and kind in NAMING_KINDS and request.body_exists and captured is None:
+        # The docs a body names are judged against couchgate's own `_local` docs (in
+        # `check_body`): a body that could not be read whole is not judged, nor forwarded.
+        raise PayloadTooLarge(f"request body is larger than {settings.max_json_bytes} bytes")
     audit = Recorder.of(request)
     if captured is not None and kind in CHECKED_KINDS and request.method in ("PUT", "POST"):
-        named = check_body(audit, request, path, kind, captured)
+        named = check_body(audit, request, path, kind, captured, own_local=principal.is_admin)
         if named is not None:  # new docs given their ids, so that the intent can name them
             captured = named
             body = named if len(named) <= CAPTURE_LIMIT else in_slices(named)
@@ -89,17 +87,24 @@ async def serve_forwarded(
 
 # Writes whose JSON body CouchDB parses as docs: checked first (proxy/couch/validate.py).
 CHECKED_KINDS = {"bulk", "doc", "create"}
+# ... and those whose body names the docs' ids (a PUT's id is its path's).
+NAMING_KINDS = {"bulk", "create"}
 
 
-def check_body(audit: Recorder, request: web.Request, path: CouchPath, kind: str, raw: bytes) -> bytes | None:
+def check_body(
+    audit: Recorder, request: web.Request, path: CouchPath, kind: str, raw: bytes, *, own_local: bool
+) -> bytes | None:
     """400 with CouchDB's error for a body CouchDB would refuse or fail on, before it is
-    forwarded: as CouchDB does, the first problem refuses the whole request. A body that is
-    not JSON at all is left to CouchDB, which says so itself. Returns the body again when new
-    docs in it were given ids (see `capture.name_new_docs`)."""
+    forwarded: as CouchDB does, the first problem refuses the whole request; 403 for one
+    that names couchgate's own `_local` docs, unless `own_local` (a server admin's). A body
+    that is not JSON at all is left to CouchDB, which says so itself. Returns the body again
+    when new docs in it were given ids (see `capture.name_new_docs`)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
+    if not own_local and kind in NAMING_KINDS and guard.names_own_local(body):
+        raise Forbidden(guard.OWN_REASON)
     try:
         if kind == "bulk":
             validate_bulk(body)
