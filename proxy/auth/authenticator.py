@@ -3,7 +3,8 @@
 Order: `Authorization: Bearer` (JWT), `Authorization: Basic` (checked against CouchDB's
 `GET /_session` with the caller's own credentials), the `AuthSession` cookie (likewise),
 else anonymous. Verified basic and cookie credentials are cached briefly under a hash, so
-a replication's many requests cost one upstream check.
+a replication's many requests cost one upstream check; requests that bring a Basic
+credential while it is being checked share that check.
 
 An `Authorization` header CouchDB could not read (another scheme, `Basic:` with a colon,
 Basic without a name, bearer tokens while they are off) is no credential, as in CouchDB:
@@ -15,6 +16,7 @@ Bearer tokens are checked against their user's current state (`proxy.auth.token_
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import hashlib
 import time
@@ -63,6 +65,7 @@ class Authenticator:
         self.throttle = throttle
         self.guard = guard
         self._cache: dict[str, tuple[float, str | None, tuple[str, ...]]] = {}
+        self._checking: dict[str, asyncio.Future[tuple[str | None, tuple[str, ...]]]] = {}
 
     async def authenticate(
         self, authorization: str | None, cookie_header: str | None, client: str | None = None
@@ -95,24 +98,42 @@ class Authenticator:
     async def _basic(self, header: str, name: str, password: str, client: str | None) -> Principal:
         key = self._key("basic", header)
         hit = self._cached(key)
-        if hit is not None:
-            user, roles = hit
-        else:
-            wait = self.throttle.admit(name, client, password)
-            if wait is not None:
-                observe.auth_throttled()  # metrics
-                raise LoginThrottled(name, wait)
-            try:
-                user, roles = await session_user(self.couch, {"Authorization": header}, client)
-            except BaseException:
-                self.throttle.release(name, client)  # no answer on the password
-                raise
-            if user is None and "_admin" not in roles:
-                self.throttle.failed(name, client, password)
-                raise AuthFailed("Name or password is incorrect.", headers=CHALLENGE)
-            self.throttle.succeeded(name, password, client)
-            self._remember(key, user, roles)
+        if hit is None:
+            # Requests that arrive with the same credential while it is being checked wait
+            # for that one check: one attempt, as the throttle counts it (an app's parallel
+            # first requests are not a burst of guesses), and one upstream call.
+            check = self._checking.get(key)
+            if check is None:
+                check = asyncio.ensure_future(self._check_basic(key, header, name, password, client))
+                self._checking[key] = check
+                check.add_done_callback(lambda done: self._checked(key, done))
+            hit = await asyncio.shield(check)
+        user, roles = hit
         return await self._principal(user, roles, "basic", (("Authorization", header),))
+
+    def _checked(self, key: str, check: asyncio.Future[tuple[str | None, tuple[str, ...]]]) -> None:
+        self._checking.pop(key, None)
+        if not check.cancelled():
+            check.exception()  # retrieved: every waiter may have gone
+
+    async def _check_basic(
+        self, key: str, header: str, name: str, password: str, client: str | None
+    ) -> tuple[str | None, tuple[str, ...]]:
+        wait = self.throttle.admit(name, client, password)
+        if wait is not None:
+            observe.auth_throttled()  # metrics
+            raise LoginThrottled(name, wait)
+        try:
+            user, roles = await session_user(self.couch, {"Authorization": header}, client)
+        except BaseException:
+            self.throttle.release(name, client)  # no answer on the password
+            raise
+        if user is None and "_admin" not in roles:
+            self.throttle.failed(name, client, password)
+            raise AuthFailed("Name or password is incorrect.", headers=CHALLENGE)
+        self.throttle.succeeded(name, password, client)
+        self._remember(key, user, roles)
+        return user, roles
 
     async def _cookie(self, session: str, client: str | None) -> Principal:
         cookie = f"AuthSession={session}"

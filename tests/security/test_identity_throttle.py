@@ -242,6 +242,22 @@ async def test_parallel_guesses_get_the_free_failures_not_one_each(backend: Pouc
         await stop_gateway(gw)
 
 
+async def test_parallel_requests_with_one_credential_are_one_attempt(backend: PouchServer, db: str) -> None:
+    """Found by the audit benchmark: 8 writers starting at once with the right password got
+    429 (each request in flight took a slot of the free failures). Requests that bring the
+    same credential while it is checked share the check: the right password is let in for
+    all of them, and the same wrong one counts once."""
+    gw = await start_gateway(gateway_settings(backend, db, **FAST))
+    try:
+        user = new_user(backend)
+        wrong = await asyncio.gather(*(basic_status(gw, db, user.name, "nope") for _ in range(30)))
+        assert [status for status, _, _ in wrong] == [401] * 30
+        right = await asyncio.gather(*(basic_status(gw, db, user.name, user.password) for _ in range(30)))
+        assert [status for status, _, _ in right] == [200] * 30, [s for s, _, _ in right]
+    finally:
+        await stop_gateway(gw)
+
+
 async def test_a_session_login_name_is_a_string_or_nothing(backend: PouchServer, db: str) -> None:
     """Found by the third attack round: `{"name": ["chw1"]}` is chw1 to pouchdb-server but
     not to the throttle; couchgate sends CouchDB only the name it counted."""
