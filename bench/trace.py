@@ -181,6 +181,7 @@ async def run(args: argparse.Namespace) -> None:
                 if profiler is not None:
                     print(f"\ncouchgate's own functions, by cumulative CPU time (top {args.profile}):")
                     pstats.Stats(profiler).sort_stats("cumulative").print_stats(r"proxy/", args.profile)
+                    pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
             if docs_file:
                 os.unlink(docs_file)
         finally:
