@@ -4,8 +4,9 @@ the warning flag, and their sync activity on this replica; sortable and filterab
 Counting a user's docs costs that user's docs (a walk of the scope index); at 20,000 users
 that is far too much for a request. So the counts are kept here and refreshed by one
 background task, a user at a time, within a CPU budget (`BUDGET` of one core: after each
-slice of work it sleeps long enough to stay under it), and a user is recounted only when
-the index or the settings changed since their count. The request path only filters and
+slice of work it sleeps long enough to stay under it; a large scope is counted in steps,
+`ScopeIndex.counting`, so no user's count holds the event loop for long), and a user is
+recounted only when the index or the settings changed since their count. The request path only filters and
 sorts what is kept (`python -m bench.users_at_risk`: docs/benchmarks.md). Each row says
 when it was counted; `?refresh=true` waits for a pass that starts after the request
 (with the index brought level with CouchDB first).
@@ -201,13 +202,21 @@ class UsersAtRisk:
             old = self.counts.get(name)
             if old is not None and (old.ordinal, old.settings, old.user) == (index.ordinal, settings, user):
                 continue
-            by_kind = count_scope(index, user, settings)
-            total = sum(by_kind.values())
-            self.counts[name] = Counted(by_kind, total, self.clock(), index.ordinal, settings, user)
-            worked = time.perf_counter() - started
-            if worked >= SLICE:
-                await asyncio.sleep(worked * (1 - BUDGET) / BUDGET)
-                started = time.perf_counter()
+            at = (index.ordinal, index.tree_version)
+            steps = index.counting(user, settings)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    by_kind: dict[str, int] = done.value
+                    break
+                worked = time.perf_counter() - started
+                if worked >= SLICE:
+                    await asyncio.sleep(worked * (1 - BUDGET) / BUDGET)
+                    started = time.perf_counter()
+            # Counted while the index moved on between steps: shown, and counted again.
+            ordinal = at[0] if (index.ordinal, index.tree_version) == at else -1
+            self.counts[name] = Counted(by_kind, sum(by_kind.values()), self.clock(), ordinal, settings, user)
         for gone in set(self.counts) - set(self.offline_users()):
             del self.counts[gone]
         self.refreshed_at = self.clock()

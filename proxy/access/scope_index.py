@@ -25,7 +25,7 @@ import bisect
 import operator
 from array import array
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pickle import PickleBuffer
 from typing import Any, SupportsIndex
@@ -90,6 +90,7 @@ class _UserFeed:
 
 CACHED_USERS = 512
 COUNTED_USERS = 100_000  # users whose last counts are kept (about 250 bytes each)
+COUNT_STEP = 2000  # docs `counting` judges between two yields (about 12 ms)
 
 
 def as_held(entry: Entry, held: list[Version], current: Version, before: Entry | None = None) -> Entry:
@@ -767,13 +768,32 @@ class ScopeIndex:
 
     def count_uncached(self, user: UserCtx, settings: AppSettings) -> dict[str, int]:
         """What `count_by_kind` counts, without filling the per-user caches."""
+        steps = self.counting(user, settings)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                counts: dict[str, int] = done.value
+                return counts
+
+    def counting(
+        self, user: UserCtx, settings: AppSettings, step: int = COUNT_STEP
+    ) -> Generator[None, None, dict[str, int]]:
+        """`count_uncached` in steps: it yields after every `step` docs judged (and once
+        the user's docs are found), so that a caller counting a large scope lets others
+        run in between, and returns the counts. The index may change between steps: the
+        counts are then of no single state, and the caller counts again (its ordinal moved)."""
         subj = subjects(user, settings, self)
+        candidates = list(set(self._candidates(subj, 0)))
+        yield
         flags = self._flags
-        readable = {
-            n
-            for n in set(self._candidates(subj, 0))
-            if not flags[n] & DELETED and self._judged(n, user, settings, subj)
-        }
+        readable: list[int] = []
+        for start in range(0, len(candidates), step):
+            readable.extend(
+                n for n in candidates[start : start + step]
+                if not flags[n] & DELETED and self._judged(n, user, settings, subj)
+            )  # fmt: skip
+            yield
         return self._count(readable)
 
     def _count(self, nums: Iterable[int]) -> dict[str, int]:
