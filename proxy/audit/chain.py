@@ -24,7 +24,9 @@ UNHASHED = {"hash", "_rev", "_revisions", "_conflicts"}
 
 
 def canonical(entry: Mapping[str, Any]) -> bytes:
-    body = {k: v for k, v in entry.items() if k not in UNHASHED}
+    body = entry
+    if not UNHASHED.isdisjoint(entry.keys()):
+        body = {k: v for k, v in entry.items() if k not in UNHASHED}
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
