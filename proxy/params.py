@@ -16,8 +16,8 @@ from proxy.errors import BadRequest, PayloadTooLarge
 # How deeply a JSON body may nest: far beyond any CHT doc, and within what couchgate (and
 # every JSON library on the way) writes back without recursing too deep.
 MAX_JSON_DEPTH = 200
-# A JSON string (the loop unrolled: twice as fast as `"(?:[^"\\]|\\.)*"` on a push's batch).
 DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+# A JSON string (the loop unrolled: twice as fast as `"(?:[^"\\]|\\.)*"` on a push's batch).
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))

@@ -6,8 +6,8 @@ that is far too much for a request. So the counts are kept here and refreshed by
 background task, a user at a time, within a CPU budget (`BUDGET` of one core: after each
 slice of work it sleeps long enough to stay under it; a large scope is counted in steps,
 `ScopeIndex.counting`, so no user's count holds the event loop for long), and a user is
-recounted only when the index or the settings changed since their count. The request path only filters and
-sorts what is kept (`python -m bench.users_at_risk`: docs/benchmarks.md). Each row says
+recounted only when the index or the settings changed since their count. The request
+path only filters and sorts what is kept (`python -m bench.users_at_risk`: docs/benchmarks.md). Each row says
 when it was counted; `?refresh=true` waits for a pass that starts after the request
 (with the index brought level with CouchDB first).
 

@@ -112,7 +112,8 @@ class Authenticator:
         return await self._principal(user, roles, "basic", (("Authorization", header),))
 
     def _checked(self, key: str, check: asyncio.Future[tuple[str | None, tuple[str, ...]]]) -> None:
-        self._checking.pop(key, None)
+        if self._checking.get(key) is check:
+            del self._checking[key]
         if not check.cancelled():
             check.exception()  # retrieved: every waiter may have gone
 
