@@ -118,6 +118,7 @@ class EdgeRequestHandler(RequestHandler):
         self._body: StreamReader | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_seen = 0
+        self._stalled = False
 
     # -- connections per client ------------------------------------------------------------
 
@@ -153,6 +154,8 @@ class EdgeRequestHandler(RequestHandler):
     # -- the request head --------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._stalled:
+            return  # what a stalled client still sends is dropped unread
         requests_before = self._request_count
         body_before = self._body is not None and not self._body.is_eof()
         super().data_received(data)
@@ -211,8 +214,34 @@ class EdgeRequestHandler(RequestHandler):
         self._body = None
         body.set_exception(RequestTimeout("the request body arrived too slowly"))
         self._lingering_time = 0.0  # nothing more is read from this client
+        self._stalled = True
         self.close()
         self._loop.call_later(STALL_GRACE, self.force_close)
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        result = await super().finish_response(request, resp, start_time)
+        if self._stalled:
+            self._half_close()
+        return result
+
+    def _half_close(self) -> None:
+        """End a stalled client's connection so that it still reads its 408.
+
+        Closing a socket while the client's bytes wait unread in it makes the kernel send a
+        reset, and a reset makes the client's kernel throw away the answer it had not read
+        yet. So the answer is followed by a FIN only (the write side shut), the client's
+        further bytes are read and dropped, and the socket closes when the client closes
+        its side, or STALL_GRACE later at the latest.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            return
+        # aiohttp closes `self.transport` when the request is done: it gets none to close.
+        self.transport = None
+        transport.write_eof()
+        self._loop.call_later(STALL_GRACE, transport.close)
 
     # -- aiohttp's own errors, CouchDB-shaped -------------------------------------------------
 
