@@ -26,11 +26,11 @@
 The middleware answers each with its `body()`: `{"error", "reason"}`, and a `Detailed`
 error's details after them.
 
-Low-level client errors are mapped to `UpstreamError`s in `proxy.couch.client`; anything
-else that escapes a handler becomes a 500 whose body never carries exception text. A
-client that went away (`ConnectionResetError`) is no error: the response under way, or a
-499 ("client closed request") if none was, goes back to aiohttp, which writes the access
-line for it.
+A body aiohttp cannot decode as its `Content-Encoding` says is a 400. Low-level client
+errors are mapped to `UpstreamError`s in `proxy.couch.client`; anything else that escapes
+a handler becomes a 500 whose body never carries exception text. A client that went away
+(`ConnectionResetError`) is no error: the response under way, or a 499 ("client closed
+request") if none was, goes back to aiohttp, which writes the access line for it.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 log = logging.getLogger("couchgate.errors")
 
@@ -238,6 +239,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         kept = {"allow", "www-authenticate", "retry-after"}
         headers = {k: v for k, v in exc.headers.items() if k.lower() in kept}
         return error_response(exc.status, error, reason, headers)
+    except RequestPayloadError:
+        # aiohttp could not decode the body as its Content-Encoding says (a "gzip" that is not).
+        # The rest of the body is not read (the stream ends here) and the connection closes.
+        request.content.feed_eof()
+        request.protocol.close()
+        response = error_response(400, "bad_request", "the request body does not match its Content-Encoding")
+        response.force_close()
+        return response
     except ConnectionResetError:
         # The client went away: nothing left to answer, and nothing wrong. aiohttp finds
         # the connection gone when it finishes this response, and logs the access.

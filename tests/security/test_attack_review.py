@@ -76,3 +76,24 @@ async def test_a_compressed_body_is_judged_and_written_as_it_was_read(
     status, body, _ = await gw.call("POST", f"/{medic}/_bulk_docs", auth=CLERK, data=twice, headers=headers)
     assert status >= 400, body
     assert backend.request("GET", f"/{medic}/zipped-twice")[0] == 404
+
+
+async def test_a_body_that_is_not_the_gzip_it_claims_is_a_400_not_a_500(gw: Gateway, medic: str) -> None:
+    """aiohttp decodes a `Content-Encoding: gzip` body as the handler reads it; a body that
+    is not the gzip it claims made that read raise, and the handler's answer was a 500,
+    also on the token route, which anyone may call without credentials."""
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    fake = b"this is not gzip at all"
+    broken = gzip.compress(orjson.dumps({"docs": [{"_id": "half", "pad": "p" * 200_000}]}))[:-40] + b"x" * 40
+    for method, path, who, data in (
+        ("POST", f"/{medic}/_bulk_docs", CHW1, fake),
+        ("POST", f"/{medic}/_bulk_docs", CHW1, broken),
+        ("PUT", f"/{medic}/not-gzip", CHW1, fake),
+        ("POST", "/_couchgate/token", None, fake),
+        ("POST", "/_session", None, fake),
+    ):
+        status, body, _ = await gw.call(method, path, auth=who, data=data, headers=headers)
+        assert status == 400, (path, status, body)
+        # A stream cut short decodes to what it held: then it is the JSON that is bad.
+        assert body["error"] == "bad_request", (path, body)
+        assert data is broken or "encoding" in body["reason"].lower(), (path, body)
