@@ -134,7 +134,7 @@ def main() -> None:
         f"{' ' + flag if flag else ''}`",
         "(half of each input exists already with the same content; the direct baseline sends the same",
         "docs with plain `_bulk_docs` of 500 (the existing half comes back as conflicts), while the import",
-        "reads each chunk first (`_all_docs?keys&include_docs`), compares, writes only what changes and",
+        "reads each chunk first (`_bulk_get`), compares, writes only what changes and",
         f"answers for every doc; {label}, couchgate as a subprocess, once with the audit",
         "log off, on without intents (COUCHGATE_AUDIT_DURABLE=false: entries queue, a crash loses the queued",
         "ones) and on with them (durable, the default: an intent naming the chunk's writes is stored before",

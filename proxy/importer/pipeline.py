@@ -1,16 +1,19 @@
-"""The import pipeline: the input in chunks, each chunk's stored docs read with
-`_all_docs?keys`, what must change written with `_bulk_docs`, every doc answered in input
-order with its status and audited; nothing stops at the first problem. What may be
-written, and why not, is the policy's (`proxy.importer.policy`).
+"""The import pipeline: the input in chunks, each chunk's stored docs read (`_bulk_get`),
+what must change written with `_bulk_docs`, every doc answered in input order with its
+status and audited; nothing stops at the first problem. What may be written, and why not,
+is the policy's (`proxy.importer.policy`).
 
 Whose eyes look: admins and offline users read with the service account (an offline
 user's docs are judged by the policy); online users read and write with their own
 credentials, so CouchDB's `_security` applies to both.
 
-Every chunk is read first (`_all_docs?keys&include_docs`), then only what must change is
-written. Writing optimistically (the whole chunk to `_bulk_docs`, reading back only the
-conflicts) was measured slower: a conflicting row costs the backend about as much as a
-read, so the existing half was paid for twice (bench/import_throughput.py).
+Every chunk is read first, then only what must change is written. The read is `_bulk_get`
+(`Docs.winners(bulk_get=True)`; about 4x faster than `_all_docs?keys&include_docs` on
+CouchDB 3.4, which made an import 0.25x of a plain `_bulk_docs` there, now 0.6-0.9x:
+docs/benchmarks.md), and `_all_docs` when attachments are wanted inline. Writing
+optimistically (the whole chunk to `_bulk_docs`, reading back only the conflicts) was
+measured slower: a conflicting row costs the backend about as much as a read, so the
+existing half was paid for twice (bench/import_throughput.py).
 
 When CouchDB fails during a chunk, that chunk's unanswered docs get the status `error`
 (it may or may not be written: importing again is safe); after a few chunks in a row
@@ -352,7 +355,7 @@ class Importer:
 
         async def read(keys: list[str]) -> None:
             try:
-                winners = await docs.winners(keys, attachments=attachments)
+                winners = await docs.winners(keys, attachments=attachments, bulk_get=not attachments)
             except ReadFailed as exc:  # CouchDB's refusal of the caller is theirs (forbidden)
                 raise UpstreamFailed(exc.upstream_status, exc.upstream_body) from exc
             found.update(winners.live)

@@ -69,7 +69,9 @@ async def test_upstream_failures_mid_import_answer_error_rows_and_a_retry_comple
     async def failing_read_for_chunk_three(
         self: CouchClient, method: str, where: str, **kw: Any
     ) -> JsonResult:
-        if where.endswith("/_all_docs") and "u1000" in kw["body"]["keys"]:
+        asked = kw.get("body") or {}
+        ids = asked.get("keys") or [d.get("id") for d in asked.get("docs") or []]
+        if where.endswith(("/_all_docs", "/_bulk_get")) and "u1000" in ids:
             return JsonResult(500, {"error": "internal_server_error", "reason": "boom"}, {})
         return await read(self, method, where, **kw)
 
