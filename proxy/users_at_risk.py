@@ -6,7 +6,9 @@ that is far too much for a request. So the counts are kept here and refreshed by
 background task, a user at a time, within a CPU budget (`BUDGET` of one core: after each
 slice of work it sleeps long enough to stay under it; a large scope is counted in steps,
 `ScopeIndex.counting`, so no user's count holds the event loop for long), and a user is
-recounted only when the index or the settings changed since their count. The request
+recounted only when the settings changed since their count, or the index changed under it:
+a contact in or above the user's scope, or a doc under the keys their count looked under
+(`still_exact`; a write elsewhere recounts nobody). The request
 path only filters and sorts what is kept (`python -m bench.users_at_risk`: docs/benchmarks.md). Each row says
 when it was counted; `?refresh=true` waits for a pass that starts after the request
 (with the index brought level with CouchDB first).
@@ -36,7 +38,7 @@ import orjson
 from aiohttp import web
 
 from proxy.access.config import AppSettings, UserCtx, is_offline
-from proxy.access.scope_index import ScopeIndex
+from proxy.access.scope_index import Looked, ScopeIndex
 from proxy.activity import ACTIVITY, Activity
 from proxy.audit.log import iso
 from proxy.auth.users import merge_user_docs
@@ -65,14 +67,33 @@ def count_scope(index: ScopeIndex, user: UserCtx, settings: AppSettings) -> dict
 
 @dataclass
 class Counted:
-    """A user's count and what it was counted against."""
+    """A user's count and what it was counted against: exact as of `ordinal` (-1: of no
+    single state), for these settings and this user; `looked`: the index keys it looked under."""
 
     by_kind: dict[str, int]
     total: int
-    at: float  # wall clock
+    at: float  # wall clock: when it was counted
     ordinal: int
     settings: AppSettings
     user: UserCtx
+    looked: Looked
+
+
+def still_exact(
+    counted: Counted, user: UserCtx, settings: AppSettings, index: ScopeIndex, touched: frozenset[str] | None
+) -> bool:
+    """Whether `counted` is still what counting `user` now would give: same user and
+    settings, no contact changed in or above their scope (`touched`: the index's
+    `touched_since` an ordinal at or before the count's), no doc under the keys it looked
+    under changed or left since (`ScopeIndex.unchanged_under`)."""
+    return (
+        counted.ordinal >= 0
+        and counted.user == user
+        and counted.settings == settings
+        and touched is not None
+        and touched.isdisjoint((*user.facility_ids, user.contact_id))
+        and index.unchanged_under(counted.looked, counted.ordinal)
+    )
 
 
 class Directory:
@@ -197,13 +218,20 @@ class UsersAtRisk:
         await self.sync.sync()  # counts as of CouchDB's state at the start of the pass
         index = self.sync.index
         started = time.perf_counter()
+        oldest = min((c.ordinal for c in self.counts.values() if c.ordinal >= 0), default=index.ordinal)
+        touched: tuple[int, frozenset[str] | None] | None = None  # (tree version, contacts)
         for name, user in list(self.offline_users().items()):
             settings = self.sync.settings
             old = self.counts.get(name)
-            if old is not None and (old.ordinal, old.settings, old.user) == (index.ordinal, settings, user):
-                continue
+            if old is not None and old.ordinal >= 0:
+                if touched is None or touched[0] != index.tree_version:  # once a pass, unless the tree moved
+                    touched = (index.tree_version, index.touched_since(oldest))
+                if still_exact(old, user, settings, index, touched[1]):
+                    old.ordinal = index.ordinal
+                    continue
             at = (index.ordinal, index.tree_version)
-            steps = index.counting(user, settings)
+            keys: list[str] = []
+            steps = index.counting(user, settings, keys=keys)
             while True:
                 try:
                     next(steps)
@@ -214,9 +242,15 @@ class UsersAtRisk:
                 if worked >= SLICE:
                     await asyncio.sleep(worked * (1 - BUDGET) / BUDGET)
                     started = time.perf_counter()
-            # Counted while the index moved on between steps: shown, and counted again.
-            ordinal = at[0] if (index.ordinal, index.tree_version) == at else -1
-            self.counts[name] = Counted(by_kind, sum(by_kind.values()), self.clock(), ordinal, settings, user)
+            total = sum(by_kind.values())
+            counted = Counted(by_kind, total, self.clock(), at[0], settings, user, index.looked_under(keys))
+            if (index.ordinal, index.tree_version) != at:
+                # Counted while the index moved on between steps: exact if nothing it read
+                # changed meanwhile, else shown and counted again at the next pass.
+                moved = index.touched_since(at[0])
+                exact = still_exact(counted, user, self.sync.settings, index, moved)
+                counted.ordinal = index.ordinal if exact else -1
+            self.counts[name] = counted
         for gone in set(self.counts) - set(self.offline_users()):
             del self.counts[gone]
         self.refreshed_at = self.clock()

@@ -150,7 +150,7 @@ class ScopeIndex:
         self._subm = array("i")  # a report's submitter (-1: none)
         self._sign = array("i")  # a report's signoff lineage: an index into `_tuples`
         # Per string number as a replication key.
-        self._kmax = array("q")  # the highest ordinal filed under it
+        self._kmax = array("q")  # the last ordinal a doc was filed under it or left it
         self._head = array("i")  # the first doc filed first under it (-1: none)
         self._hold = array("i")  # as a shortcode: its first holder (-1: none)
         # Per string number as a contact of the tree.
@@ -167,6 +167,7 @@ class ScopeIndex:
         self._tuples: list[tuple[int, ...]] = [NO_TUPLE]
         self._tuple_ids: dict[tuple[int, ...], int] = {NO_TUPLE: 0}
         self._globals: set[int] = set()
+        self._globals_at = 0  # the last ordinal at which a global doc changed, came or went
         # Private reports by submitter: whether one is readable depends on where its
         # submitter sits, so a submitter's move re-sequences them too.
         self._private: dict[int, set[int]] = {}
@@ -221,6 +222,7 @@ class ScopeIndex:
         self.__dict__.update(state)
         self.__dict__.setdefault("_counted", OrderedDict())  # (a snapshot from before they were kept)
         self.__dict__.setdefault("counts_recorded", 0)
+        self.__dict__.setdefault("_globals_at", self.ordinal)
         self._s = Strings(bytearray(blob), _column(*ends))
         self._subjects, self._feeds, self._tails = OrderedDict(), OrderedDict(), OrderedDict()
         self.entries = Entries(self)
@@ -471,12 +473,14 @@ class ScopeIndex:
         if facts is not None and facts.private and facts.submitter:
             self._private.setdefault(self._num(facts.submitter), set()).add(n)
         kmax = self._kmax
-        for key in key_nums:
+        for key in (*old_keys, *key_nums):  # a doc that left a key changed under it too
             kmax[key] = ordinal
         if kind == GLOBAL:
             self._globals.add(n)  # a deleted global doc's tombstone reaches everyone
-        else:
+            self._globals_at = ordinal
+        elif n in self._globals:
             self._globals.discard(n)
+            self._globals_at = ordinal
         if node is not None:
             self._update_contact(n, node)
         elif kind in CONTACT_KINDS:
@@ -777,13 +781,16 @@ class ScopeIndex:
                 return counts
 
     def counting(
-        self, user: UserCtx, settings: AppSettings, step: int = COUNT_STEP
+        self, user: UserCtx, settings: AppSettings, step: int = COUNT_STEP, keys: list[str] | None = None
     ) -> Generator[None, None, dict[str, int]]:
         """`count_uncached` in steps: it yields after every `step` docs judged (and once
         the user's docs are found), so that a caller counting a large scope lets others
         run in between, and returns the counts. The index may change between steps: the
-        counts are then of no single state, and the caller counts again (its ordinal moved)."""
+        counts are then of no single state, unless nothing the count read changed
+        (`unchanged_under`, `touched_since`). `keys` gets the keys the count looked under."""
         subj = subjects(user, settings, self)
+        if keys is not None:
+            keys.extend(subj.lookup_keys())
         candidates = list(set(self._candidates(subj, 0)))
         yield
         flags = self._flags
@@ -795,6 +802,58 @@ class ScopeIndex:
             )  # fmt: skip
             yield
         return self._count(readable)
+
+    def looked_under(self, keys: Iterable[str]) -> Looked:
+        """`keys` as `unchanged_under` reads them: by number (4 bytes each) where the
+        index has one, as text where it has none yet."""
+        find = self._s.find
+        nums, names = array("i"), []
+        for key in keys:
+            n = find(key)
+            if n >= 0:
+                nums.append(n)
+            else:
+                names.append(key)
+        return Looked(nums, tuple(names))
+
+    def unchanged_under(self, looked: Looked, ordinal: int) -> bool:
+        """Whether no doc filed under these keys, and no global doc, changed after
+        `ordinal`, and none left those keys since (False when the history does not reach
+        back to it). With the scope the same (`touched_since`), what a user's count judged
+        is then what it would judge now: a doc's judgement changes only with a new ordinal
+        of its own (a contact's move or a shortcode's new holder re-sequences the docs it
+        concerns, as a device's resumed `_changes` relies on too)."""
+        if ordinal >= self.ordinal:
+            return True
+        if not self.history.covers(ordinal) or self._globals_at > ordinal:
+            return False
+        kmax = self._kmax
+        return all(kmax[n] <= ordinal for n in looked.nums) and all(
+            self._key_max(key) <= ordinal for key in looked.names
+        )
+
+    def touched_since(self, ordinal: int) -> frozenset[str] | None:
+        """Every contact changed after `ordinal` and every contact above one, in the tree
+        now and in the tree as it stood then: a user none of whose facilities (nor their own
+        contact) is among them has the same scope as then. None when the history does not
+        reach back to `ordinal`."""
+        if not self.history.covers(ordinal):
+            return None
+        changed = self.history.nodes_at(ordinal)
+        if not changed:
+            return frozenset()
+        then = OverlayGraph(self, changed)
+        touched: set[str] = set()
+        for graph in (self, then):
+            for contact_id in changed:
+                seen: set[str] = set()  # a malformed tree may loop
+                current: str | None = contact_id
+                while current is not None and current not in seen:
+                    seen.add(current)
+                    touched.add(current)
+                    node = graph.contact(current)
+                    current = node.parent if node is not None else None
+        return frozenset(touched)
 
     def _count(self, nums: Iterable[int]) -> dict[str, int]:
         """Live docs by kind (contacts as person or place)."""
@@ -960,6 +1019,14 @@ def _column(typecode: str, data: bytes | bytearray) -> array[int]:
     column = array(typecode)
     column.frombytes(data)
     return column
+
+
+@dataclass(frozen=True, slots=True)
+class Looked:
+    """The keys a count looked under (`ScopeIndex.looked_under`)."""
+
+    nums: array[int]
+    names: tuple[str, ...] = ()
 
 
 class TooOld(Exception):

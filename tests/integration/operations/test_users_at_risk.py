@@ -15,9 +15,9 @@ from proxy.access.scope_index import ScopeIndex
 from proxy.devserver.backend import PouchServer
 from proxy.keys import COUCH
 from proxy.offline.sync import IndexSync
-from proxy.users_at_risk import Directory, UsersAtRisk, count_scope
+from proxy.users_at_risk import Counted, Directory, UsersAtRisk, count_scope, still_exact
 
-from offline_data import DOCS, SETTINGS, USERS, auth
+from offline_data import CHW1_LINE, DOCS, SETTINGS, USERS, auth, person, place, report
 from support import Gateway, assert_couch_error, gateway_settings, start_gateway, stop_gateway
 
 OFFLINE = {"chw1", "chw2", "supervisor"}
@@ -169,8 +169,9 @@ async def test_a_count_the_index_moved_under_is_counted_again(
     gw: Gateway, backend: PouchServer, medic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A large scope is counted in steps, others running in between (here after every
-    step): a change the index takes meanwhile leaves a count of no single state, shown but
-    not trusted, so the next pass counts that user again."""
+    step): a change the index takes meanwhile under what a count reads (here a form, which
+    every user holds) leaves a count of no single state, shown but not trusted, so the next
+    pass counts that user again."""
     monkeypatch.setattr("proxy.users_at_risk.SLICE", 0.0)
     couch = gw.server.app[COUCH]
     risk = UsersAtRisk(IndexSync(couch, medic), Directory(couch, medic), 3600)
@@ -181,7 +182,7 @@ async def test_a_count_the_index_moved_under_is_counted_again(
         n = 0
         while moving:
             n += 1
-            index.apply({"_id": f"elsewhere-{n}", "_rev": "1-a", "type": "data_record", "form": "x"})
+            index.apply({"_id": f"form:moving-{n}", "_rev": "1-a", "type": "form"})
             await asyncio.sleep(0)
 
     mover = asyncio.create_task(change_meanwhile())
@@ -196,3 +197,98 @@ async def test_a_count_the_index_moved_under_is_counted_again(
     for name, user in risk.offline_users().items():
         assert risk.counts[name].ordinal == index.ordinal
         assert risk.counts[name].by_kind == count_scope(index, user, risk.sync.settings)
+
+
+async def test_a_count_the_index_moved_elsewhere_under_stays_exact(
+    gw: Gateway, backend: PouchServer, medic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changes meanwhile that no user holds (reports about nobody's patient, filed under
+    keys no scope looks under) leave every count exact, and the next pass recounts nobody."""
+    monkeypatch.setattr("proxy.users_at_risk.SLICE", 0.0)
+    couch = gw.server.app[COUCH]
+    risk = UsersAtRisk(IndexSync(couch, medic), Directory(couch, medic), 3600)
+    index = risk.sync.index
+    moving = True
+
+    async def change_meanwhile() -> None:
+        n = 0
+        while moving:
+            n += 1
+            index.apply({"_id": f"far-{n}", "_rev": "1-a", "type": "data_record", "form": "x",
+                         "fields": {"patient_id": "no-such-patient"}, "contact": {"_id": "nobody"}})  # fmt: skip
+            await asyncio.sleep(0)
+
+    mover = asyncio.create_task(change_meanwhile())
+    try:
+        await risk.refresh_pass()
+    finally:
+        moving = False
+        await mover
+    for name, user in risk.offline_users().items():
+        assert risk.counts[name].ordinal >= 0
+        assert risk.counts[name].by_kind == count_scope(index, user, risk.sync.settings)
+    recounted = []
+    real = index.counting
+    monkeypatch.setattr(
+        index, "counting", lambda user, *a, **kw: recounted.append(user) or real(user, *a, **kw)
+    )
+    await risk.refresh_pass()
+    assert recounted == []
+    assert all(risk.counts[name].ordinal == index.ordinal for name in OFFLINE)
+
+
+def counted_all(index: ScopeIndex, settings: AppSettings) -> tuple[dict[str, Counted], dict[str, UserCtx]]:
+    users = {
+        name: UserCtx(name, tuple(fields["roles"]), (fields["facility_id"],), fields.get("contact_id"))
+        for name, fields in USERS.items()
+        if name in OFFLINE
+    }
+    counts = {}
+    for name, user in users.items():
+        keys: list[str] = []
+        steps = index.counting(user, settings, keys=keys)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                by_kind = done.value
+                break
+        counts[name] = Counted(
+            by_kind, sum(by_kind.values()), 0.0, index.ordinal, settings, user, index.looked_under(keys)
+        )
+    return counts, users
+
+
+# What changes, and whose count it leaves exact. DOCS (tests/offline_data.py): chw1 in
+# area1, chw2 in area2, both under hc1, the supervisor's facility.
+CHANGES: list[tuple[str, list[dict[str, Any]], set[str]]] = [
+    (
+        "a report about a patient of nobody's area",
+        [report("r-far", ("p9", "house3", "area3", "hc2", "district2"), patient_uuid="p9")],
+        OFFLINE,
+    ),
+    ("a report about a patient of chw1's area", [report("r-near", CHW1_LINE, patient_id="1001")], {"chw2"}),
+    ("a new person in chw2's household", [person("new-p", "house2", "area2", "hc1", "district1")], {"chw1"}),
+    ("a new household in nobody's area", [place("house9", "clinic", "area3", "hc2", "district2")], OFFLINE),
+    ("a form, which every user holds", [{"_id": "form:new", "type": "form"}], set()),
+    ("a report of chw1's area deleted", [{"_id": "r_p1", "_deleted": True}], {"chw2"}),
+    ("chw1's report moved to chw2's patient", [{**report("r_p1", CHW1_LINE, patient_id="3003")}], set()),
+]
+
+
+@pytest.mark.parametrize(("what", "docs", "exact"), CHANGES, ids=[c[0] for c in CHANGES])
+def test_a_count_stays_exact_exactly_when_nothing_it_read_changed(
+    what: str, docs: list[dict[str, Any]], exact: set[str]
+) -> None:
+    index = fresh()
+    settings = AppSettings.from_doc(SETTINGS)
+    counts, users = counted_all(index, settings)
+    before = index.ordinal
+    for doc in docs:
+        index.apply({**doc, "_rev": "2-b"})
+    assert index.ordinal > before
+    touched = index.touched_since(before)
+    kept = {name for name, user in users.items() if still_exact(counts[name], user, settings, index, touched)}
+    assert kept == exact, what
+    for name in kept:  # what is kept is what a recount would give
+        assert counts[name].by_kind == count_scope(index, users[name], settings), name

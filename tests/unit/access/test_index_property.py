@@ -22,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from proxy.access.config import AppSettings, UserCtx
 from proxy.access.read import scope_inputs
 from proxy.access.scope_index import ScopeIndex
+from proxy.users_at_risk import Counted, still_exact
 
 PLACES = ["d1", "d2", "hc1", "hc2", "a1", "a2", "a3", "h1", "h2", "h3"]
 # A person may even carry a user's own doc id: it is then in scope only through the tree.
@@ -213,6 +214,7 @@ class IndexMachine(RuleBasedStateMachine):
         self.cursor = dict.fromkeys(USERS, 0)
         self.prints: dict[str, object] = {}
         self._app_for: Any = None
+        self.counted: dict[str, Counted] = {}  # the users-at-risk counts, as last made
 
     def app_settings(self) -> AppSettings:
         """The same object until the settings change, as the service keeps it (the index
@@ -363,6 +365,25 @@ class IndexMachine(RuleBasedStateMachine):
         expected = {e.id for e in self.index.readable_entries(current, app) if not e.deleted}
         assert device["held"] == expected, (user, device["held"] ^ expected, sorted(gone))
         device.update(at=self.index.ordinal, ctx=current, print=scope_inputs(current, app))
+
+    @rule(user=st.sampled_from(USERS))
+    def count_again(self, user: str) -> None:
+        """The users-at-risk count: one it keeps (`still_exact`) is what counting now gives."""
+        app, current, index = self.app_settings(), self.users[user], self.index
+        old = self.counted.get(user)
+        keys: list[str] = []
+        steps = index.counting(current, app, keys=keys)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                now: dict[str, int] = done.value
+                break
+        if old is not None and still_exact(old, current, app, index, index.touched_since(old.ordinal)):
+            assert old.by_kind == now, (user, old.by_kind, now)
+        self.counted[user] = Counted(
+            now, sum(now.values()), 0.0, index.ordinal, app, current, index.looked_under(keys)
+        )
 
     @rule(user=st.sampled_from(USERS), facilities=st.lists(st.sampled_from(PLACES), min_size=1, max_size=2, unique=True),
           contact=st.sampled_from([*PEOPLE, None]),
