@@ -187,8 +187,13 @@ class UsersAtRisk:
     # -- refreshing -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Until cancelled: a pass, then wait for the interval or a wake-up."""
+        """Until cancelled: wait for the interval or a wake-up, then a pass. The first pass
+        too waits: the minute after a start belongs to the devices that sync then (counting
+        everyone competed with their first pulls), unless an admin asks (`fresh`)."""
         while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
             try:
                 await self.refresh_pass()
             except CouchgateError as exc:
@@ -201,9 +206,6 @@ class UsersAtRisk:
                 async with self._done:
                     self._passes_done = self._passes_started
                     self._done.notify_all()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            self._wake.clear()
 
     async def fresh(self) -> None:
         """Return once a pass that started after this call has ended."""
