@@ -125,8 +125,24 @@ def has_permission(user: UserCtx, settings: AppSettings, permission: str) -> boo
 def replication_depths(user: UserCtx, settings: AppSettings) -> tuple[int | None, int | None]:
     """(depth, report_depth); None is unlimited. The largest depth among the user's roles'
     entries wins (-1 unlimited; no entry at all: unlimited); report_depth comes from the
-    winning entry, and on a tie in depth the largest report_depth (None counting largest)."""
-    rules = [r for r in settings.depth_rules if r.role in user.roles]
+    winning entry, and on a tie in depth the largest report_depth (None counting largest).
+    Asked once per report judged: the answer is kept per set of roles, for these rules."""
+    kept = _DEPTHS.get(user.roles)
+    if kept is not None and kept[0] is settings.depth_rules:
+        return kept[1]
+    found = _depths(user.roles, settings.depth_rules)
+    if len(_DEPTHS) >= DEPTHS_KEPT:
+        _DEPTHS.clear()
+    _DEPTHS[user.roles] = (settings.depth_rules, found)  # (held: its id is not reused while kept)
+    return found
+
+
+DEPTHS_KEPT = 1024
+_DEPTHS: dict[tuple[str, ...], tuple[tuple[DepthRule, ...], tuple[int | None, int | None]]] = {}
+
+
+def _depths(roles: tuple[str, ...], depth_rules: tuple[DepthRule, ...]) -> tuple[int | None, int | None]:
+    rules = [r for r in depth_rules if r.role in roles]
     if not rules:
         return None, None
 

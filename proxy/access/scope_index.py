@@ -754,6 +754,20 @@ class ScopeIndex:
             self._counted.popitem(last=False)
         return live, dead
 
+    def winner(self, doc_id: str) -> tuple[str, bool] | None:
+        """The doc's winning revision and whether it is deleted, or None for a doc the index
+        does not hold (what `entries[doc_id]` says of them, without making the entry)."""
+        n = self._doc(doc_id)
+        return (self._rev(n), bool(self._flags[n] & DELETED)) if n >= 0 else None
+
+    def is_leaf(self, doc_id: str, rev: str) -> bool:
+        """Whether `rev` is one of the doc's leaves (`rev in entries[doc_id].leaves`)."""
+        n = self._doc(doc_id)
+        if n < 0:
+            return False
+        leaves = self._leaves.get(n)
+        return rev in leaves if leaves else rev == self._rev(n)
+
     def is_readable_id(self, doc_id: str, user: UserCtx, settings: AppSettings) -> bool:
         n = self._doc(doc_id)
         return n >= 0 and self._judged(n, user, settings, self.subjects_of(user, settings))

@@ -31,8 +31,8 @@ async def servable(
     judged: set[tuple[str, str]] = set()
     others: list[tuple[str, str]] = []
     for doc_id, rev in pairs:
-        entry = index.entries.get(doc_id)
-        if entry is not None and rev == entry.rev:
+        winner = index.winner(doc_id)
+        if winner is not None and rev == winner[0]:
             if index.is_readable_id(doc_id, view.user, view.settings):
                 judged.add((doc_id, rev))
         else:

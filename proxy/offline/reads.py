@@ -21,7 +21,7 @@ from proxy.offline import leaves, query
 from proxy.offline.derived import Made
 from proxy.offline.removals import made_doc
 from proxy.offline.revisions import MISSING, REV, couch_docs, missing_revs, not_found, service
-from proxy.offline.view import UserView
+from proxy.offline.view import Judged, UserView
 from proxy.params import read_json
 
 
@@ -117,7 +117,7 @@ def _missing_row(doc_id: object, rev: object) -> dict[str, Any]:
     return {"id": doc_id, "docs": [{"error": error}]}
 
 
-def _servable_revisions(view: UserView, row: Any) -> Any:
+def _servable_revisions(view: UserView, row: Any, readable: Judged) -> Any:
     """A `_bulk_get` row with each revision the user may not see made missing."""
     docs = row.get("docs") if isinstance(row, dict) else None
     if not isinstance(docs, list):
@@ -125,7 +125,7 @@ def _servable_revisions(view: UserView, row: Any) -> Any:
     judged = []
     for item in docs:
         doc = item.get("ok") if isinstance(item, dict) else None
-        if isinstance(doc, dict) and not view.servable(doc):
+        if isinstance(doc, dict) and not view.servable(doc, readable):
             item = _missing_row(doc.get("_id"), doc.get("_rev"))["docs"][0]
         judged.append(item)
     return {**row, "docs": judged}  # a new row: one upstream row may answer a doc asked twice
@@ -160,6 +160,7 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Re
     docs_asked = docs
     docs = [d for d in docs if (d["id"], d.get("rev")) not in made]
     readable = await view.readable_now(d["id"] for d in docs)
+    judged = view.judged(readable)
     latest = params.get("latest", False)
     missing_pairs: set[tuple[str, str]] = set()
     if latest:  # a missing rev is never sent upstream with `latest` (it crashes pouchdb-server)
@@ -187,7 +188,7 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Re
         if row is None:
             results.append(_missing_row(d["id"], d.get("rev")))
         else:
-            results.append(_servable_revisions(view, row))
+            results.append(_servable_revisions(view, row, judged))
     return json_response({"results": results})
 
 

@@ -35,6 +35,18 @@ class Entry(Protocol):
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Judged:
+    """Ids found readable at an index ordinal under some settings (`UserView.judged`)."""
+
+    readable: set[str]
+    ordinal: int
+    settings: AppSettings
+
+    def holds(self, doc_id: str, ordinal: int, settings: AppSettings) -> bool:
+        return doc_id in self.readable and ordinal == self.ordinal and settings is self.settings
+
+
 @dataclass
 class UserView:
     sync: IndexSync
@@ -110,22 +122,32 @@ class UserView:
         return self.sync.index.readable_counts(self.user, self.settings)
 
     def is_leaf(self, doc_id: str, rev: str) -> bool:
-        entry = self.sync.index.entries.get(doc_id)
-        return entry is not None and rev in entry.leaves
+        return self.sync.index.is_leaf(doc_id, rev)
 
     def winner_rev(self, doc_id: str) -> str | None:
-        entry = self.sync.index.entries.get(doc_id)
-        return entry.rev if entry is not None else None
+        winner = self.sync.index.winner(doc_id)
+        return winner[0] if winner is not None else None
 
-    def servable(self, doc: Mapping[str, Any]) -> bool:
+    def judged(self, ids: set[str]) -> Judged:
+        """What `servable` may take as read of these readable ids while the index stays
+        where it stands now."""
+        return Judged(ids, self.sync.index.ordinal, self.settings)
+
+    def servable(self, doc: Mapping[str, Any], judged: Judged | None = None) -> bool:
         """May this body, read from CouchDB just now, be served to the user? Judged on the
         body itself, in the tree as the index has it: the winner the index judged is the
         same revision (revisions never change), anything else (a newer winner the index has
-        not seen yet, a past or conflicting revision) is judged on its content."""
-        entry = self.sync.index.entries.get(str(doc.get("_id")))
+        not seen yet, a past or conflicting revision) is judged on its content. `judged`:
+        ids found readable just before, taken as they are while the index has not moved
+        (the index's winner then is judged the same way: nothing it reads has changed)."""
+        doc_id = str(doc.get("_id"))
         index = self.sync.index
-        if entry is not None and not entry.deleted and doc.get("_rev") == entry.rev and "_deleted" not in doc:
-            ok = index.is_readable_id(entry.id, self.user, self.settings)
+        winner = index.winner(doc_id)
+        if winner is not None and not winner[1] and doc.get("_rev") == winner[0] and "_deleted" not in doc:
+            if judged is not None and judged.holds(doc_id, index.ordinal, self.settings):
+                ok = True
+            else:
+                ok = index.is_readable_id(doc_id, self.user, self.settings)
         else:
             subj = index.subjects_of(self.user, self.settings)
             ok = body_readable(doc, self.user, self.settings, index, subj)
@@ -139,7 +161,7 @@ class UserView:
         index = self.sync.index
         return {
             i for i in ids
-            if (e := index.entries.get(i)) is not None and e.deleted
+            if (w := index.winner(i)) is not None and w[1]
             and not index.is_readable_id(i, self.user, self.settings)
         }  # fmt: skip
 

@@ -96,8 +96,8 @@ def _action(doc: dict[str, Any], stored: Any, view: UserView) -> str:
     if doc.get("_deleted"):
         return "delete"
     if stored is None:
-        entry = view.sync.index.entries.get(str(doc.get("_id")))
-        return "update" if entry is not None and not entry.deleted else "create"
+        winner = view.sync.index.winner(str(doc.get("_id")))
+        return "update" if winner is not None and not winner[1] else "create"
     return "update"
 
 

@@ -250,6 +250,35 @@ async def test_bodies_are_judged_even_when_the_index_is_behind(
     assert status == 200 and "moved" not in orjson.dumps(att).decode()
 
 
+async def test_a_body_judged_before_its_read_is_judged_again_when_the_tree_moved_meanwhile(
+    gw: Gateway, medic: str, backend: PouchServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_bulk_get` judges the ids it asks for, then serves each body of the judged winner
+    without judging it again: only while the index has not moved. Here the household
+    moves out of the CHW's area while the bodies are read upstream (p1's own revision is
+    unchanged, so only the tree says it left): p1 is served as missing."""
+    await gw.call("GET", f"/{medic}/_changes", auth=CHW1)  # the index is built and level
+    sync = gw.server.app[INDEX]
+    couch = gw.server.app[COUCH]
+    real = couch.json
+    p1 = doc_of(backend, medic, "p1")
+
+    async def moving_meanwhile(method: str, path: str, **kwargs: Any) -> JsonResult:
+        if method == "POST" and path.endswith("/_bulk_get"):
+            house = doc_of(backend, medic, "house1")
+            put(backend, medic, {**house, "parent": lineage("area3", "hc2", "district2")})
+            await sync.sync()
+        return await real(method, path, **kwargs)
+
+    monkeypatch.setattr(couch, "json", moving_meanwhile)
+    status, got, _ = await gw.call(
+        "POST", f"/{medic}/_bulk_get", auth=CHW1, json={"docs": [{"id": "p1", "rev": p1["_rev"]}]}
+    )
+    assert status == 200, got
+    assert got["results"][0]["docs"][0]["error"]["error"] == "not_found", got
+    assert p1["_rev"] == doc_of(backend, medic, "p1")["_rev"]  # the doc itself did not change
+
+
 # -- 6. fail closed --------------------------------------------------------------------------
 
 

@@ -154,6 +154,20 @@ def test_depth_rules() -> None:
     assert replication_depths(UserCtx("a", ("nobody",)), s) == (None, None)
 
 
+def test_depths_kept_for_a_set_of_roles_follow_the_rules_in_force() -> None:
+    """The depths are kept per set of roles, for one set of rules: new settings (equal
+    rules in a new doc too) answer their own, and going back answers the old ones again."""
+    one = AppSettings.from_doc(
+        {"settings": {"replication_depth": [{"role": "chw", "depth": 1, "report_depth": 0}]}}
+    )
+    two = AppSettings.from_doc({"settings": {"replication_depth": [{"role": "chw", "depth": 3}]}})
+    chw = UserCtx("a", ("chw",))
+    for _ in range(2):
+        assert replication_depths(chw, one) == (1, 0)
+        assert replication_depths(chw, two) == (3, None)
+    assert replication_depths(UserCtx("b", ("chw",)), settings()) == (None, None)
+
+
 def test_malformed_settings_count_as_absent() -> None:
     for doc in (
         None,

@@ -1,0 +1,27 @@
+"""The index's light lookups (`winner`, `is_leaf`) say what its entries say, without
+making them: for both shapes of revision, conflict leaves, deletions and unknown ids."""
+
+from __future__ import annotations
+
+from proxy.access.scope_index import ScopeIndex
+from proxy.seed.generator import preset
+
+
+def test_winner_and_leaves_agree_with_the_entries() -> None:
+    index = ScopeIndex()
+    docs = list(preset("small").docs())[:400]
+    for n, doc in enumerate(docs):
+        rev = f"{n % 3 + 1}-{n:032x}" if n % 5 else f"odd-rev-{n}"  # both shapes of revision
+        index.apply({**doc, "_rev": rev}, n, leaves=(rev, "9-" + "a" * 32) if n % 7 == 0 else (rev,))
+    for n in range(0, 400, 11):  # deletions, one of them of a doc with a conflict
+        index.apply({"_id": docs[n]["_id"], "_rev": f"5-{n:032x}", "_deleted": True})
+    strangers = ["9-" + "a" * 32, "1-" + "f" * 32, "odd-rev-x", ""]
+    for doc_id in index.entries:
+        entry = index.entries[doc_id]
+        assert index.winner(doc_id) == (entry.rev, entry.deleted)
+        for rev in {*entry.leaves, entry.rev, *strangers}:
+            assert index.is_leaf(doc_id, rev) == (rev in entry.leaves), (doc_id, rev)
+    assert sum(1 for d in index.entries if index.entries[d].deleted) >= 36
+    assert sum(1 for d in index.entries if len(index.entries[d].leaves) > 1) >= 50
+    assert index.winner("no-such-doc") is None
+    assert not index.is_leaf("no-such-doc", "1-" + "f" * 32)
