@@ -39,7 +39,8 @@ import gc
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -69,6 +70,9 @@ MAX_BACKOFF = 30.0
 PROBE_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE, TimeoutError)
 UNAVAILABLE = "couchgate cannot reach CouchDB right now; try again shortly"
 PAST_EPOCHS = 100  # earlier epochs whose tokens resume exactly (one per restart)
+# Bodies couchgate wrote, kept until the round that reads their change files them (`wrote`):
+# a few pushes' batches; the oldest go first (their round then reads them back).
+WRITTEN_KEPT = 2000
 
 
 def _timed_out(waiter: asyncio.Future[bool]) -> None:
@@ -111,6 +115,8 @@ class IndexSync:
         self._wake = asyncio.Event()
         self._settings_loaded = False
         self._rows_unfrozen = 0
+        self._written: OrderedDict[tuple[str, str], Mapping[str, Any]] = OrderedDict()
+        self.pages_read_again = 0  # pages read without bodies that needed one couchgate had not kept
         # Why the index cannot be brought level with CouchDB now (None: it can).
         self.failing: str | None = None
         self.probes = 0  # probes CouchDB did not answer (the follower asks every PROBE_INTERVAL)
@@ -186,24 +192,73 @@ class IndexSync:
                 if not waiter.done():
                     waiter.set_result(True)
 
+    def wrote(self, written: Iterable[tuple[Mapping[str, Any], str]]) -> None:
+        """Bodies couchgate has just written and the revision each is stored under: the round
+        that reads their changes files them from here instead of reading each body back.
+        The caller vouches that CouchDB stores exactly this body under that revision: one
+        whose revision CouchDB made (`new_edits`), or a new doc's (no other writer could
+        have named its revision first). A doc with attachments is not kept (CouchDB keeps
+        stubs of them, and they may be large)."""
+        for doc, rev in written:
+            doc_id = doc.get("_id")
+            if isinstance(doc_id, str) and "_attachments" not in doc:
+                self._written[(doc_id, rev)] = doc
+        while len(self._written) > WRITTEN_KEPT:
+            self._written.popitem(last=False)
+
+    async def _changes_page(self, since: str, docs: bool) -> tuple[list[Any], Any]:
+        """A page of CouchDB's changes after `since` (with the bodies, if `docs`), and its last_seq."""
+        params = {"since": since, "style": "all_docs", "limit": str(BATCH)}
+        if docs:
+            params["include_docs"] = "true"
+        result = await self.couch.json("GET", f"{self.path}/_changes", params=params)
+        if not result.ok or not isinstance(result.body, dict):
+            raise UpstreamError(f"CouchDB answered {result.status} to the index's changes read")
+        rows = result.body.get("results")
+        return (rows if isinstance(rows, list) else []), result.body.get("last_seq", self.since)
+
+    def _filled(self, rows: list[Any]) -> bool:
+        """Give each row of a page read without bodies the body it needs, from what couchgate
+        wrote (`wrote`); False when some row needs one that was not kept. Only a row with a
+        single leaf is filled (its one revision is the winner, the revision kept): a
+        conflicted doc's winner is taken from CouchDB's body, never from the order of its
+        leaves. A deleted doc's tombstone needs no body (the index files it by its id)."""
+        for row in rows:
+            if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+                continue
+            changes = row.get("changes")
+            if not isinstance(changes, list) or len(changes) != 1 or not isinstance(changes[0], dict):
+                return False
+            rev = changes[0].get("rev")
+            if not isinstance(rev, str):
+                return False
+            if row.get("deleted") is True:
+                row["doc"] = {"_id": row["id"], "_rev": rev, "_deleted": True}
+                continue
+            body = self._written.get((row["id"], rev))
+            if body is None:
+                return False
+            row["doc"] = {**body, "_id": row["id"], "_rev": rev}
+        return True
+
     async def _pull(self) -> int:
         applied = 0
         while True:
-            params = {
-                "since": self.since if isinstance(self.since, str) else orjson.dumps(self.since).decode(),
-                "include_docs": "true",
-                "style": "all_docs",
-                "limit": str(BATCH),
-            }
-            result = await self.couch.json("GET", f"{self.path}/_changes", params=params)
-            if not result.ok or not isinstance(result.body, dict):
-                raise UpstreamError(f"CouchDB answered {result.status} to the index's changes read")
-            rows = result.body.get("results")
-            rows = rows if isinstance(rows, list) else []
+            since = self.since if isinstance(self.since, str) else orjson.dumps(self.since).decode()
+            # After couchgate's own writes, their changes are read without bodies and filed
+            # with the bodies it wrote; a page holding any other change is read again whole.
+            rows, last_seq = await self._changes_page(since, docs=not self._written)
+            if self._written and not self._filled(rows):
+                self.pages_read_again += 1
+                rows, last_seq = await self._changes_page(since, docs=True)
             for row in rows:
                 self._apply_row_safely(row)
+                if self._written and isinstance(row, dict) and isinstance(doc := row.get("doc"), dict):
+                    filed = (row.get("id"), doc.get("_rev"))
+                    if all(isinstance(part, str) for part in filed):
+                        self._written.pop(filed, None)  # type: ignore[arg-type]  # filed: not needed again
             applied += len(rows)
-            self.since = result.body.get("last_seq", self.since)
+            self.since = last_seq
             if len(rows) < BATCH:
                 return applied
 

@@ -211,6 +211,8 @@ async def _bulk_docs(
     if not docs:
         return json_response([], status=201)
     allowed = [d for d, ok in zip(docs, decisions, strict=True) if ok.allowed]
+    index = view.sync.index
+    fresh = {d["_id"]: stored.get(d["_id"]) is None and index.winner(d["_id"]) is None for d in allowed}
     upstream: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
     if allowed:
         result = await request.app[COUCH].json(
@@ -230,6 +232,10 @@ async def _bulk_docs(
                 upstream[written["id"]].append(written)
     answer: list[dict[str, Any]] = []
     row: dict[str, Any]
+    # What CouchDB now stores under which revision, for the index to file without reading it
+    # back: a revision CouchDB made, or one a device made for a doc no one had (new_edits:
+    # false on a doc the index did not know, so no other body can stand under its rev).
+    filed: list[tuple[dict[str, Any], str]] = []
     for doc, decision in zip(docs, decisions, strict=True):
         doc_id = doc["_id"]
         before = stored.get(doc_id)
@@ -241,12 +247,17 @@ async def _bulk_docs(
             row = same_conflict(upstream[doc_id].popleft())
             outcome, rev_after, reason = row_outcome(row)
             audit.doc(action, outcome, db, doc, rev_before=_rev(before), rev_after=rev_after, reason=reason)
+            if row.get("ok") is True and isinstance(row.get("rev"), str) and (new_edits or fresh[doc_id]):
+                filed.append((doc, row["rev"]))
         else:
             # CouchDB answers nothing for a doc written with new_edits:false.
             audit.doc(action, "written", db, doc, rev_before=_rev(before), rev_after=doc.get("_rev"))
+            if fresh[doc_id] and isinstance(doc.get("_rev"), str):
+                filed.append((doc, doc["_rev"]))
             continue
         if new_edits or "error" in row:
             answer.append(row)
+    view.sync.wrote(filed)
     return json_response(answer, status=201)
 
 
