@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -39,6 +40,10 @@ Stats = dict[str, list[float]]
 # (start ms, end ms, "client" | "upstream", request): every request of a run, for --timeline.
 Events = list[tuple[float, float, str, str]]
 EVENTS: Events = []
+
+
+def write_reports(path: str, n: int, submitter: list[str], patients: list[str]) -> None:
+    Path(path).write_bytes(orjson.dumps(reports(n, submitter, patients)))
 
 
 def fold(path: str) -> str:
@@ -144,9 +149,8 @@ async def run(args: argparse.Namespace) -> None:
                 ):
                     patients = people_in(orjson.loads(await r.read()))
                 submitter = SUBMITTERS[args.user]
-                with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as f:
-                    f.write(orjson.dumps(reports(args.docs, submitter, patients)))
-                docs_file = f.name
+                fd, docs_file = tempfile.mkstemp(suffix=".json")
+                os.close(fd)
                 cmd = {
                     "op": "push_timed",
                     "url": f"{url}/medic",
@@ -155,6 +159,8 @@ async def run(args: argparse.Namespace) -> None:
                     "edit": args.edit,
                 }
             for run_number in range(1, args.repeat + 1):
+                if docs_file:  # new docs each run: a push of the same ids again writes nothing
+                    write_reports(docs_file, args.docs, submitter, patients)
                 client_side.clear()
                 upstream.clear()
                 EVENTS.clear()

@@ -19,7 +19,7 @@ class Strings:
     table of numbers (4 bytes a slot, at most half full): a str object, a list slot, a
     dict entry and an int object would cost ~150 bytes a string, these ~45."""
 
-    __slots__ = ("_blob", "_decoded", "_ends", "_found", "_mask", "_table")
+    __slots__ = ("_absent", "_blob", "_decoded", "_ends", "_found", "_mask", "_table")
 
     def __init__(self, blob: bytes | bytearray = b"", ends: array[int] | None = None) -> None:
         self._blob = bytearray(blob)
@@ -28,6 +28,9 @@ class Strings:
         # (bounded: emptied when full).
         self._decoded: dict[int, str] = {}
         self._found: dict[str, int] = {}
+        # And the ones last looked up and not held (a write's new ids are looked up several
+        # times before they are added); `add` takes a string out of it.
+        self._absent: dict[str, None] = {}
         self._rebuild(max(len(self._ends) * 2, 1024))
 
     def __len__(self) -> int:
@@ -79,11 +82,13 @@ class Strings:
         """The string's number, or -1."""
         n = self._found.get(s)
         if n is None:
+            if s in self._absent:
+                return -1
             n = self._slot(s, s.encode("utf-8", "surrogatepass"))[0] - 1
-            if n >= 0:
-                if len(self._found) >= CACHED_STRINGS:
-                    self._found.clear()
-                self._found[s] = n
+            cache: dict[str, Any] = self._found if n >= 0 else self._absent
+            if len(cache) >= CACHED_STRINGS:
+                cache.clear()
+            cache[s] = n if n >= 0 else None
         return n
 
     def add(self, s: str) -> int:
@@ -92,6 +97,7 @@ class Strings:
         n, slot = self._slot(s, raw)
         if n:
             return n - 1
+        self._absent.pop(s, None)
         self._blob += raw
         self._ends.append(len(self._blob))
         self._table[slot] = len(self._ends)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 GLOBAL_IDS = frozenset(
     {
@@ -86,13 +86,18 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
+    """A JSON object (parsed bodies are dicts: checked first, as the ABC check is slow)."""
+    return isinstance(value, (dict, Mapping))
+
+
 def lineage_ids(node: object) -> list[str]:
     """Ids of a lineage `{"_id": a, "parent": {"_id": b, ...}}`, nearest first."""
     ids: list[str] = []
     seen = 0
-    while isinstance(node, Mapping) and seen < 64:
-        doc_id = _str(node.get("_id"))
-        if doc_id is not None:
+    while _mapping(node) and seen < 64:
+        doc_id = node.get("_id")
+        if isinstance(doc_id, str) and doc_id:
             ids.append(doc_id)
         node = node.get("parent")
         seen += 1
@@ -132,24 +137,24 @@ def report_subject(doc: Mapping[str, Any]) -> tuple[str | None, bool]:
     """The subject value and whether its field may hold a shortcode (`patient_id`,
     `place_id`) rather than only an id (`patient_uuid`, the submitter)."""
     fields = doc.get("fields")
-    fields = fields if isinstance(fields, Mapping) else {}
-    contact = doc.get("contact")
+    fields = fields if _mapping(fields) else {}
     for value, code_field in (
         (fields.get("patient_id"), True),
         (doc.get("patient_id"), True),
         (fields.get("place_id"), True),
         (doc.get("place_id"), True),
         (fields.get("patient_uuid"), False),
-        (contact.get("_id") if isinstance(contact, Mapping) else None, False),
     ):
-        if _str(value):
-            return str(value), code_field
-    return None, False
+        if isinstance(value, str) and value:
+            return value, code_field
+    contact = doc.get("contact")
+    value = contact.get("_id") if _mapping(contact) else None
+    return (value, False) if isinstance(value, str) and value else (None, False)
 
 
 def report_facts(doc: Mapping[str, Any]) -> ReportFacts:
     fields = doc.get("fields")
-    fields = fields if isinstance(fields, Mapping) else {}
+    fields = fields if _mapping(fields) else {}
     submitter = lineage_ids(doc.get("contact"))
     subject, code_field = report_subject(doc)
     signoff = tuple(dict.fromkeys(submitter)) if fields.get("needs_signoff") else ()
@@ -158,7 +163,10 @@ def report_facts(doc: Mapping[str, Any]) -> ReportFacts:
     )
 
 
-def replication_keys(doc: Mapping[str, Any], kind: str | None = None) -> tuple[str, ...]:
+def replication_keys(
+    doc: Mapping[str, Any], kind: str | None = None, facts: ReportFacts | None = None
+) -> tuple[str, ...]:
+    """The keys the doc is filed under; `facts`: a report's, when the caller has them."""
     kind = kind or kind_of(doc)
     if kind in CONTACT_KINDS or kind == USER_SETTINGS:
         doc_id = _str(doc.get("_id"))
@@ -170,8 +178,7 @@ def replication_keys(doc: Mapping[str, Any], kind: str | None = None) -> tuple[s
         owner = _str(doc.get("owner"))
         return (owner,) if owner else ()
     if kind == REPORT:
-        facts = report_facts(doc)
-        return report_keys(facts)
+        return report_keys(facts or report_facts(doc))
     return ()
 
 

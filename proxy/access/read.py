@@ -176,7 +176,7 @@ def body_rule(
         placed = WalkScope(user, settings, OverlayGraph(graph, {doc_id: contact_node(doc)}))
         return R5_IN if placed.depth(doc_id) is not None else R5_OUT
     facts = report_facts(doc) if kind == REPORT else None
-    return read_rule(doc_id, kind, replication_keys(doc, kind), facts, user, settings, scope, graph)
+    return read_rule(doc_id, kind, replication_keys(doc, kind, facts), facts, user, settings, scope, graph)
 
 
 def body_readable(

@@ -434,8 +434,8 @@ class ScopeIndex:
                 kind, facts, person = OTHER, None, None
             else:
                 kind = kind_of(doc)
-                keys = replication_keys(doc, kind)
                 facts = report_facts(doc) if kind == REPORT else None
+                keys = replication_keys(doc, kind, facts)
                 person = contact_is_person(doc, self.person_types) if kind in CONTACT_KINDS else None
             key_nums = tuple(self._num(k) for k in keys)
             new = True

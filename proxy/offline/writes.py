@@ -90,13 +90,13 @@ def _rev(stored: Any) -> str | None:
     return stored.get("_rev") if isinstance(stored, dict) else None
 
 
-def _action(doc: dict[str, Any], stored: Any, view: UserView) -> str:
+def _action(doc: dict[str, Any], stored: Any, winner: tuple[str, bool] | None) -> str:
     """What the audit log calls the write: a doc refused unread (the user may not read it,
-    `stored_winners`) exists all the same, as the index knows."""
+    `stored_winners`) exists all the same, as the index knows (`winner`: the index's, taken
+    before the write is forwarded, as the index files the write itself once it is done)."""
     if doc.get("_deleted"):
         return "delete"
     if stored is None:
-        winner = view.sync.index.winner(str(doc.get("_id")))
         return "update" if winner is not None and not winner[1] else "create"
     return "update"
 
@@ -212,7 +212,9 @@ async def _bulk_docs(
         return json_response([], status=201)
     allowed = [d for d, ok in zip(docs, decisions, strict=True) if ok.allowed]
     index = view.sync.index
-    fresh = {d["_id"]: stored.get(d["_id"]) is None and index.winner(d["_id"]) is None for d in allowed}
+    winners = {doc_id: index.winner(doc_id) for doc_id in dict.fromkeys(d["_id"] for d in docs)}
+    actions = [_action(doc, stored.get(doc["_id"]), winners[doc["_id"]]) for doc in docs]
+    fresh = {d["_id"]: stored.get(d["_id"]) is None and winners[d["_id"]] is None for d in allowed}
     upstream: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
     if allowed:
         result = await request.app[COUCH].json(
@@ -222,10 +224,10 @@ async def _bulk_docs(
             # The whole request failed upstream (a `_bogus` field, bad attachment data...):
             # every doc still gets its entry, the refused ones as refused.
             failure = failed_outcome(result.status, result.body)
-            for doc, decision in zip(docs, decisions, strict=True):
+            for doc, decision, action in zip(docs, decisions, actions, strict=True):
                 before = stored.get(doc["_id"])
                 what, why = failure if decision.allowed else ("forbidden", decision.why)
-                audit.doc(_action(doc, before, view), what, db, doc, rev_before=_rev(before), reason=why)
+                audit.doc(action, what, db, doc, rev_before=_rev(before), reason=why)
             return json_response(result.body, status=result.status)
         for written in result.body:  # pouchdb-server does not keep request order: match by id
             if isinstance(written, dict) and isinstance(written.get("id"), str):
@@ -236,10 +238,9 @@ async def _bulk_docs(
     # back: a revision CouchDB made, or one a device made for a doc no one had (new_edits:
     # false on a doc the index did not know, so no other body can stand under its rev).
     filed: list[tuple[dict[str, Any], str]] = []
-    for doc, decision in zip(docs, decisions, strict=True):
+    for doc, decision, action in zip(docs, decisions, actions, strict=True):
         doc_id = doc["_id"]
         before = stored.get(doc_id)
-        action = _action(doc, before, view)
         if not decision.allowed:
             row = _refused_row(doc_id, decision, new_edits)
             audit.doc(action, "forbidden", db, doc, rev_before=_rev(before), reason=decision.why)
@@ -319,7 +320,7 @@ async def write_doc(
         request, audit, view, db, db_path, [doc], params.get("new_edits", True)
     )
     before = stored.get(doc["_id"])
-    action = _action(doc, before, view)
+    action = _action(doc, before, view.sync.index.winner(doc["_id"]))
     if not decisions[0].allowed:
         raise _refusal(audit, db, doc, before, decisions[0], action)
     couch = request.app[COUCH]

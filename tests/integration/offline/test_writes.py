@@ -11,7 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
+from proxy.couch.client import CouchClient, JsonResult
 from proxy.devserver.backend import PouchServer
+from proxy.keys import INDEX
 
 from offline_data import auth, person, place, report
 from support import (
@@ -179,6 +181,39 @@ async def test_a_doc_couchdbs_own_validation_forbids_is_audited_as_forbidden(
     entries = await audit_entries(audited, backend, "&doc=r_flagged")
     assert [(e["action"], e["outcome"], e["reason"]) for e in entries] == [
         ("create", "forbidden", "flagged: refused")
+    ]
+
+
+async def test_a_new_doc_is_recorded_as_created_when_the_index_files_it_before_the_answer(
+    audited: Gateway, medic: str, backend: PouchServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index follower may file a write before couchgate has read CouchDB's answer to
+    it (both come from CouchDB at about the same time): the entry still names what the
+    write was when it was judged, a create, not an update of the doc it made itself."""
+    sync = audited.server.app[INDEX]
+    real = CouchClient.json
+
+    async def filed_first(self: CouchClient, method: str, where: str, **kw: Any) -> JsonResult:
+        answer = await real(self, method, where, **kw)
+        if method == "POST" and where.endswith(f"/{medic}/_bulk_docs"):
+            await sync.sync()  # the follower's round, won the race
+            assert all(d["_id"] in sync.index.entries for d in kw["body"]["docs"])
+        return answer
+
+    monkeypatch.setattr(CouchClient, "json", filed_first)
+    docs = [report(f"r_raced{i}", ("chw1_person", "area1"), patient_id="1001") for i in range(2)]
+    status, body, _ = await audited.call(
+        "POST", f"/{medic}/_bulk_docs", auth=auth("chw1"), json={"docs": docs}
+    )
+    assert status == 201 and all("ok" in row for row in body), body
+    status, body, _ = await audited.call("PUT", f"/{medic}/r_raced2", auth=auth("chw1"), json=docs[0])
+    assert status == 201, body
+    monkeypatch.undo()
+    entries = await audit_entries(audited, backend, "&user=chw1&outcome=written")
+    assert sorted((e["doc_id"], e["action"]) for e in entries) == [
+        ("r_raced0", "create"),
+        ("r_raced1", "create"),
+        ("r_raced2", "create"),
     ]
 
 

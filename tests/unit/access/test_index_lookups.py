@@ -1,8 +1,10 @@
 """The index's light lookups (`winner`, `is_leaf`) say what its entries say, without
-making them: for both shapes of revision, conflict leaves, deletions and unknown ids."""
+making them: for both shapes of revision, conflict leaves, deletions and unknown ids; and
+a string missed before it was added is found after."""
 
 from __future__ import annotations
 
+from proxy.access.columns import CACHED_STRINGS, Strings
 from proxy.access.scope_index import ScopeIndex
 from proxy.seed.generator import preset
 
@@ -25,3 +27,18 @@ def test_winner_and_leaves_agree_with_the_entries() -> None:
     assert sum(1 for d in index.entries if len(index.entries[d].leaves) > 1) >= 50
     assert index.winner("no-such-doc") is None
     assert not index.is_leaf("no-such-doc", "1-" + "f" * 32)
+
+
+def test_a_string_looked_up_before_it_was_added_is_found_after() -> None:
+    """`Strings.find` remembers misses (a write's new ids are looked up several times before
+    they are filed): adding the string must end the miss, also once the caches were emptied."""
+    strings = Strings()
+    for round_ in range(3):
+        words = [f"w{round_}-{i}" for i in range(CACHED_STRINGS + 10)]
+        assert all(strings.find(w) == -1 for w in words)  # more misses than a cache holds
+        numbers = [strings.add(w) for w in words]
+        assert [strings.find(w) for w in words] == numbers
+    index = ScopeIndex()
+    assert index.winner("new-doc") is None and "new-doc" not in index.entries
+    index.apply({"_id": "new-doc", "_rev": "1-" + "a" * 32, "type": "data_record"})
+    assert index.winner("new-doc") == ("1-" + "a" * 32, False) and "new-doc" in index.entries
