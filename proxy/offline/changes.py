@@ -190,12 +190,12 @@ class Feed:
             self.everything = True
             return 0  # the scope changed: backfill everything readable, remove what left
         young = time.time_ns() // 1_000_000 - since.issued < RESTING_TOKEN_SECONDS * 1000
-        if ours and young and since.level > 0 and not since.fresh and since.removed_to is None:
-            # Also one numbered before a restart: a deploy writes no checkpoints. Not one
-            # from another replica: placing it again at every request costs more than the
-            # device's one checkpoint write for a token of this index. Not one without a
-            # level (a row's seq inside the index's first build, where PouchDB checkpoints
-            # after an initial pull): another replica could not place it, and would backfill.
+        if young and since.level > 0 and not since.fresh and since.removed_to is None:
+            # Also one numbered before a restart, or by another replica (placed by its times
+            # at each request, for as long as it is young): a deploy, or a device that moves
+            # to another replica, writes no checkpoint. Not one without a level (a row's seq
+            # inside the index's first build, where PouchDB checkpoints after an initial
+            # pull): another replica could not place it, and would backfill.
             self.resting = raw
         return start
 
