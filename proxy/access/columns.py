@@ -44,6 +44,9 @@ class Strings:
             if len(self._decoded) >= CACHED_STRINGS:
                 self._decoded.clear()
             self._decoded[n] = s
+            if len(self._found) >= CACHED_STRINGS:
+                self._found.clear()
+            self._found[s] = n  # a string read is most often looked up next (a key, a parent)
         return s
 
     def raw(self) -> tuple[bytearray, array[int]]:
