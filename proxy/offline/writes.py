@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
@@ -214,7 +214,7 @@ async def _bulk_docs(
     index = view.sync.index
     winners = {doc_id: index.winner(doc_id) for doc_id in dict.fromkeys(d["_id"] for d in docs)}
     actions = [_action(doc, stored.get(doc["_id"]), winners[doc["_id"]]) for doc in docs]
-    fresh = {d["_id"]: stored.get(d["_id"]) is None and winners[d["_id"]] is None for d in allowed}
+    once = {doc_id for doc_id, n in Counter(d["_id"] for d in docs).items() if n == 1}
     upstream: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
     if allowed:
         result = await request.app[COUCH].json(
@@ -235,8 +235,10 @@ async def _bulk_docs(
     answer: list[dict[str, Any]] = []
     row: dict[str, Any]
     # What CouchDB now stores under which revision, for the index to file without reading it
-    # back: a revision CouchDB made, or one a device made for a doc no one had (new_edits:
-    # false on a doc the index did not know, so no other body can stand under its rev).
+    # back: only a revision CouchDB made of this body (new_edits), of an id the request names
+    # once. A device's own revision (new_edits: false) is never vouched for: CouchDB answers
+    # nothing for it and keeps whichever body reached it first under that revision (the
+    # same revision may come twice in a request, or from requests in flight on any replica).
     filed: list[tuple[dict[str, Any], str]] = []
     for doc, decision, action in zip(docs, decisions, actions, strict=True):
         doc_id = doc["_id"]
@@ -248,13 +250,11 @@ async def _bulk_docs(
             row = same_conflict(upstream[doc_id].popleft())
             outcome, rev_after, reason = row_outcome(row)
             audit.doc(action, outcome, db, doc, rev_before=_rev(before), rev_after=rev_after, reason=reason)
-            if row.get("ok") is True and isinstance(row.get("rev"), str) and (new_edits or fresh[doc_id]):
+            if new_edits and doc_id in once and row.get("ok") is True and isinstance(row.get("rev"), str):
                 filed.append((doc, row["rev"]))
         else:
             # CouchDB answers nothing for a doc written with new_edits:false.
             audit.doc(action, "written", db, doc, rev_before=_rev(before), rev_after=doc.get("_rev"))
-            if fresh[doc_id] and isinstance(doc.get("_rev"), str):
-                filed.append((doc, doc["_rev"]))
             continue
         if new_edits or "error" in row:
             answer.append(row)

@@ -5,6 +5,7 @@ And the write paths vouch only for what CouchDB stores as sent. Real backend (bo
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,10 +17,11 @@ from proxy.devserver.backend import Backend
 from proxy.keys import INDEX
 from proxy.offline.sync import IndexSync
 
-from offline_data import CHW1_LINE, auth, person, report
-from support import Gateway, gateway_settings
+from offline_data import CHW1_LINE, auth, lineage, person, report
+from support import Gateway, gateway_settings, index_level
 
 CHW1 = auth("chw1")
+SUPERVISOR = auth("supervisor")
 
 
 @pytest.fixture
@@ -135,9 +137,9 @@ async def test_a_page_holding_a_change_couchgate_did_not_write_is_read_again_who
 async def test_writes_vouch_for_what_couchdb_stores_as_sent(
     gw: Gateway, medic: str, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`_bulk_docs` hands the index a new doc a device made (new_edits: false), or a
-    revision CouchDB made; never a device's revision of a doc that already existed (another
-    body may stand under it), a doc CouchDB refused, or one with attachments."""
+    """`_bulk_docs` hands the index only a revision CouchDB made of the body it was sent;
+    never a device's revision (new_edits: false: CouchDB keeps whichever body reached it
+    first under that revision), a doc CouchDB refused, or one with attachments."""
     sync = gw.server.app[INDEX]
     vouched: list[tuple[str, str]] = []
     real = sync.wrote
@@ -165,6 +167,83 @@ async def test_writes_vouch_for_what_couchdb_stores_as_sent(
         {**report("r-stale", CHW1_LINE, patient_id="p1"), "_rev": "1-" + "0" * 32},  # CouchDB: conflict
     ]})  # fmt: skip
     assert status == 201 and made[0]["ok"] and "error" in made[1], made
-    assert sorted(vouched) == sorted([("r-new", new["_rev"]), ("r-att", with_att["_rev"]),
-                                      ("r-made", made[0]["rev"])]), vouched  # fmt: skip
-    assert ("r-att", with_att["_rev"]) not in sync._written  # kept only without attachments
+    assert vouched == [("r-made", made[0]["rev"])], vouched
+    status, body, _ = await gw.call("POST", f"/{medic}/_bulk_docs", auth=CHW1, json={"docs": [
+        {**report("r-att2", CHW1_LINE, patient_id="p1"),
+         "_attachments": {"a.txt": {"content_type": "text/plain", "data": "aGk="}}},
+    ]})  # fmt: skip
+    assert status == 201 and body[0]["ok"], body
+    assert ("r-att2", body[0]["rev"]) in vouched and ("r-att2", body[0]["rev"]) not in sync._written
+
+
+def place_under(doc_id: str, *line: str, digest: str) -> dict[str, Any]:
+    """A place a device made, under `line` (nearest first), at a revision of its own."""
+    body = {"_id": doc_id, "type": "clinic", "name": doc_id, "parent": lineage(*line)}
+    return {**body, "_rev": f"1-{digest}", "_revisions": {"start": 1, "ids": [digest]}}
+
+
+def parent_in_index(gw: Gateway, doc_id: str) -> str | None:
+    node = gw.server.app[INDEX].index.contact(doc_id)
+    return None if node is None else node.parent
+
+
+DEEP = ("house1", "area1", "hc1", "district1")  # depth 2 below chw1's area1
+SHALLOW = ("area1", "hc1", "district1")  # depth 1
+
+
+async def test_one_revision_pushed_with_two_bodies_is_filed_as_couchdb_keeps_it(
+    gw: Gateway, medic: str, backend: Backend
+) -> None:
+    """A device may name one new revision twice with two bodies (in one request, or in two
+    at once: on any replica). CouchDB keeps one of them; the index files that one, so a
+    person registered under the place later stands where CouchDB has it: a person at
+    depth 3 stays outside chw1's depth of 2 (found by an attacker's review: the index filed
+    the other body, one level up, and served the person)."""
+    digest = uuid.uuid4().hex
+    twice = [place_under("hx", *DEEP, digest=digest), place_under("hx", *SHALLOW, digest=digest)]
+    status, body, _ = await gw.call(
+        "POST", f"/{medic}/_bulk_docs", auth=CHW1, json={"docs": twice, "new_edits": False}
+    )
+    assert status == 201, body
+    for n in range(6):
+        digest = uuid.uuid4().hex
+        raced = [place_under(f"hy{n}", *line, digest=digest) for line in (DEEP, SHALLOW)]
+        answers = await asyncio.gather(*(
+            gw.call("POST", f"/{medic}/_bulk_docs", auth=CHW1, json={"docs": [doc], "new_edits": False})
+            for doc in (raced if n % 2 else raced[::-1])
+        ))  # fmt: skip
+        assert all(status == 201 for status, _, _ in answers), answers
+    secret = {**person("pz", "hx", *DEEP), "diagnosis": "secret"}
+    status, body, _ = await gw.call("POST", f"/{medic}/_bulk_docs", auth=SUPERVISOR, json={"docs": [secret]})
+    assert status == 201 and body[0].get("ok"), body
+    await index_level(gw, backend, medic)
+    for doc_id in ("hx", *(f"hy{n}" for n in range(6))):
+        status, stored = backend.request("GET", f"/{medic}/{doc_id}")
+        assert status == 200 and parent_in_index(gw, doc_id) == stored["parent"]["_id"], doc_id  # type: ignore[index]
+    status, body, _ = await gw.call("GET", f"/{medic}/pz", auth=CHW1)
+    if parent_in_index(gw, "hx") == "house1":
+        assert status == 404, body  # depth 3
+        status, feed, _ = await gw.call("GET", f"/{medic}/_changes?style=all_docs", auth=CHW1)
+        assert "pz" not in {row["id"] for row in feed["results"]}
+
+
+async def test_an_id_named_twice_in_a_request_is_not_vouched_for(
+    gw: Gateway, medic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are matched to docs by id (pouchdb-server does not keep request order): a
+    revision CouchDB made is vouched for only when the request names its id once."""
+    sync = gw.server.app[INDEX]
+    vouched: list[str] = []
+    real = sync.wrote
+
+    def spy(written: Any) -> None:
+        written = list(written)
+        vouched.extend(d["_id"] for d, _ in written)
+        real(written)
+
+    monkeypatch.setattr(sync, "wrote", spy)
+    docs = [report("r-twice", CHW1_LINE, patient_id="p1"), report("r-twice", CHW1_LINE, patient_id="p2"),
+            report("r-once", CHW1_LINE, patient_id="p1")]  # fmt: skip
+    status, body, _ = await gw.call("POST", f"/{medic}/_bulk_docs", auth=CHW1, json={"docs": docs})
+    assert status == 201 and sum(1 for row in body if row.get("ok")) == 2, body
+    assert vouched == ["r-once"], vouched
