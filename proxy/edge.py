@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from aiohttp import http_exceptions, web
 from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from proxy.clients import Network, is_trusted, networks
 from proxy.errors import RequestTimeout, error_name
@@ -145,6 +145,17 @@ class EdgeRequestHandler(RequestHandler):
         self._stop_head_timer()
         self._stop_body_watch()
         super().connection_lost(exc)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A body the handler never read (an answer that did not need it: a 401, a GET) is
+        drained after the answer; one that does not decode as its Content-Encoding says
+        fails there. That is the client's doing, not couchgate's: the connection is closed
+        (aiohttp does so after this) and a line logged, not an error with a traceback."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, RequestPayloadError | http_exceptions.PayloadEncodingError):
+            log.info("dropped a request body that does not decode (from %s)", self._client or "a client")
+            return
+        super().log_exception(*args, **kw)
 
     def _close_with(self, response: bytes) -> None:
         if self.transport is not None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 
 import orjson
+import pytest
 
 from proxy.devserver.backend import PouchServer
 
@@ -97,3 +99,22 @@ async def test_a_body_that_is_not_the_gzip_it_claims_is_a_400_not_a_500(gw: Gate
         # A stream cut short decodes to what it held: then it is the JSON that is bad.
         assert body["error"] == "bad_request", (path, body)
         assert data is broken or "encoding" in body["reason"].lower(), (path, body)
+
+
+async def test_a_lying_body_no_handler_reads_is_dropped_without_an_error(
+    gw: Gateway, medic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A route that answers without reading the body (a 401 before it, a GET) left aiohttp
+    to drain it after the answer, where the decode failed and was logged as an unhandled
+    error with its traceback: one per request, for anyone, without credentials."""
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    fake = b"\x1f\x8b\x08\x00 this is not gzip" + b"x" * 64
+    for method, path, who, expected in (
+        ("POST", f"/{medic}/_bulk_docs", None, 401),
+        ("GET", f"/{medic}/_all_docs", CHW1, 200),
+    ):
+        with caplog.at_level(logging.INFO):
+            status, body, _ = await gw.call(method, path, auth=who, data=fake, headers=headers)
+        assert status == expected, (path, status, body)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert "dropped a request body that does not decode" in caplog.text
