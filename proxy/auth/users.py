@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
@@ -26,35 +27,64 @@ class UserInfo:
 
 
 class UserInfoCache:
-    """Reads both docs with the service account; cached for a short time."""
+    """Reads both docs with the service account (together); cached for a short time. The
+    requests that need a user while their docs are being read share that read, unless the
+    user changed since it began (`invalidate`, from the index follower): then they read
+    again, and the older read is not cached."""
 
     def __init__(self, couch: CouchClient, db: str, ttl: float) -> None:
         self.couch = couch
         self.db = db
         self.ttl = ttl
         self._cache: dict[str, tuple[float, UserInfo]] = {}
+        self._reading: dict[str, asyncio.Future[UserInfo]] = {}
+        self._changes = 0  # invalidations so far: a read begun before one is not cached
 
     def invalidate(self, name: str | None = None) -> None:
+        self._changes += 1
         if name is None:
             self._cache.clear()
+            self._reading.clear()
         else:
             self._cache.pop(name, None)
+            self._reading.pop(name, None)
 
     async def get(self, name: str, *, fresh: bool = False) -> UserInfo:
-        """`fresh`: read CouchDB now, whatever the cache holds."""
-        now = time.monotonic()
+        """`fresh`: read CouchDB now, whatever the cache holds or is reading."""
         hit = self._cache.get(name)
-        if hit is not None and hit[0] > now and not fresh:
+        if hit is not None and hit[0] > time.monotonic() and not fresh:
             return hit[1]
+        if fresh:
+            return await self._read(name)
+        reading = self._reading.get(name)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read(name))
+            self._reading[name] = reading
+            reading.add_done_callback(lambda done: self._read_done(name, done))
+        return await asyncio.shield(reading)
+
+    def _read_done(self, name: str, done: asyncio.Future[UserInfo]) -> None:
+        if self._reading.get(name) is done:
+            del self._reading[name]
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have gone
+
+    async def _read(self, name: str) -> UserInfo:
+        now, changes = time.monotonic(), self._changes
         doc_id = quote(f"org.couchdb.user:{name}", safe="")
-        user_doc = _readable(await self.couch.json("GET", f"/_users/{doc_id}"))
-        settings_doc = _readable(await self.couch.json("GET", f"/{quote(self.db, safe='')}/{doc_id}"))
+        user_doc, settings_doc = await asyncio.gather(
+            self.couch.json("GET", f"/_users/{doc_id}"),
+            self.couch.json("GET", f"/{quote(self.db, safe='')}/{doc_id}"),
+        )
+        _readable(user_doc)
+        _readable(settings_doc)
         info = merge_user_docs(
             user_doc.body if user_doc.ok else None, settings_doc.body if settings_doc.ok else None
         )
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[name] = (now + self.ttl, info)
+        if changes == self._changes:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[name] = (now + self.ttl, info)
         return info
 
 

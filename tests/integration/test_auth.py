@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -13,6 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 
+from proxy.auth.users import UserInfoCache
+from proxy.couch.client import CouchClient, JsonResult, new_session
 from proxy.devserver.backend import PouchServer
 
 from support import (
@@ -22,6 +26,7 @@ from support import (
     TestUser,
     assert_couch_error,
     basic,
+    eventually,
     gateway_settings,
     start_gateway,
     stop_gateway,
@@ -425,3 +430,61 @@ async def test_session_with_an_unreadable_authorization_is_anonymous(gateway: Ga
     assert status == 200 and body["userCtx"]["name"] is None, body
     status, body, _ = await gateway.call("GET", "/", headers={"Authorization": header})
     assert status == 200 and "version" in body, body
+
+
+async def test_a_users_docs_are_read_once_for_requests_that_need_them_together(
+    backend: PouchServer, medic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `_users` doc and the user-settings doc are read together, once for the requests
+    that need the user while they are read; a change of the user (the index follower's
+    `invalidate`) while they are read makes the next request read them again, and the read
+    begun before the change is not kept."""
+    settings = gateway_settings(backend, medic)
+    session = new_session(settings)
+    try:
+        couch = CouchClient(session, settings)
+        cache = UserInfoCache(couch, medic, ttl=60)
+        reads: list[str] = []
+        real = couch.json
+        release = asyncio.Event()
+
+        async def counted(method: str, path: str, **kw: Any) -> JsonResult:
+            reads.append(path)
+            await release.wait()  # both docs asked for before either answers: read together
+            return await real(method, path, **kw)
+
+        def asked(n: int) -> Any:
+            async def check() -> bool:
+                return len(reads) == n
+
+            return check
+
+        monkeypatch.setattr(couch, "json", counted)
+        waiting = [asyncio.ensure_future(cache.get("chw1")) for _ in range(5)]
+        assert await eventually(asked(2))
+        release.set()
+        infos = await asyncio.gather(*waiting)
+        assert len(reads) == 2 and {i.facility_ids for i in infos} == {("area1",)}, reads
+
+        release.clear()
+        before = asyncio.ensure_future(cache.get("supervisor"))
+        assert await eventually(asked(4))
+        cache.invalidate("supervisor")  # the user changed while their docs were read
+        after = asyncio.ensure_future(cache.get("supervisor"))
+        assert await eventually(asked(6))  # read again, not joined to the older read
+        release.set()
+        await asyncio.gather(before, after)
+        release.clear()
+        stale = asyncio.ensure_future(cache.get("clerk"))
+        assert await eventually(asked(8))
+        cache.invalidate("clerk")
+        release.set()
+        await stale
+        await cache.get("clerk")
+        assert len(reads) == 10, reads  # the read begun before the change was not kept
+        await cache.get("clerk")
+        assert len(reads) == 10, reads  # the one after it is
+        await cache.get("clerk", fresh=True)
+        assert len(reads) == 12
+    finally:
+        await session.close()
