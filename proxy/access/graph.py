@@ -118,6 +118,9 @@ class Subjects:
     codes: dict[str, int]
     own: str
     unassigned: bool
+    # The numbers an index gave the keys it held (`ScopeIndex._candidates`: numbers never
+    # change), and the keys it did not hold then (looked up again each time).
+    numbered: tuple[list[int], list[str]] | None = field(default=None, compare=False, repr=False)
 
     def depth(self, contact_id: str) -> int | None:
         return self.contacts.get(contact_id)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.access import scope_index
 from proxy.access.config import AppSettings, UserCtx
 from proxy.access.scope_index import ScopeIndex
 from proxy.offline import snapshot
@@ -140,3 +141,42 @@ def test_a_users_counts_come_back_with_the_index_while_nothing_changed(tmp_path:
     person = next(d for d in docs if d.get("contact_type") == "person" and d["_id"].startswith("d0-hc0-a0-"))
     restored.apply({**person, "_rev": "2-" + "e" * 32, "_deleted": True})
     assert restored.readable_counts(user, settings) == (counts[0] - 1, counts[1] + 1)  # counted again
+
+
+def test_a_users_subjects_come_back_with_the_settings_they_were_made_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's first sync after a restart does not walk their area again: the subjects
+    of the current tree are saved with the settings object the index sync holds, in one
+    state, so they stand only for those settings (not for other ones that compare equal)
+    and only until the tree changes."""
+    settings = AppSettings.from_doc(SETTINGS)
+    index = ScopeIndex()
+    docs = list(preset("small").docs())
+    for n, doc in enumerate(docs):
+        index.apply({**doc, "_rev": f"1-{n:032x}"}, n)
+    supervisor = UserCtx("supervisor", ("chw_supervisor",), ("d0-hc0",), "d0-hc0-sup")
+    chw = UserCtx("chw1", ("chw",), ("d0-hc0-a0",), "d0-hc0-a0-chw")
+    made = {u: index.subjects_of(u, settings) for u in (supervisor, chw)}
+    index.apply({**docs[0], "_rev": "2-" + "f" * 32, "name": "renamed"})  # no move: same tree
+    store(tmp_path).save("instance-1", {"index": index, "settings": settings})
+    loaded = store(tmp_path).load("instance-1")
+    assert loaded is not None
+    restored: ScopeIndex = loaded["index"]
+    walks: list[UserCtx] = []
+    real = scope_index.subjects
+
+    def walked(user: UserCtx, *args: object) -> object:
+        walks.append(user)
+        return real(user, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scope_index, "subjects", walked)
+    for user in (supervisor, chw):
+        assert restored.subjects_of(user, loaded["settings"]) == made[user]
+    assert walks == []  # kept, for the settings restored with them
+    assert restored.subjects_of(chw, AppSettings.from_doc(SETTINGS)) == made[chw]
+    assert walks == [chw]  # other settings (equal or not): walked again
+    person = next(d for d in docs if d.get("contact_type") == "person" and d["_id"].startswith("d0-hc0-a0-"))
+    restored.apply({**person, "_rev": "2-" + "e" * 32, "parent": {"_id": "d0-hc0-a1"}})  # a move
+    restored.subjects_of(supervisor, loaded["settings"])
+    assert walks == [chw, supervisor]  # the tree changed: walked again

@@ -5,8 +5,9 @@ a string missed before it was added is found after."""
 from __future__ import annotations
 
 from proxy.access.columns import CACHED_STRINGS, Strings
+from proxy.access.config import AppSettings, UserCtx
 from proxy.access.scope_index import ScopeIndex
-from proxy.seed.generator import preset
+from proxy.seed.generator import SETTINGS, preset
 
 
 def test_winner_and_leaves_agree_with_the_entries() -> None:
@@ -42,3 +43,20 @@ def test_a_string_looked_up_before_it_was_added_is_found_after() -> None:
     assert index.winner("new-doc") is None and "new-doc" not in index.entries
     index.apply({"_id": "new-doc", "_rev": "1-" + "a" * 32, "type": "data_record"})
     assert index.winner("new-doc") == ("1-" + "a" * 32, False) and "new-doc" in index.entries
+
+
+def test_a_key_a_user_looked_under_before_it_was_held_is_found_once_held() -> None:
+    """A user's keys are numbered once (numbers never change); a key the index did not hold
+    then (the user's own doc id, `_unassigned`) is looked up again at every feed, so a doc
+    first filed under it later reaches the user."""
+    settings = AppSettings.from_doc(SETTINGS)
+    index = ScopeIndex()
+    for n, doc in enumerate(preset("small").docs()):
+        index.apply({**doc, "_rev": f"1-{n:032x}"}, n)
+    chw = UserCtx("chw9", ("chw",), ("d0-hc0-a0",), "d0-hc0-a0-chw")  # no doc of theirs yet
+    assert index._s.find(chw.user_doc_id) == -1
+    before = index.ordinal
+    assert index.changes_since(chw, settings, before) == []
+    assert index.subjects_of(chw, settings).numbered is not None
+    index.apply({"_id": chw.user_doc_id, "_rev": "1-" + "a" * 32, "type": "user-settings", "name": "chw9"})
+    assert [e.id for e in index.changes_since(chw, settings, before)] == [chw.user_doc_id]
