@@ -426,6 +426,7 @@ class IndexSync:
         streak = 0  # attempts in a row that failed although CouchDB answered the probe before them
         with fail_fast():  # rounds serve waiting phones: a silent CouchDB is a failure soon
             waker = asyncio.create_task(self._sync_on_wake())
+        welcome = asyncio.create_task(self.welcome.refresh())  # read before the first sync asks
         try:
             while True:
                 try:
@@ -450,8 +451,12 @@ class IndexSync:
                     streak = 1  # CouchDB was down, not failing our rounds: no backoff to carry
         finally:
             waker.cancel()
+            welcome.cancel()
+            self.welcome.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await waker
+            with contextlib.suppress(asyncio.CancelledError):
+                await welcome
 
     async def _until_answering(self) -> bool:
         """Probe CouchDB every PROBE_INTERVAL until it answers; True if the first probe did."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from proxy.devserver.backend import PouchServer
-from proxy.keys import COUCH, SINCE_CODEC
+from proxy.keys import COUCH, INDEX, SINCE_CODEC
 
 from offline_data import CHW1_READS, SUPERVISOR_READS, auth, person, place, report
 from support import (
@@ -18,6 +19,7 @@ from support import (
     Gateway,
     assert_couch_error,
     basic,
+    eventually,
     gateway_settings,
     start_gateway,
     stop_gateway,
@@ -117,6 +119,40 @@ async def test_welcome_is_couchdbs_kept_for_a_while(
     assert (status, body) == (200, None)
     status, body, _ = await gw.call("POST", "/", auth=auth("chw1"), json={})
     assert_couch_error(status, body, 403, "forbidden")
+
+
+async def test_welcome_is_read_at_start_and_again_beside_the_answers(
+    gw: Gateway, backend: PouchServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device's first `GET /` after a start is answered from the copy read at start; a
+    copy past its minute answers while a fresh one is read beside it; one past a second
+    minute is read again before the answer."""
+    _, upstream_welcome = backend.request("GET", "/")
+    welcome = gw.server.app[INDEX].welcome
+
+    async def kept() -> bool:
+        return welcome._kept is not None and welcome._kept[1] == upstream_welcome
+
+    assert await eventually(kept)  # read at start, before any device asked
+    couch = gw.server.app[COUCH]
+    asked: list[str] = []
+    real = couch.json
+
+    async def counted(method: str, path: str, **kwargs: Any) -> Any:
+        if path.split("?")[0] == "/":
+            asked.append(path)
+        return await real(method, path, **kwargs)
+
+    monkeypatch.setattr(couch, "json", counted)
+    assert (await gw.call("GET", "/", auth=auth("chw1")))[:2] == (200, upstream_welcome)
+    assert asked == []
+    old = {**upstream_welcome, "version": "an older copy"}
+    welcome._kept = (time.monotonic() - 1, old)  # past its minute
+    assert (await gw.call("GET", "/", auth=auth("chw1")))[:2] == (200, old)
+    assert await eventually(kept) and asked == ["/"]  # read again beside the answer
+    welcome._kept = (time.monotonic() - welcome.ttl - 1, old)  # past the second minute
+    assert (await gw.call("GET", "/", auth=auth("chw1")))[:2] == (200, upstream_welcome)
+    assert asked == ["/", "/"]
 
 
 async def test_foreign_doc_looks_exactly_like_a_missing_one(gw: Gateway, medic: str) -> None:
