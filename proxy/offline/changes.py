@@ -229,18 +229,35 @@ class Feed:
                 )
                 for entry in found_then:
                     found.setdefault(entry.id, entry)
-            except TooOld:  # older than the index remembers: judged from its oldest memory
-                oldest = self.view.sync.index.history.since  # (docs/removals.md, the horizon)
+            except TooOld:  # older than the index remembers (docs/removals.md, the horizon)
+                if self.everything:
+                    # The user's scope changed at a moment the index no longer remembers:
+                    # their old scope judged at its oldest memory would name docs made or
+                    # moved there after they left it, which they never could read.
+                    continue
+                oldest = self.view.sync.index.history.since  # the same scope all along
                 for entry in self.view.left_scope(self.then, oldest, everything=True):
                     found.setdefault(entry.id, entry)
         gone = sorted(found.values(), key=lambda e: (e.ordinal, e.id))
-        sent = self.since_in.removed_to if self.since_in is not None else None
+        sent = self._sent()
         if sent is not None:
             gone = [e for e in gone if (e.ordinal, e.id) > sent]
         self.then, self.then_at, self.everything = self.view.user, (self.view.current_ordinal,), False
         if self.params.doc_ids is not None:
             gone = [e for e in gone if e.id in self.params.doc_ids]
         return gone
+
+    def _sent(self) -> tuple[int, str] | None:
+        """How far a page cut short went in sending removals (`rc`), if this index numbered
+        it: another replica's ordinals (or a crashed process's) say nothing here, and then
+        every removal is sent again (a tombstone the device has is a no-op for it)."""
+        since = self.since_in
+        if since is None or since.removed_to is None or since.removed_by is None:
+            return None
+        sync = self.view.sync
+        ordinal = since.removed_to[0]
+        ours = since.removed_by == self.view.epoch or ordinal <= sync.past_epochs.get(since.removed_by, -1)
+        return since.removed_to if ours else None
 
     def page(self) -> Page:
         """The next rows and the `last_seq` that follows them; advances the feed. Removals
@@ -259,7 +276,8 @@ class Feed:
         if cap is not None and len(removed) > cap and self.since_in is not None:
             removed, self.backlog = removed[:cap], removed[cap:]
             last = removed[-1]
-            held = replace(self.since_in, removed_to=(last.ordinal, last.id), fresh=False)
+            held = replace(self.since_in, removed_to=(last.ordinal, last.id), removed_by=self.view.epoch,
+                           fresh=False)  # fmt: skip
             return Page([], removed, self.codec.encode(self.user, held), since_in=self.since_in)
         since_in, self.backlog, self.since_in = self.since_in, [], None
         entries = self.view.entries_after(self.ordinal)
@@ -284,7 +302,8 @@ class Feed:
 
     def row_seq(self, page: Page, entry: Entry, removal: bool) -> str:
         if removal and page.since_in is not None:
-            held = replace(page.since_in, removed_to=(entry.ordinal, entry.id), fresh=False)
+            held = replace(page.since_in, removed_to=(entry.ordinal, entry.id), removed_by=self.view.epoch,
+                           fresh=False)  # fmt: skip
             return self.codec.encode(self.user, held)
         judged = page.judged if page.judged > entry.ordinal else None
         # Never `fresh`: a client resuming from a row may have caught up by then.

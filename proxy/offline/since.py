@@ -17,8 +17,10 @@ other users' writes. It carries:
   holds: it holds everything CouchDB held at `lt` and nothing CouchDB did not hold at `it`.
   Another replica, or this one after a restart without its snapshot, places the token
   between two of its own ordinals by them (`proxy.offline.changes.Feed`).
-- `rc`: in a page that `limit` cut short while sending removals, the last removal sent
-  ((ordinal, doc id)); the next request judges the same position again and goes on after it.
+- `rc`: in a page that `limit` cut short while sending removals (or a removal row's seq),
+  the last removal sent ((ordinal, doc id, the epoch of the index that numbered the
+  ordinal)); the next request judges the same position again and goes on after it, if its
+  index numbered that ordinal (else it sends them all again).
 - `fr`: the device started from nothing and is still catching up (no made-up revisions).
 - `rp`: the ordinal as of which the device was sent what left, when its changes are sent
   only up to `o` (a `limit`ed page after removals).
@@ -60,6 +62,7 @@ class Since:
     # The device started from nothing and has not caught up yet: it holds no revision
     # couchgate made up (its pages need not read the user's ledger).
     fresh: bool = False
+    removed_by: str | None = None  # the epoch that numbered `removed_to`'s ordinal
 
 
 NONCE = 12
@@ -76,7 +79,7 @@ class SinceCodec:
             "lt": since.level, "it": since.issued,
         }  # fmt: skip
         if since.removed_to is not None:
-            body["rc"] = list(since.removed_to)
+            body["rc"] = [*since.removed_to, since.removed_by]
         if since.removals_at is not None:
             body["rp"] = since.removals_at
         if since.fresh:
@@ -112,15 +115,17 @@ class SinceCodec:
             or not isinstance(roles, list) or not all(isinstance(r, str) for r in roles)
             or not (contact is None or isinstance(contact, str))
             or not isinstance(level, int) or not isinstance(issued, int)
-            or not (cursor is None or (isinstance(cursor, list) and len(cursor) == 2
-                                       and isinstance(cursor[0], int) and isinstance(cursor[1], str)))
+            or not (cursor is None or (isinstance(cursor, list) and len(cursor) in (2, 3)
+                                       and isinstance(cursor[0], int) and isinstance(cursor[1], str)
+                                       and (len(cursor) == 2 or isinstance(cursor[2], str | None))))
             or not (removals_at is None or isinstance(removals_at, int))
         ):  # fmt: skip
             return None
         removed_to = (cursor[0], cursor[1]) if cursor is not None else None
+        removed_by = cursor[2] if cursor is not None and len(cursor) == 3 else None  # older: not known
         return Since(
             epoch, max(ordinal, 0), fingerprint, tuple(facilities), tuple(roles), contact, level, issued,
-            removed_to, removals_at, body.get("fr") == 1,
+            removed_to, removals_at, body.get("fr") == 1, removed_by,
         )  # fmt: skip
 
 
