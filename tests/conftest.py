@@ -25,6 +25,7 @@ from support import (
     Gateway,
     TestUser,
     gateway_settings,
+    put_user,
     start_gateway,
     stop_gateway,
 )
@@ -72,19 +73,6 @@ def fresh_user(backend: Backend) -> Iterator[TestUser]:
     _, current = backend.request("GET", doc_id)
     if isinstance(current, dict) and "_rev" in current:
         backend.request("DELETE", f"{doc_id}?rev={current['_rev']}")
-
-
-def put_user(backend: Backend, fields: dict[str, Any]) -> None:
-    """Create or reset a `_users` doc: a CouchDB the tests did not start may hold it from an
-    earlier run, changed by a test (a new password, other roles)."""
-    doc_id = f"org.couchdb.user:{fields['name']}"
-    doc = {"_id": doc_id, "type": "user", **fields}
-    status, body = backend.request("PUT", f"/_users/{doc_id}", doc)
-    if status == 409:
-        _, current = backend.request("GET", f"/_users/{doc_id}")
-        assert isinstance(current, dict), current
-        status, body = backend.request("PUT", f"/_users/{doc_id}", {**doc, "_rev": current["_rev"]})
-    assert status == 201, body
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from aiohttp.web_runner import BaseRunner
 
 from proxy.app import create_app
-from proxy.devserver.backend import CouchServer, PouchServer
+from proxy.devserver.backend import Backend, CouchServer, PouchServer
 from proxy.edge import EdgeRunner
 from proxy.keys import INDEX
 from proxy.settings import Settings, load_settings
@@ -33,6 +33,19 @@ MEMBER_ROLE = "member"
 
 def basic(name: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()
+
+
+def put_user(backend: Backend, fields: dict[str, Any]) -> None:
+    """Create or reset a `_users` doc: a CouchDB the tests did not start may hold it from an
+    earlier run, changed by a test (a new password, other roles)."""
+    doc_id = f"org.couchdb.user:{fields['name']}"
+    doc = {"_id": doc_id, "type": "user", **fields}
+    status, body = backend.request("PUT", f"/_users/{doc_id}", doc)
+    if status == 409:
+        _, current = backend.request("GET", f"/_users/{doc_id}")
+        assert isinstance(current, dict), current
+        status, body = backend.request("PUT", f"/_users/{doc_id}", {**doc, "_rev": current["_rev"]})
+    assert status == 201, body
 
 
 @dataclass(frozen=True)

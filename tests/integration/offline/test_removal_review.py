@@ -6,13 +6,20 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from conftest import put_user
-
 from proxy.devserver.backend import Backend
 from proxy.keys import INDEX, SINCE_CODEC
 
 from offline_data import CHW1_READS, HOUSEHOLD, auth, move_house
-from support import Gateway, basic, eventually, gateway_settings, index_level, start_gateway, stop_gateway
+from support import (
+    Gateway,
+    basic,
+    eventually,
+    gateway_settings,
+    index_level,
+    put_user,
+    start_gateway,
+    stop_gateway,
+)
 
 
 async def changes(gw: Gateway, db: str, who: str, since: str = "0") -> dict[str, Any]:
