@@ -24,6 +24,7 @@ from support import (
     TEST_COUCH_URL,
     Gateway,
     TestUser,
+    delete_user,
     gateway_settings,
     put_user,
     start_gateway,
@@ -69,10 +70,7 @@ def fresh_user(backend: Backend) -> Iterator[TestUser]:
     user = TestUser(f"u-{uuid.uuid4().hex[:10]}", "fresh-pass", (MEMBER_ROLE,))
     put_user(backend, {"name": user.name, "password": user.password, "roles": list(user.roles)})
     yield user
-    doc_id = f"/_users/org.couchdb.user:{user.name}"
-    _, current = backend.request("GET", doc_id)
-    if isinstance(current, dict) and "_rev" in current:
-        backend.request("DELETE", f"{doc_id}?rev={current['_rev']}")
+    delete_user(backend, user.name)
 
 
 @pytest.fixture

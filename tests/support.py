@@ -48,6 +48,15 @@ def put_user(backend: Backend, fields: dict[str, Any]) -> None:
     assert status == 201, body
 
 
+def delete_user(backend: Backend, name: str) -> None:
+    """Remove a `_users` doc a test made: the users of the backend are shared by every test
+    of a run (the users-at-risk count reads them all)."""
+    doc_id = f"/_users/org.couchdb.user:{name}"
+    _, current = backend.request("GET", doc_id)
+    if isinstance(current, dict) and "_rev" in current:
+        backend.request("DELETE", f"{doc_id}?rev={current['_rev']}")
+
+
 @dataclass(frozen=True)
 class TestUser:
     __test__ = False

@@ -13,6 +13,7 @@ from offline_data import CHW1_READS, HOUSEHOLD, auth, move_house
 from support import (
     Gateway,
     basic,
+    delete_user,
     eventually,
     gateway_settings,
     index_level,
@@ -80,9 +81,13 @@ async def test_a_token_past_the_horizon_names_no_doc_made_after_the_user_left(
     name = f"moved-{uuid.uuid4().hex[:8]}"
     who = basic(name, "pw-" + name)
     put_user(backend, {"name": name, "password": "pw-" + name, "roles": ["chw"], "facility_id": "area2"})
-    gw = await start_gateway(
-        gateway_settings(backend, medic, removals_horizon_days=1e-5, auth_cache_seconds=0)
-    )
+    try:
+        gw = await start_gateway(
+            gateway_settings(backend, medic, removals_horizon_days=1e-5, auth_cache_seconds=0)
+        )
+    except BaseException:
+        delete_user(backend, name)
+        raise
     sync = gw.server.app[INDEX]
     try:
         await index_level(gw, backend, medic)
@@ -110,3 +115,4 @@ async def test_a_token_past_the_horizon_names_no_doc_made_after_the_user_left(
         assert "secret_p" not in {r["id"] for r in body["results"]}, body["results"]
     finally:
         await stop_gateway(gw)
+        delete_user(backend, name)
