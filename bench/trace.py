@@ -167,7 +167,7 @@ async def run(args: argparse.Namespace) -> None:
                 profiler = cProfile.Profile() if args.profile else None
                 if profiler is not None:
                     profiler.enable()
-                cpu = time.process_time()
+                cpu, times = time.process_time(), os.times()
                 started = time.perf_counter()
                 proc = await asyncio.create_subprocess_exec(
                     "node", str(POUCH_JS), orjson.dumps(cmd).decode(), stdout=asyncio.subprocess.PIPE,
@@ -176,10 +176,14 @@ async def run(args: argparse.Namespace) -> None:
                 out, _ = await proc.communicate()
                 wall = time.perf_counter() - started
                 cpu = time.process_time() - cpu
+                user, system = (now - then for now, then in zip(os.times()[:2], times[:2], strict=True))
                 if profiler is not None:
                     profiler.disable()
                 print(f"\n## run {run_number}: {out.decode().strip().splitlines()[-1][:300]}")
-                print(f"\nwall {wall * 1000:.0f} ms; couchgate CPU (this process) {cpu * 1000:.0f} ms")
+                print(
+                    f"\nwall {wall * 1000:.0f} ms; couchgate CPU (this process) {cpu * 1000:.0f} ms "
+                    f"(user {user * 1000:.0f}, system {system * 1000:.0f})"
+                )
                 report("Client requests through couchgate", client_side)
                 report("couchgate's upstream calls", upstream)
                 if args.timeline:

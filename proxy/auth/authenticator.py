@@ -4,7 +4,8 @@ Order: `Authorization: Bearer` (JWT), `Authorization: Basic` (checked against Co
 `GET /_session` with the caller's own credentials), the `AuthSession` cookie (likewise),
 else anonymous. Verified basic and cookie credentials are cached briefly under a hash, so
 a replication's many requests cost one upstream check; requests that bring a Basic
-credential while it is being checked share that check.
+credential while it is being checked share that check, and the user's docs (facility,
+contact) are read beside it rather than after it answered.
 
 An `Authorization` header CouchDB could not read (another scheme, `Basic:` with a colon,
 Basic without a name, bearer tokens while they are off) is no credential, as in CouchDB:
@@ -124,6 +125,8 @@ class Authenticator:
         if wait is not None:
             observe.auth_throttled()  # metrics
             raise LoginThrottled(name, wait)
+        if name:
+            self.users.prefetch(name)  # read beside the password check (`_principal` needs them)
         try:
             user, roles = await session_user(self.couch, {"Authorization": header}, client)
         except BaseException:

@@ -56,12 +56,21 @@ class UserInfoCache:
             return hit[1]
         if fresh:
             return await self._read(name)
-        reading = self._reading.get(name)
-        if reading is None:
-            reading = asyncio.ensure_future(self._read(name))
-            self._reading[name] = reading
-            reading.add_done_callback(lambda done: self._read_done(name, done))
-        return await asyncio.shield(reading)
+        return await asyncio.shield(self._reading.get(name) or self._start(name))
+
+    def prefetch(self, name: str) -> None:
+        """Begin reading a user's docs unless they are cached or being read: the caller
+        will `get` them shortly (while the user's password is checked, so that a request
+        does not wait for the two reads one after the other)."""
+        hit = self._cache.get(name)
+        if (hit is None or hit[0] <= time.monotonic()) and name not in self._reading:
+            self._start(name)
+
+    def _start(self, name: str) -> asyncio.Future[UserInfo]:
+        reading = asyncio.ensure_future(self._read(name))
+        self._reading[name] = reading
+        reading.add_done_callback(lambda done: self._read_done(name, done))
+        return reading
 
     def _read_done(self, name: str, done: asyncio.Future[UserInfo]) -> None:
         if self._reading.get(name) is done:

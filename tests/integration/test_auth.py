@@ -18,7 +18,9 @@ from jose import jwt
 from proxy.auth.users import UserInfoCache
 from proxy.couch.client import CouchClient, JsonResult, new_session
 from proxy.devserver.backend import PouchServer
+from proxy.keys import COUCH
 
+from offline_data import auth
 from support import (
     JWT_SECRET,
     ON_COUCHDB,
@@ -488,3 +490,35 @@ async def test_a_users_docs_are_read_once_for_requests_that_need_them_together(
         assert len(reads) == 12
     finally:
         await session.close()
+
+
+async def test_a_users_docs_are_read_beside_their_password_check(
+    backend: PouchServer, medic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Basic credential not cached yet costs CouchDB's password check and the user's two
+    docs; the docs are asked for while the check is under way, not after it answered. Here
+    the check answers only once they have been asked for (or after 5 s, and the test fails)."""
+    gw = await start_gateway(gateway_settings(backend, medic))
+    try:
+        couch = gw.server.app[COUCH]
+        real = couch.json
+        asked: list[str] = []
+        docs_before_check: list[bool] = []
+        user_doc = "/_users/org.couchdb.user%3Achw1"
+
+        async def docs_asked() -> bool:
+            return user_doc in asked
+
+        async def watched(method: str, path: str, **kw: Any) -> JsonResult:
+            asked.append(path)
+            if path == "/_session":
+                docs_before_check.append(await eventually(docs_asked, within=5))
+            return await real(method, path, **kw)
+
+        monkeypatch.setattr(couch, "json", watched)
+        status, body, _ = await gw.call("GET", f"/{medic}/_changes?limit=1", auth=auth("chw1"))
+        assert status == 200, body
+        assert docs_before_check == [True], asked
+        assert f"/{medic}/org.couchdb.user%3Achw1" in asked, asked
+    finally:
+        await stop_gateway(gw)
