@@ -77,6 +77,12 @@ def anonymous_allowed(request: web.Request, route_name: str | None) -> bool:
         return True
     if route_name == "metrics":
         return request.app[SETTINGS].metrics_public
+    return welcome(request, route_name)
+
+
+def welcome(request: web.Request, route_name: str | None) -> bool:
+    """CouchDB's welcome (`GET /`): public, and it needs nothing of its caller but that the
+    credentials they bring (if any) are right."""
     if route_name == "couchdb_proxy" and request.method in {"GET", "HEAD"}:
         try:
             return not CouchPath.parse(request.rel_url.raw_path).segments
@@ -94,7 +100,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     try:
         principal = await request.app[AUTHENTICATOR].authenticate(
-            request.headers.get("Authorization"), request.headers.get("Cookie"), client_address(request)
+            request.headers.get("Authorization"),
+            request.headers.get("Cookie"),
+            client_address(request),
+            user_docs=not welcome(request, name),
         )
     except LoginThrottled as exc:
         record(request, "authenticate", "denied", user=exc.name, reason=exc.reason)

@@ -69,23 +69,31 @@ class Authenticator:
         self._checking: dict[str, asyncio.Future[tuple[str | None, tuple[str, ...]]]] = {}
 
     async def authenticate(
-        self, authorization: str | None, cookie_header: str | None, client: str | None = None
+        self,
+        authorization: str | None,
+        cookie_header: str | None,
+        client: str | None = None,
+        *,
+        user_docs: bool = True,
     ) -> Principal:
-        """The caller; `client` is its address (for the login throttle)."""
+        """The caller; `client` is its address (for the login throttle). `user_docs`: the
+        request needs the user's facility and contact (all but CouchDB's welcome do); without,
+        the principal names none, and a read of the user's docs begun for it goes on for the
+        requests that follow."""
         if authorization:
             scheme, _, credentials = authorization.partition(" ")
             scheme = scheme.lower()
             if scheme == "bearer" and self.tokens.enabled:
-                return await self._bearer(credentials.strip())
+                return await self._bearer(credentials.strip(), user_docs)
             basic = parse_basic(credentials) if scheme == "basic" else None
             if basic is not None:
-                return await self._basic(authorization, basic[0], basic[1], client)
+                return await self._basic(authorization, basic[0], basic[1], client, user_docs)
         session = auth_session_cookie(cookie_header)
         if session is not None:
-            return await self._cookie(session, client)
+            return await self._cookie(session, client, user_docs)
         return ANONYMOUS
 
-    async def _bearer(self, token: str) -> Principal:
+    async def _bearer(self, token: str, user_docs: bool) -> Principal:
         try:
             claims = self.tokens.verify(token)
         except TokenError as exc:
@@ -94,9 +102,11 @@ class Authenticator:
             await self.guard.check(claims)
         except TokenRefused as exc:  # well signed, but its user no longer backs it
             raise AuthFailed(exc.reason, headers=bearer_challenge(exc.reason)) from exc
-        return await self._principal(claims.name, claims.roles, "jwt", ())
+        return await self._principal(claims.name, claims.roles, "jwt", (), user_docs)
 
-    async def _basic(self, header: str, name: str, password: str, client: str | None) -> Principal:
+    async def _basic(
+        self, header: str, name: str, password: str, client: str | None, user_docs: bool
+    ) -> Principal:
         key = self._key("basic", header)
         hit = self._cached(key)
         if hit is None:
@@ -110,7 +120,7 @@ class Authenticator:
                 check.add_done_callback(lambda done: self._checked(key, done))
             hit = await asyncio.shield(check)
         user, roles = hit
-        return await self._principal(user, roles, "basic", (("Authorization", header),))
+        return await self._principal(user, roles, "basic", (("Authorization", header),), user_docs)
 
     def _checked(self, key: str, check: asyncio.Future[tuple[str | None, tuple[str, ...]]]) -> None:
         if self._checking.get(key) is check:
@@ -139,7 +149,7 @@ class Authenticator:
         self._remember(key, user, roles)
         return user, roles
 
-    async def _cookie(self, session: str, client: str | None) -> Principal:
+    async def _cookie(self, session: str, client: str | None, user_docs: bool) -> Principal:
         cookie = f"AuthSession={session}"
         key = self._key("cookie", cookie)
         hit = self._cached(key)
@@ -150,7 +160,7 @@ class Authenticator:
         if user is None and "_admin" not in roles:
             # CouchDB treats an expired or forged session as no session at all.
             return ANONYMOUS
-        return await self._principal(user, roles, "cookie", (("Cookie", cookie),))
+        return await self._principal(user, roles, "cookie", (("Cookie", cookie),), user_docs)
 
     @staticmethod
     def _key(kind: str, credential: str) -> str:
@@ -176,10 +186,11 @@ class Authenticator:
         roles: tuple[str, ...],
         method: AuthMethod,
         upstream: tuple[tuple[str, str], ...],
+        user_docs: bool = True,
     ) -> Principal:
         facility: tuple[str, ...] = ()
         contact: str | None = None
-        if name is not None and "_admin" not in roles:
+        if user_docs and name is not None and "_admin" not in roles:
             info = await self.users.get(name)
             facility, contact = info.facility_ids, info.contact_id
         return Principal(

@@ -30,6 +30,7 @@ from support import (
     basic,
     eventually,
     gateway_settings,
+    index_level,
     start_gateway,
     stop_gateway,
 )
@@ -521,4 +522,40 @@ async def test_a_users_docs_are_read_beside_their_password_check(
         assert docs_before_check == [True], asked
         assert f"/{medic}/org.couchdb.user%3Achw1" in asked, asked
     finally:
+        await stop_gateway(gw)
+
+
+async def test_the_welcome_does_not_wait_for_the_users_docs(
+    backend: PouchServer, medic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CouchDB's welcome needs nothing of its caller but that their credentials are right:
+    a first `GET /` answers while the user's docs are still being read (held here until it
+    has answered), and the request after it finds them read, once."""
+    gw = await start_gateway(gateway_settings(backend, medic))
+    release = asyncio.Event()
+    try:
+        await index_level(gw, backend, medic)  # the index's first round changes no user after this
+        couch = gw.server.app[COUCH]
+        real = couch.json
+        docs_read: list[str] = []
+
+        async def held(method: str, path: str, **kw: Any) -> JsonResult:
+            if "org.couchdb.user" in path:
+                docs_read.append(path)
+                await release.wait()
+            return await real(method, path, **kw)
+
+        monkeypatch.setattr(couch, "json", held)
+        status, body, _ = await asyncio.wait_for(gw.call("GET", "/", auth=auth("chw1")), 10)
+        assert status == 200 and "version" in body, body
+        assert len(docs_read) == 2, docs_read  # asked for, not answered yet
+        release.set()
+        status, body, _ = await gw.call("GET", f"/{medic}/_changes?limit=1", auth=auth("chw1"))
+        assert status == 200, body
+        assert len(docs_read) == 2, docs_read
+        wrong = basic("chw1", "not-the-password")
+        status, body, _ = await gw.call("GET", "/", headers={"Authorization": wrong})
+        assert status == 401, body  # the credentials are still checked
+    finally:
+        release.set()
         await stop_gateway(gw)
