@@ -24,6 +24,8 @@ import time
 from base64 import b64decode
 from http.cookies import CookieError, SimpleCookie
 
+from cachetools import TTLCache
+
 from proxy import observe
 from proxy.auth.principal import ANONYMOUS, AuthMethod, Principal
 from proxy.auth.throttle import LoginThrottle, LoginThrottled
@@ -44,6 +46,7 @@ def bearer_challenge(detail: str) -> dict[str, str]:
     }
 
 
+CREDENTIALS_KEPT = 50_000
 # A Basic challenge would make browsers pop up their own login box over a PouchDB app, so
 # every 401 carries a Bearer challenge, as RFC 9110 asks for, and nothing else.
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="couchgate"'}
@@ -65,7 +68,10 @@ class Authenticator:
         self.cache_seconds = cache_seconds
         self.throttle = throttle
         self.guard = guard
-        self._cache: dict[str, tuple[float, str | None, tuple[str, ...]]] = {}
+        # Credentials checked lately, by hash (the least recently used go first past the bound).
+        self._cache: TTLCache[str, tuple[str | None, tuple[str, ...]]] = TTLCache(
+            maxsize=CREDENTIALS_KEPT, ttl=cache_seconds, timer=time.monotonic
+        )
         self._checking: dict[str, asyncio.Future[tuple[str | None, tuple[str, ...]]]] = {}
 
     async def authenticate(
@@ -167,18 +173,13 @@ class Authenticator:
         return hashlib.sha256((kind + "\0" + credential).encode()).hexdigest()
 
     def _cached(self, key: str) -> tuple[str | None, tuple[str, ...]] | None:
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1], hit[2]
-        return None
+        return self._cache.get(key)
 
     def _remember(self, key: str, name: str | None, roles: tuple[str, ...]) -> None:
         """Only successes are cached: a refused credential is asked about (and counted) again."""
         if name is None and "_admin" not in roles:
             return
-        if len(self._cache) > 50_000:
-            self._cache.clear()
-        self._cache[key] = (time.monotonic() + self.cache_seconds, name, roles)
+        self._cache[key] = (name, roles)
 
     async def _principal(
         self,

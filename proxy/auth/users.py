@@ -8,10 +8,15 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from cachetools import TTLCache
+
 from proxy.auth.principal import as_tuple
 from proxy.couch.client import CouchClient, JsonResult
 from proxy.errors import UpstreamUnavailable
 
+# Users whose docs are kept at most (the least recently used go first): far more than use
+# couchgate within one TTL, so only a burst of new names (a password spray) evicts anyone.
+USERS_KEPT = 50_000
 # The fields of a `_users` doc that change exactly when its password does.
 CREDENTIAL_FIELDS = ("password_scheme", "pbkdf2_prf", "iterations", "salt", "derived_key", "password_sha")
 
@@ -32,11 +37,11 @@ class UserInfoCache:
     user changed since it began (`invalidate`, from the index follower): then they read
     again, and the older read is not cached."""
 
-    def __init__(self, couch: CouchClient, db: str, ttl: float) -> None:
+    def __init__(self, couch: CouchClient, db: str, ttl: float, kept: int = USERS_KEPT) -> None:
         self.couch = couch
         self.db = db
         self.ttl = ttl
-        self._cache: dict[str, tuple[float, UserInfo]] = {}
+        self._cache: TTLCache[str, UserInfo] = TTLCache(maxsize=kept, ttl=ttl, timer=time.monotonic)
         self._reading: dict[str, asyncio.Future[UserInfo]] = {}
         self._changes = 0  # invalidations so far: a read begun before one is not cached
 
@@ -52,8 +57,8 @@ class UserInfoCache:
     async def get(self, name: str, *, fresh: bool = False) -> UserInfo:
         """`fresh`: read CouchDB now, whatever the cache holds or is reading."""
         hit = self._cache.get(name)
-        if hit is not None and hit[0] > time.monotonic() and not fresh:
-            return hit[1]
+        if hit is not None and not fresh:
+            return hit
         if fresh:
             return await self._read(name)
         return await asyncio.shield(self._reading.get(name) or self._start(name))
@@ -62,8 +67,7 @@ class UserInfoCache:
         """Begin reading a user's docs unless they are cached or being read: the caller
         will `get` them shortly (while the user's password is checked, so that a request
         does not wait for the two reads one after the other)."""
-        hit = self._cache.get(name)
-        if (hit is None or hit[0] <= time.monotonic()) and name not in self._reading:
+        if name not in self._cache and name not in self._reading:
             self._start(name)
 
     def _start(self, name: str) -> asyncio.Future[UserInfo]:
@@ -79,7 +83,7 @@ class UserInfoCache:
             done.exception()  # retrieved: every waiter may have gone
 
     async def _read(self, name: str) -> UserInfo:
-        now, changes = time.monotonic(), self._changes
+        changes = self._changes
         doc_id = quote(f"org.couchdb.user:{name}", safe="")
         user_doc, settings_doc = await asyncio.gather(
             self.couch.json("GET", f"/_users/{doc_id}"),
@@ -91,9 +95,7 @@ class UserInfoCache:
             user_doc.body if user_doc.ok else None, settings_doc.body if settings_doc.ok else None
         )
         if changes == self._changes:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[name] = (now + self.ttl, info)
+            self._cache[name] = info
         return info
 
 

@@ -559,3 +559,32 @@ async def test_the_welcome_does_not_wait_for_the_users_docs(
     finally:
         release.set()
         await stop_gateway(gw)
+
+
+async def test_the_user_cache_forgets_the_least_recent_user_first(backend: PouchServer, medic: str) -> None:
+    """Past its bound the cache of users' docs lets the least recently used go, one at a
+    time; it no longer empties itself (at national scale, 20,000 users, every user's next
+    request would read their docs again at once)."""
+    settings = gateway_settings(backend, medic)
+    session = new_session(settings)
+    try:
+        couch = CouchClient(session, settings)
+        cache = UserInfoCache(couch, medic, ttl=60, kept=2)
+        reads: list[str] = []
+        real = couch.json
+
+        async def counted(method: str, path: str, **kw: Any) -> JsonResult:
+            reads.append(path)
+            return await real(method, path, **kw)
+
+        couch.json = counted  # type: ignore[method-assign]
+        for name in ("chw1", "chw2", "chw1", "supervisor"):
+            await cache.get(name)
+        assert len(reads) == 6, reads  # chw1 read once, chw2 and supervisor once each
+        await cache.get("chw1")
+        await cache.get("supervisor")
+        assert len(reads) == 6, reads  # the two most recent are kept
+        await cache.get("chw2")
+        assert len(reads) == 8, reads  # the least recent went
+    finally:
+        await session.close()
