@@ -7,7 +7,9 @@ order; the first that refuses decides, and its id travels with the decision (`ru
 allowed write of an offline user says `allowed`, an admin's `W1`):
 
     W1  admins may write anything
-    W2  never `_design/*`, `_local/*` (written through their own route), global docs
+    W2  never `_design/*`, `_local/*` (written through their own route), global docs, nor
+        any doc under another user's `org.couchdb.user:*` id (whatever its type: it would
+        fill in that user's facility and contact, or block their user-settings)
     W3  the new version must be readable after the write (a delete: the stored version);
         else `forbidden`, with one reason whether or not the doc exists
     W4  the stored winner must be readable (a deleted one: its last version must have
@@ -73,6 +75,7 @@ from proxy.access.kinds import (
 from proxy.access.read import body_readable, contact_node, entry_readable
 
 CONFLICT_REASON = "Document update conflict."
+USER_DOC_PREFIX = "org.couchdb.user:"
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,8 @@ def authorize_write(
         return refuse("W2", "_local documents are written with PUT /{db}/_local/{id}")
     if doc_id.startswith("_design/") or kind_of(new_doc) in {GLOBAL, DESIGN}:
         return refuse("W2", GLOBAL_REASON)
+    if doc_id.startswith(USER_DOC_PREFIX) and doc_id != user.user_doc_id:
+        return Decision(False, OUTSIDE_REASON, "W2")  # as W3 answers it: existing or not
     if view is None:
         view = single(user, settings, graph, new_doc, stored)
     # Scope first: every later reason would tell an existing foreign doc from a missing one.

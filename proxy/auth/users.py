@@ -100,10 +100,13 @@ class UserInfoCache:
 
 
 def merge_user_docs(user_doc: object, settings_doc: object) -> UserInfo:
-    """The `_users` doc wins; the `user-settings` doc fills what it lacks."""
+    """The `_users` doc wins; the `user-settings` doc fills what it lacks (a doc of another
+    type under its id counts for nothing: an offline user could once plant one)."""
     facility: tuple[str, ...] = ()
     contact: str | None = None
     roles: tuple[str, ...] = ()
+    if isinstance(settings_doc, dict) and settings_doc.get("type") != "user-settings":
+        settings_doc = None  # any other doc under that id is no one's settings (W2 refuses them)
     for doc in (user_doc, settings_doc):
         if not isinstance(doc, dict):
             continue

@@ -81,7 +81,9 @@ async def revs_diff(request: web.Request, view: UserView, db_path: str) -> web.R
         if doc_id in asked and isinstance(entry, dict):
             missing = [r for r in _missing(entry) if (doc_id, r) not in made]
             if missing:
-                answer[doc_id] = {**entry, "missing": missing}
+                # Only `missing`: CouchDB's `possible_ancestors` names leaves the user may
+                # not see (it is optional: a replicator then sends every attachment).
+                answer[doc_id] = {"missing": missing}
     if asked:
         # A conflict leaf the user may not see is, for them, a revision CouchDB lacks.
         present = [
@@ -117,8 +119,10 @@ def _missing_row(doc_id: object, rev: object) -> dict[str, Any]:
     return {"id": doc_id, "docs": [{"error": error}]}
 
 
-def _servable_revisions(view: UserView, row: Any, readable: Judged) -> Any:
-    """A `_bulk_get` row with each revision the user may not see made missing."""
+def _servable_revisions(view: UserView, row: Any, readable: Judged, asked: str | None) -> Any:
+    """A `_bulk_get` row with each revision the user may not see made missing, named by the
+    revision asked for (`asked`), never by the refused body's: with `latest`, that is a
+    leaf below it the user may not know of."""
     docs = row.get("docs") if isinstance(row, dict) else None
     if not isinstance(docs, list):
         return row
@@ -126,7 +130,7 @@ def _servable_revisions(view: UserView, row: Any, readable: Judged) -> Any:
     for item in docs:
         doc = item.get("ok") if isinstance(item, dict) else None
         if isinstance(doc, dict) and not view.servable(doc, readable):
-            item = _missing_row(doc.get("_id"), doc.get("_rev"))["docs"][0]
+            item = _missing_row(doc.get("_id"), asked)["docs"][0]
         judged.append(item)
     return {**row, "docs": judged}  # a new row: one upstream row may answer a doc asked twice
 
@@ -188,7 +192,7 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Re
         if row is None:
             results.append(_missing_row(d["id"], d.get("rev")))
         else:
-            results.append(_servable_revisions(view, row, judged))
+            results.append(_servable_revisions(view, row, judged, d.get("rev")))
     return json_response({"results": results})
 
 

@@ -92,13 +92,22 @@ async def open_revs(
         if rows is None:
             raise not_found()
     answer: list[Any] = []
+    hidden = False
     for row in rows:
         doc = row.get("ok") if isinstance(row, dict) else None
         if isinstance(doc, dict) and not view.servable(doc):
-            if revs != "all":  # a leaf not asked for by name is not named at all
-                answer.append({"missing": doc.get("_rev")})
+            # A leaf the user may not see is named only if they asked for it by name (with
+            # `latest`, CouchDB answers a leaf below the one asked: that one is not named).
+            if revs != "all" and doc.get("_rev") in asked:
+                answer.append({"missing": doc["_rev"]})
+            else:
+                hidden = True
         else:
             answer.append(row)
+    if hidden and isinstance(revs, list):
+        named = {r.get("ok", {}).get("_rev") if isinstance(r.get("ok"), dict) else r.get("missing")
+                 for r in answer if isinstance(r, dict)}  # fmt: skip
+        answer += [{"missing": r} for r in asked if r not in named]
     answer += [{"missing": r} for r in revs if isinstance(revs, list) and (doc_id, r) in missing]
     if "multipart/mixed" in request.headers.get("Accept", ""):
         return multipart_mixed(answer)

@@ -16,7 +16,7 @@ from proxy.auth.caller import Caller
 from proxy.errors import Forbidden, MethodNotAllowed, json_response
 from proxy.forward.relay import forward
 from proxy.keys import COUCH, INDEX, SINCE_CODEC
-from proxy.offline import changes, local_docs, own_user, reads, revisions, writes
+from proxy.offline import changes, local_docs, own_user, query, reads, revisions, writes
 from proxy.offline.view import UserView
 
 READ = {"GET", "HEAD"}
@@ -45,7 +45,12 @@ async def serve_offline(request: web.Request, path: CouchPath, caller: Caller) -
             if request.method in READ:
                 # With the service account, as its writes are (`own_user`): CouchDB 3 makes
                 # `_users` admin-only by default, where the user's own credentials get 403.
-                return await forward(request, path, {"Authorization": request.app[COUCH].service_auth})
+                # Only a `rev` of the query goes along (what `open_revs`, `latest` and the
+                # like would ask of the backend is not the user's to ask with its account).
+                params = query.encode(query.parse(request.query, query.LOCAL))
+                return await forward(
+                    request, path, {"Authorization": request.app[COUCH].service_auth}, query=params
+                )
             if request.method == "PUT":
                 return await own_user.change_password(request, path, own)
         raise refuse()

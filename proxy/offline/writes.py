@@ -28,7 +28,7 @@ from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision
 from proxy.audit.recorder import Recorder, failed_outcome, planned, row_outcome
 from proxy.couch.client import quote_id
 from proxy.couch.docs import Docs
-from proxy.errors import BadRequest, Conflict, WriteRefused, json_response
+from proxy.errors import BadRequest, Conflict, NotFound, WriteRefused, json_response
 from proxy.forward.relay import forward
 from proxy.keys import COUCH, SETTINGS
 from proxy.offline import checked, query
@@ -361,7 +361,16 @@ async def write_attachment(
             answer = None
         audit.answered("attachment", status, answer, db, target_doc, rev_before=_rev(target_doc))
 
-    rev = request.query.get("rev") or request.headers.get("If-Match")
+    rev = params.get("rev") or if_match_rev(request)
+    if found is not None and rev != found.get("_rev"):
+        # Only the winner the rules judged is written to: a conflict leaf (which may stand
+        # outside the scope, and would become the winner), an older revision or none is
+        # CouchDB's own conflict, as for a missing revision.
+        audit.doc("attachment", "forbidden", db, target_doc, rev_before=_rev(found), reason=CONFLICT_REASON)
+        raise Conflict(CONFLICT_REASON)
+    attachments = found.get("_attachments") if found is not None else None
+    if request.method == "DELETE" and ("/".join(path.rest) not in (attachments or {})):
+        raise NotFound("Document is missing attachment")  # CouchDB's answer (pouchdb-server's: 500)
     await audit.intend(db, [planned({"_id": doc_id}, rev=rev)], "attachment")
     return await forward(
         request, path, {"Authorization": request.app[COUCH].service_auth}, on_answer=answered,

@@ -382,6 +382,8 @@ WRITE_RULES = [
     rule_case("W2", "medic-client", {"_id": "_design/medic-client"}, None, None, CHW, False, (False, "forbidden")),
     rule_case("W2", "a design doc shaped as a contact in scope", {"_id": "_design/x", "type": "person", "parent": lineage("h1", "a1")}, None, None, CHW, False, (False, "forbidden")),
     rule_case("W2", "settings", {"_id": "settings", "x": 1}, None, None, CHW, False, (False, "forbidden")),
+    rule_case("W2", "a report under another user's user-settings id", {**report(patient_uuid="p1"), "_id": "org.couchdb.user:v", "contact_id": "p2"}, None, None, CHW, False, (False, "forbidden")),
+    rule_case("W2", "a contact under another user's user-settings id", contact("org.couchdb.user:v", "h1", "a1", type_="person"), None, None, CHW, False, (False, "forbidden")),
     rule_case("W2", "a form", {"_id": "form:x", "type": "form"}, None, None, CHW, False, (False, "forbidden")),
     rule_case("W2", "translations", {"_id": "tr", "type": "translations"}, None, None, CHW, False, (False, "forbidden")),
     rule_case("W3", "create outside", FOREIGN_REPORT, None, None, CHW, False, (False, "forbidden")),
@@ -402,7 +404,7 @@ WRITE_RULES = [
     rule_case("W9", "a contact turned report", report("p1", patient_uuid="p1"), P1, None, CHW, False, (False, "forbidden")),
     rule_case("W9", "a taken shortcode", {**P1, "patient_id": "P002"}, P1, None, CHW, False, (False, "forbidden")),
     rule_case("W9", "another contact's id as shortcode", {**P1, "patient_id": "h2"}, P1, None, CHW, False, (False, "forbidden")),
-    rule_case("W10", "a reserved id", contact("org.couchdb.user:v", "h1", "a1", type_="person"), None, None, CHW, False, (False, "forbidden")),
+    rule_case("W10", "a reserved id", contact("org.couchdb.user:u", "h1", "a1", type_="person"), None, None, CHW, False, (False, "forbidden")),
     rule_case("W10", "another contact's shortcode as id", contact("P002", "h1", "a1", type_="person"), None, None, CHW, False, (False, "forbidden")),
     rule_case("W11", "a foreign submitter", report("rs", submitter=FOREIGN_SUBMITTER, patient_uuid="p1"), None, None, CHW, False, (False, "forbidden")),
     rule_case("W11", "a forged lineage", report("rs", submitter=("chw", "a1", "hc2", "d2"), patient_uuid="p1"), None, None, CHW, False, (False, "forbidden")),
@@ -688,7 +690,8 @@ def test_tasks_only_for_their_own_user_and_user_settings_only_own() -> None:
     assert reads(as_contact, graph)  # in scope where the tree puts it
     assert not reads({"_id": "t", "type": "task", "user": "org.couchdb.user:v"}, graph)
     assert not reads({"_id": "org.couchdb.user:v", "type": "user-settings"}, graph)
-    assert decide(as_contact)[:2] == (False, "W10")  # a reserved id is not a contact's
+    assert decide(as_contact)[:2] == (False, "W2")  # another user's doc id is not the user's to write
+    assert decide({**as_contact, "_id": "org.couchdb.user:u"})[:2] == (False, "W10")  # nor a contact's
 
 
 # -- moves: a contact's new version is judged where it goes ----------------------------------
