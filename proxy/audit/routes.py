@@ -7,13 +7,21 @@ from __future__ import annotations
 import calendar
 import re
 from collections.abc import Mapping
+from urllib.parse import quote
 
 from aiohttp import web
 
 from proxy.audit.log import AuditLog
 from proxy.audit.query import MAX_LIMIT, AuditQuery, search
 from proxy.couch.client import quote_id
-from proxy.errors import BadRequest, Forbidden, NotFound, NotImplementedHere, json_response
+from proxy.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    NotImplementedHere,
+    UpstreamUnavailable,
+    json_response,
+)
 from proxy.keys import AUDIT, CALLER, COUCH, INDEX, SETTINGS
 from proxy.params import limit_of
 
@@ -125,5 +133,27 @@ async def doc_history(request: web.Request) -> web.Response:
     # were refused, nor where from or with what anyone made them.
     query = query_from(request.query, doc_id=doc_id, db=db, outcome="written")
     page = await search(request.app[COUCH], log.db, query)
-    page["entries"] = [{k: v for k, v in e.items() if k in HISTORY_FIELDS} for e in page["entries"]]
+    entries = [{k: v for k, v in e.items() if k in HISTORY_FIELDS} for e in page["entries"]]
+    if request[CALLER].offline:
+        # Only the writes of the winner's own branch: a conflict leaf elsewhere may stand
+        # outside the scope, and a revision outside it is never named (docs/security.md).
+        branch = await winning_branch(request, db, doc_id)
+        entries = [e for e in entries if (e.get("rev_after") or e.get("rev_before")) in branch]
+    page["entries"] = entries
     return json_response(page)
+
+
+async def winning_branch(request: web.Request, db: str, doc_id: str) -> set[str]:
+    """The revisions of the doc's winner and its ancestors (none for a deleted or missing
+    doc); a read CouchDB fails refuses (503)."""
+    path = f"/{quote(db, safe='')}/{quote_id(doc_id)}"
+    result = await request.app[COUCH].json("GET", path, params={"revs": "true"})
+    if result.status >= 500:
+        raise UpstreamUnavailable("couchgate could not read the document's revisions")
+    revisions = result.body.get("_revisions") if result.ok and isinstance(result.body, dict) else None
+    if not isinstance(revisions, dict) or not isinstance(revisions.get("start"), int):
+        return set()
+    ids = revisions.get("ids")
+    if not isinstance(ids, list):
+        return set()
+    return {f"{revisions['start'] - i}-{h}" for i, h in enumerate(ids) if isinstance(h, str)}

@@ -235,3 +235,27 @@ async def test_the_audit_database_is_for_admins_only(
     # ...nor through couchgate, which forwards her as herself.
     status, _, _ = await agw.call("GET", f"/{audit_db}/_all_docs", auth=users["alice"].auth)
     assert status == (403 if ON_COUCHDB else 401)
+
+
+async def test_an_offline_user_reads_only_the_history_of_the_winners_branch(
+    backend: PouchServer, medic: str
+) -> None:
+    """A write to a conflict leaf placed outside chw1's scope names that leaf's revision:
+    the history chw1 reads holds only the writes on the winner's branch."""
+    async with audited_gateway(backend, medic) as gw:
+        house = backend.request("GET", f"/{medic}/house1")[1]
+        base = house["_rev"]
+        stay = leaf("house1", ["2-" + "f" * 32, base], **{k: v for k, v in house.items() if k[0] != "_"})
+        away = leaf("house1", ["2-" + "0" * 32, base], type="clinic",
+                    parent={"_id": "area3", "parent": {"_id": "hc2", "parent": {"_id": "district2"}}})  # fmt: skip
+        for doc in (stay, away):  # written by an admin through couchgate: both audited
+            status, body, _ = await gw.call(
+                "POST", f"/{medic}/_bulk_docs", auth=admin(backend), json={"docs": [doc], "new_edits": False}
+            )
+            assert status == 201, body
+        assert (await gw.call("GET", f"/{medic}/_changes", auth=offline_auth("chw1")))[0] == 200
+        status, body, _ = await gw.call("GET", "/_couchgate/audit/docs/house1", auth=admin(backend))
+        assert status == 200 and {e["rev_after"] for e in body["entries"]} >= {stay["_rev"], away["_rev"]}
+        status, body, _ = await gw.call("GET", "/_couchgate/audit/docs/house1", auth=offline_auth("chw1"))
+        assert status == 200, body
+        assert [e["rev_after"] for e in body["entries"]] == [stay["_rev"]], body
