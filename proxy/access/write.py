@@ -16,7 +16,8 @@ allowed write of an offline user says `allowed`, an admin's `W1`):
         been); else, for a write whose new version the user could read, CouchDB's own
         `conflict` (what a missing doc with a made-up `_rev` gets), for a delete
         `forbidden` (what deleting a missing doc gets): nothing tells a doc outside the
-        scope from a missing one
+        scope from a missing one. Also (`proxy.offline.writes`, which reads the leaves): a
+        write building on a conflict leaf other than the winner that the user may not see
     W5  never over a stored global or design doc
     W6  never the user's own facility
     W7  never a doc with a `purged` field, stored or new
@@ -35,8 +36,9 @@ allowed write of an offline user says `allowed`, an admin's `W1`):
         facilities; one created (or whose subject changes) names a subject in the scope (or
         the user's own contact): no report is planted into another's area, nor carries a
         forged lineage
-    W14 an attachment stub names an attachment the stored doc has (same name and digest):
-        a stub is no way to copy another doc's attachment
+    W14 an attachment stub names an attachment the stored doc has (same name and digest,
+        which the stub must carry): a stub is no way to copy another doc's attachment, nor
+        another revision's
     W12 `can_edit`
     W13 the permission for the kind and operation (create, update, delete)
     W15 (`made_up_rev`, for edits, not replication) a write that names a `_rev` of a doc
@@ -336,7 +338,9 @@ def _stub_rule(new_doc: Mapping[str, Any], stored: Mapping[str, Any] | None) -> 
             continue
         have = kept.get(name)
         digest = att.get("digest")
-        if not isinstance(have, Mapping) or (digest is not None and have.get("digest") != digest):
+        # The digest is required: CouchDB fills a stub from the revision the write builds
+        # on, which need not be the winner judged here; the same digest is the same bytes.
+        if not isinstance(have, Mapping) or digest is None or have.get("digest") != digest:
             reason = f"Invalid attachment stub in {str(new_doc.get('_id'))[:100]} for {str(name)[:100]}"
             return Decision(False, reason, "W14", error="missing_stub")
     return None

@@ -139,6 +139,9 @@ async def doc_history(request: web.Request) -> web.Response:
         # outside the scope, and a revision outside it is never named (docs/security.md).
         branch = await winning_branch(request, db, doc_id)
         entries = [e for e in entries if (e.get("rev_after") or e.get("rev_before")) in branch]
+        for entry in entries:  # what a write replaced may have been a leaf elsewhere
+            if entry.get("rev_before") is not None and entry["rev_before"] not in branch:
+                entry["rev_before"] = None
     page["entries"] = entries
     return json_response(page)
 

@@ -31,7 +31,7 @@ from proxy.couch.docs import Docs
 from proxy.errors import BadRequest, Conflict, NotFound, WriteRefused, json_response
 from proxy.forward.relay import forward
 from proxy.keys import COUCH, SETTINGS
-from proxy.offline import checked, query
+from proxy.offline import checked, leaves, query
 from proxy.offline.reads import made_up
 from proxy.offline.view import UserView
 from proxy.params import read_json
@@ -134,6 +134,7 @@ async def judge(
         decisions = authorize_batch(
             view.user, view.settings, view.sync.index, docs, stored, hidden, edits=new_edits
         )
+        decisions = await _off_hidden_leaves(request, view, db_path, docs, decisions, new_edits)
         if any(d.allowed for d in decisions):
             await intent  # crash-proof audit: stored before anything is written
     finally:
@@ -142,6 +143,53 @@ async def judge(
         elif not intent.cancelled():
             intent.exception()  # retrieved: a failure only matters to a write that waits for it
     return docs, decisions, stored
+
+
+# A write building on a conflict leaf the user may not see: as for a revision CouchDB lacks.
+ON_HIDDEN_LEAF = Decision(False, CONFLICT_REASON, "W4", error="conflict")
+
+
+def built_on(doc: Mapping[str, Any], new_edits: bool) -> list[str]:
+    """The revisions a write names as what it builds on: an edit's `_rev`, and the
+    ancestors its `_revisions` lists (a push names its whole path)."""
+    named = []
+    rev = doc.get("_rev")
+    if new_edits and isinstance(rev, str):
+        named.append(rev)
+    revisions = doc.get("_revisions")
+    if isinstance(revisions, dict) and isinstance(revisions.get("start"), int):
+        ids = revisions.get("ids")
+        if isinstance(ids, list):
+            start = revisions["start"]
+            named += [f"{start - i}-{h}" for i, h in enumerate(ids) if i > 0 and isinstance(h, str)]
+    return named
+
+
+async def _off_hidden_leaves(
+    request: web.Request,
+    view: UserView,
+    db_path: str,
+    docs: list[dict[str, Any]],
+    decisions: list[Decision],
+    new_edits: bool,
+) -> list[Decision]:
+    """Allowed writes that build on a leaf other than the winner are refused when the user
+    may not see that leaf (one placed outside their scope): CouchDB would write on that
+    branch, maybe make it the winner, and fill attachment stubs from it. The winner itself
+    was judged (W4); a leaf the user may see is theirs to build on (resolving a conflict)."""
+    named: dict[tuple[str, str], list[int]] = {}
+    for i, (doc, decision) in enumerate(zip(docs, decisions, strict=True)):
+        if not decision.allowed:
+            continue
+        winner = view.winner_rev(doc["_id"])
+        for rev in built_on(doc, new_edits):
+            if rev != winner and view.is_leaf(doc["_id"], rev):
+                named.setdefault((doc["_id"], rev), []).append(i)
+    if not named:
+        return decisions
+    shown = await leaves.servable(request, view, db_path, named)
+    refused = {i for pair, found in named.items() if pair not in shown for i in found}
+    return [ON_HIDDEN_LEAF if i in refused else d for i, d in enumerate(decisions)]
 
 
 def _refused_row(doc_id: str, decision: Decision, new_edits: bool) -> dict[str, Any]:

@@ -7,6 +7,7 @@ on CouchDB only: pouchdb-server sends no `possible_ancestors` and answers the le
 
 from __future__ import annotations
 
+import base64
 import uuid
 from typing import Any
 
@@ -129,3 +130,58 @@ async def test_deleting_an_attachment_the_doc_lacks_is_not_found(
     rev = backend.request("GET", f"/{medic}/p1")[1]["_rev"]
     status, body, _ = await gw.call("DELETE", f"/{medic}/p1/nothing.txt?rev={rev}", auth=CHW1)
     assert_couch_error(status, body, 404, "not_found")
+
+
+async def test_no_write_builds_on_a_hidden_leaf(gw: Gateway, medic: str, backend: PouchServer) -> None:
+    """Found by the review of those fixes: a doc write named the hidden leaf as its `_rev`
+    (PUT, If-Match, `_bulk_docs`, DELETE) or in its `_revisions` (a push), and CouchDB wrote
+    on that branch (made it the winner, filled stubs from it, deleted it). Each is now the
+    answer to a revision CouchDB lacks."""
+    base, away = conflicted_house(backend, medic)
+    assert (await gw.call("GET", f"/{medic}/_changes", auth=CHW1))[0] == 200
+    body = {k: v for k, v in backend.request("GET", f"/{medic}/house1")[1].items() if k != "_rev"}
+    status, answer, _ = await gw.call("PUT", f"/{medic}/house1?rev={away['_rev']}", auth=CHW1, json=body)
+    assert_couch_error(status, answer, 409, "conflict")
+    headers = {"If-Match": f'"{away["_rev"]}"'}
+    status, answer, _ = await gw.call("PUT", f"/{medic}/house1", auth=CHW1, json=body, headers=headers)
+    assert_couch_error(status, answer, 409, "conflict")
+    status, rows, _ = await gw.call(
+        "POST", f"/{medic}/_bulk_docs", auth=CHW1, json={"docs": [{**body, "_rev": away["_rev"]}]}
+    )
+    assert status == 201 and rows[0]["error"] == "conflict", rows
+    supervisor = auth("supervisor")
+    assert (await gw.call("GET", f"/{medic}/_changes", auth=supervisor))[0] == 200
+    status, answer, _ = await gw.call("DELETE", f"/{medic}/house1?rev={away['_rev']}", auth=supervisor)
+    assert_couch_error(status, answer, 409, "conflict")
+    ancestor = base.split("-", 1)[1]
+    pushed = {**body, "_rev": "3-" + "e" * 32,
+              "_revisions": {"start": 3, "ids": ["e" * 32, "0" * 32, ancestor]}}  # fmt: skip
+    status, rows, _ = await gw.call(
+        "POST", f"/{medic}/_bulk_docs", auth=CHW1, json={"docs": [pushed], "new_edits": False}
+    )
+    assert status == 201 and [r.get("error") for r in rows] == ["forbidden"], rows
+    status, leaves = backend.request("GET", f"/{medic}/house1?open_revs=all")
+    assert sorted(row["ok"]["_rev"] for row in leaves) == [away["_rev"], "2-" + "f" * 32], leaves
+
+
+async def test_an_attachment_stub_carries_the_digest_of_the_one_stored(
+    gw: Gateway, medic: str, backend: PouchServer
+) -> None:
+    """CouchDB fills a stub from the revision a write builds on: a stub without a digest
+    could take another revision's bytes under the winner's attachment name."""
+    doc = backend.request("GET", f"/{medic}/p1")[1]
+    inline = {"content_type": "text/plain", "data": base64.b64encode(b"public").decode()}
+    status, body = backend.request("PUT", f"/{medic}/p1", {**doc, "_attachments": {"photo.txt": inline}})
+    assert status == 201, body
+    doc = backend.request("GET", f"/{medic}/p1")[1]
+    assert (await gw.call("GET", f"/{medic}/_changes", auth=CHW1))[0] == 200
+    stub = {"stub": True, "content_type": "text/plain"}
+    status, answer, _ = await gw.call(
+        "PUT", f"/{medic}/p1", auth=CHW1, json={**doc, "note": 1, "_attachments": {"photo.txt": stub}}
+    )
+    assert status == 412 and answer["error"] == "missing_stub", answer
+    stub["digest"] = doc["_attachments"]["photo.txt"]["digest"]
+    status, answer, _ = await gw.call(
+        "PUT", f"/{medic}/p1", auth=CHW1, json={**doc, "note": 1, "_attachments": {"photo.txt": stub}}
+    )
+    assert status == 201, answer

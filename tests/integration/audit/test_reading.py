@@ -259,3 +259,34 @@ async def test_an_offline_user_reads_only_the_history_of_the_winners_branch(
         status, body, _ = await gw.call("GET", "/_couchgate/audit/docs/house1", auth=offline_auth("chw1"))
         assert status == 200, body
         assert [e["rev_after"] for e in body["entries"]] == [stay["_rev"]], body
+
+
+async def test_what_a_write_replaced_off_the_winners_branch_is_not_named(
+    backend: PouchServer, medic: str
+) -> None:
+    """The supervisor (who sees area1 and area2) makes the area1 branch of house1 win over
+    the area2 one; chw1 (area1) reads that write in the history, but not the revision it
+    replaced: the area2 leaf, which chw1 may not know of."""
+    async with audited_gateway(backend, medic) as gw:
+        house = backend.request("GET", f"/{medic}/house1")[1]
+        base, fields = house["_rev"], {k: v for k, v in house.items() if k[0] != "_"}
+        area2 = {"_id": "area2", "parent": {"_id": "hc1", "parent": {"_id": "district1"}}}
+        there = leaf("house1", ["2-" + "f" * 32, base], **{**fields, "parent": area2})
+        here = leaf("house1", ["2-" + "0" * 32, base], **fields)
+        status, body = backend.request(
+            "POST", f"/{medic}/_bulk_docs", {"docs": [there, here], "new_edits": False}
+        )
+        assert status == 201, body
+        supervisor = offline_auth("supervisor")
+        assert (await gw.call("GET", f"/{medic}/_changes", auth=supervisor))[0] == 200
+        won = leaf("house1", ["3-" + "a" * 32, here["_rev"], base], **fields)
+        status, body, _ = await gw.call(
+            "POST", f"/{medic}/_bulk_docs", auth=supervisor, json={"docs": [won], "new_edits": False}
+        )
+        assert status == 201 and body == [], body
+        status, body, _ = await gw.call("GET", "/_couchgate/audit/docs/house1", auth=admin(backend))
+        assert [(e["rev_after"], e["rev_before"]) for e in body["entries"]] == [(won["_rev"], there["_rev"])]
+        assert (await gw.call("GET", f"/{medic}/_changes", auth=offline_auth("chw1")))[0] == 200
+        status, body, _ = await gw.call("GET", "/_couchgate/audit/docs/house1", auth=offline_auth("chw1"))
+        assert status == 200, body
+        assert [(e["rev_after"], e["rev_before"]) for e in body["entries"]] == [(won["_rev"], None)], body
