@@ -66,6 +66,7 @@ from proxy.access.kinds import (
     PERSON,
     PLACE,
     REPORT,
+    USER_PREFIX,
     contact_is_person,
     kind_of,
     lineage_ids,
@@ -77,7 +78,6 @@ from proxy.access.kinds import (
 from proxy.access.read import body_readable, contact_node, entry_readable
 
 CONFLICT_REASON = "Document update conflict."
-USER_DOC_PREFIX = "org.couchdb.user:"
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ def authorize_write(
         return refuse("W2", "_local documents are written with PUT /{db}/_local/{id}")
     if doc_id.startswith("_design/") or kind_of(new_doc) in {GLOBAL, DESIGN}:
         return refuse("W2", GLOBAL_REASON)
-    if doc_id.startswith(USER_DOC_PREFIX) and doc_id != user.user_doc_id:
+    if doc_id.startswith(USER_PREFIX) and doc_id != user.user_doc_id:
         return Decision(False, OUTSIDE_REASON, "W2")  # as W3 answers it: existing or not
     if view is None:
         view = single(user, settings, graph, new_doc, stored)

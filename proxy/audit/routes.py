@@ -14,14 +14,8 @@ from aiohttp import web
 from proxy.audit.log import AuditLog
 from proxy.audit.query import MAX_LIMIT, AuditQuery, search
 from proxy.couch.client import quote_id
-from proxy.errors import (
-    BadRequest,
-    Forbidden,
-    NotFound,
-    NotImplementedHere,
-    UpstreamUnavailable,
-    json_response,
-)
+from proxy.couch.docs import Docs, history
+from proxy.errors import BadRequest, Forbidden, NotFound, NotImplementedHere, json_response
 from proxy.keys import AUDIT, CALLER, COUCH, INDEX, SETTINGS
 from proxy.params import limit_of
 
@@ -148,15 +142,6 @@ async def doc_history(request: web.Request) -> web.Response:
 
 async def winning_branch(request: web.Request, db: str, doc_id: str) -> set[str]:
     """The revisions of the doc's winner and its ancestors (none for a deleted or missing
-    doc); a read CouchDB fails refuses (503)."""
-    path = f"/{quote(db, safe='')}/{quote_id(doc_id)}"
-    result = await request.app[COUCH].json("GET", path, params={"revs": "true"})
-    if result.status >= 500:
-        raise UpstreamUnavailable("couchgate could not read the document's revisions")
-    revisions = result.body.get("_revisions") if result.ok and isinstance(result.body, dict) else None
-    if not isinstance(revisions, dict) or not isinstance(revisions.get("start"), int):
-        return set()
-    ids = revisions.get("ids")
-    if not isinstance(ids, list):
-        return set()
-    return {f"{revisions['start'] - i}-{h}" for i, h in enumerate(ids) if isinstance(h, str)}
+    doc); a read CouchDB answers otherwise refuses (`proxy.couch.docs`)."""
+    doc = await Docs(request.app[COUCH], "/" + quote(db, safe="")).doc(doc_id, {"revs": "true"})
+    return set(history(doc)) if doc is not None else set()

@@ -18,20 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
+from proxy.couch.docs import history
+
 Leaf = TypeVar("Leaf", bound=Mapping[str, Any])  # a leaf revision as the caller holds it
 
 META = {"_rev", "_revisions", "_conflicts", "_deleted_conflicts", "_id", "_attachments"}
 RESOLVED_MARK = "couchgate_resolved"
 MAX_DEPTH = 32
-
-
-def history(leaf: Mapping[str, Any]) -> list[str]:
-    """The leaf's revision path, newest first."""
-    revisions = leaf.get("_revisions")
-    if not isinstance(revisions, Mapping):
-        return [str(leaf.get("_rev"))]
-    start = int(revisions.get("start", 0))
-    return [f"{start - i}-{rev_id}" for i, rev_id in enumerate(revisions.get("ids") or [])]
 
 
 def common_ancestor(leaves: Sequence[Mapping[str, Any]]) -> str | None:

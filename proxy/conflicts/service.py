@@ -20,11 +20,11 @@ from proxy.conflicts.model import (
     classify,
     common_ancestor,
     conflicting,
-    history,
     merge3,
     winner,
 )  # fmt: skip
 from proxy.conflicts.store import ConflictStore, row_error
+from proxy.couch.docs import history
 from proxy.errors import (
     BadRequest,
     Conflict,

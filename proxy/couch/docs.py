@@ -62,6 +62,16 @@ NO_SUCH_DOC = frozenset({"not_found", "illegal_docid"})
 PAGE = 1000
 
 
+def history(doc: Mapping[str, Any]) -> list[str]:
+    """A revision's path as its `_revisions` gives it (`revs=true`, or a push's body), newest
+    first: the revision, then its ancestors; without `_revisions`, the `_rev` alone."""
+    revisions = doc.get("_revisions")
+    if not isinstance(revisions, Mapping):
+        return [str(doc.get("_rev"))]
+    start = int(revisions.get("start", 0))
+    return [f"{start - i}-{rev_id}" for i, rev_id in enumerate(revisions.get("ids") or [])]
+
+
 class ReadFailed(UpstreamError):
     """A read of docs that CouchDB did not answer as it answers that read (502). `what`
     completes the reason: "CouchDB answered 500 to a read couchgate needed"."""

@@ -27,7 +27,7 @@ from proxy.access.paths import CouchPath
 from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision
 from proxy.audit.recorder import Recorder, failed_outcome, planned, row_outcome
 from proxy.couch.client import quote_id
-from proxy.couch.docs import Docs
+from proxy.couch.docs import Docs, history
 from proxy.errors import BadRequest, Conflict, NotFound, WriteRefused, json_response
 from proxy.forward.relay import forward
 from proxy.keys import COUCH, SETTINGS
@@ -151,18 +151,10 @@ ON_HIDDEN_LEAF = Decision(False, CONFLICT_REASON, "W4", error="conflict")
 
 def built_on(doc: Mapping[str, Any], new_edits: bool) -> list[str]:
     """The revisions a write names as what it builds on: an edit's `_rev`, and the
-    ancestors its `_revisions` lists (a push names its whole path)."""
-    named = []
+    ancestors its `_revisions` lists (a push names its whole path; `check_revisions` has
+    checked its shape)."""
     rev = doc.get("_rev")
-    if new_edits and isinstance(rev, str):
-        named.append(rev)
-    revisions = doc.get("_revisions")
-    if isinstance(revisions, dict) and isinstance(revisions.get("start"), int):
-        ids = revisions.get("ids")
-        if isinstance(ids, list):
-            start = revisions["start"]
-            named += [f"{start - i}-{h}" for i, h in enumerate(ids) if i > 0 and isinstance(h, str)]
-    return named
+    return ([rev] if new_edits and isinstance(rev, str) else []) + history(doc)[1:]
 
 
 async def _off_hidden_leaves(
