@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.devserver.backend import PouchServer
+
 from support import basic
 
 PASSWORD = "pw-{}"
@@ -152,3 +154,17 @@ def move_house(backend: Any, db: str, *parents: str) -> str:
     status, body = backend.request("PUT", f"/{db}/house1", {**house, "parent": lineage(*parents)})
     assert status == 201, body
     return str(body["rev"])
+
+
+def conflicted_house(backend: PouchServer, medic: str) -> tuple[str, dict[str, Any]]:
+    """house1 with two leaves: the winner still in area1, the other moved to district2 (out
+    of chw1's scope). Their common ancestor, and the hidden leaf."""
+    house = backend.request("GET", f"/{medic}/house1")[1]
+    base = house["_rev"]
+    ancestor = base.split("-", 1)[1]
+    stay = {**house, "_rev": "2-" + "f" * 32, "_revisions": {"start": 2, "ids": ["f" * 32, ancestor]}}
+    away = {**house, "parent": lineage("area3", "hc2", "district2"), "_rev": "2-" + "0" * 32,
+            "_revisions": {"start": 2, "ids": ["0" * 32, ancestor]}}  # fmt: skip
+    status, body = backend.request("POST", f"/{medic}/_bulk_docs", {"docs": [stay, away], "new_edits": False})
+    assert status == 201, body
+    return base, away

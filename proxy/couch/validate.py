@@ -88,6 +88,15 @@ def validate_doc_id(doc_id: object) -> None:
         raise DocInvalid("illegal_docid", "Only reserved document ids may start with underscore.")
 
 
+def valid_rev(rev: object) -> bool:
+    """Whether CouchDB takes `rev` as a revision (`parse_rev` does not refuse it)."""
+    try:
+        parse_rev(rev)
+    except DocInvalid:
+        return False
+    return True
+
+
 def parse_rev(rev: object) -> tuple[int, str]:
     """(generation, revid) of a `_rev`, or `bad_request` "Invalid rev format"."""
     match = REV.match(rev) if isinstance(rev, str) else None

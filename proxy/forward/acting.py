@@ -53,13 +53,14 @@ class Upstream(NamedTuple):
 async def credentials_for(request: web.Request, principal: Principal, path: CouchPath) -> Upstream:
     """The upstream credentials of this request, or an error if CouchDB's rules deny it."""
     if path.segments[:1] == ("_session",):
-        # CouchDB's own session protocol: the client's credentials, exactly as sent; an
-        # `Authorization` couchgate did not read as Basic credentials is none (CouchDB 3.4
-        # answers `Basic %%%` with a 500 `badarg`, even on `GET /_session`).
-        return Upstream({
-            k: v for k, v in request.headers.items()
-            if k.lower() == "cookie" or (k.lower() == "authorization" and principal.method == "basic")
-        })  # fmt: skip
+        # CouchDB's own session protocol: the credential couchgate read (and only it: with a
+        # Basic credential and another user's cookie, CouchDB would name the cookie's user
+        # where couchgate acts for the Basic one). An anonymous caller's cookie goes as sent
+        # (CouchDB answers an expired one); an `Authorization` couchgate did not read as
+        # Basic credentials is none (CouchDB 3.4 answers `Basic %%%` with a 500 `badarg`).
+        if principal.method in ("basic", "cookie"):
+            return Upstream(dict(principal.upstream_headers))
+        return Upstream({k: v for k, v in request.headers.items() if k.lower() == "cookie"})
     if not principal.authenticated:
         return Upstream({})  # anonymous: whatever the client sent was no credential couchgate could read
     if principal.upstream_headers:

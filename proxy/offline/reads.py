@@ -14,11 +14,12 @@ from aiohttp import web
 
 from proxy.access.paths import CouchPath
 from proxy.audit.recorder import Recorder
+from proxy.couch.validate import valid_rev
 from proxy.errors import BadRequest, json_response
 from proxy.forward.relay import forward
 from proxy.keys import REMOVALS, SETTINGS
 from proxy.offline import leaves, query
-from proxy.offline.derived import Made
+from proxy.offline.derived import Made, generation
 from proxy.offline.removals import made_doc
 from proxy.offline.revisions import MISSING, REV, couch_docs, missing_revs, not_found, service
 from proxy.offline.view import Judged, UserView
@@ -57,19 +58,17 @@ async def revs_diff(request: web.Request, view: UserView, db_path: str) -> web.R
         isinstance(v, list) and all(isinstance(r, str) for r in v) for v in body.values()
     ):
         raise BadRequest("_revs_diff needs an object of doc ids to arrays of revisions")
+    if not all(valid_rev(r) for revs in body.values() for r in revs):
+        raise BadRequest("Invalid rev format")  # CouchDB's answer, for any id
     # Revisions couchgate made up (proxy.offline.removals) are the device's already: never
-    # missing. Only docs the index knows can have any (an id it does not know, such as a new
-    # doc, needs no read of the ledger; one that slipped through is reported missing, sent,
-    # and dropped by `_bulk_docs`, which reads the ledger itself). The ledger is read while
-    # CouchDB is asked about the revisions the user may see, made-up ones among them (it
-    # reports them missing; they are taken out of its answer).
-    known = [
-        (doc_id, rev) for doc_id, revs in body.items() if doc_id in view.sync.index.entries for rev in revs
-    ]
+    # missing. The ledger is read (`made_up`) while CouchDB is asked about the revisions the
+    # user may see, made-up ones among them (it reports them missing; they are taken out of
+    # its answer).
     readable = view.readable_ids(body)
     asked = {doc_id: revs for doc_id, revs in body.items() if doc_id in readable}
+    pairs = [(doc_id, rev) for doc_id, revs in body.items() for rev in revs]
     made, upstream = await asyncio.gather(
-        made_up(request, view, known), couch_docs(request, db_path).revs_diff(asked)
+        made_up(request, view, pairs, readable), couch_docs(request, db_path).revs_diff(asked)
     )
     body = {doc_id: [r for r in revs if (doc_id, r) not in made] for doc_id, revs in body.items()}
     body = {doc_id: revs for doc_id, revs in body.items() if revs}
@@ -120,18 +119,21 @@ def _missing_row(doc_id: object, rev: object) -> dict[str, Any]:
 
 
 def _servable_revisions(view: UserView, row: Any, readable: Judged, asked: str | None) -> Any:
-    """A `_bulk_get` row with each revision the user may not see made missing, named by the
-    revision asked for (`asked`), never by the refused body's: with `latest`, that is a
-    leaf below it the user may not know of."""
+    """A `_bulk_get` row with each revision the user may not see left out: CouchDB answers
+    every leaf of an id asked without a revision, and with `latest` every leaf below the
+    one asked, so a row of errors for them would count the leaves the user may not know
+    of. A row left with none is a missing doc's, named by the revision asked for
+    (`asked`), never by a refused body's."""
     docs = row.get("docs") if isinstance(row, dict) else None
     if not isinstance(docs, list):
         return row
     judged = []
     for item in docs:
         doc = item.get("ok") if isinstance(item, dict) else None
-        if isinstance(doc, dict) and not view.servable(doc, readable):
-            item = _missing_row(doc.get("_id"), asked)["docs"][0]
-        judged.append(item)
+        if not (isinstance(doc, dict) and not view.servable(doc, readable)):
+            judged.append(item)
+    if len(judged) < len(docs) and not any(isinstance(i, dict) and "ok" in i for i in judged):
+        return _missing_row(row.get("id"), asked)
     return {**row, "docs": judged}  # a new row: one upstream row may answer a doc asked twice
 
 
@@ -197,11 +199,22 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Re
 
 
 async def made_up(
-    request: web.Request, view: UserView, pairs: list[tuple[str, str]]
+    request: web.Request, view: UserView, pairs: list[tuple[str, str]], readable: set[str] | None = None
 ) -> dict[tuple[str, str], Made]:
-    """Of these (doc, rev) pairs, the revisions couchgate made up for this user's devices."""
+    """Of these (doc, rev) pairs, the revisions couchgate made up for this user's devices.
+
+    The ledger is read when some pair may be one: a revision past the first generation (a
+    made-up one is the child of an upstream leaf) that is not a leaf of a doc in `readable`
+    (given, or judged here). Whether a doc the user may not read exists, or which revision
+    it stands at, never decides whether the ledger is read: the same work (the same time)
+    for it as for an id no doc has."""
     removals = request.app[REMOVALS]
-    candidates = [(doc_id, rev) for doc_id, rev in pairs if not view.is_leaf(doc_id, rev)]
+    if readable is None:
+        readable = view.readable_ids(doc_id for doc_id, _ in pairs)
+    candidates = [
+        (doc_id, rev) for doc_id, rev in pairs
+        if generation(rev) > 1 and not (doc_id in readable and view.is_leaf(doc_id, rev))
+    ]  # fmt: skip
     if not removals.enabled or not candidates:
         return {}
     ledger = await removals.ledger(view.user.name)

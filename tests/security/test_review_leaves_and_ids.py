@@ -9,31 +9,16 @@ from __future__ import annotations
 
 import base64
 import uuid
-from typing import Any
 
 import orjson
 
 from proxy.devserver.backend import PouchServer
 from proxy.keys import USERS
 
-from offline_data import CHW1_LINE, auth, lineage, report
+from offline_data import CHW1_LINE, auth, conflicted_house, report
 from support import Gateway, assert_couch_error, basic, delete_user, eventually, put_user
 
 CHW1 = auth("chw1")
-
-
-def conflicted_house(backend: PouchServer, medic: str) -> tuple[str, dict[str, Any]]:
-    """house1 with two leaves: the winner still in area1, the other moved to district2 (out
-    of chw1's scope). Their common ancestor, and the hidden leaf."""
-    house = backend.request("GET", f"/{medic}/house1")[1]
-    base = house["_rev"]
-    ancestor = base.split("-", 1)[1]
-    stay = {**house, "_rev": "2-" + "f" * 32, "_revisions": {"start": 2, "ids": ["f" * 32, ancestor]}}
-    away = {**house, "parent": lineage("area3", "hc2", "district2"), "_rev": "2-" + "0" * 32,
-            "_revisions": {"start": 2, "ids": ["0" * 32, ancestor]}}  # fmt: skip
-    status, body = backend.request("POST", f"/{medic}/_bulk_docs", {"docs": [stay, away], "new_edits": False})
-    assert status == 201, body
-    return base, away
 
 
 async def test_a_hidden_leaf_is_not_named_by_latest_or_revs_diff(
