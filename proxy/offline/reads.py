@@ -161,11 +161,12 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Re
     if not isinstance(raw_docs, list):
         raise BadRequest('_bulk_get needs {"docs": [{"id": ..., "rev": ...}, ...]}')
     docs = [_bulk_get_item(d) for d in raw_docs]
-    made = await made_up(request, view, [(d["id"], d["rev"]) for d in docs if "rev" in d])
+    first = view.judged(view.readable_ids(d["id"] for d in docs))
+    made = await made_up(request, view, [(d["id"], d["rev"]) for d in docs if "rev" in d], first.readable)
     synthesized = await made_docs(request, view, db_path, made, params)
     docs_asked = docs
     docs = [d for d in docs if (d["id"], d.get("rev")) not in made]
-    readable = await view.readable_now(d["id"] for d in docs)
+    readable = await view.readable_now((d["id"] for d in docs), first)
     judged = view.judged(readable)
     latest = params.get("latest", False)
     missing_pairs: set[tuple[str, str]] = set()

@@ -107,6 +107,11 @@ class UserView:
         """Readable docs (tombstones included) changed after `ordinal`, oldest first."""
         return list(self.sync.index.changes_since(self.user, self.settings, ordinal))
 
+    def more_than(self, ordinal: int, count: int) -> bool:
+        """Whether the index, as it stands, holds more than `count` readable docs changed
+        after `ordinal` (False when it cannot tell at once)."""
+        return self.sync.index.more_than(self.user, self.settings, ordinal, count)
+
     def readable_ids(self, ids: Iterable[str]) -> set[str]:
         return self.sync.index.readable_ids(ids, self.user, self.settings)
 
@@ -165,11 +170,16 @@ class UserView:
             and not index.is_readable_id(i, self.user, self.settings)
         }  # fmt: skip
 
-    async def readable_now(self, ids: Iterable[str]) -> set[str]:
+    async def readable_now(self, ids: Iterable[str], known: Judged | None = None) -> set[str]:
         """Readable ids, syncing the index first only if some id is not (yet) readable:
-        the docs themselves are always read from CouchDB, the index only decides access."""
+        the docs themselves are always read from CouchDB, the index only decides access.
+        `known`: ids judged readable before, taken while the index has not moved since."""
         wanted = set(ids)
-        readable = self.readable_ids(wanted)
+        index = self.sync.index
+        if known is not None and known.ordinal == index.ordinal and known.settings is self.settings:
+            readable = wanted & known.readable
+        else:
+            readable = self.readable_ids(wanted)
         if readable != wanted:
             await self.sync.sync()
             self.settings = self.sync.settings
