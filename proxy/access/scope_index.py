@@ -744,12 +744,6 @@ class ScopeIndex:
             return entries[:]
         return entries
 
-    def more_than(self, user: UserCtx, settings: AppSettings, ordinal: int, count: int) -> bool:
-        """Whether more than `count` readable entries lie above `ordinal`, told only by a
-        feed of the user kept for these settings and this tree (without one: False)."""
-        feed = self._kept(user, settings)
-        return feed is not None and len(feed.ordinals) - bisect.bisect_right(feed.ordinals, ordinal) > count
-
     def readable_entries(self, user: UserCtx, settings: AppSettings) -> list[Entry]:
         return self.changes_since(user, settings, 0)
 

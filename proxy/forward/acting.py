@@ -55,11 +55,14 @@ async def credentials_for(request: web.Request, principal: Principal, path: Couc
     if path.segments[:1] == ("_session",):
         # CouchDB's own session protocol: the credential couchgate read (and only it: with a
         # Basic credential and another user's cookie, CouchDB would name the cookie's user
-        # where couchgate acts for the Basic one). An anonymous caller's cookie goes as sent
-        # (CouchDB answers an expired one); an `Authorization` couchgate did not read as
-        # Basic credentials is none (CouchDB 3.4 answers `Basic %%%` with a 500 `badarg`).
+        # where couchgate acts for the Basic one; a token caller's logout would end the
+        # cookie's session too). An anonymous caller's cookie goes as sent (CouchDB answers
+        # an expired one); an `Authorization` couchgate did not read as Basic credentials is
+        # none (CouchDB 3.4 answers `Basic %%%` with a 500 `badarg`).
         if principal.method in ("basic", "cookie"):
             return Upstream(dict(principal.upstream_headers))
+        if principal.authenticated:
+            return Upstream({})  # a token caller: CouchDB cannot know the token
         return Upstream({k: v for k, v in request.headers.items() if k.lower() == "cookie"})
     if not principal.authenticated:
         return Upstream({})  # anonymous: whatever the client sent was no credential couchgate could read

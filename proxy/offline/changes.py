@@ -464,28 +464,6 @@ async def fetch_docs(
     return docs
 
 
-def _mid_pull(view: UserView, codec: SinceCodec, params: FeedParams) -> bool:
-    """Whether this page will be full (`limit` rows) from the index as it stands, so it
-    need not wait for a round upstream: a page of a pull in progress. A full page says
-    nothing of having caught up (the client asks again), and the first page short of
-    `limit`, the one a client takes for "everything up to now", always waits for a round
-    that began after it was asked for: read-your-writes holds for every answer that
-    claims it. Only a plain page from a token of this index at the user's current scope
-    (no removals in flight) whose kept feed tells at once; anything else syncs."""
-    limit = params.limit
-    if (
-        params.feed != "normal" or not limit or params.doc_ids is not None or params.descending
-        or params.since in (None, "", "0", "now")
-    ):  # fmt: skip
-        return False
-    since = codec.decode(view.user.name, params.since)
-    return (
-        view.sync.failing is None  # else the round's 503: fail closed
-        and since is not None and since.epoch == view.epoch and since.fingerprint == view.fingerprint
-        and since.removed_to is None and view.more_than(since.ordinal, limit)
-    )  # fmt: skip
-
-
 def _ledger_ahead(view: UserView, codec: SinceCodec, removals: Removals, raw: str | None) -> bool:
     """Whether the first page will likely name made-up revisions (`page_rows` reads the
     ledger for it): a device past its first pull that has changes waiting. Its read is
@@ -510,8 +488,7 @@ async def changes(
     if _ledger_ahead(view, codec, removals, params.since):
         ahead = asyncio.ensure_future(removals.ledger(view.user.name))
     try:
-        if not _mid_pull(view, codec, params):
-            await view.sync.sync()  # read-your-writes: the index is at least as new as CouchDB was now
+        await view.sync.sync()  # read-your-writes: the index is at least as new as CouchDB was now
         return await _answer(request, Feed(view, codec, params, removals, ahead), params, db_path)
     finally:
         _drop(ahead)  # a read no page took (one a page took is done: dropping it does nothing)

@@ -4,8 +4,7 @@ One `IndexSync` per couchgate process. The index is fed only by `sync()`, which 
 upstream `_changes` feed (normal mode) from the index's checkpoint and applies every row:
 - a request calls `sync()` before answering, so it never answers from a state older than
   CouchDB's at the start of the request (read-your-writes, across replicas too); calls are
-  coalesced, so under load one upstream read serves every waiting request (one exception,
-  a page of a pull in progress that claims no completeness: `changes._mid_pull`);
+  coalesced, so under load one upstream read serves every waiting request;
 - a follower task holds a continuous `_changes` feed open only as a wake-up signal and calls
   `sync()` when anything changes, so live feeds wake within milliseconds.
 

@@ -107,11 +107,6 @@ class UserView:
         """Readable docs (tombstones included) changed after `ordinal`, oldest first."""
         return list(self.sync.index.changes_since(self.user, self.settings, ordinal))
 
-    def more_than(self, ordinal: int, count: int) -> bool:
-        """Whether the index, as it stands, holds more than `count` readable docs changed
-        after `ordinal` (False when it cannot tell at once)."""
-        return self.sync.index.more_than(self.user, self.settings, ordinal, count)
-
     def readable_ids(self, ids: Iterable[str]) -> set[str]:
         return self.sync.index.readable_ids(ids, self.user, self.settings)
 

@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 
 from proxy.devserver.backend import PouchServer
-from proxy.keys import INDEX
 from proxy.offline import changes as changes_module
 
-from offline_data import CHW1_LINE, CHW1_READS, GLOBAL, SUPERVISOR_READS, auth, lineage, report
+from offline_data import CHW1_READS, GLOBAL, SUPERVISOR_READS, auth, lineage
 from support import Gateway, assert_couch_error, gateway_settings, start_gateway, stop_gateway
 
 
@@ -52,36 +51,6 @@ async def test_paging_with_limit_loses_nothing_and_last_seq_advances(gw: Gateway
     assert set(ids) == SUPERVISOR_READS and len(ids) == len(set(ids))
     seqs = [r["seq"] for r in rows]
     assert len(set(seqs)) == len(seqs)
-
-
-async def test_a_full_page_of_a_pull_waits_for_no_round_and_the_last_page_does(
-    gw: Gateway, medic: str, backend: PouchServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Mid-pull, a page of `limit` rows the index holds is answered without a round upstream
-    (the client asks again anyway); the page short of `limit`, which tells the client it has
-    everything, holds all CouchDB held when it was asked for. Rounds are stalled here (a
-    slow CouchDB): the full page comes anyway, the last one only after the round."""
-    first = await changes(gw, medic, "chw1", "&since=0&limit=2")
-    assert len(first["results"]) == 2 and len(CHW1_READS) > 6
-    sync = gw.server.app[INDEX]
-    gate = asyncio.Event()
-    pull = sync._pull
-
-    async def stalled() -> int:
-        await gate.wait()
-        return await pull()
-
-    monkeypatch.setattr(sync, "_pull", stalled)
-    try:
-        full = await asyncio.wait_for(changes(gw, medic, "chw1", f"&since={first['last_seq']}&limit=2"), 30)
-        assert len(full["results"]) == 2
-        status, _ = backend.request("PUT", f"/{medic}/r_late", report("r_late", CHW1_LINE))
-        assert status == 201
-        last = asyncio.ensure_future(changes(gw, medic, "chw1", f"&since={full['last_seq']}&limit=1000"))
-    finally:
-        gate.set()
-    ids = {r["id"] for r in (await last)["results"]}
-    assert "r_late" in ids and ids | {r["id"] for r in first["results"] + full["results"]} >= CHW1_READS
 
 
 async def test_last_seq_rests_while_nothing_reaches_the_device(
