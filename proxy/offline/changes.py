@@ -506,6 +506,11 @@ async def _answer(request: web.Request, feed: Feed, params: FeedParams, db_path:
         observe.backfill_started()  # metrics: a since token that could not be resumed
     if params.feed == "continuous":
         return await _continuous(request, feed, db_path)
+    if params.limit == 0 and params.feed == "normal":
+        # CouchDB 3 answers no rows, and the position asked from as `last_seq`.
+        resumed = feed.since_in is not None and feed.ordinal > 0 and params.since is not None
+        last_seq = params.since if resumed else feed.token(feed.ordinal)
+        return json_response({"results": [], "last_seq": last_seq, "pending": 0})
     page = feed.page()
     if params.feed == "longpoll" and not page:
         return await _longpoll(request, feed, db_path)

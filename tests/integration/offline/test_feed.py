@@ -45,6 +45,16 @@ async def test_feed_is_exactly_the_readable_set(
     assert again["results"] == []
 
 
+async def test_limit_zero_is_no_rows_and_the_position_asked_from(gw: Gateway, medic: str) -> None:
+    """As CouchDB 3 answers it (couchgate sent every row)."""
+    empty = await changes(gw, medic, "chw1", "&limit=0")
+    assert empty["results"] == []
+    rest = await changes(gw, medic, "chw1", f"&since={empty['last_seq']}")
+    assert {r["id"] for r in rest["results"]} == CHW1_READS
+    again = await changes(gw, medic, "chw1", f"&since={rest['last_seq']}&limit=0")
+    assert again == {"results": [], "last_seq": rest["last_seq"], "pending": 0}
+
+
 async def test_paging_with_limit_loses_nothing_and_last_seq_advances(gw: Gateway, medic: str) -> None:
     rows, _ = await drain(gw, medic, "supervisor", limit=3)
     ids = [r["id"] for r in rows]
