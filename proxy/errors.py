@@ -2,7 +2,8 @@
 
     CouchgateError                     status  error
      ├── BadRequest                    400     bad_request
-     │    └── IllegalDatabaseName      400     illegal_database_name
+     │    ├── IllegalDatabaseName      400     illegal_database_name
+     │    └── QueryParseError          400     query_parse_error
      ├── Unauthorized                  401     unauthorized   (+ WWW-Authenticate)
      ├── Forbidden                     403     forbidden
      ├── NotFound                      404     not_found
@@ -10,6 +11,7 @@
      ├── RequestTimeout                408     request_timeout
      ├── Conflict                      409     conflict
      ├── PayloadTooLarge               413     too_large
+     │    └── TooManyItems             413     max_bulk_get_count_exceeded, max_bulk_docs_count_exceeded
      ├── TooManyRequests               429     too_many_requests  (+ Retry-After)
      ├── ClientGone                    499     client_closed_request (never sent: logged)
      ├── NotImplementedHere            501     not_implemented
@@ -38,7 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -68,6 +70,10 @@ class CouchgateError(Exception):
 
 class BadRequest(CouchgateError):
     status, error = 400, "bad_request"
+
+
+class QueryParseError(BadRequest):
+    error = "query_parse_error"  # CouchDB's word for query parameters that do not go together
 
 
 class IllegalDatabaseName(BadRequest):
@@ -100,6 +106,15 @@ class Conflict(CouchgateError):
 
 class PayloadTooLarge(CouchgateError):
     status, error = 413, "too_large"
+
+
+class TooManyItems(PayloadTooLarge):
+    """More docs in one request than `max_bulk_items`: CouchDB's own answer
+    (`max_bulk_get_count_exceeded`, `max_bulk_docs_count_exceeded`), the limit as reason."""
+
+    def __init__(self, reason: str, *, error: str = PayloadTooLarge.error) -> None:
+        super().__init__(reason)
+        self.error = error
 
 
 class TooManyRequests(CouchgateError):
@@ -186,6 +201,46 @@ def dumps(value: object) -> bytes:
 
 def json_response(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(body=dumps(body), status=status, content_type="application/json", headers=headers)
+
+
+WHOLE_BELOW = 1 << 20  # a `json_rows` answer smaller than this is sent as one body
+ROWS_CHUNK = 1 << 18
+
+
+async def json_rows(
+    request: web.Request, head: bytes, rows: Sequence[object], tail: bytes
+) -> web.StreamResponse:
+    """`head`, the rows comma-separated, `tail`: an answer of many rows written as it goes,
+    each distinct row object serialized once. A short request body may name one doc
+    thousands of times (`_bulk_get`, `_all_docs` keys): written whole, the answer would be
+    thousands of copies in memory; written in chunks, one chunk at a time waits for the
+    client. Everything is serialized before the answer begins, so nothing fails midway."""
+    encoded: dict[int, bytes] = {}
+    parts = []
+    for row in rows:
+        part = encoded.get(id(row))  # the rows are alive in `rows`: no id is reused meanwhile
+        if part is None:
+            part = encoded[id(row)] = dumps(row)
+        parts.append(part)
+    total = len(head) + len(tail) + sum(len(p) for p in parts) + max(len(parts) - 1, 0)
+    if total < WHOLE_BELOW:
+        return web.Response(body=head + b",".join(parts) + tail, content_type="application/json")
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = total
+    await response.prepare(request)
+    chunk, size = [head], len(head)
+    for i, part in enumerate(parts):
+        if i:
+            chunk.append(b",")
+        chunk.append(part)
+        size += len(part) + 1
+        if size >= ROWS_CHUNK:
+            await response.write(b"".join(chunk))
+            chunk, size = [], 0
+    chunk.append(tail)
+    await response.write(b"".join(chunk))
+    await response.write_eof()
+    return response
 
 
 def error_response(

@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     # split request; one imported doc (CouchDB's default max_document_size) and one NDJSON line.
     # (`_revs_diff`, `_bulk_get`, `_all_docs` of offline users take max_json_bytes.)
     max_changes_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # What one request of an offline user may name, as CouchDB bounds `_bulk_get` and
+    # `_bulk_docs` (max_bulk_get_count, max_bulk_docs_count): docs of `_bulk_get` and
+    # `_bulk_docs`, keys of `_all_docs`, revisions of `_revs_diff`, ids of a `_changes`
+    # doc_ids filter. Each is judged in one go on the event loop, and a body under
+    # max_json_bytes could otherwise name millions (seconds in which nobody is answered).
+    max_bulk_items: int = Field(default=10_000, ge=1)
     max_user_doc_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_conflicts_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_import_doc_bytes: int = Field(default=8_000_000, ge=1024)

@@ -26,7 +26,7 @@ from proxy import observe
 from proxy.access.config import UserCtx
 from proxy.access.scope_index import TooOld
 from proxy.couch.docs import Docs
-from proxy.errors import BadRequest, dumps, json_response
+from proxy.errors import BadRequest, PayloadTooLarge, dumps, json_response
 from proxy.keys import COUCH, REMOVALS, SETTINGS
 from proxy.logs import stamp_request_id
 from proxy.offline import leaves, query
@@ -38,7 +38,6 @@ from proxy.params import nonneg_int, read_json
 
 MAX_TIMEOUT_MS = 5 * 60 * 1000
 DEFAULT_TIMEOUT_MS = 60 * 1000
-MAX_DOC_IDS = 100_000
 
 
 @dataclass
@@ -77,8 +76,11 @@ async def parse_params(request: web.Request) -> FeedParams:
                 raw = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise BadRequest("doc_ids must be a JSON array of strings") from exc
-        if not isinstance(raw, list) or len(raw) > MAX_DOC_IDS or not all(isinstance(i, str) for i in raw):
+        if not isinstance(raw, list) or not all(isinstance(i, str) for i in raw):
             raise BadRequest("filter=_doc_ids needs doc_ids, a JSON array of strings")
+        limit = request.app[SETTINGS].max_bulk_items
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"filter=_doc_ids takes at most {limit} ids")
         doc_ids = set(raw)
     heartbeat = q.get("heartbeat")
     heartbeat_ms = None

@@ -15,7 +15,7 @@ from aiohttp import web
 from proxy.access.paths import CouchPath
 from proxy.audit.recorder import Recorder
 from proxy.couch.validate import valid_rev
-from proxy.errors import BadRequest, json_response
+from proxy.errors import BadRequest, PayloadTooLarge, QueryParseError, TooManyItems, json_response, json_rows
 from proxy.forward.relay import forward
 from proxy.keys import REMOVALS, SETTINGS
 from proxy.offline import leaves, query
@@ -58,6 +58,9 @@ async def revs_diff(request: web.Request, view: UserView, db_path: str) -> web.R
         isinstance(v, list) and all(isinstance(r, str) for r in v) for v in body.values()
     ):
         raise BadRequest("_revs_diff needs an object of doc ids to arrays of revisions")
+    limit = request.app[SETTINGS].max_bulk_items
+    if sum(len(revs) for revs in body.values()) > limit:
+        raise PayloadTooLarge(f"_revs_diff names at most {limit} revisions")
     if not all(valid_rev(r) for revs in body.values() for r in revs):
         raise BadRequest("Invalid rev format")  # CouchDB's answer, for any id
     # Revisions couchgate made up (proxy.offline.removals) are the device's already: never
@@ -154,12 +157,14 @@ def _bulk_get_item(d: Any) -> dict[str, Any]:
     return item
 
 
-async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Response:
+async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.StreamResponse:
     params = query.parse(request.query, query.BULK_GET)
     body = await read_json(request, request.app[SETTINGS].max_json_bytes)
     raw_docs = body.get("docs") if isinstance(body, dict) else None
     if not isinstance(raw_docs, list):
         raise BadRequest('_bulk_get needs {"docs": [{"id": ..., "rev": ...}, ...]}')
+    if len(raw_docs) > request.app[SETTINGS].max_bulk_items:
+        raise TooManyItems(str(request.app[SETTINGS].max_bulk_items), error="max_bulk_get_count_exceeded")
     docs = [_bulk_get_item(d) for d in raw_docs]
     first = view.judged(view.readable_ids(d["id"] for d in docs))
     made = await made_up(request, view, [(d["id"], d["rev"]) for d in docs if "rev" in d], first.readable)
@@ -184,19 +189,29 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.Re
             distinct.setdefault(orjson.dumps(d, option=orjson.OPT_SORT_KEYS), d)
     rows = await couch_docs(request, db_path).bulk_get_rows(list(distinct.values()), query.encode(params))
     answered = dict(zip(distinct, rows, strict=True))
+    # One row object per distinct item asked: an item asked many times is written many times
+    # from one row (`json_rows`), never copied.
+    rows_for: dict[tuple[str, bytes], Any] = {}
     results = []
     for d in docs_asked:
         pair = (d["id"], d.get("rev"))
-        if pair in made:
-            body = synthesized.get(pair)
-            results.append({"id": d["id"], "docs": [{"ok": body}]} if body else _missing_row(*pair))
-            continue
-        row = answered.get(orjson.dumps(d, option=orjson.OPT_SORT_KEYS))
-        if row is None:
-            results.append(_missing_row(d["id"], d.get("rev")))
-        else:
-            results.append(_servable_revisions(view, row, judged, d.get("rev")))
-    return json_response({"results": results})
+        key = orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
+        result = rows_for.get(("made", key) if pair in made else ("asked", key))
+        if result is None:
+            if pair in made:
+                body = synthesized.get(pair)
+                result = {"id": d["id"], "docs": [{"ok": body}]} if body else _missing_row(*pair)
+                rows_for[("made", key)] = result
+            else:
+                row = answered.get(key)
+                result = (
+                    _missing_row(d["id"], d.get("rev"))
+                    if row is None
+                    else (_servable_revisions(view, row, judged, d.get("rev")))
+                )
+                rows_for[("asked", key)] = result
+        results.append(result)
+    return await json_rows(request, b'{"results":[', results, b"]}")
 
 
 async def made_up(
@@ -285,7 +300,7 @@ async def _all_docs_rows(
     return found
 
 
-async def all_docs(request: web.Request, view: UserView, db_path: str) -> web.Response:
+async def all_docs(request: web.Request, view: UserView, db_path: str) -> web.StreamResponse:
     params = query.parse(request.query, query.ALL_DOCS)
     body = (
         await read_json(request, request.app[SETTINGS].max_json_bytes, empty={})
@@ -294,17 +309,23 @@ async def all_docs(request: web.Request, view: UserView, db_path: str) -> web.Re
     )
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    if "keys" in body and "keys" in params:
+        # CouchDB's words for `keys` in both the query and the body:
+        raise QueryParseError("`keys` is incompatible with `key`, `start_key` and `end_key`")
     keys = body.get("keys", params.get("keys"))
     if keys is None and "key" in params:
         keys = [params["key"]]
     if keys is not None:
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise BadRequest("keys must be an array of strings")
+        if len(keys) > request.app[SETTINGS].max_bulk_items:
+            raise PayloadTooLarge(f"_all_docs takes at most {request.app[SETTINGS].max_bulk_items} keys")
         readable = view.readable_ids(keys)
         asked = [k for k in dict.fromkeys(keys) if k in readable]
         found = await _all_docs_rows(request, view, db_path, asked, params) if asked else {}
         rows = [found.get(k) or {"key": k, "error": "not_found"} for k in keys]
-        return json_response({"total_rows": view.live_count(), "offset": 0, "rows": rows})
+        head = b'{"total_rows":%d,"offset":0,"rows":[' % view.live_count()
+        return await json_rows(request, head, rows, b"]}")
     ids = sorted(view.live_ids())
     total = len(ids)
     start = _key(params, body, "startkey", "start_key")

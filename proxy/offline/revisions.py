@@ -105,13 +105,30 @@ async def open_revs(
         else:
             answer.append(row)
     if hidden and isinstance(revs, list):
-        named = {r.get("ok", {}).get("_rev") if isinstance(r.get("ok"), dict) else r.get("missing")
-                 for r in answer if isinstance(r, dict)}  # fmt: skip
-        answer += [{"missing": r} for r in asked if r not in named]
+        # An asked revision with no row left is missing for the user; one that a row served
+        # descends from is answered by it (`latest`: a "missing" row beside it would tell
+        # that a leaf the user may not see stands below it too).
+        served = [r["ok"] for r in answer if isinstance(r, dict) and isinstance(r.get("ok"), dict)]
+        named = {r.get("missing") for r in answer if isinstance(r, dict)} | {d.get("_rev") for d in served}
+        answer += [{"missing": r} for r in asked if r not in named and not any(_below(d, r) for d in served)]
     answer += [{"missing": r} for r in revs if isinstance(revs, list) and (doc_id, r) in missing]
     if "multipart/mixed" in request.headers.get("Accept", ""):
         return multipart_mixed(answer)
     return json_response(answer)
+
+
+def _below(doc: dict[str, Any], rev: str) -> bool:
+    """Whether `rev` is in the history of `doc` (its `_revisions`; without them, taken as
+    yes: a "missing" row is then left out rather than risk naming a hidden leaf)."""
+    revisions = doc.get("_revisions")
+    if not isinstance(revisions, dict):
+        return True
+    start, ids = revisions.get("start"), revisions.get("ids")
+    if not isinstance(start, int) or not isinstance(ids, list):
+        return True
+    generation, _, revid = rev.partition("-")
+    position = start - int(generation) if generation.isdigit() else -1
+    return 0 <= position < len(ids) and ids[position] == revid
 
 
 def multipart_mixed(rows: list[Any]) -> web.Response:

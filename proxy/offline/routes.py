@@ -75,6 +75,8 @@ async def serve_offline(request: web.Request, path: CouchPath, caller: Caller) -
             raise refuse()
         return await local_docs.local_doc(request, db_path, name, doc_id)
     if doc_id is None:
+        if len(path.segments) > 2:
+            raise refuse()  # `_all_docs/queries` and the like: not answered as the endpoint
         if second in SYNCED_ENDPOINTS and second != "_changes":  # `_changes` syncs in `changes`
             await sync.sync()  # read-your-writes: the index is at least as new as CouchDB was now
         return await _db_endpoint(request, UserView.of(sync, caller), second, db, db_path)

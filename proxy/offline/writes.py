@@ -28,7 +28,7 @@ from proxy.access.write import CONFLICT_REASON, OUTSIDE, Decision
 from proxy.audit.recorder import Recorder, failed_outcome, planned, row_outcome
 from proxy.couch.client import quote_id
 from proxy.couch.docs import Docs, history
-from proxy.errors import BadRequest, Conflict, NotFound, WriteRefused, json_response
+from proxy.errors import BadRequest, Conflict, NotFound, TooManyItems, WriteRefused, json_response
 from proxy.forward.relay import forward
 from proxy.keys import COUCH, SETTINGS
 from proxy.offline import checked, leaves, query
@@ -223,6 +223,9 @@ def check_revisions(doc: dict[str, Any], new_edits: bool) -> None:
 
 async def bulk_docs(request: web.Request, view: UserView, db: str, db_path: str) -> web.Response:
     body = await read_json(request, request.app[SETTINGS].max_json_bytes)
+    limit = request.app[SETTINGS].max_bulk_items
+    if isinstance(body, dict) and isinstance(body.get("docs"), list) and len(body["docs"]) > limit:
+        raise TooManyItems(str(limit), error="max_bulk_docs_count_exceeded")  # before any doc is looked at
     audit = Recorder.of(request)
     docs, refused = checked.split_bulk(audit, db, body)  # docs CouchDB would refuse: rows of their own
     return checked.with_refused(await _bulk_docs(request, audit, view, db, db_path, body), docs, refused)
