@@ -163,8 +163,12 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.St
     raw_docs = body.get("docs") if isinstance(body, dict) else None
     if not isinstance(raw_docs, list):
         raise BadRequest('_bulk_get needs {"docs": [{"id": ..., "rev": ...}, ...]}')
-    if len(raw_docs) > request.app[SETTINGS].max_bulk_items:
-        raise TooManyItems(str(request.app[SETTINGS].max_bulk_items), error="max_bulk_get_count_exceeded")
+    limit = request.app[SETTINGS].max_bulk_items
+    if len(raw_docs) > limit:
+        raise TooManyItems(str(limit), error="max_bulk_get_count_exceeded")
+    since = [d.get("atts_since") for d in raw_docs if isinstance(d, dict)]
+    if sum(len(s) for s in since if isinstance(s, list)) > limit:
+        raise PayloadTooLarge(f"_bulk_get names at most {limit} revisions in atts_since")
     docs = [_bulk_get_item(d) for d in raw_docs]
     first = view.judged(view.readable_ids(d["id"] for d in docs))
     made = await made_up(request, view, [(d["id"], d["rev"]) for d in docs if "rev" in d], first.readable)
@@ -313,6 +317,7 @@ async def all_docs(request: web.Request, view: UserView, db_path: str) -> web.St
         # CouchDB's words for `keys` in both the query and the body:
         raise QueryParseError("`keys` is incompatible with `key`, `start_key` and `end_key`")
     keys = body.get("keys", params.get("keys"))
+    keys_offset = b"null" if keys is not None else b"0"  # CouchDB's, for `keys`
     if keys is None and "key" in params:
         keys = [params["key"]]
     if keys is not None:
@@ -320,11 +325,14 @@ async def all_docs(request: web.Request, view: UserView, db_path: str) -> web.St
             raise BadRequest("keys must be an array of strings")
         if len(keys) > request.app[SETTINGS].max_bulk_items:
             raise PayloadTooLarge(f"_all_docs takes at most {request.app[SETTINGS].max_bulk_items} keys")
+        keys = keys[params.get("skip", 0) :]  # CouchDB pages the keys as asked, missing ones too
+        if params.get("limit") is not None:
+            keys = keys[: params["limit"]]
         readable = view.readable_ids(keys)
         asked = [k for k in dict.fromkeys(keys) if k in readable]
         found = await _all_docs_rows(request, view, db_path, asked, params) if asked else {}
         rows = [found.get(k) or {"key": k, "error": "not_found"} for k in keys]
-        head = b'{"total_rows":%d,"offset":0,"rows":[' % view.live_count()
+        head = b'{"total_rows":%d,"offset":%s,"rows":[' % (view.live_count(), keys_offset)
         return await json_rows(request, head, rows, b"]}")
     ids = sorted(view.live_ids())
     total = len(ids)

@@ -105,3 +105,29 @@ async def test_all_docs_queries_and_keys_twice_are_not_answered_as_all_docs(gw: 
         "POST", f'/{medic}/_all_docs?keys=["p2"]', auth=CHW1, json={"keys": ["p1"]}
     )
     assert_couch_error(status, body, 400, "query_parse_error")
+
+
+async def test_all_docs_keys_are_paged_as_couchdb_pages_them(gw: Gateway, medic: str) -> None:
+    """A fresh review's finding: with `keys`, `skip` and `limit` were dropped (10,000 rows for
+    `limit=1`). CouchDB 3.4 pages the keys as asked, missing ones too, and its offset is null."""
+    keys = ["p1", "nothing-here", "p2", "house1"]
+    status, body, _ = await gw.call(
+        "POST", f"/{medic}/_all_docs?skip=1&limit=2", auth=CHW1, json={"keys": keys}
+    )
+    assert status == 200, body
+    assert [r["key"] for r in body["rows"]] == ["nothing-here", "p2"] and body["offset"] is None
+    assert body["rows"][0] == {"key": "nothing-here", "error": "not_found"}
+    status, body, _ = await gw.call("POST", f"/{medic}/_all_docs?limit=0", auth=CHW1, json={"keys": keys})
+    assert status == 200 and body["rows"] == []
+
+
+async def test_atts_since_counts_against_the_bound(small: Gateway, medic: str) -> None:
+    since = [f"1-{i:032x}" for i in range(LIMIT + 1)]
+    status, body, _ = await small.call(
+        "POST", f"/{medic}/_bulk_get", auth=CHW1, json={"docs": [{"id": "p1", "atts_since": since}]}
+    )
+    assert_couch_error(status, body, 413, "too_large")
+    status, body, _ = await small.call(
+        "POST", f"/{medic}/_bulk_get", auth=CHW1, json={"docs": [{"id": "p1", "atts_since": since[:LIMIT]}]}
+    )
+    assert status == 200, body
