@@ -195,25 +195,21 @@ async def bulk_get(request: web.Request, view: UserView, db_path: str) -> web.St
     answered = dict(zip(distinct, rows, strict=True))
     # One row object per distinct item asked: an item asked many times is written many times
     # from one row (`json_rows`), never copied.
-    rows_for: dict[tuple[str, bytes], Any] = {}
+    rows_for: dict[bytes, Any] = {}
     results = []
     for d in docs_asked:
-        pair = (d["id"], d.get("rev"))
         key = orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
-        result = rows_for.get(("made", key) if pair in made else ("asked", key))
+        result = rows_for.get(key)
         if result is None:
+            pair = (d["id"], d.get("rev"))
             if pair in made:
                 body = synthesized.get(pair)
                 result = {"id": d["id"], "docs": [{"ok": body}]} if body else _missing_row(*pair)
-                rows_for[("made", key)] = result
+            elif (row := answered.get(key)) is None:
+                result = _missing_row(*pair)
             else:
-                row = answered.get(key)
-                result = (
-                    _missing_row(d["id"], d.get("rev"))
-                    if row is None
-                    else (_servable_revisions(view, row, judged, d.get("rev")))
-                )
-                rows_for[("asked", key)] = result
+                result = _servable_revisions(view, row, judged, d.get("rev"))
+            rows_for[key] = result
         results.append(result)
     return await json_rows(request, b'{"results":[', results, b"]}")
 

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.access.paths import CouchPath
-from proxy.couch.docs import Docs
+from proxy.couch.docs import Docs, history
 from proxy.errors import NotFound, dumps, json_response
 from proxy.keys import COUCH
 from proxy.offline import leaves, query
@@ -118,17 +118,9 @@ async def open_revs(
 
 
 def _below(doc: dict[str, Any], rev: str) -> bool:
-    """Whether `rev` is in the history of `doc` (its `_revisions`; without them, taken as
-    yes: a "missing" row is then left out rather than risk naming a hidden leaf)."""
-    revisions = doc.get("_revisions")
-    if not isinstance(revisions, dict):
-        return True
-    start, ids = revisions.get("start"), revisions.get("ids")
-    if not isinstance(start, int) or not isinstance(ids, list):
-        return True
-    generation, _, revid = rev.partition("-")
-    position = start - int(generation) if generation.isdigit() else -1
-    return 0 <= position < len(ids) and ids[position] == revid
+    """Whether `rev` is in the history of `doc` (without `_revisions`, taken as yes: a
+    "missing" row is then left out rather than risk naming a hidden leaf)."""
+    return not isinstance(doc.get("_revisions"), dict) or rev in history(doc)
 
 
 def multipart_mixed(rows: list[Any]) -> web.Response:
